@@ -1,0 +1,196 @@
+//! The validated configuration: plain data, every value checked, defaults filled in.
+//!
+//! Nothing here knows YAML; the proxy builds its runtime snapshot from these types only.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Method, Uri};
+use ipnet::IpNet;
+
+/// A complete, valid gateway configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub listeners: Vec<Listener>,
+    pub admin: Option<Admin>,
+    pub server: Server,
+    pub shutdown: Shutdown,
+    /// Upstreams in file order; names are unique.
+    pub upstreams: Vec<Upstream>,
+    /// Routes in file order; names are unique and every `upstream` names an entry of `upstreams`.
+    pub routes: Vec<Route>,
+}
+
+/// A socket the gateway accepts client traffic on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    pub name: String,
+    pub address: SocketAddr,
+}
+
+/// The admin listener (`/healthz`, `/readyz`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admin {
+    pub address: SocketAddr,
+}
+
+/// Limits and trust settings for the client (downstream) side.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Server {
+    /// Largest request head (request line + headers) accepted; larger gets 431. At least 8 KiB.
+    pub max_header_size: usize,
+    /// Most request headers accepted; more gets 431.
+    pub max_headers: usize,
+    /// A request head must arrive within this time once its first byte has; else 408.
+    pub header_read_timeout: Duration,
+    /// A keep-alive connection with no request in flight is closed after this long.
+    pub idle_timeout: Duration,
+    /// Default cap on request bodies for routes that set none.
+    pub max_body_size: u64,
+    /// Peers whose `X-Forwarded-*` / `Forwarded` headers are believed.
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shutdown {
+    /// How long in-flight requests may run after SIGTERM/SIGINT before the process exits anyway.
+    pub drain_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Upstream {
+    pub name: String,
+    /// At least one; each `http://host:port` with no path, query or credentials.
+    pub endpoints: Vec<Endpoint>,
+    pub load_balancing: LoadBalancing,
+    pub connect_timeout: Duration,
+    /// Time allowed until the upstream's response head arrives (routes may override).
+    pub request_timeout: Duration,
+    pub pool: Pool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Scheme and authority only, e.g. `http://127.0.0.1:9001`.
+    pub uri: Uri,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadBalancing {
+    RoundRobin,
+    /// Power of two random choices on in-flight request count.
+    LeastRequest,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pool {
+    pub idle_timeout: Duration,
+    pub max_idle_per_host: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    pub name: String,
+    pub matcher: RouteMatch,
+    pub upstream: String,
+    pub rewrite: Rewrite,
+    /// Overrides the upstream's `request_timeout`.
+    pub timeout: Option<Duration>,
+    pub preserve_host: bool,
+    pub max_body_size: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteMatch {
+    pub host: Option<HostMatch>,
+    pub path: PathMatch,
+    /// Empty means any method.
+    pub methods: Vec<Method>,
+    /// Every listed header must be present with exactly this value. Names are lowercase.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum HostMatch {
+    /// Lowercase host without port.
+    Exact(String),
+    /// `*.example.com` is stored as `.example.com`: matches any host ending in it.
+    Suffix(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PathMatch {
+    /// The whole path must equal this.
+    Exact(String),
+    /// Segment-aware prefix without trailing slash (`/` for everything):
+    /// `/api` matches `/api` and `/api/x`, never `/apix`.
+    Prefix(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rewrite {
+    None,
+    /// Remove the matched prefix (`/api/x` -> `/x`).
+    StripPrefix,
+    /// Replace the matched prefix (`/api/x` -> `/v2/x`).
+    ReplacePrefix(String),
+}
+
+/// Defaults, in one place so the README and the validator agree.
+pub mod defaults {
+    use std::time::Duration;
+
+    pub const MAX_HEADER_SIZE: usize = 64 * 1024;
+    pub const MIN_HEADER_SIZE: usize = 8 * 1024;
+    pub const MAX_HEADERS: usize = 100;
+    pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+    pub const MAX_BODY_SIZE: u64 = 10 * 1024 * 1024;
+    pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+    pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+    pub const POOL_MAX_IDLE_PER_HOST: usize = 256;
+}
+
+/// How specific a route's match is. Compared field by field, higher wins; equal ones go to file order.
+///
+/// Host first (exact > longer wildcard suffix > shorter > any host), then path (exact > longer prefix
+/// > shorter prefix), then a method constraint over none, then more header constraints over fewer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Specificity {
+    host: (u8, usize),
+    path: (u8, usize),
+    has_methods: bool,
+    header_count: usize,
+}
+
+impl RouteMatch {
+    pub fn specificity(&self) -> Specificity {
+        let host = match &self.host {
+            Some(HostMatch::Exact(h)) => (2, h.len()),
+            Some(HostMatch::Suffix(s)) => (1, s.len()),
+            None => (0, 0),
+        };
+        let path = match &self.path {
+            PathMatch::Exact(p) => (1, p.len()),
+            PathMatch::Prefix(p) => (0, p.len()),
+        };
+        Specificity { host, path, has_methods: !self.methods.is_empty(), header_count: self.headers.len() }
+    }
+
+    /// True when every request `later` matches is also matched by `self` at the same specificity,
+    /// so a `later` route listed after `self` can never win.
+    pub fn shadows(&self, later: &RouteMatch) -> bool {
+        let methods_cover = match (self.methods.is_empty(), later.methods.is_empty()) {
+            (true, true) => true,
+            (false, false) => later.methods.iter().all(|m| self.methods.contains(m)),
+            _ => false,
+        };
+        self.specificity() == later.specificity()
+            && self.host == later.host
+            && self.path == later.path
+            && methods_cover
+            && self.headers.iter().all(|h| later.headers.contains(h))
+    }
+}

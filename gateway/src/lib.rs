@@ -1,0 +1,12 @@
+//! The gateway engine: configuration pipeline, router, proxy request path and listeners.
+//!
+//! The `gateway` binary (main.rs) is a thin CLI over this library.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+pub mod config;
+pub mod proxy;
+pub mod router;
+pub mod runtime;
+pub mod server;
+pub mod telemetry;
+pub mod upstream;

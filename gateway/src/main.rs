@@ -1,0 +1,133 @@
+//! The `gateway` command: `run` serves traffic, `check` validates a config file.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use gateway::config::{self, LoadError};
+use gateway::server::Server;
+use gateway::telemetry::{self, LogFormat};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "gateway",
+    version,
+    about = "An API gateway: YAML routes, streaming reverse proxy, zero-trust JWT checks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve traffic with the given config until SIGTERM or SIGINT, then drain and exit.
+    Run {
+        /// The YAML config file.
+        #[arg(long, short, default_value = "config/gateway.yaml")]
+        config: PathBuf,
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
+        /// Log filter, e.g. `info` or `gateway=debug` (RUST_LOG overrides it).
+        #[arg(long, default_value = "info")]
+        log_level: String,
+    },
+    /// Validate a config file: exit 0 when valid, 1 with every problem listed, 2 when unreadable.
+    Check {
+        /// The YAML config file.
+        #[arg(long, short, default_value = "config/gateway.yaml")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Check { config } => check(&config),
+        Command::Run { config, log_format, log_level } => {
+            telemetry::init(log_format, &log_level);
+            match run(&config) {
+                Ok(code) => code,
+                Err(error) => {
+                    eprintln!("error: {error:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match config::load(path) {
+        Ok(loaded) => {
+            for warning in &loaded.warnings {
+                eprintln!("{warning}");
+            }
+            let c = &loaded.config;
+            println!(
+                "{}: OK ({} listeners, {} upstreams, {} routes)",
+                path.display(),
+                c.listeners.len(),
+                c.upstreams.len(),
+                c.routes.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(LoadError::Invalid(problems)) => {
+            eprintln!("{problems}");
+            ExitCode::FAILURE
+        }
+        Err(error @ LoadError::Unreadable { .. }) => {
+            eprintln!("{error}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let loaded = match config::load(path) {
+        Ok(loaded) => loaded,
+        Err(error) => {
+            eprintln!("{error}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    for warning in &loaded.warnings {
+        tracing::warn!("{warning}");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    runtime.block_on(async {
+        let server = Server::bind(&loaded.config).await?;
+        for (name, address) in server.local_addrs() {
+            // Machine-readable: tests and scripts read the bound ports (port 0 gets a free one).
+            println!("listening {name} {address}");
+            tracing::info!(listener = %name, %address, "listening");
+        }
+        println!("ready");
+        server.run(shutdown_signal()).await;
+        tracing::info!("stopped");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Completes on the first SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM; only SIGINT stops the gateway");
+                let _ = interrupt.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = interrupt => tracing::info!("SIGINT received"),
+            _ = terminate.recv() => tracing::info!("SIGTERM received"),
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}

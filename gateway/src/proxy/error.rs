@@ -1,0 +1,71 @@
+//! Proxy errors and the one place that maps them to HTTP responses.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+
+use super::body::ProxyBody;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a request could not be proxied. Client-facing messages never name endpoints or addresses.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("no route matches this request")]
+    NoRoute,
+    #[error("{0}")]
+    BadRequest(&'static str),
+    #[error("request body is larger than this route's limit of {limit} bytes")]
+    PayloadTooLarge { limit: u64 },
+    #[error("upstream {upstream:?} has no endpoint available")]
+    NoEndpoint { upstream: String },
+    #[error("could not connect to upstream {upstream:?} at {endpoint}")]
+    UpstreamConnect { upstream: String, endpoint: String, source: BoxError },
+    #[error("upstream {upstream:?} did not answer within {timeout:?}")]
+    UpstreamTimeout { upstream: String, timeout: Duration },
+    #[error("upstream {upstream:?} failed: {source}")]
+    Upstream { upstream: String, source: BoxError },
+}
+
+impl ProxyError {
+    /// Status and stable machine-readable code, exhaustively: adding a variant forces a decision here.
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            ProxyError::NoRoute => (StatusCode::NOT_FOUND, "no_route"),
+            ProxyError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ProxyError::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ProxyError::NoEndpoint { .. } => (StatusCode::SERVICE_UNAVAILABLE, "no_endpoint"),
+            ProxyError::UpstreamConnect { .. } => (StatusCode::BAD_GATEWAY, "upstream_connect_error"),
+            ProxyError::UpstreamTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
+            ProxyError::Upstream { .. } => (StatusCode::BAD_GATEWAY, "upstream_error"),
+        }
+    }
+
+    /// What the client is told: enough to act on, nothing about the inside of the network.
+    fn client_message(&self) -> String {
+        match self {
+            ProxyError::UpstreamConnect { upstream, .. } => format!("could not connect to upstream {upstream:?}"),
+            ProxyError::Upstream { upstream, .. } => format!("upstream {upstream:?} failed to answer properly"),
+            other => other.to_string(),
+        }
+    }
+
+    pub fn into_response(self, request_id: &HeaderValue) -> Response<ProxyBody> {
+        let (status, code) = self.status_and_code();
+        json_response(status, code, &self.client_message(), request_id)
+    }
+}
+
+/// The JSON error body every rejection uses: `{"error", "message", "request_id"}`.
+pub fn json_response(status: StatusCode, code: &str, message: &str, request_id: &HeaderValue) -> Response<ProxyBody> {
+    let body = serde_json::json!({
+        "error": code,
+        "message": message,
+        "request_id": request_id.to_str().unwrap_or(""),
+    });
+    let mut response = Response::new(ProxyBody::full(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}

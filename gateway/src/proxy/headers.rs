@@ -1,0 +1,154 @@
+//! Header rules for both directions: hop-by-hop removal, forwarding headers, request ids.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Longest client-sent request id that is kept.
+const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// Removes hop-by-hop headers (RFC 9110 section 7.6.1): `Connection` and every header it names,
+/// `Keep-Alive`, `Proxy-Connection`, `Transfer-Encoding`, `Upgrade`, and `TE` except `te: trailers`,
+/// which a request may carry end to end (RFC 9110 section 10.1.4).
+///
+/// For a protocol upgrade pass `upgrade: true`: `Upgrade` is kept and `Connection: upgrade` set,
+/// since the upgrade handshake must reach the other side.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    // Decided first: a compliant sender lists TE in Connection (RFC 9110 section 10.1.4).
+    let te_trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers"))));
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers.get_all(header::CONNECTION).iter().flat_map(headers_named_in).collect();
+        for name in named {
+            if !(upgrade && name == header::UPGRADE) {
+                headers.remove(name);
+            }
+        }
+        headers.remove(header::CONNECTION);
+    }
+    headers.remove(&KEEP_ALIVE);
+    headers.remove(&PROXY_CONNECTION);
+    headers.remove(header::TRANSFER_ENCODING);
+    headers.remove(header::TE);
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+fn headers_named_in(value: &HeaderValue) -> impl Iterator<Item = HeaderName> + '_ {
+    value.to_str().unwrap_or("").split(',').filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+}
+
+/// True when the request asks for an HTTP/1.1 protocol upgrade (e.g. WebSocket).
+pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"))))
+}
+
+/// What the gateway knows about the client side of a request.
+#[derive(Debug, Clone, Copy)]
+pub struct Client<'a> {
+    pub ip: IpAddr,
+    /// Whether the peer is a trusted proxy whose forwarding headers are believed.
+    pub trusted: bool,
+    /// `http` or `https`: how the request reached the gateway.
+    pub proto: &'static str,
+    /// The Host the client asked for, if any.
+    pub host: Option<&'a str>,
+}
+
+/// Sets `X-Forwarded-For/-Proto/-Host` and `Forwarded` (RFC 7239) for the upstream.
+///
+/// Headers from a trusted proxy are extended; from anyone else they are replaced, so a client
+/// cannot forge the address an upstream sees.
+pub fn set_forwarding(headers: &mut HeaderMap, client: Client<'_>) {
+    let ip = client.ip.to_canonical();
+    let xff = match client.trusted.then(|| joined(headers, &X_FORWARDED_FOR)).flatten() {
+        Some(earlier) => format!("{earlier}, {ip}"),
+        None => ip.to_string(),
+    };
+    let mut forwarded_element = match ip {
+        IpAddr::V4(v4) => format!("for={v4}"),
+        IpAddr::V6(v6) => format!("for=\"[{v6}]\""),
+    };
+    if let Some(host) = client.host.filter(|h| is_quotable(h)) {
+        forwarded_element.push_str(";host=\"");
+        forwarded_element.push_str(host);
+        forwarded_element.push('"');
+    }
+    forwarded_element.push_str(";proto=");
+    forwarded_element.push_str(client.proto);
+    let forwarded = match client.trusted.then(|| joined(headers, &header::FORWARDED)).flatten() {
+        Some(earlier) => format!("{earlier}, {forwarded_element}"),
+        None => forwarded_element,
+    };
+
+    if !(client.trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
+        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(client.proto));
+    }
+    if !(client.trusted && headers.contains_key(&X_FORWARDED_HOST)) {
+        match client.host.and_then(|h| HeaderValue::from_str(h).ok()) {
+            Some(host) => headers.insert(&X_FORWARDED_HOST, host),
+            None => headers.remove(&X_FORWARDED_HOST),
+        };
+    }
+    // Both values are built from an IP address, a checked host and ASCII text, so they are valid.
+    if let Ok(value) = HeaderValue::from_str(&xff) {
+        headers.insert(&X_FORWARDED_FOR, value);
+    }
+    if let Ok(value) = HeaderValue::from_str(&forwarded) {
+        headers.insert(header::FORWARDED, value);
+    }
+}
+
+/// All values of a header joined with ", ", or None when absent or not text.
+fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next()?.to_str().ok()?.to_string();
+    values.try_fold(first, |mut acc, v| {
+        acc.push_str(", ");
+        acc.push_str(v.to_str().ok()?);
+        Some(acc)
+    })
+}
+
+/// A host that can sit in an RFC 7239 quoted-string without escaping.
+fn is_quotable(host: &str) -> bool {
+    host.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+}
+
+/// The client's request id when well formed (1 to 128 of `A-Z a-z 0-9 . _ : -`), else a new UUIDv7.
+pub fn request_id(headers: &HeaderMap) -> HeaderValue {
+    if let Some(id) = headers.get(&X_REQUEST_ID) {
+        let bytes = id.as_bytes();
+        let well_formed = !bytes.is_empty()
+            && bytes.len() <= MAX_REQUEST_ID_LEN
+            && bytes.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
+        if well_formed && headers.get_all(&X_REQUEST_ID).iter().count() == 1 {
+            return id.clone();
+        }
+    }
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let text = uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buf);
+    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,126 @@
+use std::net::IpAddr;
+
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+
+use super::*;
+
+fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for (name, value) in pairs {
+        headers.append(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_str(value).unwrap());
+    }
+    headers
+}
+
+fn get<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).map(|v| v.to_str().unwrap())
+}
+
+#[test]
+fn remove_hop_by_hop_strips_rfc9110_set_and_connection_named() {
+    let mut h = map(&[
+        ("connection", "keep-alive, x-private"),
+        ("connection", "X-Other"),
+        ("keep-alive", "timeout=5"),
+        ("proxy-connection", "keep-alive"),
+        ("transfer-encoding", "chunked"),
+        ("upgrade", "h2c"),
+        ("x-private", "secret"),
+        ("x-other", "1"),
+        ("te", "gzip"),
+        ("x-kept", "yes"),
+    ]);
+    remove_hop_by_hop(&mut h, false);
+    let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+    assert_eq!(names, ["x-kept"]);
+}
+
+#[test]
+fn remove_hop_by_hop_keeps_te_trailers_even_when_listed_in_connection() {
+    let mut h = map(&[("te", "trailers, deflate"), ("connection", "te")]);
+    remove_hop_by_hop(&mut h, false);
+    assert_eq!(get(&h, "te"), Some("trailers"));
+    assert!(h.get("connection").is_none());
+}
+
+#[test]
+fn remove_hop_by_hop_for_upgrade_keeps_upgrade_and_connection() {
+    let mut h = map(&[("connection", "Upgrade, x-private"), ("upgrade", "websocket"), ("x-private", "1")]);
+    assert!(is_upgrade_request(&h));
+    remove_hop_by_hop(&mut h, true);
+    assert_eq!(get(&h, "upgrade"), Some("websocket"));
+    assert_eq!(get(&h, "connection"), Some("upgrade"));
+    assert!(h.get("x-private").is_none());
+}
+
+#[test]
+fn is_upgrade_request_needs_both_headers() {
+    assert!(!is_upgrade_request(&map(&[("upgrade", "websocket")])));
+    assert!(!is_upgrade_request(&map(&[("connection", "upgrade")])));
+    assert!(is_upgrade_request(&map(&[("connection", "keep-alive, Upgrade"), ("upgrade", "websocket")])));
+}
+
+fn client(ip: &str, trusted: bool) -> Client<'static> {
+    Client { ip: ip.parse::<IpAddr>().unwrap(), trusted, proto: "http", host: Some("shop.test:8080") }
+}
+
+#[test]
+fn set_forwarding_untrusted_peer_replaces_spoofed_headers() {
+    let mut h = map(&[
+        ("x-forwarded-for", "6.6.6.6"),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "evil.test"),
+        ("forwarded", "for=6.6.6.6"),
+    ]);
+    set_forwarding(&mut h, client("10.0.0.7", false));
+    assert_eq!(get(&h, "x-forwarded-for"), Some("10.0.0.7"));
+    assert_eq!(get(&h, "x-forwarded-proto"), Some("http"));
+    assert_eq!(get(&h, "x-forwarded-host"), Some("shop.test:8080"));
+    assert_eq!(get(&h, "forwarded"), Some("for=10.0.0.7;host=\"shop.test:8080\";proto=http"));
+}
+
+#[test]
+fn set_forwarding_trusted_peer_appends_to_existing_chain() {
+    let mut h = map(&[
+        ("x-forwarded-for", "1.2.3.4"),
+        ("x-forwarded-for", "5.6.7.8"),
+        ("x-forwarded-proto", "https"),
+        ("forwarded", "for=1.2.3.4;proto=https"),
+    ]);
+    set_forwarding(&mut h, client("10.0.0.7", true));
+    assert_eq!(get(&h, "x-forwarded-for"), Some("1.2.3.4, 5.6.7.8, 10.0.0.7"));
+    assert_eq!(get(&h, "x-forwarded-proto"), Some("https"));
+    assert_eq!(get(&h, "forwarded"), Some("for=1.2.3.4;proto=https, for=10.0.0.7;host=\"shop.test:8080\";proto=http"));
+}
+
+#[test]
+fn set_forwarding_ipv6_is_quoted_and_mapped_ipv4_unwrapped() {
+    let mut h = HeaderMap::new();
+    set_forwarding(&mut h, Client { host: None, ..client("2001:db8::1", false) });
+    assert_eq!(get(&h, "forwarded"), Some("for=\"[2001:db8::1]\";proto=http"));
+    assert!(h.get("x-forwarded-host").is_none());
+    let mut h = HeaderMap::new();
+    set_forwarding(&mut h, client("::ffff:10.0.0.9", false));
+    assert_eq!(get(&h, "x-forwarded-for"), Some("10.0.0.9"));
+}
+
+#[test]
+fn request_id_well_formed_is_kept() {
+    let h = map(&[("x-request-id", "abc-123_x.y:z")]);
+    assert_eq!(request_id(&h), "abc-123_x.y:z");
+}
+
+#[test]
+fn request_id_malformed_or_missing_is_replaced_by_uuid_v7() {
+    let too_long = "a".repeat(129);
+    for h in [
+        map(&[]),
+        map(&[("x-request-id", "has space")]),
+        map(&[("x-request-id", &too_long)]),
+        map(&[("x-request-id", "")]),
+    ] {
+        let id = request_id(&h);
+        let parsed = uuid::Uuid::parse_str(id.to_str().unwrap()).unwrap();
+        assert_eq!(parsed.get_version_num(), 7);
+    }
+}

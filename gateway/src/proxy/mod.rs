@@ -1,0 +1,191 @@
+//! The request path: one function, `handle`, runs the phases in a fixed, visible order.
+//!
+//! route -> request id -> body limit -> pick endpoint -> rewrite + headers -> forward -> response headers.
+//! Identity stripping, JWT checks, rate limits and breakers slot in between as their issues land.
+
+mod body;
+mod error;
+mod headers;
+mod path;
+mod upgrade;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::header::{self, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Request, Response, Uri, Version};
+use http_body_util::Limited;
+use hyper::body::Incoming;
+
+pub use body::ProxyBody;
+pub use error::ProxyError;
+pub use headers::{remove_hop_by_hop, request_id, set_forwarding, Client};
+
+use crate::runtime::{RouteRuntime, Snapshot};
+use crate::upstream::{Endpoint, InFlight};
+
+/// The body the gateway sends upstream: the client's body, streamed, capped at the route's limit.
+pub type UpstreamRequestBody = Limited<Incoming>;
+
+/// What the gateway knows about the connection a request arrived on.
+#[derive(Debug, Clone, Copy)]
+pub struct Connection {
+    pub peer: SocketAddr,
+    /// `http` or `https`.
+    pub proto: &'static str,
+}
+
+/// Proxies one request with the given snapshot. Never fails: errors become JSON responses.
+pub async fn handle(snapshot: Arc<Snapshot>, conn: Connection, request: Request<Incoming>) -> Response<ProxyBody> {
+    let request_id = headers::request_id(request.headers());
+    let method = request.method().clone();
+    let mut response = match proxy(&snapshot, conn, request, &request_id).await {
+        Ok(response) => response,
+        Err(error) => {
+            let (status, code) = error.status_and_code();
+            tracing::warn!(request_id = request_id.to_str().unwrap_or(""), %method, status = status.as_u16(), code, %error, "request failed");
+            error.into_response(&request_id)
+        }
+    };
+    response.headers_mut().insert(&headers::X_REQUEST_ID, request_id);
+    response
+}
+
+async fn proxy(
+    snapshot: &Snapshot,
+    conn: Connection,
+    mut request: Request<Incoming>,
+    request_id: &HeaderValue,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    // route
+    let host = request_host(&request).map(str::to_owned);
+    let path = request.uri().path();
+    if path.is_empty() || !path.starts_with('/') {
+        return Err(ProxyError::BadRequest("the request target must be an absolute path"));
+    }
+    if path::has_dot_segment(path) {
+        return Err(ProxyError::BadRequest("the path must not contain '.' or '..' segments"));
+    }
+    let index =
+        snapshot.router.find(host.as_deref(), path, request.method(), request.headers()).ok_or(ProxyError::NoRoute)?;
+    let route = snapshot.routes.get(index).ok_or(ProxyError::NoRoute)?;
+
+    // body limit: refuse early when the declared length is already too large
+    if declared_length(&request).is_some_and(|len| len > route.max_body_size) {
+        return Err(ProxyError::PayloadTooLarge { limit: route.max_body_size });
+    }
+
+    // upstream endpoint
+    let in_flight =
+        route.upstream.pick().ok_or_else(|| ProxyError::NoEndpoint { upstream: route.upstream.name.to_string() })?;
+
+    // forward
+    let upgrade = headers::is_upgrade_request(request.headers()) && request.version() == Version::HTTP_11;
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+    let client = Client {
+        ip: conn.peer.ip(),
+        trusted: snapshot.is_trusted(conn.peer.ip()),
+        proto: conn.proto,
+        host: host.as_deref(),
+    };
+    let upstream_request = upstream_request(request, route, in_flight.endpoint(), client, upgrade, request_id)?;
+    let mut response = send(route, &in_flight, upstream_request).await?;
+
+    // response
+    if let Some(client_upgrade) = client_upgrade.filter(|_| response.status() == http::StatusCode::SWITCHING_PROTOCOLS)
+    {
+        upgrade::tunnel(client_upgrade, hyper::upgrade::on(&mut response), request_id.clone());
+        let (parts, _) = response.into_parts();
+        return Ok(Response::from_parts(parts, ProxyBody::empty()));
+    }
+    let (mut parts, body) = response.into_parts();
+    headers::remove_hop_by_hop(&mut parts.headers, false);
+    Ok(Response::from_parts(parts, ProxyBody::upstream(body, in_flight)))
+}
+
+/// The host the client asked for: the Host header (HTTP/1.1) or the URI authority (HTTP/2).
+fn request_host<B>(request: &Request<B>) -> Option<&str> {
+    request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| request.uri().authority().map(|a| a.as_str()))
+}
+
+fn declared_length<B>(request: &Request<B>) -> Option<u64> {
+    request.headers().get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+/// Turns the client's request into the upstream's: new URI, rewritten path, header rules applied.
+fn upstream_request(
+    request: Request<Incoming>,
+    route: &RouteRuntime,
+    endpoint: &Endpoint,
+    client: Client<'_>,
+    upgrade: bool,
+    request_id: &HeaderValue,
+) -> Result<Request<UpstreamRequestBody>, ProxyError> {
+    let (mut parts, body) = request.into_parts();
+    let path = path::rewrite(parts.uri.path(), &route.path, &route.rewrite);
+    let path_and_query = match parts.uri.query() {
+        Some(query) => PathAndQuery::try_from(format!("{path}?{query}")),
+        None => PathAndQuery::try_from(path.as_ref()),
+    }
+    .map_err(|_| ProxyError::BadRequest("the rewritten path is not a valid URI path"))?;
+    parts.uri = Uri::builder()
+        .scheme(endpoint.scheme.clone())
+        .authority(endpoint.authority.clone())
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|_| ProxyError::BadRequest("the request URI cannot be forwarded"))?;
+    // Upstreams speak HTTP/1.1 whatever the client spoke.
+    parts.version = Version::HTTP_11;
+
+    headers::remove_hop_by_hop(&mut parts.headers, upgrade);
+    headers::set_forwarding(&mut parts.headers, client);
+    parts.headers.insert(&headers::X_REQUEST_ID, request_id.clone());
+    let upstream_host = match client.host {
+        Some(host) if route.preserve_host => host,
+        _ => endpoint.authority.as_str(),
+    };
+    // Both candidates came from a header value or a parsed authority, so this only guards the impossible.
+    if let Ok(value) = HeaderValue::from_str(upstream_host) {
+        parts.headers.insert(header::HOST, value);
+    }
+    Ok(Request::from_parts(parts, Limited::new(body, usize::try_from(route.max_body_size).unwrap_or(usize::MAX))))
+}
+
+/// Sends the request within the route's timeout and classifies failures.
+async fn send(
+    route: &RouteRuntime,
+    in_flight: &InFlight,
+    request: Request<UpstreamRequestBody>,
+) -> Result<Response<Incoming>, ProxyError> {
+    let upstream = || route.upstream.name.to_string();
+    let result = tokio::time::timeout(route.timeout, route.upstream.client.request(request)).await;
+    match result {
+        Err(_elapsed) => Err(ProxyError::UpstreamTimeout { upstream: upstream(), timeout: route.timeout }),
+        Ok(Ok(response)) => Ok(response),
+        Ok(Err(error)) if caused_by::<http_body_util::LengthLimitError>(&error) => {
+            Err(ProxyError::PayloadTooLarge { limit: route.max_body_size })
+        }
+        Ok(Err(error)) if error.is_connect() => Err(ProxyError::UpstreamConnect {
+            upstream: upstream(),
+            endpoint: in_flight.endpoint().authority.to_string(),
+            source: Box::new(error),
+        }),
+        Ok(Err(error)) => Err(ProxyError::Upstream { upstream: upstream(), source: Box::new(error) }),
+    }
+}
+
+fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if e.is::<E>() {
+            return true;
+        }
+        current = e.source();
+    }
+    false
+}

@@ -1,0 +1,148 @@
+//! Route matching: picks the most specific route for a request (see `RouteMatch::specificity`).
+//!
+//! Lookups are hash probes, not a scan: the request's host selects a host table (exact, then
+//! wildcard suffixes longest first, then any-host); within it the full path is probed for exact
+//! routes and then each segment-boundary prefix, longest first. Cost grows with the number of
+//! path segments, not the number of routes.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+
+use crate::config::{HostMatch, PathMatch, Route};
+
+/// Compiled routing table; `find` returns an index into the route list it was built from.
+#[derive(Debug, Default)]
+pub struct Router {
+    exact_hosts: HashMap<String, PathTable>,
+    /// Wildcard hosts as (".example.com", table), longest suffix first.
+    suffix_hosts: Vec<(String, PathTable)>,
+    any_host: PathTable,
+}
+
+#[derive(Debug, Default)]
+struct PathTable {
+    exact: HashMap<String, Vec<Candidate>>,
+    prefix: HashMap<String, Vec<Candidate>>,
+}
+
+/// Routes sharing one host and path, ordered so the first whose methods and headers fit wins.
+#[derive(Debug)]
+struct Candidate {
+    route: usize,
+    methods: Vec<Method>,
+    headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Candidate {
+    fn fits(&self, method: &Method, headers: &HeaderMap) -> bool {
+        (self.methods.is_empty() || self.methods.contains(method))
+            && self.headers.iter().all(|(name, value)| headers.get(name) == Some(value))
+    }
+}
+
+impl Router {
+    pub fn new(routes: &[Route]) -> Router {
+        let mut router = Router::default();
+        for (index, route) in routes.iter().enumerate() {
+            let table = match &route.matcher.host {
+                Some(HostMatch::Exact(host)) => router.exact_hosts.entry(host.clone()).or_default(),
+                Some(HostMatch::Suffix(suffix)) => match router.suffix_hosts.iter().position(|(s, _)| s == suffix) {
+                    Some(at) => &mut router.suffix_hosts[at].1,
+                    None => {
+                        router.suffix_hosts.push((suffix.clone(), PathTable::default()));
+                        let last = router.suffix_hosts.len() - 1;
+                        &mut router.suffix_hosts[last].1
+                    }
+                },
+                None => &mut router.any_host,
+            };
+            let (map, path) = match &route.matcher.path {
+                PathMatch::Exact(path) => (&mut table.exact, path),
+                PathMatch::Prefix(prefix) => (&mut table.prefix, prefix),
+            };
+            map.entry(path.clone()).or_default().push(Candidate {
+                route: index,
+                methods: route.matcher.methods.clone(),
+                headers: route.matcher.headers.clone(),
+            });
+        }
+        router.suffix_hosts.sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
+        for table in router.tables_mut() {
+            for candidates in table.exact.values_mut().chain(table.prefix.values_mut()) {
+                // Stable sort: equally specific candidates keep file order.
+                candidates.sort_by_key(|c| (c.methods.is_empty(), std::cmp::Reverse(c.headers.len())));
+            }
+        }
+        router
+    }
+
+    fn tables_mut(&mut self) -> impl Iterator<Item = &mut PathTable> {
+        self.exact_hosts
+            .values_mut()
+            .chain(self.suffix_hosts.iter_mut().map(|(_, t)| t))
+            .chain(std::iter::once(&mut self.any_host))
+    }
+
+    /// The index of the winning route, if any. `host` may carry a port and any letter case.
+    pub fn find(&self, host: Option<&str>, path: &str, method: &Method, headers: &HeaderMap) -> Option<usize> {
+        let host = host.map(normalize_host);
+        if let Some(host) = host.as_deref() {
+            if let Some(found) = self.exact_hosts.get(host).and_then(|t| t.find(path, method, headers)) {
+                return Some(found);
+            }
+            for (suffix, table) in &self.suffix_hosts {
+                if host.len() > suffix.len() && host.ends_with(suffix.as_str()) {
+                    if let Some(found) = table.find(path, method, headers) {
+                        return Some(found);
+                    }
+                }
+            }
+        }
+        self.any_host.find(path, method, headers)
+    }
+}
+
+impl PathTable {
+    fn find(&self, path: &str, method: &Method, headers: &HeaderMap) -> Option<usize> {
+        let first_fit =
+            |candidates: &Vec<Candidate>| candidates.iter().find(|c| c.fits(method, headers)).map(|c| c.route);
+        if let Some(found) = self.exact.get(path).and_then(first_fit) {
+            return Some(found);
+        }
+        if self.prefix.is_empty() {
+            return None;
+        }
+        // Probe "/a/b/c", "/a/b", "/a", "/": only whole segments can match a prefix.
+        let mut end = path.len();
+        loop {
+            let probe = if end == 0 { "/" } else { &path[..end] };
+            if let Some(found) = self.prefix.get(probe).and_then(first_fit) {
+                return Some(found);
+            }
+            if end == 0 {
+                return None;
+            }
+            end = path[..end].rfind('/').unwrap_or(0);
+        }
+    }
+}
+
+/// Lowercase, without port; allocates only when the host has uppercase letters.
+fn normalize_host(host: &str) -> Cow<'_, str> {
+    let without_port = if let Some(rest) = host.strip_prefix('[') {
+        // IPv6 literal: keep the brackets' content, as configured hosts are written without them.
+        rest.split(']').next().unwrap_or(rest)
+    } else {
+        host.rsplit_once(':').map_or(host, |(name, _port)| name)
+    };
+    if without_port.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(without_port.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(without_port)
+    }
+}
+
+#[cfg(test)]
+mod tests;

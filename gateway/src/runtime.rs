@@ -1,0 +1,79 @@
+//! The runtime snapshot: everything a request needs, compiled from a validated `Config`.
+//!
+//! A snapshot is immutable. The server holds the current one behind an `ArcSwap`; each request
+//! loads it once and uses it to the end, so a later swap never changes a request midway.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use ipnet::IpNet;
+
+use crate::config::{Config, PathMatch, Rewrite};
+use crate::router::Router;
+use crate::upstream::Upstream;
+
+/// The swappable slot holding the current snapshot.
+pub type Runtime = Arc<ArcSwap<Snapshot>>;
+
+#[derive(Debug)]
+pub struct Snapshot {
+    pub router: Router,
+    /// Indexed by what `router.find` returns.
+    pub routes: Vec<RouteRuntime>,
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+/// A route with its upstream resolved and its timeout decided.
+#[derive(Debug)]
+pub struct RouteRuntime {
+    pub name: Arc<str>,
+    pub path: PathMatch,
+    pub rewrite: Rewrite,
+    pub upstream: Arc<Upstream>,
+    pub timeout: Duration,
+    pub preserve_host: bool,
+    pub max_body_size: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("route {route:?} names upstream {upstream:?}, which does not exist")]
+    UnknownUpstream { route: String, upstream: String },
+}
+
+impl Snapshot {
+    pub fn build(config: &Config) -> Result<Snapshot, BuildError> {
+        let upstreams: HashMap<&str, Arc<Upstream>> =
+            config.upstreams.iter().map(|u| (u.name.as_str(), Arc::new(Upstream::new(u)))).collect();
+        let routes = config
+            .routes
+            .iter()
+            .map(|route| {
+                let upstream = upstreams.get(route.upstream.as_str()).cloned().ok_or_else(|| {
+                    BuildError::UnknownUpstream { route: route.name.clone(), upstream: route.upstream.clone() }
+                })?;
+                Ok(RouteRuntime {
+                    name: Arc::from(route.name.as_str()),
+                    path: route.matcher.path.clone(),
+                    rewrite: route.rewrite.clone(),
+                    timeout: route.timeout.unwrap_or(upstream.request_timeout),
+                    upstream,
+                    preserve_host: route.preserve_host,
+                    max_body_size: route.max_body_size,
+                })
+            })
+            .collect::<Result<Vec<_>, BuildError>>()?;
+        Ok(Snapshot {
+            router: Router::new(&config.routes),
+            routes,
+            trusted_proxies: config.server.trusted_proxies.clone(),
+        })
+    }
+
+    pub fn is_trusted(&self, ip: std::net::IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.trusted_proxies.iter().any(|net| net.contains(&ip))
+    }
+}

@@ -1,0 +1,100 @@
+//! One client connection: timeouts, HTTP/1.1 or HTTP/2 detection, and the per-request service.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::Watcher;
+use tokio::net::TcpStream;
+
+use super::timed_io::{Activity, RequestGuard, TimedIo, Timeouts};
+use crate::config;
+use crate::proxy::{self, ProxyBody};
+use crate::runtime::Runtime;
+
+/// Shared, immutable settings for serving client connections.
+#[derive(Debug)]
+pub(super) struct ConnSettings {
+    builder: auto::Builder<TokioExecutor>,
+    timeouts: Timeouts,
+}
+
+impl ConnSettings {
+    pub(super) fn new(server: &config::Server) -> ConnSettings {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            // TimedIo owns the header and idle timeouts (hyper's would close without a 408).
+            .header_read_timeout(None)
+            // The read buffer bounds the request head: a larger head gets 431.
+            .max_buf_size(server.max_header_size.max(config::defaults::MIN_HEADER_SIZE))
+            .max_headers(server.max_headers);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(server.max_header_size).unwrap_or(u32::MAX));
+        ConnSettings {
+            builder,
+            timeouts: Timeouts { header_read: server.header_read_timeout, idle: server.idle_timeout },
+        }
+    }
+}
+
+/// Serves one accepted connection until it closes or the graceful shutdown ends it.
+pub(super) async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    runtime: Runtime,
+    settings: Arc<ConnSettings>,
+    watcher: Watcher,
+) {
+    // Small responses must not wait for Nagle.
+    let _ = stream.set_nodelay(true);
+    let activity = Arc::new(Activity::default());
+    let io = TokioIo::new(TimedIo::new(stream, activity.clone(), settings.timeouts));
+    let connection = proxy::Connection { peer, proto: "http" };
+    let service = service_fn(move |request| {
+        // One snapshot for the whole request, loaded once.
+        let snapshot = runtime.load_full();
+        let guard = activity.start_request();
+        async move {
+            let response = proxy::handle(snapshot, connection, request).await;
+            Ok::<_, Infallible>(response.map(|body| Tracked { body, _guard: guard }))
+        }
+    });
+    let served = watcher.watch(settings.builder.serve_connection_with_upgrades(io, service)).await;
+    if let Err(error) = served {
+        tracing::debug!(%peer, %error, "client connection ended with an error");
+    }
+}
+
+/// A response body that keeps its request counted as in flight until it has been sent.
+#[derive(Debug)]
+struct Tracked {
+    body: ProxyBody,
+    _guard: RequestGuard,
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}

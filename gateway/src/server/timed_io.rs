@@ -1,0 +1,197 @@
+//! Client connection timeouts hyper does not give us in the form we need.
+//!
+//! hyper's own `header_read_timeout` also runs while a keep-alive connection is idle and closes
+//! without a response. Here the two are separate: a connection with nothing in flight and no bytes
+//! waiting is closed after `idle_timeout`; once a new request head has started to arrive it must be
+//! complete within `header_read_timeout`, or the client gets `408 Request Timeout` and the
+//! connection is closed (slow-loris protection).
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+const REQUEST_TIMEOUT_RESPONSE: &[u8] =
+    b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
+
+/// Requests in flight on one connection, shared by the connection's IO and its service.
+#[derive(Debug, Default)]
+pub(crate) struct Activity {
+    in_flight: AtomicU32,
+    /// Requests started so far: tells a deadline armed in an earlier idle period from a current one.
+    started: AtomicU64,
+}
+
+impl Activity {
+    /// Marks a request as in flight until the guard is dropped (when its response body is done).
+    pub(crate) fn start_request(self: &Arc<Self>) -> RequestGuard {
+        self.started.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        RequestGuard(self.clone())
+    }
+
+    fn state(&self) -> (bool, u64) {
+        (self.in_flight.load(Ordering::Relaxed) > 0, self.started.load(Ordering::Relaxed))
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct RequestGuard(Arc<Activity>);
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timeouts {
+    pub header_read: Duration,
+    pub idle: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Unknown,
+    Http1,
+    /// HTTP/2 frames are not request heads: only the idle timeout applies.
+    Http2,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    Idle,
+    Head,
+}
+
+/// An IO stream that enforces the idle and header-read timeouts of one client connection.
+#[derive(Debug)]
+pub(crate) struct TimedIo<S> {
+    inner: S,
+    activity: Arc<Activity>,
+    timeouts: Timeouts,
+    protocol: Protocol,
+    /// What the timer is armed for, and the `started` count it was armed at.
+    armed: Option<(Wait, u64)>,
+    timer: Pin<Box<Sleep>>,
+}
+
+impl<S> TimedIo<S> {
+    pub(crate) fn new(inner: S, activity: Arc<Activity>, timeouts: Timeouts) -> TimedIo<S> {
+        TimedIo {
+            inner,
+            activity,
+            timeouts,
+            protocol: Protocol::Unknown,
+            armed: None,
+            timer: Box::pin(tokio::time::sleep(timeouts.idle)),
+        }
+    }
+
+    fn arm(&mut self, wait: Wait, epoch: u64) {
+        let after = match wait {
+            Wait::Idle => self.timeouts.idle,
+            Wait::Head => self.timeouts.header_read,
+        };
+        self.timer.as_mut().reset(Instant::now() + after);
+        self.armed = Some((wait, epoch));
+    }
+
+    fn on_bytes_read(&mut self, bytes: &[u8]) {
+        if self.protocol == Protocol::Unknown {
+            // The HTTP/2 connection preface starts "PRI * HTTP/2.0"; no HTTP/1 method is "PRI".
+            self.protocol = if bytes.starts_with(b"PRI ") { Protocol::Http2 } else { Protocol::Http1 };
+        }
+        let (busy, epoch) = self.activity.state();
+        if busy {
+            self.armed = None;
+            return;
+        }
+        match self.protocol {
+            Protocol::Http1 if self.armed != Some((Wait::Head, epoch)) => self.arm(Wait::Head, epoch),
+            Protocol::Http1 => {}
+            Protocol::Http2 | Protocol::Unknown => self.arm(Wait::Idle, epoch),
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> TimedIo<S> {
+    /// Called when the socket has nothing to read: has the current wait run out?
+    fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let (busy, epoch) = self.activity.state();
+        if busy {
+            self.armed = None;
+            return Poll::Pending;
+        }
+        let wait = match self.armed {
+            Some((wait, armed_at)) if armed_at == epoch => wait,
+            _ => {
+                self.arm(Wait::Idle, epoch);
+                Wait::Idle
+            }
+        };
+        ready!(self.timer.as_mut().poll(cx));
+        match wait {
+            // End of stream: hyper closes an idle connection quietly.
+            Wait::Idle => Poll::Ready(Ok(())),
+            Wait::Head => {
+                // Best effort: the socket buffer is empty on a stalled connection, so this rarely waits.
+                let _ = Pin::new(&mut self.inner).poll_write(cx, REQUEST_TIMEOUT_RESPONSE);
+                Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "request head not received in time")))
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TimedIo<S> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let read = &buf.filled()[before..];
+                if !read.is_empty() {
+                    this.on_bytes_read(read);
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
+            Poll::Pending => this.poll_deadline(cx),
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for TimedIo<S> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests;

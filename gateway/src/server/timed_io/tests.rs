@@ -1,0 +1,72 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::*;
+
+const TIMEOUTS: Timeouts = Timeouts { header_read: Duration::from_secs(2), idle: Duration::from_secs(10) };
+
+fn pair() -> (tokio::io::DuplexStream, TimedIo<tokio::io::DuplexStream>, Arc<Activity>) {
+    let (client, server) = tokio::io::duplex(4096);
+    let activity = Arc::new(Activity::default());
+    (client, TimedIo::new(server, activity.clone(), TIMEOUTS), activity)
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_connection_reads_end_of_stream_after_idle_timeout() {
+    let (_client, mut io, _) = pair();
+    let start = Instant::now();
+    let n = io.read(&mut [0u8; 16]).await.unwrap();
+    assert_eq!(n, 0);
+    assert_eq!(start.elapsed(), TIMEOUTS.idle);
+}
+
+#[tokio::test(start_paused = true)]
+async fn partial_head_gets_408_after_header_read_timeout() {
+    let (mut client, mut io, _) = pair();
+    client.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n").await.unwrap();
+    let mut buf = [0u8; 64];
+    assert!(io.read(&mut buf).await.unwrap() > 0);
+    let start = Instant::now();
+    let err = io.read(&mut buf).await.unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    assert_eq!(start.elapsed(), TIMEOUTS.header_read);
+    let mut response = vec![0u8; REQUEST_TIMEOUT_RESPONSE.len()];
+    client.read_exact(&mut response).await.unwrap();
+    assert!(response.starts_with(b"HTTP/1.1 408 "));
+}
+
+#[tokio::test(start_paused = true)]
+async fn request_in_flight_is_never_timed_out() {
+    let (_client, mut io, activity) = pair();
+    let guard = activity.start_request();
+    let waited = tokio::time::timeout(Duration::from_secs(3600), io.read(&mut [0u8; 16])).await;
+    assert!(waited.is_err(), "a connection with a request in flight must not be closed");
+    drop(guard);
+}
+
+#[tokio::test(start_paused = true)]
+async fn head_deadline_from_an_earlier_request_does_not_fire_later() {
+    let (mut client, mut io, activity) = pair();
+    client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+    assert!(io.read(&mut [0u8; 64]).await.unwrap() > 0);
+    // The head completed and a request ran long past the header deadline.
+    let guard = activity.start_request();
+    tokio::time::sleep(TIMEOUTS.header_read * 3).await;
+    drop(guard);
+    // Now idle: the close must come from the idle timeout, quietly.
+    let start = Instant::now();
+    assert_eq!(io.read(&mut [0u8; 16]).await.unwrap(), 0);
+    assert_eq!(start.elapsed(), TIMEOUTS.idle);
+}
+
+#[tokio::test(start_paused = true)]
+async fn http2_preface_is_not_treated_as_a_request_head() {
+    let (mut client, mut io, _) = pair();
+    client.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+    assert!(io.read(&mut [0u8; 64]).await.unwrap() > 0);
+    let start = Instant::now();
+    assert_eq!(io.read(&mut [0u8; 16]).await.unwrap(), 0);
+    assert_eq!(start.elapsed(), TIMEOUTS.idle);
+}

@@ -1,0 +1,108 @@
+//! Upstreams: their endpoints, the balancer that picks one, and the pooled HTTP client.
+
+mod balancer;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::uri::{Authority, Scheme};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::config;
+use crate::proxy::UpstreamRequestBody;
+use balancer::Balancer;
+
+/// Largest upstream response head accepted; larger is a 502, never unbounded memory.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
+pub type HttpClient = Client<HttpConnector, UpstreamRequestBody>;
+
+/// A named upstream with its endpoints and connection pool.
+#[derive(Debug)]
+pub struct Upstream {
+    pub name: Arc<str>,
+    endpoints: Vec<Arc<Endpoint>>,
+    balancer: Balancer,
+    pub client: HttpClient,
+    pub request_timeout: Duration,
+}
+
+/// One endpoint of an upstream and the requests currently in flight to it.
+#[derive(Debug)]
+pub struct Endpoint {
+    pub scheme: Scheme,
+    pub authority: Authority,
+    in_flight: AtomicUsize,
+}
+
+/// Holds an endpoint's in-flight slot until dropped (when the response body has been sent).
+#[derive(Debug)]
+pub struct InFlight(Arc<Endpoint>);
+
+impl InFlight {
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Upstream {
+    pub fn new(config: &config::Upstream) -> Upstream {
+        let endpoints = config
+            .endpoints
+            .iter()
+            .filter_map(|e| {
+                // Validation guarantees scheme and authority; an endpoint without them is skipped, not a panic.
+                Some(Arc::new(Endpoint {
+                    scheme: e.uri.scheme()?.clone(),
+                    authority: e.uri.authority()?.clone(),
+                    in_flight: AtomicUsize::new(0),
+                }))
+            })
+            .collect();
+        Upstream {
+            name: Arc::from(config.name.as_str()),
+            endpoints,
+            balancer: Balancer::new(config.load_balancing),
+            client: build_client(config),
+            request_timeout: config.request_timeout,
+        }
+    }
+
+    /// Picks an endpoint and takes an in-flight slot on it; `None` when there is none to pick.
+    pub fn pick(&self) -> Option<InFlight> {
+        let index = self.balancer.pick(&self.endpoints, |e| e.in_flight.load(Ordering::Relaxed))?;
+        let endpoint = self.endpoints.get(index)?;
+        endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
+        Some(InFlight(endpoint.clone()))
+    }
+}
+
+fn build_client(config: &config::Upstream) -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(config.connect_timeout));
+    connector.set_nodelay(true);
+    connector.enforce_http(true);
+    Client::builder(TokioExecutor::new())
+        // Without a timer the pool never expires idle connections.
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .pool_idle_timeout(config.pool.idle_timeout)
+        .pool_max_idle_per_host(config.pool.max_idle_per_host)
+        .http1_max_buf_size(MAX_RESPONSE_HEAD)
+        // The gateway sets Host itself (preserve_host), so the client must not replace it.
+        .set_host(false)
+        .build(connector)
+}
+
+/// Response from an upstream, as handed back by the client.
+pub type UpstreamResponse = http::Response<Incoming>;
