@@ -1,0 +1,124 @@
+//! The YAML exactly as written: serde structs with no logic, unknown keys rejected.
+//!
+//! Values whose meaning is checked later (names, durations, sizes, URLs, paths...) stay strings
+//! wrapped in `Spanned`, so validation can point at their line and column.
+
+use std::fmt;
+use std::marker::PhantomData;
+
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConfig {
+    pub listeners: Spanned<Vec<RawListener>>,
+    pub admin: Option<RawAdmin>,
+    pub server: Option<RawServer>,
+    pub shutdown: Option<RawShutdown>,
+    pub upstreams: Spanned<OrderedMap<RawUpstream>>,
+    pub routes: Spanned<Vec<Spanned<RawRoute>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawListener {
+    pub name: Spanned<String>,
+    pub address: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAdmin {
+    pub address: Spanned<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawServer {
+    pub max_header_size: Option<Spanned<String>>,
+    pub max_headers: Option<Spanned<usize>>,
+    pub header_read_timeout: Option<Spanned<String>>,
+    pub idle_timeout: Option<Spanned<String>>,
+    pub max_body_size: Option<Spanned<String>>,
+    pub trusted_proxies: Option<Vec<Spanned<String>>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawShutdown {
+    pub drain_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawUpstream {
+    pub endpoints: Spanned<Vec<Spanned<String>>>,
+    pub load_balancing: Option<Spanned<String>>,
+    pub connect_timeout: Option<Spanned<String>>,
+    pub request_timeout: Option<Spanned<String>>,
+    pub pool: Option<RawPool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPool {
+    pub idle_timeout: Option<Spanned<String>>,
+    pub max_idle_per_host: Option<Spanned<usize>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRoute {
+    pub name: Spanned<String>,
+    #[serde(rename = "match")]
+    pub matcher: Option<Spanned<RawMatch>>,
+    pub upstream: Spanned<String>,
+    pub strip_prefix: Option<Spanned<bool>>,
+    pub rewrite_prefix: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+    pub preserve_host: Option<bool>,
+    pub max_body_size: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMatch {
+    pub host: Option<Spanned<String>>,
+    pub path_prefix: Option<Spanned<String>>,
+    pub path: Option<Spanned<String>>,
+    pub methods: Option<Spanned<Vec<Spanned<String>>>>,
+    pub headers: Option<OrderedMap<Spanned<String>>>,
+}
+
+/// A YAML mapping kept in file order, keys with their location.
+///
+/// Order matters for upstreams (the validated config lists them as written) and for reporting
+/// problems in reading order. Duplicate keys never reach here: serde-saphyr rejects them.
+#[derive(Debug)]
+pub(crate) struct OrderedMap<V>(pub Vec<(Spanned<String>, V)>);
+
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for OrderedMap<V> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct OrderedMapVisitor<V>(PhantomData<V>);
+
+        impl<'de, V: Deserialize<'de>> Visitor<'de> for OrderedMapVisitor<V> {
+            type Value = OrderedMap<V>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a mapping")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(0));
+                while let Some(entry) = map.next_entry()? {
+                    entries.push(entry);
+                }
+                Ok(OrderedMap(entries))
+            }
+        }
+
+        deserializer.deserialize_map(OrderedMapVisitor(PhantomData))
+    }
+}

@@ -1,0 +1,288 @@
+//! Pipeline tests: the shipped example, validation cases, and the invalid-config fixtures.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::*;
+
+const MINIMAL: &str = "
+listeners:
+  - { name: public, address: 127.0.0.1:0 }
+upstreams:
+  echo: { endpoints: [http://127.0.0.1:9001] }
+routes:
+  - { name: all, upstream: echo }
+";
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Renders `parse` errors as `gateway check` prints them.
+fn errors(text: &str) -> String {
+    match parse("gw.yaml", text) {
+        Ok(_) => String::from("<valid>"),
+        Err(problems) => problems.to_string(),
+    }
+}
+
+/// `MINIMAL` with its single route replaced by `routes`.
+fn with_routes(routes: &str) -> String {
+    MINIMAL.replace("  - { name: all, upstream: echo }\n", routes)
+}
+
+#[test]
+fn shipped_example_loads_without_warnings() {
+    let loaded = load(&workspace_root().join("config/gateway.yaml")).unwrap();
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    let config = loaded.config;
+    assert_eq!(config.listeners, [Listener { name: "public".into(), address: "127.0.0.1:8080".parse().unwrap() }]);
+    assert_eq!(config.admin, Some(Admin { address: "127.0.0.1:9100".parse().unwrap() }));
+    assert_eq!(config.upstreams.len(), 1);
+    assert_eq!(config.upstreams[0].endpoints[0].uri, "http://127.0.0.1:9001");
+    assert!(config.routes.iter().all(|r| r.upstream == "echo"));
+}
+
+#[test]
+fn minimal_config_fills_defaults() {
+    let config = parse("gw.yaml", MINIMAL).unwrap().config;
+    assert_eq!(config.server.max_header_size, defaults::MAX_HEADER_SIZE);
+    assert_eq!(config.server.idle_timeout, defaults::IDLE_TIMEOUT);
+    assert_eq!(config.shutdown.drain_timeout, defaults::DRAIN_TIMEOUT);
+    let upstream = &config.upstreams[0];
+    assert_eq!(upstream.load_balancing, LoadBalancing::RoundRobin);
+    assert_eq!(upstream.pool.max_idle_per_host, defaults::POOL_MAX_IDLE_PER_HOST);
+    let route = &config.routes[0];
+    assert_eq!(route.matcher.path, PathMatch::Prefix("/".into()));
+    assert_eq!(route.rewrite, Rewrite::None);
+    assert!(route.preserve_host);
+    assert_eq!(route.max_body_size, defaults::MAX_BODY_SIZE);
+}
+
+#[test]
+fn route_fields_normalized_values() {
+    let text = with_routes(
+        "  - name: r
+    match:
+      host: API.Example.com
+      path_prefix: /api/
+      methods: [GET, POST, GET]
+      headers: { X-Version: \"2\" }
+    upstream: echo
+    rewrite_prefix: /v2/
+    timeout: 250ms
+    max_body_size: 1KB
+    preserve_host: false
+  - name: w
+    match: { host: \"*.example.com\", path: /exact/ }
+    upstream: echo
+    strip_prefix: true
+",
+    );
+    let config = parse("gw.yaml", &text).unwrap().config;
+    let r = &config.routes[0];
+    assert_eq!(r.matcher.host, Some(HostMatch::Exact("api.example.com".into())));
+    assert_eq!(r.matcher.path, PathMatch::Prefix("/api".into()));
+    assert_eq!(r.matcher.methods, [http::Method::GET, http::Method::POST]);
+    assert_eq!(r.matcher.headers[0].0.as_str(), "x-version");
+    assert_eq!(r.rewrite, Rewrite::ReplacePrefix("/v2".into()));
+    assert_eq!(r.timeout, Some(Duration::from_millis(250)));
+    assert_eq!(r.max_body_size, 1000);
+    assert!(!r.preserve_host);
+    let w = &config.routes[1];
+    assert_eq!(w.matcher.host, Some(HostMatch::Suffix(".example.com".into())));
+    assert_eq!(w.matcher.path, PathMatch::Exact("/exact/".into()));
+    assert_eq!(w.rewrite, Rewrite::StripPrefix);
+}
+
+#[test]
+fn server_section_parsed_values() {
+    let text = format!(
+        "{MINIMAL}server:\n  max_header_size: 8KiB\n  max_headers: 7\n  trusted_proxies: [10.0.0.0/8, 10.1.2.3, \"::1\", 192.168.1.7/16]\n"
+    );
+    let server = parse("gw.yaml", &text).unwrap().config.server;
+    assert_eq!(server.max_header_size, 8192);
+    assert_eq!(server.max_headers, 7);
+    let nets: Vec<String> = server.trusted_proxies.iter().map(ToString::to_string).collect();
+    assert_eq!(nets, ["10.0.0.0/8", "10.1.2.3/32", "::1/128", "192.168.0.0/16"]);
+}
+
+#[test]
+fn endpoint_trailing_slash_and_default_port_accepted() {
+    let text = MINIMAL.replace("http://127.0.0.1:9001", "http://backend.internal/");
+    let config = parse("gw.yaml", &text).unwrap().config;
+    assert_eq!(config.upstreams[0].endpoints[0].uri, "http://backend.internal");
+}
+
+#[test]
+fn unused_upstream_warned_not_rejected() {
+    let text = MINIMAL.replace("upstreams:\n", "upstreams:\n  spare: { endpoints: [http://127.0.0.1:9002] }\n");
+    let loaded = parse("gw.yaml", &text).unwrap();
+    let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        warnings,
+        ["gw.yaml:5:3: upstreams.spare: warning: upstream \"spare\" is not used by any route\n  hint: remove it, or point a route at it with `upstream: spare`"]
+    );
+}
+
+#[test]
+fn shadowed_route_by_method_superset_rejected() {
+    let text = with_routes(
+        "  - { name: a, match: { path_prefix: /x, methods: [GET, POST] }, upstream: echo }
+  - { name: b, match: { path_prefix: /x, methods: [GET] }, upstream: echo }
+",
+    );
+    assert!(
+        errors(&text).contains("route \"b\" can never match: route \"a\" (routes[0], line 7)"),
+        "{}",
+        errors(&text)
+    );
+}
+
+#[test]
+fn more_specific_later_route_not_shadowed() {
+    let text = with_routes(
+        "  - { name: a, match: { path_prefix: /x }, upstream: echo }
+  - { name: b, match: { path_prefix: /x/y }, upstream: echo }
+  - { name: c, match: { path_prefix: /x, headers: { x-a: \"1\" } }, upstream: echo }
+",
+    );
+    assert!(parse("gw.yaml", &text).is_ok(), "{}", errors(&text));
+}
+
+#[test]
+fn listener_port_zero_duplicates_allowed() {
+    let text = MINIMAL.replace(
+        "  - { name: public, address: 127.0.0.1:0 }\n",
+        "  - { name: a, address: 127.0.0.1:0 }\n  - { name: b, address: 127.0.0.1:0 }\nadmin: { address: 127.0.0.1:0 }\n",
+    );
+    assert!(parse("gw.yaml", &text).is_ok(), "{}", errors(&text));
+}
+
+#[test]
+fn admin_address_clashing_with_listener_rejected() {
+    let text = MINIMAL.replace("127.0.0.1:0", "127.0.0.1:8080") + "admin: { address: 0.0.0.0:8080 }\n";
+    assert!(
+        errors(&text).contains("admin.address: address 0.0.0.0:8080 overlaps listener \"public\""),
+        "{}",
+        errors(&text)
+    );
+}
+
+#[test]
+fn endpoint_with_credentials_rejected_without_echoing_password() {
+    let text = MINIMAL.replace("http://127.0.0.1:9001", "http://user:s3cret@127.0.0.1:9001");
+    let out = errors(&text);
+    assert!(out.contains("must not contain credentials"), "{out}");
+    assert!(!out.contains("s3cret"), "{out}");
+}
+
+#[test]
+fn extension_method_accepted_close_typo_warned() {
+    let text = with_routes("  - { name: a, match: { methods: [PURGE, POTS] }, upstream: echo }\n");
+    let loaded = parse("gw.yaml", &text).unwrap();
+    assert_eq!(loaded.config.routes[0].matcher.methods.len(), 2);
+    assert_eq!(loaded.warnings.len(), 1);
+    assert_eq!(loaded.warnings[0].hint.as_deref(), Some("did you mean `POST`? (extension methods are allowed)"));
+}
+
+#[test]
+fn unknown_key_location_and_path_reported() {
+    let text = MINIMAL.replace("{ name: all, upstream: echo }", "{ name: all, upstream: echo, timout: 5s }");
+    assert_eq!(errors(&text), "gw.yaml:7:34: routes[0].timout: unknown key `timout`\n  hint: did you mean `timeout`?");
+}
+
+#[test]
+fn empty_file_reported_as_empty() {
+    assert_eq!(
+        errors("# nothing yet\n"),
+        "gw.yaml:1:1: the file is empty\n  hint: a config needs at least `listeners`, `upstreams` and `routes`"
+    );
+}
+
+#[test]
+fn invalid_utf8_file_reported_with_location() {
+    let dir = std::env::temp_dir().join(format!("gateway-config-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("bad.yaml");
+    std::fs::write(&path, b"listeners:\n  - name: p\xffx\n").unwrap();
+    let err = load(&path).unwrap_err();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let LoadError::Invalid(problems) = err else { panic!("expected Invalid, got {err:?}") };
+    let first = problems.iter().next().unwrap();
+    assert_eq!((first.line, first.column), (2, 12));
+}
+
+#[test]
+fn missing_file_unreadable() {
+    let err = load(Path::new("/nonexistent/gateway.yaml")).unwrap_err();
+    assert!(matches!(err, LoadError::Unreadable { .. }), "{err:?}");
+}
+
+#[test]
+fn arbitrary_garbage_never_panics() {
+    let inputs = [
+        "",
+        "[",
+        "{",
+        "- - -",
+        ":",
+        "listeners: *a",
+        "listeners: !!binary aGVsbG8=",
+        "? [a]\n: b",
+        "listeners:\n  - name: a\n    address: [1, 2]\n",
+        "\u{feff}listeners: []",
+        "upstreams: {\"\": {endpoints: []}}",
+        "routes: [{name: x, match: {headers: {\"\": \"\"}}}]",
+    ];
+    for input in inputs {
+        let _ = parse("gw.yaml", input);
+    }
+}
+
+#[test]
+fn every_truncation_of_shipped_example_never_panics() {
+    // Cutting a valid file anywhere exercises most syntax and shape errors.
+    let text = std::fs::read_to_string(workspace_root().join("config/gateway.yaml")).unwrap();
+    for (cut, _) in text.char_indices().step_by(7) {
+        let _ = parse("gw.yaml", &text[..cut]);
+    }
+}
+
+/// Every `tests/fixtures/invalid/NAME.yaml` must produce exactly the lines in `NAME.expected`
+/// (`$FILE` standing for the file label). Set `GATEWAY_BLESS=1` to (re)write the expected files,
+/// then review the diff.
+#[test]
+fn invalid_fixtures_render_expected_problems() {
+    let dir = workspace_root().join("tests/fixtures/invalid");
+    let bless = std::env::var_os("GATEWAY_BLESS").is_some();
+    let mut fixtures: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    fixtures.sort();
+    assert!(!fixtures.is_empty(), "no fixtures in {}", dir.display());
+    let mut failures = Vec::new();
+    for fixture in &fixtures {
+        let text = std::fs::read_to_string(fixture).unwrap();
+        let actual = match parse("$FILE", &text) {
+            Ok(_) => String::from("<valid config>"),
+            Err(problems) => problems.to_string(),
+        };
+        let expected_path = fixture.with_extension("expected");
+        if bless {
+            std::fs::write(&expected_path, format!("{actual}\n")).unwrap();
+            continue;
+        }
+        let expected = std::fs::read_to_string(&expected_path).unwrap_or_default();
+        if actual != expected.trim_end() {
+            failures.push(format!(
+                "{}:\n--- expected\n{}\n--- actual\n{actual}\n",
+                fixture.display(),
+                expected.trim_end()
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

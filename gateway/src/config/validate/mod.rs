@@ -1,0 +1,133 @@
+//! Raw YAML structs -> validated `Config`, collecting every problem before giving up.
+//!
+//! Each section is checked on its own and yields a best-effort value even when it is wrong (a
+//! bad duration falls back to the default, a bad listener is skipped) so that later checks still
+//! run and the author sees every problem in one go. The config is only returned when no error
+//! was recorded, so those stand-ins never escape.
+
+mod matcher;
+mod routes;
+mod server;
+mod upstreams;
+
+use std::time::Duration;
+
+use serde_saphyr::{Location, Spanned};
+
+use super::model::Config;
+use super::problem::{Problem, Problems, Severity};
+use super::raw::RawConfig;
+use super::units;
+
+/// The whole config, or every error found. Warnings come with a valid config only.
+pub(crate) fn validate(file: &str, raw: &RawConfig) -> Result<(Config, Vec<Problem>), Problems> {
+    let mut report = Report { file, problems: Vec::new() };
+    let (listeners, admin) = server::listeners(&mut report, &raw.listeners, raw.admin.as_ref());
+    let server = server::server(&mut report, raw.server.as_ref());
+    let shutdown = server::shutdown(&mut report, raw.shutdown.as_ref());
+    let upstreams = upstreams::upstreams(&mut report, &raw.upstreams);
+    let routes = routes::routes(&mut report, &raw.routes, &raw.upstreams, &server);
+
+    let (errors, warnings): (Vec<Problem>, Vec<Problem>) =
+        report.problems.into_iter().partition(|p| p.severity == Severity::Error);
+    match Problems::new(errors) {
+        Some(errors) => Err(errors),
+        None => Ok((Config { listeners, admin, server, shutdown, upstreams, routes }, warnings)),
+    }
+}
+
+/// Collects problems for one file.
+pub(crate) struct Report<'a> {
+    file: &'a str,
+    problems: Vec<Problem>,
+}
+
+impl Report<'_> {
+    /// Records an error at `at`; chain `.hint(...)` to say how to fix it.
+    pub(crate) fn error(&mut self, at: Location, path: &str, message: impl Into<String>) -> &mut Problem {
+        self.push(Severity::Error, at, path, message.into())
+    }
+
+    pub(crate) fn warn(&mut self, at: Location, path: &str, message: impl Into<String>) -> &mut Problem {
+        self.push(Severity::Warning, at, path, message.into())
+    }
+
+    fn push(&mut self, severity: Severity, at: Location, path: &str, message: String) -> &mut Problem {
+        let yaml_path = (!path.is_empty()).then(|| path.to_owned());
+        let problem = Problem::new(severity, self.file, position(at), yaml_path, message);
+        self.problems.push(problem);
+        let last = self.problems.len() - 1;
+        &mut self.problems[last]
+    }
+}
+
+/// Line and column, 1-based; an unknown location (line 0, never expected) becomes 1:1.
+pub(crate) fn position(at: Location) -> (usize, usize) {
+    let convert = |n: u64| usize::try_from(n.max(1)).unwrap_or(usize::MAX);
+    (convert(at.line()), convert(at.column()))
+}
+
+/// `parent.key`, or `parent["odd key"]` when the key would make the path ambiguous.
+pub(crate) fn path_key(parent: &str, key: &str) -> String {
+    let plain = !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    match (plain, parent.is_empty()) {
+        (true, true) => key.to_owned(),
+        (true, false) => format!("{parent}.{key}"),
+        (false, _) => format!("{parent}[{key:?}]"),
+    }
+}
+
+/// A duration field: its value, or `default` when absent (or wrong, after recording why).
+pub(crate) fn duration(
+    report: &mut Report<'_>,
+    raw: Option<&Spanned<String>>,
+    path: &str,
+    default: Duration,
+) -> Duration {
+    let Some(raw) = raw else { return default };
+    units::parse_duration(&raw.value).unwrap_or_else(|e| {
+        let problem = report.error(raw.referenced, path, e.message);
+        problem.hint = e.hint;
+        default
+    })
+}
+
+/// A size field in bytes: its value, or `default` when absent (or wrong, after recording why).
+pub(crate) fn size(report: &mut Report<'_>, raw: Option<&Spanned<String>>, path: &str, default: u64) -> u64 {
+    let Some(raw) = raw else { return default };
+    units::parse_size(&raw.value).unwrap_or_else(|e| {
+        let problem = report.error(raw.referenced, path, e.message);
+        problem.hint = e.hint;
+        default
+    })
+}
+
+/// Names label metrics and log lines, so keep them to a safe, greppable alphabet.
+pub(crate) fn check_name(report: &mut Report<'_>, what: &str, name: &Spanned<String>, path: &str) -> bool {
+    let value = &name.value;
+    let ok_chars = value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if value.is_empty() || value.len() > 64 || !ok_chars {
+        report
+            .error(name.referenced, path, format!("{what} name {value:?} is not valid"))
+            .hint("use 1 to 64 letters, digits, `-`, `_` or `.`");
+        return false;
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_key_plain_key_joined_with_dot() {
+        assert_eq!(path_key("", "routes"), "routes");
+        assert_eq!(path_key("upstreams", "product"), "upstreams.product");
+    }
+
+    #[test]
+    fn path_key_odd_key_quoted() {
+        assert_eq!(path_key("upstreams", "a.b"), "upstreams[\"a.b\"]");
+        assert_eq!(path_key("", "x y"), "[\"x y\"]");
+    }
+}

@@ -1,0 +1,143 @@
+//! Checks `upstreams`: names, endpoint URLs, balancing, timeouts and pool settings.
+
+use http::Uri;
+use serde_saphyr::Spanned;
+
+use super::{check_name, duration, path_key, Report};
+use crate::config::model::{defaults, Endpoint, LoadBalancing, Pool, Upstream};
+use crate::config::raw::{OrderedMap, RawUpstream};
+use crate::config::suggest;
+
+const LOAD_BALANCING: [(&str, LoadBalancing); 2] =
+    [("round_robin", LoadBalancing::RoundRobin), ("least_request", LoadBalancing::LeastRequest)];
+
+pub(super) fn upstreams(report: &mut Report<'_>, raw: &Spanned<OrderedMap<RawUpstream>>) -> Vec<Upstream> {
+    if raw.value.0.is_empty() {
+        report
+            .error(raw.referenced, "upstreams", "at least one upstream is required")
+            .hint("add one, e.g. `echo: { endpoints: [http://127.0.0.1:9001] }`");
+    }
+    raw.value.0.iter().map(|(name, upstream)| self::upstream(report, name, upstream)).collect()
+}
+
+fn upstream(report: &mut Report<'_>, name: &Spanned<String>, raw: &RawUpstream) -> Upstream {
+    let path = path_key("upstreams", &name.value);
+    check_name(report, "upstream", name, &path);
+
+    let endpoints_path = format!("{path}.endpoints");
+    if raw.endpoints.value.is_empty() {
+        report
+            .error(raw.endpoints.referenced, &endpoints_path, "an upstream needs at least one endpoint")
+            .hint("e.g. `endpoints: [http://127.0.0.1:9001]`");
+    }
+    let mut endpoints: Vec<Endpoint> = Vec::new();
+    for (i, raw_endpoint) in raw.endpoints.value.iter().enumerate() {
+        let endpoint_path = format!("{endpoints_path}[{i}]");
+        let Some(endpoint) = self::endpoint(report, raw_endpoint, &endpoint_path) else { continue };
+        if endpoints.contains(&endpoint) {
+            // Legal, but it silently doubles that endpoint's share of the traffic.
+            report
+                .warn(raw_endpoint.referenced, &endpoint_path, format!("endpoint {} is listed twice", endpoint.uri))
+                .hint("remove the duplicate");
+        }
+        endpoints.push(endpoint);
+    }
+
+    let load_balancing = match &raw.load_balancing {
+        None => LoadBalancing::RoundRobin,
+        Some(lb) => match LOAD_BALANCING.iter().find(|(word, _)| *word == lb.value) {
+            Some(&(_, policy)) => policy,
+            None => {
+                let words = LOAD_BALANCING.map(|(word, _)| word);
+                let hint = match suggest::closest(&lb.value, words) {
+                    Some(word) => format!("did you mean `{word}`? expected round_robin or least_request"),
+                    None => "expected round_robin or least_request".to_owned(),
+                };
+                report
+                    .error(
+                        lb.referenced,
+                        &format!("{path}.load_balancing"),
+                        format!("unknown load_balancing {:?}", lb.value),
+                    )
+                    .hint(hint);
+                LoadBalancing::RoundRobin
+            }
+        },
+    };
+
+    let connect_timeout =
+        duration(report, raw.connect_timeout.as_ref(), &format!("{path}.connect_timeout"), defaults::CONNECT_TIMEOUT);
+    let request_timeout =
+        duration(report, raw.request_timeout.as_ref(), &format!("{path}.request_timeout"), defaults::REQUEST_TIMEOUT);
+    let raw_pool = raw.pool.as_ref();
+    let pool = Pool {
+        idle_timeout: duration(
+            report,
+            raw_pool.and_then(|p| p.idle_timeout.as_ref()),
+            &format!("{path}.pool.idle_timeout"),
+            defaults::POOL_IDLE_TIMEOUT,
+        ),
+        // 0 is meaningful: keep no idle connections.
+        max_idle_per_host: raw_pool
+            .and_then(|p| p.max_idle_per_host.as_ref())
+            .map_or(defaults::POOL_MAX_IDLE_PER_HOST, |n| n.value),
+    };
+    Upstream { name: name.value.clone(), endpoints, load_balancing, connect_timeout, request_timeout, pool }
+}
+
+/// `http://host[:port][/]` and nothing else.
+fn endpoint(report: &mut Report<'_>, raw: &Spanned<String>, path: &str) -> Option<Endpoint> {
+    let text = raw.value.trim();
+    let mut fail = |message: String, hint: &str| {
+        report.error(raw.referenced, path, message).hint(hint);
+        None
+    };
+    // Checked before parsing, and without quoting the URL: it would put a password in the logs.
+    let authority_part =
+        text.split_once("://").map_or("", |(_, rest)| rest.split(['/', '?', '#']).next().unwrap_or(""));
+    if authority_part.contains('@') {
+        return fail(
+            "endpoint URL must not contain credentials (user:password@)".to_owned(),
+            "remove them: the gateway does not authenticate to upstreams",
+        );
+    }
+    let example = "write it as http://HOST:PORT, e.g. http://127.0.0.1:9001";
+    let Ok(uri) = text.parse::<Uri>() else {
+        return fail(format!("endpoint {text:?} is not a valid URL"), example);
+    };
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some(scheme) if scheme.eq_ignore_ascii_case("https") => {
+            return fail(
+                format!("endpoint {text:?}: https upstreams are not supported yet (TLS to upstreams comes in a later release)"),
+                "use an http:// endpoint for now",
+            );
+        }
+        Some(scheme) => return fail(format!("endpoint {text:?}: scheme {scheme:?} is not supported"), "use http://"),
+        None => return fail(format!("endpoint {text:?} has no scheme"), &format!("write \"http://{text}\"")),
+    }
+    let Some(authority) = uri.authority().filter(|a| !a.host().is_empty()) else {
+        return fail(format!("endpoint {text:?} has no host"), example);
+    };
+    // `http::Uri` accepts any text after the colon; `port_u16` is `None` unless it is a real port.
+    let after_host = authority.as_str().get(authority.host().len()..).unwrap_or("");
+    if !after_host.is_empty() && authority.port_u16().is_none() {
+        return fail(format!("endpoint {text:?} has an invalid port"), example);
+    }
+    if authority.port_u16() == Some(0) {
+        return fail(format!("endpoint {text:?} has port 0, which cannot be connected to"), example);
+    }
+    if !matches!(uri.path(), "" | "/") {
+        return fail(
+            format!("endpoint {text:?} has a path ({:?}); endpoints are scheme, host and port only", uri.path()),
+            "remove the path; to send requests to a path prefix upstream, set `rewrite_prefix` on the route",
+        );
+    }
+    if uri.query().is_some() || text.contains('#') {
+        return fail(format!("endpoint {text:?} has a query or fragment"), "remove everything from `?` or `#` on");
+    }
+    match format!("http://{authority}").parse::<Uri>() {
+        Ok(uri) => Some(Endpoint { uri }),
+        Err(_) => fail(format!("endpoint {text:?} is not a valid URL"), example),
+    }
+}

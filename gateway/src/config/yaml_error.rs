@@ -1,0 +1,278 @@
+//! Turns a serde-saphyr error (syntax, wrong type, unknown or missing key) into one clean `Problem`.
+//!
+//! serde-saphyr's own rendering is a multi-line snippet meant for developers; ops people get one
+//! line in our format, worded from the structured error, plus the YAML path when we can find it.
+
+use std::fmt::{self, Write as _};
+
+use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_saphyr::{DuplicateKeyPolicy, Error, MessageFormatter, Spanned, UserMessageFormatter};
+
+use super::problem::{Problem, Severity};
+use super::suggest;
+use super::validate::{path_key, position};
+
+/// One problem describing why `text` could not be deserialized.
+///
+/// The document is read a second time as a plain YAML tree. If that read fails too, the text is
+/// not valid YAML and the parser's error is the real cause (serde may have stopped earlier, at a
+/// confusing "missing key" produced by the broken structure), so that one is reported, without
+/// a path. Otherwise the tree gives the YAML path of the spot the serde error points at.
+pub(crate) fn to_problem(file: &str, text: &str, err: &Error) -> Problem {
+    // Duplicate keys are a serde-level error we want a path for: let this read accept them.
+    let options = serde_saphyr::options! { duplicate_keys: DuplicateKeyPolicy::LastWins };
+    let tree = serde_saphyr::from_str_with_options::<Spanned<Node>>(text, options);
+    let (err, tree) = match &tree {
+        Err(syntax) if matches!(innermost(syntax), Error::ExternalMessage { .. } | Error::Eof { .. }) => (syntax, None),
+        Err(_) => (err, None),
+        Ok(tree) => (err, Some(tree)),
+    };
+    let (line, column) = match err.location() {
+        Some(loc) if !is_blank(text) => position(loc),
+        _ => (1, 1),
+    };
+    let inner = innermost(err);
+    let (message, hint) = describe(inner, text);
+    // An unknown or repeated key is reported at the key; anything else at the value it concerns.
+    let prefer_key = matches!(inner, Error::SerdeUnknownField { .. } | Error::DuplicateMappingKey { .. });
+    let yaml_path = tree.and_then(|tree| path_at(tree, (line, column), prefer_key));
+    Problem::new(Severity::Error, file, (line, column), yaml_path, message).with_hint(hint)
+}
+
+/// The error itself, without the snippet or alias wrappers around it.
+fn innermost(mut err: &Error) -> &Error {
+    loop {
+        match err {
+            Error::WithSnippet { error, .. } | Error::AliasError { error, .. } => err = error,
+            _ => return err,
+        }
+    }
+}
+
+fn describe(err: &Error, text: &str) -> (String, Option<String>) {
+    match err {
+        Error::SerdeUnknownField { field, expected, .. } => {
+            let hint = suggest::did_you_mean(field, expected.iter().copied())
+                .unwrap_or_else(|| format!("valid keys here: {}", expected.join(", ")));
+            (format!("unknown key `{}`", field.escape_debug()), Some(hint))
+        }
+        Error::SerdeMissingField { field, .. } => (format!("missing required key `{field}`"), None),
+        Error::Unexpected { expected, .. } => wrong_type(expected),
+        Error::SerdeInvalidType { unexpected, expected, .. } => {
+            (format!("wrong type: expected {}, found {}", clean(expected), clean(unexpected)), None)
+        }
+        Error::SerdeInvalidValue { unexpected, expected, .. } => {
+            (format!("invalid value: expected {}, found {}", clean(expected), clean(unexpected)), None)
+        }
+        Error::SerdeUnknownVariant { variant, expected, .. } => {
+            let hint = suggest::did_you_mean(variant, expected.iter().copied())
+                .unwrap_or_else(|| format!("expected one of: {}", expected.join(", ")));
+            (format!("unknown value {variant:?}"), Some(hint))
+        }
+        Error::InvalidScalar { ty, .. } => invalid_scalar(ty),
+        Error::InvalidBooleanStrict { .. } => invalid_scalar("bool"),
+        Error::NullIntoString { .. } => (
+            "expected a value, found nothing".to_owned(),
+            Some("write a value after the colon, or remove the key".to_owned()),
+        ),
+        Error::DuplicateMappingKey { key, .. } => {
+            let what = key.as_deref().map_or_else(|| "a key".to_owned(), |k| format!("`{}`", k.escape_debug()));
+            (
+                format!("{what} appears twice in the same mapping"),
+                Some("each key may appear once; remove or rename one of them".to_owned()),
+            )
+        }
+        Error::Eof { .. } if is_blank(text) => (
+            "the file is empty".to_owned(),
+            Some("a config needs at least `listeners`, `upstreams` and `routes`".to_owned()),
+        ),
+        Error::MultipleDocuments { .. } => (
+            "the file holds more than one YAML document (a second `---`)".to_owned(),
+            Some("keep the whole configuration in a single document".to_owned()),
+        ),
+        Error::UnknownAnchor { .. } => (
+            "this alias (`*name`) refers to an anchor that is not defined".to_owned(),
+            Some("define it with `&name` before this point, or write the value out".to_owned()),
+        ),
+        Error::ExternalMessage { msg, .. } => (format!("YAML syntax error: {}", clean(msg)), syntax_hint(msg)),
+        other => (clean(&UserMessageFormatter.format_message(other)), None),
+    }
+}
+
+/// serde-saphyr reports type mismatches by the YAML event it wanted next.
+fn wrong_type(expected: &str) -> (String, Option<String>) {
+    let (what, hint) = match expected {
+        "sequence start" => ("a list", "write a list as `[a, b]`, or one `- item` per line below the key"),
+        "mapping start" => ("a mapping", "write `key: value` pairs, indented below this key"),
+        "string scalar" => {
+            ("a single value, not a list or a mapping", "write one value; quote it if it contains `: ` or `#`")
+        }
+        other => return (format!("wrong type: expected {}", clean(other)), None),
+    };
+    (format!("wrong type: expected {what}"), Some(hint.to_owned()))
+}
+
+fn invalid_scalar(ty: &str) -> (String, Option<String>) {
+    let (message, hint) = match ty {
+        "bool" | "boolean" => ("expected true or false", None),
+        "u8" | "u16" | "u32" | "u64" | "u128" | "usize" => {
+            ("expected a whole number (0 or more)", Some("write digits only, e.g. 100"))
+        }
+        other => return (format!("invalid value: expected {}", clean(other)), None),
+    };
+    (message.to_owned(), hint.map(str::to_owned))
+}
+
+fn syntax_hint(msg: &str) -> Option<String> {
+    let hint = if msg.contains("tab") {
+        "indent with spaces: YAML does not allow tabs for indentation"
+    } else if msg.contains("bracket") || msg.contains("brace") || msg.contains("flow") {
+        "close every `[` with `]` and every `{` with `}`"
+    } else if msg.contains("':'") {
+        "a stray `:` often means a `[` or `{` above was not closed; otherwise quote the value"
+    } else if msg.contains("indent") || msg.contains("did not find expected") || msg.contains("mapping values") {
+        "check the indentation: keys of one mapping, and items of one list, must start in the same column"
+    } else {
+        return None;
+    };
+    Some(hint.to_owned())
+}
+
+/// Nothing but whitespace and comments.
+fn is_blank(text: &str) -> bool {
+    text.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+}
+
+/// One line, no control characters: messages may quote the user's text.
+fn clean(msg: &str) -> String {
+    msg.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
+}
+
+/// The path of the deepest key (or value) that starts at `at`; `None` for the document root.
+fn path_at(root: &Spanned<Node>, at: (usize, usize), prefer_key: bool) -> Option<String> {
+    let mut found = Found::default();
+    find(root, &mut String::new(), at, &mut found);
+    let best = if prefer_key { found.key.or(found.node) } else { found.node.or(found.key) };
+    best.filter(|p| !p.is_empty())
+}
+
+/// The deepest matches so far. A mapping starts where its first key does, so both can match.
+#[derive(Default)]
+struct Found {
+    key: Option<String>,
+    node: Option<String>,
+}
+
+fn find(node: &Spanned<Node>, path: &mut String, at: (usize, usize), found: &mut Found) {
+    if start(node) == at {
+        found.node = Some(path.clone());
+    }
+    let len = path.len();
+    match &node.value {
+        Node::Scalar => {}
+        Node::Seq(items) => {
+            for (i, item) in items.iter().enumerate() {
+                let _ = write!(path, "[{i}]");
+                find(item, path, at, found);
+                path.truncate(len);
+            }
+        }
+        Node::Map(entries) => {
+            for (key, value) in entries {
+                *path = path_key(path, &key.value);
+                if start(key) == at {
+                    found.key = Some(path.clone());
+                }
+                find(value, path, at, found);
+                path.truncate(len);
+            }
+        }
+    }
+}
+
+fn start<T>(spanned: &Spanned<T>) -> (usize, usize) {
+    position(spanned.referenced)
+}
+
+/// Any YAML document, shape only.
+enum Node {
+    Map(Vec<(Spanned<String>, Spanned<Node>)>),
+    Seq(Vec<Spanned<Node>>),
+    Scalar,
+}
+
+impl<'de> Deserialize<'de> for Node {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(NodeVisitor)
+    }
+}
+
+struct NodeVisitor;
+
+impl<'de> Visitor<'de> for NodeVisitor {
+    type Value = Node;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any YAML node")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Node, E> {
+        Ok(Node::Scalar)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Node, E> {
+        Ok(Node::Scalar)
+    }
+
+    fn visit_i128<E>(self, _: i128) -> Result<Node, E> {
+        Ok(Node::Scalar)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Node, E> {
+        Ok(Node::Scalar)
+    }
+
+    fn visit_u128<E>(self, _: u128) -> Result<Node, E> {
+        Ok(Node::Scalar)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Node, E> {
+        Ok(Node::Scalar)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Node, E> {
+        Ok(Node::Scalar)
+    }
+
+    fn visit_bytes<E>(self, _: &[u8]) -> Result<Node, E> {
+        Ok(Node::Scalar)
+    }
+
+    fn visit_unit<E>(self) -> Result<Node, E> {
+        Ok(Node::Scalar)
+    }
+
+    fn visit_none<E>(self) -> Result<Node, E> {
+        Ok(Node::Scalar)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Node, D::Error> {
+        Node::deserialize(deserializer)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Node::Seq(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node, A::Error> {
+        let mut entries = Vec::new();
+        while let Some(entry) = map.next_entry()? {
+            entries.push(entry);
+        }
+        Ok(Node::Map(entries))
+    }
+}
