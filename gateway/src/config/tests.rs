@@ -286,3 +286,12 @@ fn invalid_fixtures_render_expected_problems() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+#[test]
+fn readme_reference_config_is_valid() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let start = readme.find("```yaml\nlisteners:").expect("README has a reference config block") + "```yaml\n".len();
+    let len = readme[start..].find("```").unwrap();
+    let loaded = parse("README.md", &readme[start..start + len]).unwrap_or_else(|problems| panic!("{problems}"));
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+}
