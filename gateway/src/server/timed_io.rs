@@ -10,8 +10,8 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll, Waker};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -26,6 +26,9 @@ pub(crate) struct Activity {
     in_flight: AtomicU32,
     /// Requests started so far: tells a deadline armed in an earlier idle period from a current one.
     started: AtomicU64,
+    /// The connection's reader, parked while a request was in flight. hyper may not read again after
+    /// a response ends, so the end of the last request wakes it to start the idle timer.
+    parked_reader: Mutex<Option<Waker>>,
 }
 
 impl Activity {
@@ -37,7 +40,16 @@ impl Activity {
     }
 
     fn state(&self) -> (bool, u64) {
-        (self.in_flight.load(Ordering::Relaxed) > 0, self.started.load(Ordering::Relaxed))
+        (self.in_flight.load(Ordering::Acquire) > 0, self.started.load(Ordering::Relaxed))
+    }
+
+    fn park_reader(&self, waker: &Waker) {
+        if let Ok(mut parked) = self.parked_reader.lock() {
+            match parked.as_ref() {
+                Some(current) if current.will_wake(waker) => {}
+                _ => *parked = Some(waker.clone()),
+            }
+        }
     }
 }
 
@@ -46,7 +58,12 @@ pub(crate) struct RequestGuard(Arc<Activity>);
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let parked = self.0.parked_reader.lock().ok().and_then(|mut parked| parked.take());
+            if let Some(waker) = parked {
+                waker.wake();
+            }
+        }
     }
 }
 
@@ -127,7 +144,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TimedIo<S> {
         let (busy, epoch) = self.activity.state();
         if busy {
             self.armed = None;
-            return Poll::Pending;
+            self.activity.park_reader(cx.waker());
+            // The request may have ended between the check and parking: look again.
+            if self.activity.state().0 {
+                return Poll::Pending;
+            }
         }
         let wait = match self.armed {
             Some((wait, armed_at)) if armed_at == epoch => wait,
