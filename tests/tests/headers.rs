@@ -1,0 +1,191 @@
+//! What the gateway does to request headers: hop-by-hop removal, forwarding headers, request ids, Host.
+
+use e2e::client::{self, empty, request};
+use e2e::{is_uuid_v7, one_route_config, Backend, Gateway};
+
+fn gateway_trusting(echo: &Backend, trusted: &str) -> Gateway {
+    Gateway::start(&one_route_config(echo, &format!("trusted_proxies: {trusted}"), ""))
+}
+
+#[tokio::test]
+async fn headers_hop_by_hop_request_headers_removed() {
+    let echo = Backend::spawn("echo");
+    let gateway = Gateway::start(&one_route_config(&echo, "", ""));
+
+    // RFC 9110 §7.6.1: Connection and every header it names are for this hop only.
+    let reply = client::get_with(
+        gateway.addr(),
+        "/",
+        &[
+            ("connection", "keep-alive, X-Custom-Hop"),
+            ("x-custom-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "gzip"),
+            ("upgrade", "foo/1"),
+            ("x-end-to-end", "kept"),
+        ],
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let echoed = reply.echoed();
+    for name in ["connection", "x-custom-hop", "keep-alive", "proxy-connection", "te", "upgrade"] {
+        assert_eq!(echoed.header(name), None, "`{name}` reached the upstream: {:?}", echoed.headers);
+    }
+    assert_eq!(echoed.header_all("x-end-to-end"), ["kept"]);
+}
+
+#[tokio::test]
+async fn headers_te_trailers_kept() {
+    let echo = Backend::spawn("echo");
+    let gateway = Gateway::start(&one_route_config(&echo, "", ""));
+
+    let reply = client::get_with(gateway.addr(), "/", &[("te", "trailers")]).await;
+    assert_eq!(reply.echoed().header_all("te"), ["trailers"]);
+}
+
+#[tokio::test]
+async fn headers_untrusted_peer_forwarding_headers_replaced() {
+    let echo = Backend::spawn("echo");
+    let gateway = gateway_trusting(&echo, "[]");
+
+    let reply = client::get_with(
+        gateway.addr(),
+        "/",
+        &[
+            ("host", "gw.test"),
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "evil.example"),
+            ("forwarded", "for=1.2.3.4;proto=https"),
+        ],
+    )
+    .await;
+    let echoed = reply.echoed();
+    assert_eq!(echoed.header_all("x-forwarded-for"), ["127.0.0.1"]);
+    assert_eq!(echoed.header_all("x-forwarded-proto"), ["http"]);
+    assert_eq!(echoed.header_all("x-forwarded-host"), ["gw.test"]);
+    assert_eq!(echoed.header_all("forwarded"), [r#"for=127.0.0.1;host="gw.test";proto=http"#]);
+}
+
+#[tokio::test]
+async fn headers_untrusted_peer_without_forwarding_headers_gets_them_added() {
+    let echo = Backend::spawn("echo");
+    let gateway = gateway_trusting(&echo, "[]");
+
+    let echoed = client::get_with(gateway.addr(), "/", &[("host", "gw.test")]).await.echoed();
+    assert_eq!(echoed.header_all("x-forwarded-for"), ["127.0.0.1"]);
+    assert_eq!(echoed.header_all("x-forwarded-proto"), ["http"]);
+    assert_eq!(echoed.header_all("x-forwarded-host"), ["gw.test"]);
+    assert_eq!(echoed.header_all("forwarded"), [r#"for=127.0.0.1;host="gw.test";proto=http"#]);
+}
+
+#[tokio::test]
+async fn headers_trusted_peer_forwarding_headers_appended() {
+    let echo = Backend::spawn("echo");
+    let gateway = gateway_trusting(&echo, "[127.0.0.0/8]");
+
+    let reply = client::get_with(
+        gateway.addr(),
+        "/",
+        &[
+            ("host", "gw.test"),
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "original.example"),
+            ("forwarded", "for=1.2.3.4"),
+        ],
+    )
+    .await;
+    let echoed = reply.echoed();
+    assert_eq!(echoed.header_all("x-forwarded-for"), ["1.2.3.4, 127.0.0.1"]);
+    assert_eq!(echoed.header_all("x-forwarded-proto"), ["https"]);
+    assert_eq!(echoed.header_all("x-forwarded-host"), ["original.example"]);
+    assert_eq!(echoed.header_all("forwarded"), [r#"for=1.2.3.4, for=127.0.0.1;host="gw.test";proto=http"#]);
+}
+
+#[tokio::test]
+async fn headers_trusted_peer_without_xff_gets_peer_only() {
+    let echo = Backend::spawn("echo");
+    let gateway = gateway_trusting(&echo, "[127.0.0.0/8]");
+
+    let echoed = client::get_with(gateway.addr(), "/", &[("host", "gw.test")]).await.echoed();
+    assert_eq!(echoed.header_all("x-forwarded-for"), ["127.0.0.1"]);
+}
+
+#[tokio::test]
+async fn headers_request_id_well_formed_kept_and_forwarded() {
+    let echo = Backend::spawn("echo");
+    let gateway = Gateway::start(&one_route_config(&echo, "", ""));
+
+    let longest = "a".repeat(128);
+    for id in ["abc-123.X:y_z", "0", longest.as_str()] {
+        let reply = client::get_with(gateway.addr(), "/", &[("x-request-id", id)]).await;
+        assert_eq!(reply.header("x-request-id"), Some(id), "returned to the client");
+        assert_eq!(reply.echoed().header_all("x-request-id"), [id], "forwarded upstream");
+    }
+}
+
+#[tokio::test]
+async fn headers_request_id_malformed_replaced_with_uuid_v7() {
+    let echo = Backend::spawn("echo");
+    let gateway = Gateway::start(&one_route_config(&echo, "", ""));
+
+    let too_long = "a".repeat(129);
+    for id in [too_long.as_str(), "has space", "a/b", "semi;colon", "quote\"d", ""] {
+        let reply = client::get_with(gateway.addr(), "/", &[("x-request-id", id)]).await;
+        let returned = reply.header("x-request-id").unwrap_or_else(|| panic!("no x-request-id for {id:?}")).to_owned();
+        assert!(is_uuid_v7(&returned), "replacement for {id:?} is {returned:?}, not a UUIDv7");
+        assert_eq!(
+            reply.echoed().header_all("x-request-id"),
+            [returned.as_str()],
+            "upstream saw the replacement for {id:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn headers_request_id_missing_generated_and_forwarded() {
+    let echo = Backend::spawn("echo");
+    let gateway = Gateway::start(&one_route_config(&echo, "", ""));
+
+    let first = client::get(gateway.addr(), "/").await;
+    let second = client::get(gateway.addr(), "/").await;
+    let ids: Vec<String> =
+        [&first, &second].iter().map(|r| r.header("x-request-id").unwrap_or_default().to_owned()).collect();
+    assert!(ids.iter().all(|id| is_uuid_v7(id)), "generated ids {ids:?}");
+    assert_ne!(ids[0], ids[1], "each request gets its own id");
+    assert_eq!(first.echoed().header_all("x-request-id"), [ids[0].as_str()]);
+}
+
+#[tokio::test]
+async fn headers_preserve_host_default_forwards_client_host() {
+    let echo = Backend::spawn("echo");
+    let gateway = Gateway::start(&one_route_config(&echo, "", ""));
+
+    let echoed = client::get_with(gateway.addr(), "/", &[("host", "client.example:8080")]).await.echoed();
+    assert_eq!(echoed.header_all("host"), ["client.example:8080"]);
+}
+
+#[tokio::test]
+async fn headers_preserve_host_false_sends_endpoint_authority() {
+    let echo = Backend::spawn("echo");
+    let gateway = Gateway::start(&one_route_config(&echo, "", "preserve_host: false"));
+
+    let echoed = client::get_with(gateway.addr(), "/", &[("host", "client.example")]).await.echoed();
+    assert_eq!(echoed.header_all("host"), [echo.addr.to_string().as_str()]);
+}
+
+#[tokio::test]
+async fn headers_error_response_carries_request_id() {
+    let echo = Backend::spawn("echo");
+    let gateway = Gateway::start(&one_route_config(&echo, "", "match: { path: /only }"));
+
+    let reply = client::send(
+        gateway.addr(),
+        request("GET", "/missing").header("x-request-id", "keep-me").body(empty()).unwrap(),
+    )
+    .await;
+    let json = reply.assert_error(404, "no_route");
+    assert_eq!(json["request_id"], "keep-me");
+}

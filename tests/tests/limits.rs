@@ -1,0 +1,172 @@
+//! Size and time limits on the client side: 413, 431, 408, idle keep-alive connections.
+
+use e2e::client::Reply;
+use e2e::raw::{self, RawReply};
+use e2e::{one_route_config, Backend, Gateway};
+use tokio::io::AsyncWriteExt;
+
+/// Checks a gateway error read over raw TCP the way `Reply::assert_error` does over hyper.
+fn assert_raw_error(reply: &RawReply, status: u16, code: &str) {
+    let as_reply = Reply {
+        status: http::StatusCode::from_u16(reply.status).unwrap(),
+        headers: reply
+            .headers
+            .iter()
+            .map(|(n, v)| (http::HeaderName::try_from(n.as_str()).unwrap(), v.parse().unwrap()))
+            .collect(),
+        body: reply.body.clone().into(),
+    };
+    as_reply.assert_error(status, code);
+}
+
+fn status_of(bytes: &[u8]) -> u16 {
+    raw::parse(bytes).unwrap_or_else(|| panic!("no HTTP response in {:?}", String::from_utf8_lossy(bytes))).status
+}
+
+#[tokio::test]
+async fn limits_content_length_over_route_max_returns_413_without_forwarding() {
+    let echo = Backend::spawn("echo");
+    let gateway = Gateway::start(&one_route_config(&echo, "", "max_body_size: 1MiB"));
+
+    // Only the head is sent: the declared length alone must be enough to refuse.
+    let mut stream = raw::connect(gateway.addr()).await;
+    stream.write_all(b"POST /upload HTTP/1.1\r\nhost: gw.test\r\ncontent-length: 1048577\r\n\r\n").await.unwrap();
+    assert_raw_error(&raw::read_response(&mut stream).await, 413, "payload_too_large");
+    assert_eq!(echo.stats().await.requests, 0, "the upstream saw the request");
+}
+
+#[tokio::test]
+async fn limits_content_length_at_route_max_passes() {
+    let echo = Backend::spawn("echo");
+    let gateway = Gateway::start(&one_route_config(&echo, "", "max_body_size: 1KiB"));
+
+    let body = vec![1u8; 1024];
+    let request = e2e::client::request("POST", "/").body(e2e::client::full(body)).unwrap();
+    let reply = e2e::client::send(gateway.addr(), request).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!((reply.echoed().body_bytes, reply.echoed().body_sum), (1024, 1024));
+}
+
+#[tokio::test]
+async fn limits_server_max_body_size_applies_to_routes_without_their_own() {
+    let echo = Backend::spawn("echo");
+    let gateway = Gateway::start(&one_route_config(&echo, "max_body_size: 1KiB", ""));
+
+    let mut stream = raw::connect(gateway.addr()).await;
+    stream.write_all(b"POST / HTTP/1.1\r\nhost: gw.test\r\ncontent-length: 1025\r\n\r\n").await.unwrap();
+    assert_raw_error(&raw::read_response(&mut stream).await, 413, "payload_too_large");
+}
+
+#[tokio::test]
+async fn limits_chunked_body_over_route_max_returns_413() {
+    let echo = Backend::spawn("echo");
+    let gateway = Gateway::start(&one_route_config(&echo, "", "max_body_size: 1MiB"));
+
+    let mut stream = raw::connect(gateway.addr()).await;
+    let (mut reader, mut writer) = stream.split();
+    let chunk = vec![b'x'; 64 * 1024];
+    // 20 x 64 KiB = 1.25 MiB, written while the response is read: the gateway may answer (and stop
+    // reading) as soon as the limit is crossed, so write errors are expected and ignored.
+    let write = async move {
+        let _ = writer.write_all(b"POST /upload HTTP/1.1\r\nhost: gw.test\r\ntransfer-encoding: chunked\r\n\r\n").await;
+        for _ in 0..20 {
+            let mut framed = format!("{:x}\r\n", chunk.len()).into_bytes();
+            framed.extend_from_slice(&chunk);
+            framed.extend_from_slice(b"\r\n");
+            if writer.write_all(&framed).await.is_err() {
+                return;
+            }
+        }
+        let _ = writer.write_all(b"0\r\n\r\n").await;
+    };
+    let read = raw::read_response(&mut reader);
+    let ((), reply) = tokio::join!(write, read);
+    assert_raw_error(&reply, 413, "payload_too_large");
+}
+
+#[tokio::test]
+async fn limits_chunked_body_under_route_max_passes() {
+    let echo = Backend::spawn("echo");
+    let gateway = Gateway::start(&one_route_config(&echo, "", "max_body_size: 1MiB"));
+
+    let chunks = futures_util::stream::iter((0..8).map(|_| Ok(bytes::Bytes::from(vec![2u8; 64 * 1024]))));
+    let request = e2e::client::request("POST", "/").body(e2e::client::stream(chunks)).unwrap();
+    let reply = e2e::client::send(gateway.addr(), request).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let echoed = reply.echoed();
+    assert_eq!((echoed.body_bytes, echoed.body_sum), (512 * 1024, 2 * 512 * 1024));
+}
+
+#[tokio::test]
+async fn limits_head_over_max_header_size_returns_431() {
+    let echo = Backend::spawn("echo");
+    let gateway = Gateway::start(&one_route_config(&echo, "max_header_size: 8KiB", ""));
+
+    let big = "a".repeat(10 * 1024);
+    let request = format!("GET / HTTP/1.1\r\nhost: gw.test\r\nx-big: {big}\r\n\r\n");
+    assert_eq!(status_of(&raw::exchange(gateway.addr(), request.as_bytes()).await), 431);
+    assert_eq!(echo.stats().await.requests, 0, "the upstream saw the request");
+}
+
+#[tokio::test]
+async fn limits_head_under_max_header_size_passes() {
+    let echo = Backend::spawn("echo");
+    let gateway = Gateway::start(&one_route_config(&echo, "max_header_size: 8KiB", ""));
+
+    let value = "a".repeat(6 * 1024);
+    let reply = e2e::client::get_with(gateway.addr(), "/", &[("x-big", value.as_str())]).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.echoed().header("x-big").map(str::len), Some(value.len()));
+}
+
+#[tokio::test]
+async fn limits_more_headers_than_max_headers_returns_431() {
+    let echo = Backend::spawn("echo");
+    let gateway = Gateway::start(&one_route_config(&echo, "max_headers: 20", ""));
+
+    let headers: String = (0..40).map(|i| format!("x-h{i}: {i}\r\n")).collect();
+    let request = format!("GET / HTTP/1.1\r\nhost: gw.test\r\n{headers}\r\n");
+    assert_eq!(status_of(&raw::exchange(gateway.addr(), request.as_bytes()).await), 431);
+}
+
+#[tokio::test]
+async fn limits_partial_head_stalled_returns_408_and_closes() {
+    let echo = Backend::spawn("echo");
+    let gateway = Gateway::start(&one_route_config(&echo, "header_read_timeout: 300ms", ""));
+
+    let mut stream = raw::connect(gateway.addr()).await;
+    stream.write_all(b"GET / HTTP/1.1\r\nhost: gw.test\r\n").await.unwrap();
+    // Never finish the head; the gateway must answer 408 and close (read_until_close bounds the wait).
+    let bytes = raw::read_until_close(&mut stream).await;
+    assert_eq!(status_of(&bytes), 408);
+}
+
+#[tokio::test]
+async fn limits_idle_keepalive_connection_closed_by_gateway() {
+    let echo = Backend::spawn("echo");
+    let gateway = Gateway::start(&one_route_config(&echo, "idle_timeout: 300ms", ""));
+
+    let mut stream = raw::connect(gateway.addr()).await;
+    stream.write_all(b"GET /first HTTP/1.1\r\nhost: gw.test\r\n\r\n").await.unwrap();
+    let reply = raw::read_response(&mut stream).await;
+    assert_eq!(reply.status, 200);
+    assert_ne!(reply.header("connection"), Some("close"), "the gateway should keep the connection alive at first");
+    // Then stay silent: the gateway must close the connection (EOF) with nothing more sent.
+    let rest = raw::read_until_close(&mut stream).await;
+    assert!(rest.is_empty(), "unexpected bytes before close: {:?}", String::from_utf8_lossy(&rest));
+}
+
+#[tokio::test]
+async fn limits_keepalive_connection_serves_several_requests() {
+    let echo = Backend::spawn("echo");
+    let gateway = Gateway::start(&one_route_config(&echo, "", ""));
+
+    let mut stream = raw::connect(gateway.addr()).await;
+    for path in ["/one", "/two", "/three"] {
+        stream.write_all(format!("GET {path} HTTP/1.1\r\nhost: gw.test\r\n\r\n").as_bytes()).await.unwrap();
+        let reply = raw::read_response(&mut stream).await;
+        assert_eq!(reply.status, 200);
+        let json: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+        assert_eq!(json["path"], path);
+    }
+}

@@ -1,0 +1,238 @@
+//! Route selection (most specific wins, file order breaks ties) and path rewriting.
+
+use e2e::client::{self, empty, request};
+use e2e::{config, one_route_config, Backend, Gateway};
+
+/// Routes listed so that file order alone would often pick the wrong one: the table below only passes if
+/// the gateway ranks by specificity. `tie-first` / `tie-second` have equal specificity and overlap
+/// without shadowing each other (different header names), so both requests with both headers go to
+/// the first in file order.
+const PRECEDENCE_ROUTES: &str = r#"
+upstreams:
+  fallback: { endpoints: ["${fallback}"] }
+  api: { endpoints: ["${api}"] }
+  api_users: { endpoints: ["${api_users}"] }
+  exact: { endpoints: ["${exact}"] }
+  methods: { endpoints: ["${methods}"] }
+  headers: { endpoints: ["${headers}"] }
+  headers_two: { endpoints: ["${headers_two}"] }
+  host_exact: { endpoints: ["${host_exact}"] }
+  wild_short: { endpoints: ["${wild_short}"] }
+  wild_long: { endpoints: ["${wild_long}"] }
+  tie_first: { endpoints: ["${tie_first}"] }
+  tie_second: { endpoints: ["${tie_second}"] }
+routes:
+  - name: fallback
+    upstream: fallback
+  - name: api
+    match: { path_prefix: /api }
+    upstream: api
+  - name: headers
+    match: { path_prefix: /api/users, headers: { x-version: "2" } }
+    upstream: headers
+  - name: headers-two
+    match: { path_prefix: /api/users, headers: { x-version: "2", x-beta: "yes" } }
+    upstream: headers_two
+  - name: methods
+    match: { path_prefix: /api/users, methods: [POST, PUT] }
+    upstream: methods
+  - name: api-users
+    match: { path_prefix: /api/users }
+    upstream: api_users
+  - name: api-users-me
+    match: { path: /api/users/me }
+    upstream: exact
+  - name: wild-short
+    match: { host: "*.example.com" }
+    upstream: wild_short
+  - name: wild-long
+    match: { host: "*.eu.example.com" }
+    upstream: wild_long
+  - name: host-exact
+    match: { host: api.example.com, path_prefix: /api }
+    upstream: host_exact
+  - name: tie-first
+    match: { path_prefix: /tie, headers: { x-a: "1" } }
+    upstream: tie_first
+  - name: tie-second
+    match: { path_prefix: /tie, headers: { x-b: "1" } }
+    upstream: tie_second
+"#;
+
+/// (method, host, path, headers, backend that must answer).
+type Row = (&'static str, &'static str, &'static str, &'static [(&'static str, &'static str)], &'static str);
+
+const PRECEDENCE_TABLE: &[Row] = &[
+    ("GET", "gw.test", "/", &[], "fallback"),
+    ("GET", "gw.test", "/anything/else", &[], "fallback"),
+    ("GET", "gw.test", "/api", &[], "api"),
+    ("GET", "gw.test", "/api/", &[], "api"),
+    ("GET", "gw.test", "/api?q=1", &[], "api"),
+    ("GET", "gw.test", "/api/orders", &[], "api"),
+    ("GET", "gw.test", "/apix", &[], "fallback"),
+    ("GET", "gw.test", "/api/usersx", &[], "api"),
+    ("GET", "gw.test", "/api/users", &[], "api_users"),
+    ("GET", "gw.test", "/api/users/42", &[], "api_users"),
+    ("GET", "gw.test", "/api/users/me", &[], "exact"),
+    ("GET", "gw.test", "/api/users/me?x=1", &[], "exact"),
+    ("GET", "gw.test", "/api/users/me/more", &[], "api_users"),
+    ("POST", "gw.test", "/api/users/42", &[], "methods"),
+    ("PUT", "gw.test", "/api/users", &[], "methods"),
+    ("DELETE", "gw.test", "/api/users/42", &[], "api_users"),
+    ("POST", "gw.test", "/api/users/me", &[], "exact"),
+    ("GET", "gw.test", "/api/users/42", &[("x-version", "2")], "headers"),
+    ("GET", "gw.test", "/api/users/42", &[("x-version", "3")], "api_users"),
+    ("GET", "gw.test", "/api/users/42", &[("x-version", "2"), ("x-beta", "yes")], "headers_two"),
+    ("GET", "gw.test", "/api/users/42", &[("x-beta", "yes")], "api_users"),
+    ("POST", "gw.test", "/api/users/42", &[("x-version", "2"), ("x-beta", "yes")], "methods"),
+    ("GET", "gw.test", "/api/orders", &[("x-version", "2")], "api"),
+    ("GET", "api.example.com", "/api/users/me", &[], "host_exact"),
+    ("POST", "api.example.com", "/api/users/42", &[], "host_exact"),
+    ("GET", "API.Example.COM:8080", "/api/x", &[], "host_exact"),
+    ("GET", "api.example.com", "/other", &[], "wild_short"),
+    ("GET", "api.example.com", "/apix", &[], "wild_short"),
+    ("GET", "a.eu.example.com", "/api/users/me", &[], "wild_long"),
+    ("GET", "x.y.eu.example.com", "/", &[], "wild_long"),
+    ("GET", "a.us.example.com", "/", &[], "wild_short"),
+    ("GET", "eu.example.com", "/", &[], "wild_short"),
+    ("GET", "example.com", "/", &[], "fallback"),
+    ("GET", "notexample.com", "/", &[], "fallback"),
+    ("GET", "gw.test", "/tie", &[("x-a", "1"), ("x-b", "1")], "tie_first"),
+    ("GET", "gw.test", "/tie/x", &[("x-b", "1"), ("x-a", "1")], "tie_first"),
+    ("GET", "gw.test", "/tie", &[("x-a", "1")], "tie_first"),
+    ("GET", "gw.test", "/tie", &[("x-b", "1")], "tie_second"),
+    ("GET", "gw.test", "/tie", &[], "fallback"),
+];
+
+#[tokio::test]
+async fn routing_precedence_table_picks_most_specific_route() {
+    let names = [
+        "fallback",
+        "api",
+        "api_users",
+        "exact",
+        "methods",
+        "headers",
+        "headers_two",
+        "host_exact",
+        "wild_short",
+        "wild_long",
+        "tie_first",
+        "tie_second",
+    ];
+    let backends: Vec<Backend> = names.iter().map(|name| Backend::spawn(name)).collect();
+    let gateway = Gateway::start(&config(PRECEDENCE_ROUTES, &backends.iter().collect::<Vec<_>>()));
+
+    let mut mismatches = Vec::new();
+    for (method, host, path, headers, expected) in PRECEDENCE_TABLE {
+        let mut builder = request(method, path).header("host", *host);
+        for (name, value) in *headers {
+            builder = builder.header(*name, *value);
+        }
+        let reply = client::send(gateway.addr(), builder.body(empty()).unwrap()).await;
+        let got = reply
+            .header("x-backend")
+            .map_or_else(|| format!("<status {}: {}>", reply.status, reply.text()), str::to_owned);
+        if got != *expected {
+            mismatches.push(format!("{method} {host} {path} {headers:?}: expected {expected}, got {got}"));
+        } else {
+            assert_eq!(reply.echoed().path, *path, "path forwarded unchanged");
+        }
+    }
+    assert!(
+        mismatches.is_empty(),
+        "{} of {} rows wrong:\n{}",
+        mismatches.len(),
+        PRECEDENCE_TABLE.len(),
+        mismatches.join("\n")
+    );
+}
+
+#[tokio::test]
+async fn routing_no_matching_route_returns_404_no_route_json() {
+    let echo = Backend::spawn("echo");
+    let gateway = Gateway::start(&one_route_config(&echo, "", "match: { path_prefix: /api }"));
+
+    for path in ["/apix", "/", "/ap", "/other/api"] {
+        let reply = client::get(gateway.addr(), path).await;
+        reply.assert_error(404, "no_route");
+    }
+    assert_eq!(echo.stats().await.requests, 0, "nothing reaches the upstream");
+}
+
+#[tokio::test]
+async fn routing_prefix_is_segment_aware() {
+    let echo = Backend::spawn("echo");
+    let gateway = Gateway::start(&one_route_config(&echo, "", "match: { path_prefix: /api }"));
+
+    for path in ["/api", "/api/", "/api/x/y", "/api?x=1"] {
+        let reply = client::get(gateway.addr(), path).await;
+        assert_eq!(reply.status, 200, "{path}: {}", reply.text());
+        assert_eq!(reply.echoed().path, path);
+    }
+    for path in ["/apix", "/api-v2", "/api.json"] {
+        client::get(gateway.addr(), path).await.assert_error(404, "no_route");
+    }
+}
+
+#[tokio::test]
+async fn routing_strip_prefix_forwards_rest_of_path_with_query() {
+    let echo = Backend::spawn("echo");
+    let gateway = Gateway::start(&one_route_config(&echo, "", "match: { path_prefix: /api }\nstrip_prefix: true"));
+
+    let cases =
+        [("/api/x", "/x"), ("/api/x/y?q=1&r=2", "/x/y?q=1&r=2"), ("/api", "/"), ("/api?q=1", "/?q=1"), ("/api/", "/")];
+    for (sent, expected) in cases {
+        let reply = client::get(gateway.addr(), sent).await;
+        assert_eq!(reply.status, 200, "{sent}: {}", reply.text());
+        assert_eq!(reply.echoed().path, expected, "for {sent}");
+    }
+}
+
+#[tokio::test]
+async fn routing_rewrite_prefix_replaces_prefix_with_query() {
+    let echo = Backend::spawn("echo");
+    let gateway = Gateway::start(&one_route_config(&echo, "", "match: { path_prefix: /api }\nrewrite_prefix: /v2"));
+
+    let cases =
+        [("/api/x", "/v2/x"), ("/api/x/y?q=1&r=2", "/v2/x/y?q=1&r=2"), ("/api", "/v2"), ("/api?q=1", "/v2?q=1")];
+    for (sent, expected) in cases {
+        let reply = client::get(gateway.addr(), sent).await;
+        assert_eq!(reply.status, 200, "{sent}: {}", reply.text());
+        assert_eq!(reply.echoed().path, expected, "for {sent}");
+    }
+}
+
+#[tokio::test]
+async fn routing_dot_segments_return_400_bad_request() {
+    let echo = Backend::spawn("echo");
+    let gateway = Gateway::start(&one_route_config(&echo, "", ""));
+
+    for path in ["/a/../b", "/a/./b", "/..", "/a/%2e%2e/b", "/a/%2E/b"] {
+        client::get(gateway.addr(), path).await.assert_error(400, "bad_request");
+    }
+    assert_eq!(echo.stats().await.requests, 0, "nothing reaches the upstream");
+}
+
+#[tokio::test]
+async fn routing_round_robin_spreads_requests_evenly_across_endpoints() {
+    let (a, b) = (Backend::spawn("a"), Backend::spawn("b"));
+    let yaml = config(
+        r#"
+upstreams:
+  pair: { endpoints: ["${a}", "${b}"], load_balancing: round_robin }
+routes:
+  - { name: all, upstream: pair }
+"#,
+        &[&a, &b],
+    );
+    let gateway = Gateway::start(&yaml);
+
+    let mut served = Vec::new();
+    for _ in 0..6 {
+        let reply = client::get(gateway.addr(), "/").await;
+        served.push(reply.echoed().backend);
+    }
+    let count = |name: &str| served.iter().filter(|s| *s == name).count();
+    assert_eq!((count("a"), count("b")), (3, 3), "served by {served:?}");
+}

@@ -1,0 +1,82 @@
+//! SIGTERM: stop accepting, let in-flight requests finish, exit 0.
+
+use std::io::ErrorKind;
+
+use e2e::{client, eventually, one_route_config, Backend, Gateway, TIMEOUT};
+use tokio::net::TcpStream;
+
+/// Starts `GET path` through the gateway in the background and waits until the echo has received it.
+async fn start_in_flight(gateway: &Gateway, echo: &Backend, path: &str) -> tokio::task::JoinHandle<client::Reply> {
+    let before = echo.stats().await.requests;
+    let (addr, path_owned) = (gateway.addr(), path.to_owned());
+    let in_flight = tokio::spawn(async move { client::get(addr, &path_owned).await });
+    eventually(&format!("{path} to reach the echo"), || async { echo.stats().await.requests > before }).await;
+    in_flight
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_sigterm_in_flight_completes_new_refused_exit_zero() {
+    let echo = Backend::spawn("echo");
+    let mut gateway = Gateway::start(&one_route_config(&echo, "", ""));
+    let in_flight = start_in_flight(&gateway, &echo, "/slow/1500").await;
+
+    gateway.sigterm();
+
+    // New connections are refused once the gateway has stopped accepting; it must do so while the
+    // in-flight request is still being served, i.e. before the process exits.
+    let addr = gateway.addr();
+    eventually("new connections to be refused", || async move {
+        match TcpStream::connect(addr).await {
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused => true,
+            // A connection still in the accept queue when the listener closes is reset: the gateway
+            // is closing right now; try again.
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => false,
+            Err(e) => panic!("connect failed with {e} instead of a refusal"),
+            Ok(_) => false,
+        }
+    })
+    .await;
+    assert!(gateway.try_exit_status().is_none(), "the gateway exited before the in-flight request finished");
+
+    let reply =
+        tokio::time::timeout(TIMEOUT, in_flight).await.expect("in-flight request hung").expect("request task panicked");
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.echoed().path, "/slow/1500");
+
+    let status = gateway.wait_exit().await;
+    assert_eq!(status.code(), Some(0), "exit status {status}; stderr:\n{}", gateway.stderr());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_sigterm_readyz_reports_503_while_draining() {
+    let echo = Backend::spawn("echo");
+    let gateway = Gateway::start(&one_route_config(&echo, "", ""));
+    assert_eq!(client::get(gateway.admin_addr(), "/readyz").await.status, 200);
+    let in_flight = start_in_flight(&gateway, &echo, "/slow/1500").await;
+
+    gateway.sigterm();
+
+    let admin = gateway.admin_addr();
+    eventually("/readyz to answer 503", || async {
+        match client::try_send(admin, client::request("GET", "/readyz").body(client::empty()).unwrap()).await {
+            Ok(reply) => reply.status == 503,
+            Err(e) => panic!("the admin listener stopped answering while draining: {e:#}"),
+        }
+    })
+    .await;
+    let reply =
+        tokio::time::timeout(TIMEOUT, in_flight).await.expect("in-flight request hung").expect("request task panicked");
+    assert_eq!(reply.status, 200, "{}", reply.text());
+}
+
+#[tokio::test]
+async fn shutdown_sigterm_when_idle_exits_zero() {
+    let echo = Backend::spawn("echo");
+    let mut gateway = Gateway::start(&one_route_config(&echo, "", ""));
+    assert_eq!(client::get(gateway.addr(), "/").await.status, 200);
+
+    gateway.sigterm();
+
+    let status = gateway.wait_exit().await;
+    assert_eq!(status.code(), Some(0), "exit status {status}; stderr:\n{}", gateway.stderr());
+}

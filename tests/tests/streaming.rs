@@ -1,0 +1,85 @@
+//! Bodies stream both ways: 50 MiB up and down arrive intact while the gateway's peak memory stays far
+//! below the body size (a buffering gateway would need at least the whole body).
+
+use bytes::Bytes;
+use e2e::client::{self, empty, request};
+use e2e::{one_route_config, pattern_byte, Backend, Gateway};
+use http_body_util::BodyExt;
+
+const BODY: u64 = 50 * 1024 * 1024;
+const CHUNK: usize = 64 * 1024;
+/// Peak RSS the gateway may reach while moving a `BODY`-sized body: half of it.
+const MAX_PEAK_RSS: u64 = BODY / 2;
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+#[tokio::test]
+async fn streaming_upload_50mib_chunked_arrives_intact_with_low_gateway_rss() {
+    let echo = Backend::spawn("echo");
+    let gateway = Gateway::start(&one_route_config(&echo, "", "max_body_size: 100MiB"));
+    let rss_before = gateway.peak_rss_bytes();
+
+    let chunk: Bytes = (0..CHUNK).map(|i| (i * 7 % 256) as u8).collect::<Vec<u8>>().into();
+    let chunk_sum: u64 = chunk.iter().map(|&b| u64::from(b)).sum();
+    let count = BODY / CHUNK as u64;
+    // No content-length: hyper sends the stream chunked, one 64 KiB chunk at a time.
+    let chunks = futures_util::stream::iter((0..count).map(move |_| Ok(chunk.clone())));
+    let reply = client::send(gateway.addr(), request("PUT", "/upload").body(client::stream(chunks)).unwrap()).await;
+
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let echoed = reply.echoed();
+    assert_eq!(echoed.body_bytes, BODY);
+    assert_eq!(echoed.body_sum, chunk_sum * count);
+    let peak = gateway.peak_rss_bytes();
+    eprintln!("gateway peak RSS {} (before the upload: {})", mib(peak), mib(rss_before));
+    assert!(
+        peak < MAX_PEAK_RSS,
+        "gateway peak RSS {} (before: {}) for a {} upload",
+        mib(peak),
+        mib(rss_before),
+        mib(BODY)
+    );
+}
+
+#[tokio::test]
+async fn streaming_download_50mib_arrives_intact_with_low_gateway_rss() {
+    let echo = Backend::spawn("echo");
+    let gateway = Gateway::start(&one_route_config(&echo, "", ""));
+    let rss_before = gateway.peak_rss_bytes();
+
+    let download = async {
+        let response = client::open(gateway.addr(), request("GET", &format!("/bytes/{BODY}")).body(empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let length = response.headers().get("content-length").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        assert_eq!(length, Some(BODY.to_string()));
+        let mut body = response.into_body();
+        let mut offset = 0u64;
+        // Checked frame by frame: this test does not buffer the body either.
+        while let Some(frame) = body.frame().await {
+            let frame = frame.unwrap_or_else(|e| panic!("body error after {offset} bytes: {e}"));
+            if let Ok(data) = frame.into_data() {
+                if let Some(i) = data.iter().enumerate().position(|(i, &b)| b != pattern_byte(offset + i as u64)) {
+                    panic!("byte {} is wrong", offset + i as u64);
+                }
+                offset += data.len() as u64;
+            }
+        }
+        offset
+    };
+    let received = tokio::time::timeout(e2e::TIMEOUT, download).await.expect("download did not finish in time");
+
+    assert_eq!(received, BODY);
+    let peak = gateway.peak_rss_bytes();
+    eprintln!("gateway peak RSS {} (before the download: {})", mib(peak), mib(rss_before));
+    assert!(
+        peak < MAX_PEAK_RSS,
+        "gateway peak RSS {} (before: {}) for a {} download",
+        mib(peak),
+        mib(rss_before),
+        mib(BODY)
+    );
+}

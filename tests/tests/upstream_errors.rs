@@ -1,0 +1,83 @@
+//! Upstream failures map to 502 / 504 JSON errors, and the gateway keeps serving afterwards.
+
+use e2e::{client, closed_port_addr, config, one_route_config, Backend, Gateway};
+
+/// The gateway is still up and proxying: a plain request through it succeeds.
+async fn assert_still_serving(gateway: &Gateway, path: &str) {
+    let reply = client::get(gateway.addr(), path).await;
+    assert_eq!(reply.status, 200, "follow-up request {path}: {}", reply.text());
+    assert_eq!(reply.echoed().path, path);
+}
+
+#[tokio::test]
+async fn upstream_nothing_listening_returns_502_upstream_connect_error() {
+    let echo = Backend::spawn("echo");
+    let dead = closed_port_addr();
+    let yaml = config(
+        &format!(
+            r#"
+upstreams:
+  dead: {{ endpoints: ["http://{dead}"], connect_timeout: 2s }}
+  echo: {{ endpoints: ["${{echo}}"] }}
+routes:
+  - {{ name: dead, match: {{ path_prefix: /dead }}, upstream: dead }}
+  - {{ name: live, upstream: echo }}
+"#
+        ),
+        &[&echo],
+    );
+    let gateway = Gateway::start(&yaml);
+
+    client::get(gateway.addr(), "/dead/x").await.assert_error(502, "upstream_connect_error");
+    assert_still_serving(&gateway, "/live").await;
+    client::get(gateway.addr(), "/dead/again").await.assert_error(502, "upstream_connect_error");
+}
+
+#[tokio::test]
+async fn upstream_slower_than_route_timeout_returns_504_upstream_timeout() {
+    let echo = Backend::spawn("echo");
+    let gateway = Gateway::start(&one_route_config(&echo, "", "timeout: 300ms"));
+
+    client::get(gateway.addr(), "/slow/3000").await.assert_error(504, "upstream_timeout");
+    assert_still_serving(&gateway, "/after").await;
+}
+
+#[tokio::test]
+async fn upstream_request_timeout_applies_when_route_sets_none() {
+    let echo = Backend::spawn("echo");
+    let yaml = config(
+        r#"
+upstreams:
+  echo: { endpoints: ["${echo}"], request_timeout: 300ms }
+routes:
+  - { name: all, upstream: echo }
+"#,
+        &[&echo],
+    );
+    let gateway = Gateway::start(&yaml);
+
+    client::get(gateway.addr(), "/slow/3000").await.assert_error(504, "upstream_timeout");
+    assert_still_serving(&gateway, "/after").await;
+}
+
+#[tokio::test]
+async fn upstream_response_head_too_large_returns_502_upstream_error() {
+    let echo = Backend::spawn("echo");
+    let gateway = Gateway::start(&one_route_config(&echo, "", ""));
+
+    client::get(gateway.addr(), "/huge-headers").await.assert_error(502, "upstream_error");
+    assert_still_serving(&gateway, "/after").await;
+}
+
+#[tokio::test]
+async fn upstream_error_status_passes_through_unchanged() {
+    let echo = Backend::spawn("echo");
+    let gateway = Gateway::start(&one_route_config(&echo, "", ""));
+
+    for code in [404u16, 500, 503] {
+        let reply = client::get(gateway.addr(), &format!("/status/{code}")).await;
+        assert_eq!(reply.status.as_u16(), code, "{}", reply.text());
+        assert_eq!(reply.echoed().backend, "echo", "the upstream's own body, not a gateway error");
+        assert!(reply.header("x-request-id").is_some(), "x-request-id on a proxied response");
+    }
+}

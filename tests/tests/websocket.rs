@@ -1,0 +1,45 @@
+//! WebSocket (HTTP/1.1 upgrade) passes through the gateway.
+
+use std::net::SocketAddr;
+
+use e2e::{one_route_config, Backend, Gateway, TIMEOUT};
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+
+/// Connects to `ws://addr/ws`, sends a text and two binary messages and checks each comes back unchanged.
+async fn roundtrip(addr: SocketAddr) {
+    let exchange = async {
+        let (mut socket, response) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+            .await
+            .unwrap_or_else(|e| panic!("upgrade via {addr}: {e}"));
+        assert_eq!(response.status(), 101);
+        let large: Vec<u8> = (0..200_000u32).map(|i| (i % 256) as u8).collect();
+        for message in [Message::text("hello, gateway"), Message::binary(vec![0u8, 1, 2, 255]), Message::binary(large)]
+        {
+            socket.send(message.clone()).await.unwrap();
+            let echoed = loop {
+                match socket.next().await {
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    Some(Ok(echoed)) => break echoed,
+                    other => panic!("expected the echo of a {}-byte message, got {other:?}", message.len()),
+                }
+            };
+            assert_eq!(echoed, message);
+        }
+        socket.close(None).await.unwrap();
+    };
+    tokio::time::timeout(TIMEOUT, exchange).await.expect("WebSocket exchange did not finish in time");
+}
+
+#[tokio::test]
+async fn websocket_echo_direct_roundtrips_text_and_binary() {
+    let echo = Backend::spawn("echo");
+    roundtrip(echo.addr).await;
+}
+
+#[tokio::test]
+async fn websocket_echo_through_gateway_roundtrips_text_and_binary() {
+    let echo = Backend::spawn("echo");
+    let gateway = Gateway::start(&one_route_config(&echo, "", ""));
+    roundtrip(gateway.addr()).await;
+}
