@@ -1,0 +1,453 @@
+//! `loadbench`: one command that starts the echo backend, the gateway and nginx, sends the same
+//! load straight to the backend and through each proxy in interleaved rounds, and reports.
+//!
+//! ```text
+//! cargo run --release -p benches --bin loadbench -- [--duration 10s] [--connections 64]
+//!     [--rounds 3] [--rate N] [--json FILE]
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use benches::load::{self, LoadSpec};
+use benches::procs::{self, TempDir};
+use benches::report::{self, Report, RunResult, ScenarioReport, Summary};
+use benches::stack::{self, Backend, Proxy};
+use clap::{Parser, ValueEnum};
+use serde_json::json;
+
+/// Load bench: direct-to-backend vs gateway vs nginx, same backend, same load.
+#[derive(Debug, Parser)]
+#[command(name = "loadbench")]
+struct Args {
+    /// Measured time per scenario and round (`500ms`, `10s`, `1m`).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Unmeasured load before each measurement (connections open during it).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// Keep-alive HTTP/1.1 connections (one request in flight on each).
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Rounds; each round runs every scenario once, interleaved, and medians are reported.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Open loop: total requests per second, latency measured from the scheduled send time.
+    /// Without it: closed loop (each connection sends as soon as its previous response is read).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Request path (the echo answers every path not reserved with a small JSON body).
+    #[arg(long, default_value = "/")]
+    path: String,
+    /// Load generator OS threads (each a current-thread tokio runtime).
+    #[arg(long, default_value_t = 1)]
+    client_threads: usize,
+    /// Scenarios to run, in this order within each round.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "direct,gateway,nginx")]
+    scenarios: Vec<Scenario>,
+    /// nginx worker processes [default: the gateway's tokio worker threads = available CPUs].
+    #[arg(long)]
+    nginx_workers: Option<usize>,
+    /// Directory holding `gateway` and `echo` [default: the directory of this executable].
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// A request slower than this counts as a transport error.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    request_timeout: Duration,
+    /// Keep the temp dir (configs, stderr of every process) for inspection.
+    #[arg(long)]
+    keep_tmp: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    Direct,
+    Gateway,
+    Nginx,
+}
+
+impl Scenario {
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::Direct => "direct",
+            Scenario::Gateway => "gateway",
+            Scenario::Nginx => "nginx",
+        }
+    }
+}
+
+/// `250ms`, `10s`, `5m`, or a plain number of seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.find(|c: char| !c.is_ascii_digit() && c != '.').map_or((s, "s"), |i| s.split_at(i));
+    let value: f64 = num.parse().map_err(|_| format!("bad duration {s:?}"))?;
+    let secs = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        _ => return Err(format!("bad duration unit in {s:?} (use ms, s or m)")),
+    };
+    if secs <= 0.0 || !secs.is_finite() {
+        return Err(format!("duration must be > 0: {s:?}"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match bench(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // `{:#}` gives the whole context chain on one line, without a backtrace.
+            eprintln!("loadbench: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn bench(args: &Args) -> anyhow::Result<()> {
+    // The orchestrator only sleeps and waits; the load runs on its own threads (see `load`).
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        // Dropping `run` on a signal drops its process guards, which stop every child.
+        tokio::select! {
+            result = run(args) => result,
+            _ = tokio::signal::ctrl_c() => bail!("interrupted; stopped all child processes"),
+            _ = sigterm.recv() => bail!("terminated; stopped all child processes"),
+        }
+    })
+}
+
+/// Everything started for the bench. Field order is drop order: proxies, backend, temp dir.
+struct Stack {
+    proxies: Vec<(Scenario, Proxy)>,
+    backend: Backend,
+    tmp: TempDir,
+}
+
+async fn run(args: &Args) -> anyhow::Result<()> {
+    anyhow::ensure!(args.rounds > 0, "--rounds must be > 0");
+    anyhow::ensure!(args.connections > 0, "--connections must be > 0");
+    let bins = binaries(args)?;
+    let mut scenarios: Vec<Scenario> = Vec::new();
+    for s in &args.scenarios {
+        if !scenarios.contains(s) {
+            scenarios.push(*s);
+        }
+    }
+    let nginx = if scenarios.contains(&Scenario::Nginx) {
+        let found = stack::find_nginx();
+        if found.is_none() {
+            println!("nginx is not installed: skipping the nginx scenario (install it with `apt-get install nginx`)");
+            scenarios.retain(|s| *s != Scenario::Nginx);
+        }
+        found
+    } else {
+        None
+    };
+
+    let (mut stack, setup) = start_stack(args, &bins, &scenarios, nginx.as_deref())?;
+    let mode = match args.rate {
+        Some(rate) => format!("open loop at {} req/s total", report::fmt_int(rate)),
+        None => "closed loop".to_owned(),
+    };
+    println!(
+        "load: {} keep-alive HTTP/1.1 connections, {mode}, GET {}, {} client thread(s), \
+         warm-up {:?} + {:?} measured per scenario, {} round(s), order {:?}",
+        args.connections,
+        args.path,
+        args.client_threads,
+        args.warmup,
+        args.duration,
+        args.rounds,
+        scenarios.iter().map(|s| s.name()).collect::<Vec<_>>(),
+    );
+
+    // Interleaved: round 1 runs every scenario, then round 2, ..., so drift hits all alike.
+    let ticks_per_sec = procs::clock_ticks_per_sec();
+    let mut results: Vec<Vec<RunResult>> = vec![Vec::new(); scenarios.len()];
+    for round in 1..=args.rounds {
+        for (i, &scenario) in scenarios.iter().enumerate() {
+            let result = measure(args, &mut stack, scenario, round, ticks_per_sec).await?;
+            println!("{}", report::round_line(scenario.name(), &result));
+            results[i].push(result);
+        }
+    }
+
+    let scenario_reports: Vec<ScenarioReport> = scenarios
+        .iter()
+        .zip(results)
+        .map(|(&s, rounds)| ScenarioReport {
+            name: s.name().to_owned(),
+            description: match s {
+                Scenario::Direct => "client -> echo".to_owned(),
+                Scenario::Gateway => format!("client -> gateway ({} tokio workers) -> echo", setup.gateway_workers),
+                Scenario::Nginx => format!("client -> nginx ({} workers) -> echo", setup.nginx_workers),
+            },
+            median: Summary::of(&rounds),
+            rounds,
+        })
+        .collect();
+    let client_cpu_limit = 100.0 * args.client_threads.min(args.connections) as f64;
+    let report = Report {
+        settings: settings(args, &bins, &setup, nginx.as_deref()),
+        ratios: report::ratios(&scenario_reports),
+        notes: report::notes(&scenario_reports, client_cpu_limit, setup.cpus),
+        scenarios: scenario_reports,
+    };
+    println!();
+    print!("{}", report::table(&report));
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    drop(stack);
+    Ok(())
+}
+
+/// Facts about the started processes that the report states.
+struct Setup {
+    cpus: usize,
+    /// Worker threads counted in the running gateway (`cpus` when the gateway is not run).
+    gateway_workers: usize,
+    nginx_workers: usize,
+}
+
+/// Starts the echo backend, then the gateway, then nginx (as selected). nginx gets as many
+/// workers as the gateway has tokio worker threads, unless `--nginx-workers` says otherwise.
+fn start_stack(
+    args: &Args,
+    bins: &Binaries,
+    scenarios: &[Scenario],
+    nginx: Option<&Path>,
+) -> anyhow::Result<(Stack, Setup)> {
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    let tmp = TempDir::new(args.keep_tmp)?;
+    let backend = stack::start_echo(&bins.echo, tmp.path())?;
+    let mut stack = Stack { proxies: Vec::new(), backend, tmp };
+    println!("echo backend  pid {:<7} {}", stack.backend.proc.pid(), stack.backend.addr);
+    let mut setup = Setup { cpus, gateway_workers: cpus, nginx_workers: args.nginx_workers.unwrap_or(cpus) };
+    if scenarios.contains(&Scenario::Gateway) {
+        let proxy = stack::start_gateway(&bins.gateway, stack.tmp.path(), stack.backend.addr)?;
+        setup.gateway_workers = procs::count_threads(proxy.proc.pid(), &procs::TOKIO_WORKER_NAMES);
+        println!(
+            "gateway       pid {:<7} {}  ({} tokio worker threads)",
+            proxy.proc.pid(),
+            proxy.addr,
+            setup.gateway_workers
+        );
+        if args.nginx_workers.is_none() && setup.gateway_workers > 0 {
+            setup.nginx_workers = setup.gateway_workers;
+        }
+        stack.proxies.push((Scenario::Gateway, proxy));
+    }
+    if let (true, Some(bin)) = (scenarios.contains(&Scenario::Nginx), nginx) {
+        let proxy = stack::start_nginx(bin, stack.tmp.path(), stack.backend.addr, setup.nginx_workers)?;
+        println!("nginx         pid {:<7} {}  (workers {:?})", proxy.proc.pid(), proxy.addr, &proxy.pids()[1..]);
+        stack.proxies.push((Scenario::Nginx, proxy));
+    }
+    Ok((stack, setup))
+}
+
+/// How the bench ran, for the JSON report.
+fn settings(args: &Args, bins: &Binaries, setup: &Setup, nginx: Option<&Path>) -> serde_json::Value {
+    json!({
+        "duration_secs": args.duration.as_secs_f64(),
+        "warmup_secs": args.warmup.as_secs_f64(),
+        "connections": args.connections,
+        "rounds": args.rounds,
+        "rate": args.rate,
+        "mode": if args.rate.is_some() { "open_loop" } else { "closed_loop" },
+        "path": args.path,
+        "client_threads": args.client_threads,
+        "client_runtime": "one current_thread tokio runtime per client thread (+ a pacer thread in open loop)",
+        "cpus": setup.cpus,
+        "gateway_tokio_workers": setup.gateway_workers,
+        "nginx_workers": setup.nginx_workers,
+        "nginx_version": nginx.and_then(nginx_version),
+        "gateway_bin": bins.gateway.display().to_string(),
+        "echo_bin": bins.echo.display().to_string(),
+        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").ok().map(|s| s.trim().to_owned()),
+        "cpu_model": cpu_model(),
+    })
+}
+
+/// Runs the load against one scenario and measures client, proxy and backend over the window.
+async fn measure(
+    args: &Args,
+    stack: &mut Stack,
+    scenario: Scenario,
+    round: usize,
+    ticks_per_sec: u64,
+) -> anyhow::Result<RunResult> {
+    let proxy = stack.proxies.iter().find(|(s, _)| *s == scenario).map(|(_, p)| p);
+    let is_proxy = proxy.is_some();
+    let addr = proxy.map_or(stack.backend.addr, |p| p.addr);
+    let running = load::start(&LoadSpec {
+        addr,
+        path: args.path.clone(),
+        connections: args.connections,
+        threads: args.client_threads,
+        warmup: args.warmup,
+        duration: args.duration,
+        rate: args.rate,
+        request_timeout: args.request_timeout,
+    })?;
+    let window = running.window;
+    let proxy_pids = proxy.map(Proxy::pids).unwrap_or_default();
+    let backend_pid = [stack.backend.proc.pid()];
+    let me = [std::process::id()];
+
+    tokio::time::sleep_until(window.measure_start.into()).await;
+    let machine_before = procs::machine_ticks();
+    let before = (procs::cpu_ticks(&proxy_pids), procs::cpu_ticks(&backend_pid), procs::cpu_ticks(&me));
+    let t0 = Instant::now();
+    tokio::time::sleep_until(window.end.into()).await;
+    let machine_after = procs::machine_ticks();
+    let after = (procs::cpu_ticks(&proxy_pids), procs::cpu_ticks(&backend_pid), procs::cpu_ticks(&me));
+    let secs = t0.elapsed().as_secs_f64();
+    let outcome = running.finish().await?;
+
+    if !(before.0 .1 && after.0 .1) {
+        eprintln!("loadbench: a {} process vanished during round {round}", scenario.name());
+    }
+    stack.backend.proc.check_alive()?;
+    for (_, p) in &mut stack.proxies {
+        p.proc.check_alive()?;
+    }
+    if outcome.ok == 0 {
+        bail!(
+            "{}: no successful request in round {round} (first bad status: {:?}, first transport error: {:?})",
+            scenario.name(),
+            outcome.first_bad_status,
+            outcome.first_transport_error
+        );
+    }
+    if outcome.errors() > 0 {
+        eprintln!(
+            "loadbench: {} round {round}: {} non-2xx (first {:?}), {} transport errors (first {:?})",
+            scenario.name(),
+            outcome.status_errors,
+            outcome.first_bad_status,
+            outcome.transport_errors,
+            outcome.first_transport_error
+        );
+    }
+
+    // Per-request CPU and req/s use the responses completed inside the CPU window.
+    let ok = outcome.completed_in_window.max(1) as f64;
+    let cpu_us = |b: u64, a: u64| a.saturating_sub(b) as f64 * 1e6 / ticks_per_sec as f64;
+    let proxy_cpu = cpu_us(before.0 .0, after.0 .0);
+    let client_cpu = cpu_us(before.2 .0, after.2 .0);
+    let backend_cpu = cpu_us(before.1 .0, after.1 .0);
+    let (machine_tasks_cpu, irq_cpu) = match (machine_before, machine_after) {
+        (Some(b), Some(a)) => (cpu_us(b.tasks, a.tasks), cpu_us(b.irq, a.irq)),
+        _ => (0.0, 0.0),
+    };
+    let other_cpu = (machine_tasks_cpu - proxy_cpu - client_cpu - backend_cpu).max(0.0);
+    let latency = outcome.samples.percentiles();
+    Ok(RunResult {
+        round,
+        requests_per_sec: ok / args.duration.as_secs_f64(),
+        ok: outcome.ok,
+        errors: outcome.status_errors + outcome.transport_errors,
+        status_errors: outcome.status_errors,
+        transport_errors: outcome.transport_errors,
+        reconnects: outcome.reconnects,
+        missed: outcome.missed,
+        pacer_lag_max_us: args.rate.map(|_| outcome.pacer_lag_max_us),
+        pacer_late_pct: args
+            .rate
+            .map(|_| 100.0 * outcome.pacer_late_wakeups as f64 / outcome.pacer_wakeups.max(1) as f64),
+        latency,
+        proxy_cpu_us_per_req: is_proxy.then(|| proxy_cpu / ok),
+        backend_cpu_us_per_req: backend_cpu / ok,
+        client_cpu_us_per_req: client_cpu / ok,
+        client_cpu_pct: client_cpu / 1e4 / secs,
+        proxy_peak_rss_kib: is_proxy.then(|| proxy_pids.iter().filter_map(|&p| procs::peak_rss_kib(p)).sum()),
+        other_cpu_pct: other_cpu / 1e4 / secs,
+        irq_cpu_pct: irq_cpu / 1e4 / secs,
+        window_secs: secs,
+    })
+}
+
+/// Paths of the binaries under test.
+struct Binaries {
+    gateway: PathBuf,
+    echo: PathBuf,
+}
+
+/// Finds `gateway` and `echo` next to this executable (or in `--bin-dir`); builds them with
+/// cargo when they are missing from the default location.
+fn binaries(args: &Args) -> anyhow::Result<Binaries> {
+    let explicit = args.bin_dir.is_some();
+    let dir = match &args.bin_dir {
+        Some(dir) => dir.clone(),
+        None => std::env::current_exe()?.parent().context("executable has no directory")?.to_owned(),
+    };
+    let bins = Binaries { gateway: dir.join("gateway"), echo: dir.join("echo") };
+    let needs_gateway = args.scenarios.contains(&Scenario::Gateway);
+    let missing: Vec<&Path> = [(&bins.echo, true), (&bins.gateway, needs_gateway)]
+        .into_iter()
+        .filter(|(p, needed)| *needed && !p.is_file())
+        .map(|(p, _)| p.as_path())
+        .collect();
+    if missing.is_empty() {
+        return Ok(bins);
+    }
+    if explicit {
+        bail!("missing in --bin-dir: {missing:?}");
+    }
+    let profile = if cfg!(debug_assertions) { None } else { Some("--release") };
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("benches/ has no parent")?;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.arg("build").args(profile).args(["-p", "gateway", "-p", "backends", "--bins"]).current_dir(workspace);
+    eprintln!("==================================================================");
+    eprintln!("loadbench: {missing:?} not built; building now: {cmd:?}");
+    eprintln!("==================================================================");
+    let status = cmd.status().context("running cargo build")?;
+    if !status.success() {
+        bail!("cargo build failed ({status})");
+    }
+    if let Some(p) = [&bins.echo, &bins.gateway].into_iter().find(|p| !p.is_file()) {
+        bail!("{} still missing after cargo build", p.display());
+    }
+    Ok(bins)
+}
+
+fn nginx_version(bin: &Path) -> Option<String> {
+    let out = Command::new(bin).arg("-v").output().ok()?;
+    // nginx prints its version on stderr.
+    let text = String::from_utf8_lossy(&out.stderr);
+    Some(text.trim().trim_start_matches("nginx version: ").to_owned())
+}
+
+fn cpu_model() -> Option<String> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("model name"))?;
+    Some(line.split_once(':')?.1.trim().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_duration_units() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("5h").is_err());
+        assert!(parse_duration("fast").is_err());
+    }
+}

@@ -1,0 +1,614 @@
+//! The load generator: N keep-alive HTTP/1.1 connections, closed loop or open loop at a fixed rate.
+//!
+//! Closed loop: each connection sends a request as soon as the previous response has been read
+//! in full, so throughput is whatever the system under test sustains.
+//! Open loop (`rate`): global request j is *scheduled* at `start + j / rate` and goes to
+//! connection `j % N`. A pacer thread releases the requests with `std::thread::sleep`, waking
+//! at most every 200 µs (tokio's 1 ms timer would release the requests of a millisecond as one
+//! burst: at 5k req/s that alone tripled the direct p50). When a connection is still busy
+//! with an earlier request at the scheduled time, latency is measured from the scheduled time,
+//! so a stalled server shows up as queueing delay in the percentiles instead of silently
+//! lowering the request rate (no coordinated omission). When the connection is idle, latency
+//! counts from the actual send, so the pacer's wake-up lag is not charged to the server.
+//!
+//! Latency and errors are attributed to the measured window by a request's start (closed loop)
+//! or scheduled (open loop) time, and every such request is awaited; throughput counts the 2xx
+//! responses completed inside the window, the span over which process CPU is measured.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, StatusCode, Uri};
+use http_body_util::{BodyExt as _, Empty};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::sync::{oneshot, Semaphore, TryAcquireError};
+
+use crate::hist::Samples;
+
+/// What load to send where.
+#[derive(Debug, Clone)]
+pub struct LoadSpec {
+    /// Where to connect.
+    pub addr: SocketAddr,
+    /// Request path (and query), e.g. `/`.
+    pub path: String,
+    /// Keep-alive connections, one task each.
+    pub connections: usize,
+    /// OS threads, each running a current-thread tokio runtime; connections are dealt round robin.
+    pub threads: usize,
+    /// Load sent before the measured window (connections are opened during it).
+    pub warmup: Duration,
+    /// Length of the measured window.
+    pub duration: Duration,
+    /// Open loop: total requests per second over all connections. `None`: closed loop.
+    pub rate: Option<f64>,
+    /// A request slower than this counts as an error and its connection is replaced.
+    pub request_timeout: Duration,
+}
+
+/// The measured window in wall-clock terms.
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    /// When load starts (beginning of the warm-up).
+    pub start: Instant,
+    /// Beginning of the measured window.
+    pub measure_start: Instant,
+    /// End of the measured window.
+    pub end: Instant,
+}
+
+/// What the generator saw during the measured window, summed over connections.
+#[derive(Debug, Default)]
+pub struct LoadOutcome {
+    /// Latency of every 2xx response.
+    pub samples: Samples,
+    /// 2xx responses to requests started (open loop: scheduled) in the window.
+    pub ok: u64,
+    /// 2xx responses completed in the window: the throughput count.
+    pub completed_in_window: u64,
+    /// Non-2xx responses.
+    pub status_errors: u64,
+    /// Connect failures, I/O or protocol errors, timeouts.
+    pub transport_errors: u64,
+    /// Connections re-opened after the peer closed one between requests (not an error).
+    pub reconnects: u64,
+    /// Open loop only: requests scheduled inside the window that were never sent because the
+    /// connection was still behind schedule when the window ended.
+    pub missed: u64,
+    /// Status of the first non-2xx response, to say what went wrong.
+    pub first_bad_status: Option<StatusCode>,
+    /// Text of the first transport error.
+    pub first_transport_error: Option<String>,
+    /// Open loop only: how late the pacer released requests (worst case), microseconds.
+    pub pacer_lag_max_us: u64,
+    /// Open loop only: pacer wake-ups more than 1 ms late (out of `pacer_wakeups`).
+    pub pacer_late_wakeups: u64,
+    /// Open loop only: pacer wake-ups.
+    pub pacer_wakeups: u64,
+}
+
+impl LoadOutcome {
+    fn merge(&mut self, other: LoadOutcome) {
+        self.samples.merge(other.samples);
+        self.ok += other.ok;
+        self.completed_in_window += other.completed_in_window;
+        self.status_errors += other.status_errors;
+        self.transport_errors += other.transport_errors;
+        self.reconnects += other.reconnects;
+        self.missed += other.missed;
+        self.first_bad_status = self.first_bad_status.or(other.first_bad_status);
+        if self.first_transport_error.is_none() {
+            self.first_transport_error = other.first_transport_error;
+        }
+        self.pacer_lag_max_us = self.pacer_lag_max_us.max(other.pacer_lag_max_us);
+        self.pacer_late_wakeups += other.pacer_late_wakeups;
+        self.pacer_wakeups += other.pacer_wakeups;
+    }
+
+    /// Non-2xx responses plus transport errors.
+    pub fn errors(&self) -> u64 {
+        self.status_errors + self.transport_errors
+    }
+}
+
+/// A load run in progress: the generator threads and when they measure.
+#[derive(Debug)]
+pub struct Running {
+    /// When the measured window begins and ends.
+    pub window: Window,
+    results: Vec<oneshot::Receiver<LoadOutcome>>,
+}
+
+impl Running {
+    /// Waits for every generator thread (they stop by themselves shortly after `window.end`).
+    pub async fn finish(self) -> anyhow::Result<LoadOutcome> {
+        let mut total = LoadOutcome::default();
+        for rx in self.results {
+            total.merge(rx.await.context("a load generator thread died")?);
+        }
+        Ok(total)
+    }
+}
+
+/// Starts the generator threads (and, in open loop, the pacer); load begins about 20 ms from now.
+pub fn start(spec: &LoadSpec) -> anyhow::Result<Running> {
+    anyhow::ensure!(spec.connections > 0, "connections must be > 0");
+    anyhow::ensure!(spec.threads > 0, "threads must be > 0");
+    let start = Instant::now() + Duration::from_millis(20);
+    let window = Window { start, measure_start: start + spec.warmup, end: start + spec.warmup + spec.duration };
+    let target = Arc::new(Target {
+        addr: spec.addr,
+        uri: spec.path.parse().with_context(|| format!("bad request path {:?}", spec.path))?,
+        host: HeaderValue::from_str(&spec.addr.to_string())?,
+        timeout: spec.request_timeout,
+    });
+    let schedule = match spec.rate {
+        Some(rate) => {
+            anyhow::ensure!(rate > 0.0 && rate.is_finite(), "rate must be > 0");
+            Some(Schedule { start, rate, connections: spec.connections })
+        }
+        None => None,
+    };
+    // One semaphore per connection; the pacer adds a permit when a request of it is due.
+    let permits: Vec<Arc<Semaphore>> = (0..spec.connections).map(|_| Arc::new(Semaphore::new(0))).collect();
+    // Open-loop connections still running; the pacer waits for them before closing.
+    let active = Arc::new(AtomicUsize::new(spec.connections));
+    let mut results = Vec::new();
+    if let Some(schedule) = schedule {
+        let (tx, rx) = oneshot::channel();
+        let permits = permits.clone();
+        let active = Arc::clone(&active);
+        thread::Builder::new()
+            .name("load-pacer".to_owned())
+            .spawn(move || {
+                let _ = tx.send(pace(schedule, window.end, &permits, &active));
+            })
+            .context("spawning the pacer thread")?;
+        results.push(rx);
+    }
+    let threads = spec.threads.min(spec.connections);
+    for t in 0..threads {
+        let conns: Vec<(usize, Arc<Semaphore>)> =
+            (t..spec.connections).step_by(threads).map(|i| (i, Arc::clone(&permits[i]))).collect();
+        let (tx, rx) = oneshot::channel();
+        let target = Arc::clone(&target);
+        let active = Arc::clone(&active);
+        thread::Builder::new()
+            .name(format!("load-{t}"))
+            .spawn(move || {
+                let outcome = run_thread(&target, window, conns, schedule, &active);
+                let _ = tx.send(outcome);
+            })
+            .context("spawning a load generator thread")?;
+        results.push(rx);
+    }
+    Ok(Running { window, results })
+}
+
+/// Open-loop timetable: global request j is due at `start + j / rate`, on connection `j % N`.
+#[derive(Debug, Clone, Copy)]
+struct Schedule {
+    start: Instant,
+    rate: f64,
+    connections: usize,
+}
+
+impl Schedule {
+    /// When the `k`-th request of connection `conn` is due.
+    fn due(&self, conn: usize, k: u64) -> Instant {
+        let j = conn as u64 + k * self.connections as u64;
+        self.start + Duration::from_secs_f64(j as f64 / self.rate)
+    }
+}
+
+/// Lateness the pacer accepts in exchange for fewer wake-ups: it wakes at most once per
+/// quantum and then releases everything due (at most 4 requests at 20k req/s), so at most
+/// 5,000 wake-ups a second. Each wake-up of the pacer and of a client thread costs CPU that
+/// the system under test shares. Requests are released late, never early.
+const PACER_QUANTUM: Duration = Duration::from_micros(200);
+
+/// How long connections that are behind schedule at the end of the window may keep sending
+/// the requests that fell due inside it (their latency counts from the scheduled time).
+/// Whatever is still unsent after that counts as missed.
+const DRAIN_GRACE: Duration = Duration::from_secs(1);
+
+/// Releases every request at its due time until `end`; once every connection has finished
+/// (or `DRAIN_GRACE` after `end`) closes the semaphores so that the rest stop.
+/// Returns how punctual it was (the `pacer_*` fields).
+fn pace(schedule: Schedule, end: Instant, permits: &[Arc<Semaphore>], active: &AtomicUsize) -> LoadOutcome {
+    let mut worst = Duration::ZERO;
+    let (mut wakeups, mut late) = (0, 0);
+    let mut j: u64 = 0;
+    let due = |j: u64| {
+        let conns = schedule.connections as u64;
+        schedule.due((j % conns) as usize, j / conns)
+    };
+    let mut last_wake = schedule.start;
+    loop {
+        let next = due(j);
+        let now = Instant::now();
+        if next >= end || now >= end {
+            break;
+        }
+        let wake_at = next.max(last_wake + PACER_QUANTUM);
+        if wake_at > now {
+            // Linux sleeps with ~50 µs timer slack: precise enough, and no spinning.
+            thread::sleep(wake_at - now);
+        }
+        let now = Instant::now();
+        last_wake = now;
+        let lag = now.saturating_duration_since(next);
+        worst = worst.max(lag);
+        wakeups += 1;
+        if lag > Duration::from_millis(1) {
+            late += 1;
+        }
+        while due(j) < end && due(j) <= now {
+            permits[(j % schedule.connections as u64) as usize].add_permits(1);
+            j += 1;
+        }
+    }
+    while active.load(Ordering::Acquire) > 0 && Instant::now() < end + DRAIN_GRACE {
+        thread::sleep(Duration::from_millis(5));
+    }
+    for p in permits {
+        p.close();
+    }
+    LoadOutcome {
+        pacer_lag_max_us: u64::try_from(worst.as_micros()).unwrap_or(u64::MAX),
+        pacer_late_wakeups: late,
+        pacer_wakeups: wakeups,
+        ..LoadOutcome::default()
+    }
+}
+
+/// Where requests go; shared by every connection.
+#[derive(Debug)]
+struct Target {
+    addr: SocketAddr,
+    uri: Uri,
+    host: HeaderValue,
+    timeout: Duration,
+}
+
+fn run_thread(
+    target: &Arc<Target>,
+    window: Window,
+    conns: Vec<(usize, Arc<Semaphore>)>,
+    schedule: Option<Schedule>,
+    active: &Arc<AtomicUsize>,
+) -> LoadOutcome {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            return LoadOutcome {
+                transport_errors: 1,
+                first_transport_error: Some(format!("building a tokio runtime: {e}")),
+                ..LoadOutcome::default()
+            }
+        }
+    };
+    runtime.block_on(async {
+        let tasks: Vec<_> = conns
+            .into_iter()
+            .map(|(idx, permits)| {
+                let target = Arc::clone(target);
+                let active = Arc::clone(active);
+                tokio::spawn(async move {
+                    match schedule {
+                        None => closed_loop(&target, window).await,
+                        Some(schedule) => {
+                            let outcome = open_loop(&target, window, schedule, idx, &permits).await;
+                            active.fetch_sub(1, Ordering::Release);
+                            outcome
+                        }
+                    }
+                })
+            })
+            .collect();
+        let mut total = LoadOutcome::default();
+        for task in tasks {
+            match task.await {
+                Ok(outcome) => total.merge(outcome),
+                Err(e) => {
+                    total.transport_errors += 1;
+                    total.first_transport_error.get_or_insert(e.to_string());
+                }
+            }
+        }
+        total
+    })
+}
+
+/// Result of one request on one connection.
+enum Sent {
+    Response(StatusCode),
+    /// The request failed; the connection must be replaced.
+    Failed(String),
+}
+
+/// A keep-alive connection that re-opens itself when the peer closed it between requests.
+struct Conn {
+    sender: Option<SendRequest<Empty<Bytes>>>,
+}
+
+impl Conn {
+    fn new() -> Self {
+        Conn { sender: None }
+    }
+
+    /// Sends one GET and reads the whole response body.
+    async fn request(&mut self, target: &Target, out: &mut LoadOutcome) -> Sent {
+        let attempt = async {
+            let sender = self.ready_sender(target, out).await?;
+            let mut req = Request::new(Empty::<Bytes>::new());
+            *req.uri_mut() = target.uri.clone();
+            req.headers_mut().insert(header::HOST, target.host.clone());
+            let resp = sender.send_request(req).await.map_err(|e| format!("request: {e}"))?;
+            let status = resp.status();
+            let mut body = resp.into_body();
+            while let Some(frame) = body.frame().await {
+                frame.map_err(|e| format!("response body: {e}"))?;
+            }
+            Ok::<_, String>(status)
+        };
+        match tokio::time::timeout(target.timeout, attempt).await {
+            Ok(Ok(status)) => Sent::Response(status),
+            Ok(Err(e)) => {
+                self.sender = None;
+                Sent::Failed(e)
+            }
+            Err(_) => {
+                self.sender = None;
+                Sent::Failed(format!("no complete response within {:?}", target.timeout))
+            }
+        }
+    }
+
+    async fn ready_sender(
+        &mut self,
+        target: &Target,
+        out: &mut LoadOutcome,
+    ) -> Result<&mut SendRequest<Empty<Bytes>>, String> {
+        if let Some(sender) = self.sender.as_mut() {
+            if sender.ready().await.is_err() {
+                // Closed by the peer while idle (e.g. after `Connection: close`): re-open.
+                self.sender = None;
+                out.reconnects += 1;
+            }
+        }
+        if self.sender.is_none() {
+            self.sender = Some(connect(target.addr).await?);
+        }
+        self.sender.as_mut().ok_or_else(|| "no connection".to_owned())
+    }
+}
+
+async fn connect(addr: SocketAddr) -> Result<SendRequest<Empty<Bytes>>, String> {
+    let stream = TcpStream::connect(addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
+    stream.set_nodelay(true).map_err(|e| format!("TCP_NODELAY: {e}"))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| format!("handshake: {e}"))?;
+    tokio::spawn(async move {
+        // Errors surface on the sender side; nothing more to do with them here.
+        let _ = conn.await;
+    });
+    sender.ready().await.map_err(|e| format!("connection not ready: {e}"))?;
+    Ok(sender)
+}
+
+/// Books one request. Latency and errors belong to the window the request *started* in
+/// (scheduled in, in open loop); throughput counts 2xx responses *completed* inside the
+/// window, the same span over which the processes' CPU is measured.
+fn account(out: &mut LoadOutcome, window: &Window, sent: Sent, started: Instant, latency: Duration) {
+    let done = Instant::now();
+    if let Sent::Response(status) = &sent {
+        if status.is_success() && done >= window.measure_start && done <= window.end {
+            out.completed_in_window += 1;
+        }
+    }
+    if started < window.measure_start || started >= window.end {
+        return;
+    }
+    match sent {
+        Sent::Response(status) if status.is_success() => {
+            out.ok += 1;
+            out.samples.record(latency);
+        }
+        Sent::Response(status) => {
+            out.status_errors += 1;
+            out.first_bad_status.get_or_insert(status);
+        }
+        Sent::Failed(e) => {
+            out.transport_errors += 1;
+            out.first_transport_error.get_or_insert(e);
+        }
+    }
+}
+
+/// Back-off after a failed request so a dead server does not turn into a busy loop.
+const ERROR_BACKOFF: Duration = Duration::from_millis(10);
+
+async fn closed_loop(target: &Target, window: Window) -> LoadOutcome {
+    let mut out = LoadOutcome::default();
+    let mut conn = Conn::new();
+    tokio::time::sleep_until(window.start.into()).await;
+    loop {
+        let sent_at = Instant::now();
+        if sent_at >= window.end {
+            break;
+        }
+        let sent = conn.request(target, &mut out).await;
+        let failed = matches!(sent, Sent::Failed(_));
+        account(&mut out, &window, sent, sent_at, sent_at.elapsed());
+        if failed {
+            tokio::time::sleep(ERROR_BACKOFF).await;
+        }
+    }
+    out
+}
+
+async fn open_loop(
+    target: &Target,
+    window: Window,
+    schedule: Schedule,
+    idx: usize,
+    permits: &Semaphore,
+) -> LoadOutcome {
+    let mut out = LoadOutcome::default();
+    let mut conn = Conn::new();
+    let mut k = 0;
+    loop {
+        let scheduled = schedule.due(idx, k);
+        if scheduled >= window.end {
+            break;
+        }
+        // A permit already waiting means the request fell due while this connection was busy:
+        // the wait since `scheduled` is the server's doing and counts as latency.
+        let behind = match permits.try_acquire() {
+            Ok(permit) => {
+                permit.forget();
+                true
+            }
+            Err(TryAcquireError::NoPermits) => match permits.acquire().await {
+                Ok(permit) => {
+                    permit.forget();
+                    false
+                }
+                Err(_closed) => break,
+            },
+            Err(TryAcquireError::Closed) => break,
+        };
+        let sent_at = Instant::now();
+        let sent = conn.request(target, &mut out).await;
+        let failed = matches!(sent, Sent::Failed(_));
+        let latency = if behind { scheduled.elapsed() } else { sent_at.elapsed() };
+        account(&mut out, &window, sent, scheduled, latency);
+        if failed {
+            tokio::time::sleep(ERROR_BACKOFF).await;
+        }
+        k += 1;
+    }
+    // The pacer closed the semaphore (`DRAIN_GRACE` after the window, or it could not keep up):
+    // whatever is left fell due inside the window but was never sent.
+    loop {
+        let scheduled = schedule.due(idx, k);
+        if scheduled >= window.end {
+            break;
+        }
+        if scheduled >= window.measure_start {
+            out.missed += 1;
+        }
+        k += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead as _, BufReader, Write as _};
+
+    use super::*;
+
+    /// A blocking keep-alive HTTP/1.1 server on port 0 that answers every request with `status`.
+    fn serve(status: u16) -> SocketAddr {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+                    let mut writer = stream;
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        match reader.read_line(&mut line) {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) if line == "\r\n" => {
+                                let resp = format!("HTTP/1.1 {status} X\r\ncontent-length: 2\r\n\r\nok");
+                                if writer.write_all(resp.as_bytes()).is_err() {
+                                    return;
+                                }
+                            }
+                            Ok(_) => {}
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    fn spec(addr: SocketAddr, rate: Option<f64>) -> LoadSpec {
+        LoadSpec {
+            addr,
+            path: "/".to_owned(),
+            connections: 4,
+            threads: 1,
+            warmup: Duration::from_millis(100),
+            duration: Duration::from_millis(500),
+            rate,
+            request_timeout: Duration::from_secs(2),
+        }
+    }
+
+    fn run(spec: &LoadSpec) -> LoadOutcome {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(async { start(spec).expect("start").finish().await.expect("finish") })
+    }
+
+    #[test]
+    fn closed_loop_ok_server_counts_successes() {
+        let out = run(&spec(serve(200), None));
+        assert!(out.ok > 100, "ok = {}", out.ok);
+        assert_eq!(out.errors(), 0);
+        assert_eq!(out.samples.len() as u64, out.ok);
+        assert!(out.completed_in_window > 0);
+    }
+
+    #[test]
+    fn closed_loop_error_status_counts_errors_not_latency() {
+        let out = run(&spec(serve(503), None));
+        assert_eq!(out.ok, 0);
+        assert!(out.status_errors > 0);
+        assert_eq!(out.first_bad_status, Some(StatusCode::SERVICE_UNAVAILABLE));
+        assert!(out.samples.is_empty());
+    }
+
+    #[test]
+    fn open_loop_sends_rate_times_duration() {
+        let out = run(&spec(serve(200), Some(2000.0)));
+        // 2000/s over 0.5 s; the schedule is exact, so only a late pacer could change it.
+        assert_eq!(out.ok + out.missed, 1000, "ok {} missed {}", out.ok, out.missed);
+        assert!(out.missed <= 5, "missed {}", out.missed);
+        assert!(out.pacer_wakeups > 0);
+    }
+
+    #[test]
+    fn closed_loop_nothing_listening_counts_transport_errors() {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
+        let out = run(&spec(addr, None));
+        assert_eq!(out.ok, 0);
+        assert!(out.transport_errors > 0);
+        assert!(out.first_transport_error.is_some_and(|e| e.contains("connect")));
+    }
+
+    #[test]
+    fn schedule_due_interleaves_connections_evenly() {
+        let start = Instant::now();
+        let s = Schedule { start, rate: 1000.0, connections: 4 };
+        let ms = |conn, k| (s.due(conn, k) - start).as_secs_f64() * 1000.0;
+        assert!((ms(0, 0) - 0.0).abs() < 1e-6);
+        assert!((ms(1, 0) - 1.0).abs() < 1e-6);
+        assert!((ms(3, 0) - 3.0).abs() < 1e-6);
+        assert!((ms(0, 1) - 4.0).abs() < 1e-6);
+        assert!((ms(2, 5) - 22.0).abs() < 1e-6);
+    }
+}

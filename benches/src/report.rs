@@ -1,0 +1,390 @@
+//! Results: one record per scenario and round, medians over rounds, ratios, the printed
+//! table and the JSON file.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::hist::Percentiles;
+
+/// One scenario measured once.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunResult {
+    /// 1-based round number.
+    pub round: usize,
+    /// 2xx responses per second of measured window.
+    pub requests_per_sec: f64,
+    /// 2xx responses in the window.
+    pub ok: u64,
+    /// Non-2xx responses plus transport errors.
+    pub errors: u64,
+    /// Non-2xx responses.
+    pub status_errors: u64,
+    /// Connect failures, I/O or protocol errors, timeouts.
+    pub transport_errors: u64,
+    /// Connections the peer closed between requests (re-opened; not errors).
+    pub reconnects: u64,
+    /// Open loop: scheduled requests never sent (the system fell behind). 0 in closed loop.
+    pub missed: u64,
+    /// Open loop: worst lateness of the pacer releasing a request, microseconds.
+    pub pacer_lag_max_us: Option<u64>,
+    /// Open loop: share of pacer wake-ups more than 1 ms late, percent.
+    pub pacer_late_pct: Option<f64>,
+    /// Latency percentiles of the 2xx responses.
+    pub latency: Percentiles,
+    /// Proxy user+system CPU per 2xx response, microseconds (nginx: master + workers).
+    pub proxy_cpu_us_per_req: Option<f64>,
+    /// Echo backend CPU per 2xx response, microseconds.
+    pub backend_cpu_us_per_req: f64,
+    /// Load generator CPU per 2xx response, microseconds.
+    pub client_cpu_us_per_req: f64,
+    /// Load generator CPU use in % of one core (100% per thread = client saturated).
+    pub client_cpu_pct: f64,
+    /// Proxy peak RSS (VmHWM, since start; nginx: summed over processes), KiB.
+    pub proxy_peak_rss_kib: Option<u64>,
+    /// CPU charged to processes other than client, proxy and backend during the window
+    /// (anything else running on the machine, plus steal), in % of one core.
+    pub other_cpu_pct: f64,
+    /// irq + softirq CPU during the window (mostly loopback packet processing), % of one core.
+    pub irq_cpu_pct: f64,
+    /// Measured window, seconds.
+    pub window_secs: f64,
+}
+
+impl RunResult {
+    /// CPU of every process involved (client + proxy + backend) per 2xx response, microseconds.
+    pub fn total_cpu_us_per_req(&self) -> f64 {
+        self.client_cpu_us_per_req + self.proxy_cpu_us_per_req.unwrap_or(0.0) + self.backend_cpu_us_per_req
+    }
+}
+
+/// Medians over rounds of one scenario (errors summed, peak RSS maxed).
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub requests_per_sec: f64,
+    pub p50_us: f64,
+    pub p90_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    pub errors: u64,
+    pub missed: u64,
+    pub proxy_cpu_us_per_req: Option<f64>,
+    pub backend_cpu_us_per_req: f64,
+    pub client_cpu_us_per_req: f64,
+    pub total_cpu_us_per_req: f64,
+    pub client_cpu_pct: f64,
+    pub proxy_peak_rss_kib: Option<u64>,
+    pub other_cpu_pct: f64,
+    pub irq_cpu_pct: f64,
+}
+
+impl Summary {
+    /// Medians over `runs` (which must not be empty to be meaningful).
+    pub fn of(runs: &[RunResult]) -> Summary {
+        let m = |f: &dyn Fn(&RunResult) -> f64| median(runs.iter().map(f).collect());
+        let proxy_cpu: Vec<f64> = runs.iter().filter_map(|r| r.proxy_cpu_us_per_req).collect();
+        Summary {
+            requests_per_sec: m(&|r| r.requests_per_sec),
+            p50_us: m(&|r| f64::from(r.latency.p50_us)),
+            p90_us: m(&|r| f64::from(r.latency.p90_us)),
+            p99_us: m(&|r| f64::from(r.latency.p99_us)),
+            p999_us: m(&|r| f64::from(r.latency.p999_us)),
+            errors: runs.iter().map(|r| r.errors).sum(),
+            missed: runs.iter().map(|r| r.missed).sum(),
+            proxy_cpu_us_per_req: (!proxy_cpu.is_empty()).then(|| median(proxy_cpu)),
+            backend_cpu_us_per_req: m(&|r| r.backend_cpu_us_per_req),
+            client_cpu_us_per_req: m(&|r| r.client_cpu_us_per_req),
+            total_cpu_us_per_req: m(&|r| r.total_cpu_us_per_req()),
+            client_cpu_pct: m(&|r| r.client_cpu_pct),
+            proxy_peak_rss_kib: runs.iter().filter_map(|r| r.proxy_peak_rss_kib).max(),
+            other_cpu_pct: m(&|r| r.other_cpu_pct),
+            irq_cpu_pct: m(&|r| r.irq_cpu_pct),
+        }
+    }
+}
+
+/// Median; the mean of the two middle values for an even count; 0 when empty.
+pub fn median(mut values: Vec<f64>) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    }
+}
+
+/// All rounds of one scenario and their medians.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScenarioReport {
+    /// `direct`, `gateway` or `nginx`.
+    pub name: String,
+    /// What the client talked to.
+    pub description: String,
+    /// Medians over rounds.
+    pub median: Summary,
+    /// Every round.
+    pub rounds: Vec<RunResult>,
+}
+
+/// `a` relative to `b` (a / b), from the medians.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ratio {
+    /// e.g. `gateway/direct`.
+    pub name: String,
+    pub throughput: f64,
+    pub p50: f64,
+    pub p99: f64,
+    /// Proxy CPU per request (only when both sides are proxies).
+    pub proxy_cpu_per_req: Option<f64>,
+    /// CPU of all processes per request (client + proxy + backend).
+    pub total_cpu_per_req: f64,
+}
+
+impl Ratio {
+    fn between(a: &ScenarioReport, b: &ScenarioReport) -> Ratio {
+        let div = |x: f64, y: f64| if y > 0.0 { x / y } else { f64::NAN };
+        let (x, y) = (&a.median, &b.median);
+        Ratio {
+            name: format!("{}/{}", a.name, b.name),
+            throughput: div(x.requests_per_sec, y.requests_per_sec),
+            p50: div(x.p50_us, y.p50_us),
+            p99: div(x.p99_us, y.p99_us),
+            proxy_cpu_per_req: x.proxy_cpu_us_per_req.zip(y.proxy_cpu_us_per_req).map(|(p, q)| div(p, q)),
+            total_cpu_per_req: div(x.total_cpu_us_per_req, y.total_cpu_us_per_req),
+        }
+    }
+}
+
+/// The ratios the bench reports: gateway/direct, nginx/direct, gateway/nginx (those present).
+pub fn ratios(scenarios: &[ScenarioReport]) -> Vec<Ratio> {
+    let find = |name: &str| scenarios.iter().find(|s| s.name == name);
+    [("gateway", "direct"), ("nginx", "direct"), ("gateway", "nginx")]
+        .iter()
+        .filter_map(|(a, b)| Some(Ratio::between(find(a)?, find(b)?)))
+        .collect()
+}
+
+/// Warnings to print under the table: a saturated client, a busy machine, a late pacer,
+/// errors, and what a small machine means for req/s.
+pub fn notes(scenarios: &[ScenarioReport], client_cpu_limit_pct: f64, cpus: usize) -> Vec<String> {
+    let mut notes = Vec::new();
+    for s in scenarios {
+        if s.median.client_cpu_pct > 0.9 * client_cpu_limit_pct {
+            notes.push(format!(
+                "{}: the load generator used {:.0}% of its {:.0}% CPU: throughput may be client-bound; \
+                 compare CPU/req",
+                s.name, s.median.client_cpu_pct, client_cpu_limit_pct
+            ));
+        }
+        if s.median.other_cpu_pct > 15.0 {
+            notes.push(format!(
+                "{}: {:.0}% of a core went to other processes during the measurement: numbers are noisy; \
+                 rerun on a quiet machine",
+                s.name, s.median.other_cpu_pct
+            ));
+        }
+        let late_pct = s.rounds.iter().filter_map(|r| r.pacer_late_pct).fold(0.0, f64::max);
+        if late_pct > 1.0 {
+            let worst_lag = s.rounds.iter().filter_map(|r| r.pacer_lag_max_us).max().unwrap_or(0);
+            notes.push(format!(
+                "{}: {late_pct:.1}% of the pacer's wake-ups were over 1 ms late (worst {}): the client \
+                 was short of CPU and the offered load was burstier than asked",
+                s.name,
+                fmt_us(worst_lag as f64)
+            ));
+        }
+        if s.median.errors > 0 {
+            notes.push(format!("{}: {} errors (see the per-round lines)", s.name, s.median.errors));
+        }
+    }
+    if cpus <= 4 {
+        notes.push(format!(
+            "client, proxy and backend share {cpus} CPUs: req/s is a property of the whole box; \
+             proxy CPU/req is the fairer proxy comparison"
+        ));
+    }
+    notes
+}
+
+/// Everything the bench measured, as written by `--json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// How the bench ran (arguments, thread counts, versions).
+    pub settings: serde_json::Value,
+    pub scenarios: Vec<ScenarioReport>,
+    pub ratios: Vec<Ratio>,
+    /// Warnings worth reading next to the numbers.
+    pub notes: Vec<String>,
+}
+
+/// `850µs` below a millisecond, `1.23ms` above.
+pub fn fmt_us(us: f64) -> String {
+    if us < 1000.0 {
+        format!("{us:.0}µs")
+    } else {
+        format!("{:.2}ms", us / 1000.0)
+    }
+}
+
+/// `12,345` style integer.
+pub fn fmt_int(v: f64) -> String {
+    let digits = format!("{:.0}", v.max(0.0));
+    let mut out = String::new();
+    for (i, ch) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+fn fmt_opt_us(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}µs"))
+}
+
+/// One line per round, printed as the bench goes.
+pub fn round_line(name: &str, r: &RunResult) -> String {
+    let mut line = format!(
+        "round {}  {:<8} {:>9} req/s  p50 {:>8}  p99 {:>8}  p99.9 {:>8}  errors {}  proxy CPU/req {}  client CPU {:.0}%  softirq {:.0}%  other CPU {:.0}%",
+        r.round,
+        name,
+        fmt_int(r.requests_per_sec),
+        fmt_us(f64::from(r.latency.p50_us)),
+        fmt_us(f64::from(r.latency.p99_us)),
+        fmt_us(f64::from(r.latency.p999_us)),
+        r.errors,
+        fmt_opt_us(r.proxy_cpu_us_per_req),
+        r.client_cpu_pct,
+        r.irq_cpu_pct,
+        r.other_cpu_pct,
+    );
+    if r.missed > 0 {
+        let _ = write!(line, "  missed {}", r.missed);
+    }
+    line
+}
+
+/// The final table: medians per scenario, then the ratios and notes.
+pub fn table(report: &Report) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>7} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9}",
+        "scenario",
+        "req/s",
+        "p50",
+        "p90",
+        "p99",
+        "p99.9",
+        "errors",
+        "proxy",
+        "backend",
+        "client",
+        "total",
+        "client",
+        "proxy",
+        "softirq",
+        "other"
+    );
+    let _ = writeln!(
+        out,
+        "{:<8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>7} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9}",
+        "",
+        "(median)",
+        "",
+        "",
+        "",
+        "",
+        "(sum)",
+        "CPU/req",
+        "CPU/req",
+        "CPU/req",
+        "CPU/req",
+        "CPU",
+        "peak RSS",
+        "CPU",
+        "CPU"
+    );
+    for s in &report.scenarios {
+        let m = &s.median;
+        let _ = writeln!(
+            out,
+            "{:<8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>7} {:>10} {:>10} {:>10} {:>10} {:>8.0}% {:>9} {:>8.0}% {:>8.0}%",
+            s.name,
+            fmt_int(m.requests_per_sec),
+            fmt_us(m.p50_us),
+            fmt_us(m.p90_us),
+            fmt_us(m.p99_us),
+            fmt_us(m.p999_us),
+            m.errors,
+            fmt_opt_us(m.proxy_cpu_us_per_req),
+            fmt_opt_us(Some(m.backend_cpu_us_per_req)),
+            fmt_opt_us(Some(m.client_cpu_us_per_req)),
+            fmt_opt_us(Some(m.total_cpu_us_per_req)),
+            m.client_cpu_pct,
+            m.proxy_peak_rss_kib.map_or_else(|| "-".to_owned(), |k| format!("{:.1}MiB", k as f64 / 1024.0)),
+            m.irq_cpu_pct,
+            m.other_cpu_pct,
+        );
+    }
+    if report.scenarios.iter().any(|s| s.median.missed > 0) {
+        let _ = writeln!(out, "missed (open loop, scheduled but never sent, sum over rounds):");
+        for s in &report.scenarios {
+            let _ = writeln!(out, "  {:<8} {}", s.name, s.median.missed);
+        }
+    }
+    if !report.ratios.is_empty() {
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "{:<16} {:>10} {:>8} {:>8} {:>14} {:>14}",
+            "ratio (a/b)", "throughput", "p50", "p99", "proxy CPU/req", "total CPU/req"
+        );
+        for r in &report.ratios {
+            let _ = writeln!(
+                out,
+                "{:<16} {:>9.2}x {:>7.2}x {:>7.2}x {:>14} {:>13.2}x",
+                r.name,
+                r.throughput,
+                r.p50,
+                r.p99,
+                r.proxy_cpu_per_req.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}x")),
+                r.total_cpu_per_req,
+            );
+        }
+    }
+    for note in &report.notes {
+        let _ = writeln!(out, "note: {note}");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_odd_and_even_counts() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(Vec::new()), 0.0);
+    }
+
+    #[test]
+    fn fmt_int_groups_thousands() {
+        assert_eq!(fmt_int(1234567.4), "1,234,567");
+        assert_eq!(fmt_int(999.0), "999");
+        assert_eq!(fmt_int(1000.0), "1,000");
+    }
+
+    #[test]
+    fn fmt_us_switches_to_ms() {
+        assert_eq!(fmt_us(850.0), "850µs");
+        assert_eq!(fmt_us(1234.0), "1.23ms");
+    }
+}
