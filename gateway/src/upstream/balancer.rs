@@ -1,21 +1,21 @@
 //! Endpoint selection: round robin, or least request by power of two random choices.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::config::LoadBalancing;
+use crate::random;
 
 #[derive(Debug)]
 pub(super) enum Balancer {
     RoundRobin(AtomicUsize),
-    /// State of a splitmix64 sequence: cheap, lock-free randomness for the two choices.
-    LeastRequest(AtomicU64),
+    LeastRequest,
 }
 
 impl Balancer {
     pub(super) fn new(kind: LoadBalancing) -> Balancer {
         match kind {
             LoadBalancing::RoundRobin => Balancer::RoundRobin(AtomicUsize::new(0)),
-            LoadBalancing::LeastRequest => Balancer::LeastRequest(AtomicU64::new(seed())),
+            LoadBalancing::LeastRequest => Balancer::LeastRequest,
         }
     }
 
@@ -27,8 +27,8 @@ impl Balancer {
         }
         match self {
             Balancer::RoundRobin(next) => Some(next.fetch_add(1, Ordering::Relaxed) % n),
-            Balancer::LeastRequest(state) => {
-                let r = splitmix64(state.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed));
+            Balancer::LeastRequest => {
+                let r = random::next_u64();
                 let a = (r % n as u64) as usize;
                 // Second choice distinct from the first: offset by 1..n-1.
                 let b = (a + 1 + ((r >> 32) % (n as u64 - 1)) as usize) % n;
@@ -36,18 +36,6 @@ impl Balancer {
             }
         }
     }
-}
-
-fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-fn seed() -> u64 {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
-    nanos ^ u64::from(std::process::id()).rotate_left(32)
 }
 
 #[cfg(test)]

@@ -119,8 +119,27 @@ fn request_id_malformed_or_missing_is_replaced_by_uuid_v7() {
         map(&[("x-request-id", &too_long)]),
         map(&[("x-request-id", "")]),
     ] {
-        let id = request_id(&h);
-        let parsed = uuid::Uuid::parse_str(id.to_str().unwrap()).unwrap();
-        assert_eq!(parsed.get_version_num(), 7);
+        assert_uuid_v7(request_id(&h).to_str().unwrap());
     }
+}
+
+fn assert_uuid_v7(id: &str) {
+    let groups: Vec<&str> = id.split('-').collect();
+    let lengths: Vec<usize> = groups.iter().map(|g| g.len()).collect();
+    assert_eq!(lengths, [8, 4, 4, 4, 12], "{id}");
+    assert!(id.bytes().all(|b| b == b'-' || b.is_ascii_digit() || (b'a'..=b'f').contains(&b)), "{id}");
+    assert!(groups[2].starts_with('7'), "version nibble: {id}");
+    assert!(matches!(groups[3].as_bytes()[0], b'8' | b'9' | b'a' | b'b'), "variant bits: {id}");
+}
+
+#[test]
+fn request_id_generated_ids_are_unique_and_carry_the_current_time() {
+    let ids: Vec<String> = (0..1000).map(|_| request_id(&HeaderMap::new()).to_str().unwrap().to_owned()).collect();
+    let millis_now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+    let first_millis = u128::from_str_radix(&ids[0].replace('-', "")[..12], 16).unwrap();
+    assert!(millis_now - first_millis < 60_000, "timestamp prefix is not the current time: {}", ids[0]);
+    let mut unique = ids.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), ids.len());
 }
