@@ -5,8 +5,10 @@
 
 pub mod config;
 pub mod proxy;
+mod random;
 pub mod router;
 pub mod runtime;
 pub mod server;
 pub mod telemetry;
 pub mod upstream;
+pub mod worker;

@@ -44,9 +44,10 @@ pub enum BuildError {
 }
 
 impl Snapshot {
-    pub fn build(config: &Config) -> Result<Snapshot, BuildError> {
+    /// Compiles `config`; upstreams get one connection pool per worker thread.
+    pub fn build(config: &Config, workers: usize) -> Result<Snapshot, BuildError> {
         let upstreams: HashMap<&str, Arc<Upstream>> =
-            config.upstreams.iter().map(|u| (u.name.as_str(), Arc::new(Upstream::new(u)))).collect();
+            config.upstreams.iter().map(|u| (u.name.as_str(), Arc::new(Upstream::new(u, workers)))).collect();
         let routes = config
             .routes
             .iter()

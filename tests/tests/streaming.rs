@@ -8,8 +8,10 @@ use http_body_util::BodyExt;
 
 const BODY: u64 = 50 * 1024 * 1024;
 const CHUNK: usize = 64 * 1024;
-/// Peak RSS the gateway may reach while moving a `BODY`-sized body: half of it.
-const MAX_PEAK_RSS: u64 = BODY / 2;
+/// How much the gateway's peak RSS may grow while the body passes through: buffering the body
+/// would grow it by the whole body, streaming by a few buffers. Growth, not the absolute peak:
+/// the allocator's per-thread arenas are already in the baseline taken once the gateway is up.
+const MAX_RSS_GROWTH: u64 = BODY / 3;
 
 fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
@@ -35,8 +37,8 @@ async fn streaming_upload_50mib_chunked_arrives_intact_with_low_gateway_rss() {
     let peak = gateway.peak_rss_bytes();
     eprintln!("gateway peak RSS {} (before the upload: {})", mib(peak), mib(rss_before));
     assert!(
-        peak < MAX_PEAK_RSS,
-        "gateway peak RSS {} (before: {}) for a {} upload",
+        peak.saturating_sub(rss_before) < MAX_RSS_GROWTH,
+        "gateway peak RSS {} (before: {}) for a {} upload: the body was buffered",
         mib(peak),
         mib(rss_before),
         mib(BODY)
@@ -76,8 +78,8 @@ async fn streaming_download_50mib_arrives_intact_with_low_gateway_rss() {
     let peak = gateway.peak_rss_bytes();
     eprintln!("gateway peak RSS {} (before the download: {})", mib(peak), mib(rss_before));
     assert!(
-        peak < MAX_PEAK_RSS,
-        "gateway peak RSS {} (before: {}) for a {} download",
+        peak.saturating_sub(rss_before) < MAX_RSS_GROWTH,
+        "gateway peak RSS {} (before: {}) for a {} download: the body was buffered",
         mib(peak),
         mib(rss_before),
         mib(BODY)

@@ -163,7 +163,7 @@ async fn send(
     request: Request<UpstreamRequestBody>,
 ) -> Result<Response<Incoming>, ProxyError> {
     let upstream = || route.upstream.name.to_string();
-    let result = tokio::time::timeout(route.timeout, route.upstream.client.request(request)).await;
+    let result = tokio::time::timeout(route.timeout, route.upstream.client().request(request)).await;
     match result {
         Err(_elapsed) => Err(ProxyError::UpstreamTimeout { upstream: upstream(), timeout: route.timeout }),
         Ok(Ok(response)) => Ok(response),

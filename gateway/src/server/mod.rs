@@ -1,4 +1,8 @@
-//! Listeners: bind, accept, serve connections, and drain them on shutdown.
+//! Listeners: bind, run one worker per core, accept and serve connections, drain on shutdown.
+//!
+//! Every listener is bound once per worker with `SO_REUSEPORT`, so the kernel spreads new
+//! connections over the workers and each worker accepts on its own socket with no lock between
+//! them. The calling thread keeps the admin listener and waits for the shutdown signal.
 
 mod admin;
 mod conn;
@@ -12,13 +16,18 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use hyper_util::server::graceful::GracefulShutdown;
+use socket2::{Domain, Socket, Type};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::config::Config;
 use crate::runtime::{BuildError, Runtime, Snapshot};
+use crate::worker;
 use conn::ConnSettings;
+
+/// Pending connections the kernel queues per socket before accept.
+const LISTEN_BACKLOG: i32 = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -26,27 +35,46 @@ pub enum ServeError {
     Bind { name: String, address: SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Build(#[from] BuildError),
+    #[error("cannot start worker thread {index}: {source}")]
+    Worker { index: usize, source: std::io::Error },
 }
 
 /// A gateway whose sockets are bound and whose first snapshot is built, ready to `run`.
 #[derive(Debug)]
 pub struct Server {
-    listeners: Vec<(String, TcpListener)>,
-    admin: Option<TcpListener>,
+    /// Per listener: its name, bound address and one socket per worker.
+    listeners: Vec<(String, SocketAddr, Vec<std::net::TcpListener>)>,
+    admin: Option<std::net::TcpListener>,
     runtime: Runtime,
     settings: Arc<ConnSettings>,
     drain_timeout: Duration,
+    workers: usize,
 }
 
 impl Server {
-    pub async fn bind(config: &Config) -> Result<Server, ServeError> {
-        let runtime: Runtime = Arc::new(ArcSwap::from_pointee(Snapshot::build(config)?));
+    /// Binds every listener once per worker (`workers` at least 1) and builds the first snapshot.
+    pub fn bind(config: &Config, workers: usize) -> Result<Server, ServeError> {
+        let workers = workers.max(1);
+        let runtime: Runtime = Arc::new(ArcSwap::from_pointee(Snapshot::build(config, workers)?));
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for listener in &config.listeners {
-            listeners.push((listener.name.clone(), bind(&listener.name, listener.address).await?));
+            let bind_error =
+                |source| ServeError::Bind { name: listener.name.clone(), address: listener.address, source };
+            let first = bind_reuseport(listener.address).map_err(bind_error)?;
+            // Port 0 resolves on the first bind; the other workers join that port.
+            let address = first.local_addr().map_err(bind_error)?;
+            let mut sockets = vec![first];
+            for _ in 1..workers {
+                sockets.push(bind_reuseport(address).map_err(bind_error)?);
+            }
+            listeners.push((listener.name.clone(), address, sockets));
         }
         let admin = match &config.admin {
-            Some(admin) => Some(bind("admin", admin.address).await?),
+            Some(admin) => Some(bind_reuseport(admin.address).map_err(|source| ServeError::Bind {
+                name: "admin".to_string(),
+                address: admin.address,
+                source,
+            })?),
             None => None,
         };
         Ok(Server {
@@ -55,54 +83,137 @@ impl Server {
             runtime,
             settings: Arc::new(ConnSettings::new(&config.server)),
             drain_timeout: config.shutdown.drain_timeout,
+            workers,
         })
     }
 
     /// The bound addresses by listener name (the admin listener is named `admin`).
     pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
-        let traffic = self.listeners.iter().filter_map(|(name, l)| Some((name.clone(), l.local_addr().ok()?)));
+        let traffic = self.listeners.iter().map(|(name, address, _)| (name.clone(), *address));
         let admin = self.admin.iter().filter_map(|l| Some(("admin".to_string(), l.local_addr().ok()?)));
         traffic.chain(admin).collect()
     }
 
     /// Serves until `shutdown` completes, then stops accepting and drains in-flight requests.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+    /// Call it from a tokio runtime: it serves the admin listener there and starts the workers.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
         let draining = Arc::new(AtomicBool::new(false));
-        let graceful = Arc::new(GracefulShutdown::new());
         let (stop, stopped) = watch::channel(false);
-        let mut accepting = JoinSet::new();
-        for (name, listener) in self.listeners {
-            accepting.spawn(accept_loop(
-                name,
-                listener,
-                self.runtime.clone(),
-                self.settings.clone(),
-                graceful.clone(),
-                stopped.clone(),
-            ));
+
+        // Hand socket i of every listener to worker i.
+        let mut per_worker: Vec<Vec<(String, std::net::TcpListener)>> = (0..self.workers).map(|_| Vec::new()).collect();
+        for (name, _, sockets) in self.listeners {
+            for (index, socket) in sockets.into_iter().enumerate() {
+                per_worker[index].push((name.clone(), socket));
+            }
         }
-        let admin = self.admin.map(|listener| tokio::spawn(admin::serve(listener, draining.clone())));
+        let mut workers = Vec::with_capacity(self.workers);
+        for (index, listeners) in per_worker.into_iter().enumerate() {
+            let worker = Worker {
+                index,
+                listeners,
+                runtime: self.runtime.clone(),
+                settings: self.settings.clone(),
+                stopped: stopped.clone(),
+                drain_timeout: self.drain_timeout,
+            };
+            let handle = std::thread::Builder::new()
+                .name(format!("gateway-worker-{index}"))
+                .spawn(move || worker.run())
+                .map_err(|source| ServeError::Worker { index, source })?;
+            workers.push(handle);
+        }
+        let admin = match self.admin.map(TcpListener::from_std).transpose() {
+            Ok(admin) => admin.map(|listener| tokio::spawn(admin::serve(listener, draining.clone()))),
+            Err(error) => {
+                tracing::error!(%error, "cannot serve the admin listener");
+                None
+            }
+        };
 
         shutdown.await;
         draining.store(true, Ordering::Relaxed);
         let _ = stop.send(true);
-        // Accept loops drop their sockets as they end, so new connections are refused from here on.
-        while accepting.join_next().await.is_some() {}
-        tracing::info!(connections = graceful.count(), drain_timeout = ?self.drain_timeout, "draining");
-        if let Some(graceful) = Arc::into_inner(graceful) {
-            match tokio::time::timeout(self.drain_timeout, graceful.shutdown()).await {
-                Ok(()) => tracing::info!("all connections drained"),
-                Err(_) => tracing::warn!("drain timeout reached; closing the remaining connections"),
+        // Workers close their sockets first (new connections are refused), then drain.
+        let joined = tokio::task::spawn_blocking(move || {
+            for handle in workers {
+                if handle.join().is_err() {
+                    tracing::error!("a worker thread panicked");
+                }
             }
+        })
+        .await;
+        if joined.is_err() {
+            tracing::error!("waiting for the workers failed");
         }
         if let Some(admin) = admin {
             admin.abort();
         }
+        Ok(())
     }
 }
 
-async fn bind(name: &str, address: SocketAddr) -> Result<TcpListener, ServeError> {
-    TcpListener::bind(address).await.map_err(|source| ServeError::Bind { name: name.to_string(), address, source })
+/// A nonblocking listening socket with `SO_REUSEPORT`, so every worker can bind the same address.
+fn bind_reuseport(address: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(address), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
+
+/// One worker thread: its own single-threaded runtime, its sockets, its connections.
+struct Worker {
+    index: usize,
+    listeners: Vec<(String, std::net::TcpListener)>,
+    runtime: Runtime,
+    settings: Arc<ConnSettings>,
+    stopped: watch::Receiver<bool>,
+    drain_timeout: Duration,
+}
+
+impl Worker {
+    fn run(self) {
+        worker::set_index(self.index);
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(runtime) => runtime,
+            Err(error) => {
+                tracing::error!(worker = self.index, %error, "cannot start the worker's runtime");
+                return;
+            }
+        };
+        runtime.block_on(self.serve());
+    }
+
+    async fn serve(self) {
+        let graceful = Arc::new(GracefulShutdown::new());
+        let mut accepting = JoinSet::new();
+        for (name, socket) in self.listeners {
+            match TcpListener::from_std(socket) {
+                Ok(listener) => {
+                    accepting.spawn(accept_loop(
+                        name,
+                        listener,
+                        self.runtime.clone(),
+                        self.settings.clone(),
+                        graceful.clone(),
+                        self.stopped.clone(),
+                    ));
+                }
+                Err(error) => tracing::error!(listener = %name, %error, "cannot serve the listener"),
+            }
+        }
+        // Accept loops drop their sockets as they end, so new connections are refused from here on.
+        while accepting.join_next().await.is_some() {}
+        tracing::debug!(worker = self.index, connections = graceful.count(), "draining");
+        if let Some(graceful) = Arc::into_inner(graceful) {
+            if tokio::time::timeout(self.drain_timeout, graceful.shutdown()).await.is_err() {
+                tracing::warn!(worker = self.index, "drain timeout reached; closing the remaining connections");
+            }
+        }
+    }
 }
 
 async fn accept_loop(
@@ -116,7 +227,8 @@ async fn accept_loop(
     loop {
         tokio::select! {
             biased;
-            _ = stopped.changed() => return,
+            // Also ends if the sender is gone: nobody could stop this loop any more.
+            () = async { let _ = stopped.wait_for(|stop| *stop).await; } => return,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let watcher = graceful.watcher();

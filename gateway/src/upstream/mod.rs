@@ -12,8 +12,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::config;
 use crate::proxy::UpstreamRequestBody;
+use crate::{config, worker};
 use balancer::Balancer;
 
 /// Largest upstream response head accepted; larger is a 502, never unbounded memory.
@@ -21,13 +21,14 @@ const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
 pub type HttpClient = Client<HttpConnector, UpstreamRequestBody>;
 
-/// A named upstream with its endpoints and connection pool.
+/// A named upstream with its endpoints and connection pools.
 #[derive(Debug)]
 pub struct Upstream {
     pub name: Arc<str>,
     endpoints: Vec<Arc<Endpoint>>,
     balancer: Balancer,
-    pub client: HttpClient,
+    /// One pool per worker thread, so pooled connections never cross threads.
+    clients: Box<[HttpClient]>,
     pub request_timeout: Duration,
 }
 
@@ -56,7 +57,7 @@ impl Drop for InFlight {
 }
 
 impl Upstream {
-    pub fn new(config: &config::Upstream) -> Upstream {
+    pub fn new(config: &config::Upstream, workers: usize) -> Upstream {
         let endpoints = config
             .endpoints
             .iter()
@@ -73,9 +74,14 @@ impl Upstream {
             name: Arc::from(config.name.as_str()),
             endpoints,
             balancer: Balancer::new(config.load_balancing),
-            client: build_client(config),
+            clients: (0..workers.max(1)).map(|_| build_client(config)).collect(),
             request_timeout: config.request_timeout,
         }
+    }
+
+    /// The calling worker's client.
+    pub fn client(&self) -> &HttpClient {
+        &self.clients[worker::index() % self.clients.len()]
     }
 
     /// Picks an endpoint and takes an in-flight slot on it; `None` when there is none to pick.
