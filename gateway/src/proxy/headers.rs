@@ -112,12 +112,17 @@ pub fn set_forwarding(headers: &mut HeaderMap, client: Client<'_>) {
         };
     }
     // Both values are built from an IP address, a checked host and ASCII text, so they are valid.
-    if let Ok(value) = HeaderValue::from_str(&xff) {
+    if let Some(value) = owned_value(xff) {
         headers.insert(&X_FORWARDED_FOR, value);
     }
-    if let Ok(value) = HeaderValue::from_str(&forwarded) {
+    if let Some(value) = owned_value(forwarded) {
         headers.insert(header::FORWARDED, value);
     }
+}
+
+/// A header value that takes over the string's buffer instead of copying it.
+fn owned_value(text: String) -> Option<HeaderValue> {
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(text)).ok()
 }
 
 /// All values of a header joined with ", ", or None when absent or not text.

@@ -94,8 +94,12 @@ pub(crate) struct TimedIo<S> {
     activity: Arc<Activity>,
     timeouts: Timeouts,
     protocol: Protocol,
-    /// What the timer is armed for, and the `started` count it was armed at.
+    /// What is being waited for, the `started` count when that wait began, and its deadline.
     armed: Option<(Wait, u64)>,
+    deadline: Instant,
+    /// Registered lazily: moved earlier only when a deadline needs it, and re-registered when it
+    /// fires before `deadline`. In the common case a request's head arrives in one read and the
+    /// timer wheel is not touched at all.
     timer: Pin<Box<Sleep>>,
 }
 
@@ -107,16 +111,18 @@ impl<S> TimedIo<S> {
             timeouts,
             protocol: Protocol::Unknown,
             armed: None,
+            deadline: Instant::now() + timeouts.idle,
             timer: Box::pin(tokio::time::sleep(timeouts.idle)),
         }
     }
 
+    /// Starts waiting for `wait`; the timer itself is registered by `poll_deadline` if needed.
     fn arm(&mut self, wait: Wait, epoch: u64) {
         let after = match wait {
             Wait::Idle => self.timeouts.idle,
             Wait::Head => self.timeouts.header_read,
         };
-        self.timer.as_mut().reset(Instant::now() + after);
+        self.deadline = Instant::now() + after;
         self.armed = Some((wait, epoch));
     }
 
@@ -157,7 +163,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TimedIo<S> {
                 Wait::Idle
             }
         };
-        ready!(self.timer.as_mut().poll(cx));
+        if self.timer.deadline() > self.deadline {
+            self.timer.as_mut().reset(self.deadline);
+        }
+        loop {
+            ready!(self.timer.as_mut().poll(cx));
+            if Instant::now() >= self.deadline {
+                break;
+            }
+            // Fired for an earlier wait: sleep on until the current deadline.
+            self.timer.as_mut().reset(self.deadline);
+        }
         match wait {
             // End of stream: hyper closes an idle connection quietly.
             Wait::Idle => Poll::Ready(Ok(())),
