@@ -6,6 +6,7 @@
 pub mod config;
 pub mod proxy;
 mod random;
+pub mod reload;
 pub mod router;
 pub mod runtime;
 pub mod server;

@@ -2,10 +2,12 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use gateway::config::{self, LoadError};
+use gateway::reload::{self, Reloader};
 use gateway::server::Server;
 use gateway::telemetry::{self, LogFormat};
 use gateway::worker;
@@ -91,8 +93,8 @@ fn check(path: &std::path::Path) -> ExitCode {
 }
 
 fn run(path: &std::path::Path) -> anyhow::Result<ExitCode> {
-    let loaded = match config::load(path) {
-        Ok(loaded) => loaded,
+    let (loaded, version) = match reload::read(path) {
+        Ok(read) => read,
         Err(error) => {
             eprintln!("{error}");
             return Ok(ExitCode::FAILURE);
@@ -102,16 +104,18 @@ fn run(path: &std::path::Path) -> anyhow::Result<ExitCode> {
         tracing::warn!("{warning}");
     }
     let server = Server::bind(&loaded.config, worker::count())?;
-    // This thread only waits for signals and serves the admin listener; workers carry the traffic.
+    let reloader = Arc::new(Reloader::new(path.to_owned(), loaded.config, version, server.runtime(), server.workers()));
+    // This thread only handles signals, reloads and the admin listener; workers carry the traffic.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
     runtime.block_on(async {
+        let _watching = reload::watch(reloader.clone())?;
         for (name, address) in server.local_addrs() {
             // Machine-readable: tests and scripts read the bound ports (port 0 gets a free one).
             println!("listening {name} {address}");
             tracing::info!(listener = %name, %address, "listening");
         }
         println!("ready");
-        server.run(shutdown_signal()).await?;
+        server.run(shutdown_signal(), Some(reloader.status())).await?;
         tracing::info!("all connections drained; stopped");
         Ok(ExitCode::SUCCESS)
     })

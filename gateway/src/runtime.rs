@@ -8,9 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use ipnet::IpNet;
 
-use crate::config::{Config, PathMatch, Rewrite};
+use crate::config::{self, Config, PathMatch, Rewrite};
 use crate::router::Router;
 use crate::upstream::Upstream;
 
@@ -22,7 +21,11 @@ pub struct Snapshot {
     pub router: Router,
     /// Indexed by what `router.find` returns.
     pub routes: Vec<RouteRuntime>,
-    pub trusted_proxies: Vec<IpNet>,
+    /// By name: what the next reload carries over from.
+    pub upstreams: HashMap<String, Arc<Upstream>>,
+    /// Client-side limits; a connection uses those of the snapshot current when it was accepted.
+    pub server: config::Server,
+    pub drain_timeout: Duration,
 }
 
 /// A route with its upstream resolved and its timeout decided.
@@ -44,16 +47,24 @@ pub enum BuildError {
 }
 
 impl Snapshot {
-    /// Compiles `config`; upstreams get one connection pool per worker thread.
-    pub fn build(config: &Config, workers: usize) -> Result<Snapshot, BuildError> {
-        let upstreams: HashMap<&str, Arc<Upstream>> =
-            config.upstreams.iter().map(|u| (u.name.as_str(), Arc::new(Upstream::new(u, workers)))).collect();
+    /// Compiles `config`; upstreams get one connection pool per worker thread. With `previous`
+    /// (the running snapshot, on reload), unchanged upstreams keep their pools and state.
+    pub fn build(config: &Config, workers: usize, previous: Option<&Snapshot>) -> Result<Snapshot, BuildError> {
+        let upstreams: HashMap<String, Arc<Upstream>> = config
+            .upstreams
+            .iter()
+            .map(|u| {
+                let previous = previous.and_then(|p| p.upstreams.get(&u.name));
+                (u.name.clone(), Upstream::build(u, workers, previous))
+            })
+            .collect();
         let routes = config
             .routes
             .iter()
             .map(|route| {
-                let upstream = upstreams.get(route.upstream.as_str()).cloned().ok_or_else(|| {
-                    BuildError::UnknownUpstream { route: route.name.clone(), upstream: route.upstream.clone() }
+                let upstream = upstreams.get(&route.upstream).cloned().ok_or_else(|| BuildError::UnknownUpstream {
+                    route: route.name.clone(),
+                    upstream: route.upstream.clone(),
                 })?;
                 Ok(RouteRuntime {
                     name: Arc::from(route.name.as_str()),
@@ -69,12 +80,14 @@ impl Snapshot {
         Ok(Snapshot {
             router: Router::new(&config.routes),
             routes,
-            trusted_proxies: config.server.trusted_proxies.clone(),
+            upstreams,
+            server: config.server.clone(),
+            drain_timeout: config.shutdown.drain_timeout,
         })
     }
 
     pub fn is_trusted(&self, ip: std::net::IpAddr) -> bool {
         let ip = ip.to_canonical();
-        self.trusted_proxies.iter().any(|net| net.contains(&ip))
+        self.server.trusted_proxies.iter().any(|net| net.contains(&ip))
     }
 }

@@ -63,12 +63,19 @@ pub enum LoadError {
 /// problem found when it is not a valid config (a file that is not UTF-8 included).
 pub fn load(path: &Path) -> Result<Loaded, LoadError> {
     let bytes = std::fs::read(path).map_err(|source| LoadError::Unreadable { path: path.to_owned(), source })?;
-    let label = path.display().to_string();
-    let text = match String::from_utf8(bytes) {
-        Ok(text) => text,
-        Err(e) => return Err(LoadError::Invalid(not_utf8(&label, e.as_bytes(), e.utf8_error().valid_up_to()))),
-    };
-    parse(&label, &text).map_err(LoadError::Invalid)
+    parse_bytes(&path.display().to_string(), bytes).map_err(LoadError::Invalid)
+}
+
+/// Checks a config file's bytes, already read (hot reload hashes exactly what it checks).
+///
+/// # Errors
+///
+/// As [`parse`], plus a problem at the first byte that is not UTF-8.
+pub fn parse_bytes(file_label: &str, bytes: Vec<u8>) -> Result<Loaded, Problems> {
+    match String::from_utf8(bytes) {
+        Ok(text) => parse(file_label, &text),
+        Err(e) => Err(not_utf8(file_label, e.as_bytes(), e.utf8_error().valid_up_to())),
+    }
 }
 
 /// Checks config `text`; `file_label` is what problems name as their file.

@@ -1,4 +1,4 @@
-//! The admin listener: liveness and readiness now; metrics and config status as their issues land.
+//! The admin listener: liveness, readiness and the config status; metrics as their issue lands.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,8 +12,10 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
+use crate::reload::Status;
+
 /// Accepts admin connections until the task is dropped.
-pub(super) async fn serve(listener: TcpListener, draining: Arc<AtomicBool>) {
+pub(super) async fn serve(listener: TcpListener, draining: Arc<AtomicBool>, status: Option<Arc<Status>>) {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -23,10 +25,10 @@ pub(super) async fn serve(listener: TcpListener, draining: Arc<AtomicBool>) {
                 continue;
             }
         };
-        let draining = draining.clone();
+        let (draining, status) = (draining.clone(), status.clone());
         tokio::spawn(async move {
             let service = service_fn(move |request| {
-                let response = respond(&request, draining.load(Ordering::Relaxed));
+                let response = respond(&request, draining.load(Ordering::Relaxed), status.as_deref());
                 async move { Ok::<_, Infallible>(response) }
             });
             let io = TokioIo::new(stream);
@@ -37,15 +39,22 @@ pub(super) async fn serve(listener: TcpListener, draining: Arc<AtomicBool>) {
     }
 }
 
-fn respond(request: &Request<Incoming>, draining: bool) -> Response<Full<Bytes>> {
-    let (status, body) = match (request.method(), request.uri().path()) {
-        (&Method::GET | &Method::HEAD, "/healthz") => (StatusCode::OK, "ok\n"),
-        (&Method::GET | &Method::HEAD, "/readyz") if draining => (StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
-        (&Method::GET | &Method::HEAD, "/readyz") => (StatusCode::OK, "ready\n"),
-        _ => (StatusCode::NOT_FOUND, "not found: try /healthz or /readyz\n"),
+fn respond(request: &Request<Incoming>, draining: bool, status: Option<&Status>) -> Response<Full<Bytes>> {
+    let text = "text/plain; charset=utf-8";
+    let (code, content_type, body) = match (request.method(), request.uri().path()) {
+        (&Method::GET | &Method::HEAD, "/healthz") => (StatusCode::OK, text, "ok\n".to_string()),
+        (&Method::GET | &Method::HEAD, "/readyz") if draining => {
+            (StatusCode::SERVICE_UNAVAILABLE, text, "draining\n".to_string())
+        }
+        (&Method::GET | &Method::HEAD, "/readyz") => (StatusCode::OK, text, "ready\n".to_string()),
+        (&Method::GET | &Method::HEAD, "/admin/config") => match status {
+            Some(status) => (StatusCode::OK, "application/json", status.to_json()),
+            None => (StatusCode::NOT_FOUND, text, "this gateway was started without a config file\n".to_string()),
+        },
+        _ => (StatusCode::NOT_FOUND, text, "not found: try /healthz, /readyz or /admin/config\n".to_string()),
     };
-    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
-    *response.status_mut() = status;
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = code;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
 }

@@ -19,15 +19,15 @@ use crate::config;
 use crate::proxy::{self, ProxyBody};
 use crate::runtime::Runtime;
 
-/// Shared, immutable settings for serving client connections.
+/// How one client connection is served: protocol limits and timeouts.
 #[derive(Debug)]
-pub(super) struct ConnSettings {
+struct ConnSettings {
     builder: auto::Builder<TokioExecutor>,
     timeouts: Timeouts,
 }
 
 impl ConnSettings {
-    pub(super) fn new(server: &config::Server) -> ConnSettings {
+    fn new(server: &config::Server) -> ConnSettings {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -48,15 +48,11 @@ impl ConnSettings {
 }
 
 /// Serves one accepted connection until it closes or the graceful shutdown ends it.
-pub(super) async fn serve(
-    stream: TcpStream,
-    peer: SocketAddr,
-    runtime: Runtime,
-    settings: Arc<ConnSettings>,
-    watcher: Watcher,
-) {
+pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, runtime: Runtime, watcher: Watcher) {
     // Small responses must not wait for Nagle.
     let _ = stream.set_nodelay(true);
+    // Limits come from the snapshot current at accept time, so a reload applies to new connections.
+    let settings = ConnSettings::new(&runtime.load().server);
     let activity = Arc::new(Activity::default());
     let io = TokioIo::new(TimedIo::new(stream, activity.clone(), settings.timeouts));
     let connection = proxy::Connection { peer, proto: "http" };

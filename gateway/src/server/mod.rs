@@ -22,9 +22,9 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::config::Config;
+use crate::reload::Status;
 use crate::runtime::{BuildError, Runtime, Snapshot};
 use crate::worker;
-use conn::ConnSettings;
 
 /// Pending connections the kernel queues per socket before accept.
 const LISTEN_BACKLOG: i32 = 1024;
@@ -46,8 +46,6 @@ pub struct Server {
     listeners: Vec<(String, SocketAddr, Vec<std::net::TcpListener>)>,
     admin: Option<std::net::TcpListener>,
     runtime: Runtime,
-    settings: Arc<ConnSettings>,
-    drain_timeout: Duration,
     workers: usize,
 }
 
@@ -55,7 +53,7 @@ impl Server {
     /// Binds every listener once per worker (`workers` at least 1) and builds the first snapshot.
     pub fn bind(config: &Config, workers: usize) -> Result<Server, ServeError> {
         let workers = workers.max(1);
-        let runtime: Runtime = Arc::new(ArcSwap::from_pointee(Snapshot::build(config, workers)?));
+        let runtime: Runtime = Arc::new(ArcSwap::from_pointee(Snapshot::build(config, workers, None)?));
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for listener in &config.listeners {
             let bind_error =
@@ -77,14 +75,17 @@ impl Server {
             })?),
             None => None,
         };
-        Ok(Server {
-            listeners,
-            admin,
-            runtime,
-            settings: Arc::new(ConnSettings::new(&config.server)),
-            drain_timeout: config.shutdown.drain_timeout,
-            workers,
-        })
+        Ok(Server { listeners, admin, runtime, workers })
+    }
+
+    /// The slot holding the current snapshot: a reload swaps a new one in.
+    pub fn runtime(&self) -> Runtime {
+        self.runtime.clone()
+    }
+
+    /// How many worker threads `run` starts (each upstream has a pool per worker).
+    pub fn workers(&self) -> usize {
+        self.workers
     }
 
     /// The bound addresses by listener name (the admin listener is named `admin`).
@@ -95,8 +96,9 @@ impl Server {
     }
 
     /// Serves until `shutdown` completes, then stops accepting and drains in-flight requests.
-    /// Call it from a tokio runtime: it serves the admin listener there and starts the workers.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+    /// Call it from a tokio runtime: it serves the admin listener there (with `status` at
+    /// `/admin/config`) and starts the workers.
+    pub async fn run(self, shutdown: impl Future<Output = ()>, status: Option<Arc<Status>>) -> Result<(), ServeError> {
         let draining = Arc::new(AtomicBool::new(false));
         let (stop, stopped) = watch::channel(false);
 
@@ -109,14 +111,7 @@ impl Server {
         }
         let mut workers = Vec::with_capacity(self.workers);
         for (index, listeners) in per_worker.into_iter().enumerate() {
-            let worker = Worker {
-                index,
-                listeners,
-                runtime: self.runtime.clone(),
-                settings: self.settings.clone(),
-                stopped: stopped.clone(),
-                drain_timeout: self.drain_timeout,
-            };
+            let worker = Worker { index, listeners, runtime: self.runtime.clone(), stopped: stopped.clone() };
             let handle = std::thread::Builder::new()
                 .name(format!("gateway-worker-{index}"))
                 .spawn(move || worker.run())
@@ -124,7 +119,7 @@ impl Server {
             workers.push(handle);
         }
         let admin = match self.admin.map(TcpListener::from_std).transpose() {
-            Ok(admin) => admin.map(|listener| tokio::spawn(admin::serve(listener, draining.clone()))),
+            Ok(admin) => admin.map(|listener| tokio::spawn(admin::serve(listener, draining.clone(), status))),
             Err(error) => {
                 tracing::error!(%error, "cannot serve the admin listener");
                 None
@@ -169,9 +164,7 @@ struct Worker {
     index: usize,
     listeners: Vec<(String, std::net::TcpListener)>,
     runtime: Runtime,
-    settings: Arc<ConnSettings>,
     stopped: watch::Receiver<bool>,
-    drain_timeout: Duration,
 }
 
 impl Worker {
@@ -197,7 +190,6 @@ impl Worker {
                         name,
                         listener,
                         self.runtime.clone(),
-                        self.settings.clone(),
                         graceful.clone(),
                         self.stopped.clone(),
                     ));
@@ -208,8 +200,9 @@ impl Worker {
         // Accept loops drop their sockets as they end, so new connections are refused from here on.
         while accepting.join_next().await.is_some() {}
         tracing::debug!(worker = self.index, connections = graceful.count(), "draining");
+        let drain_timeout = self.runtime.load().drain_timeout;
         if let Some(graceful) = Arc::into_inner(graceful) {
-            if tokio::time::timeout(self.drain_timeout, graceful.shutdown()).await.is_err() {
+            if tokio::time::timeout(drain_timeout, graceful.shutdown()).await.is_err() {
                 tracing::warn!(worker = self.index, "drain timeout reached; closing the remaining connections");
             }
         }
@@ -220,7 +213,6 @@ async fn accept_loop(
     name: String,
     listener: TcpListener,
     runtime: Runtime,
-    settings: Arc<ConnSettings>,
     graceful: Arc<GracefulShutdown>,
     mut stopped: watch::Receiver<bool>,
 ) {
@@ -232,7 +224,7 @@ async fn accept_loop(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let watcher = graceful.watcher();
-                    tokio::spawn(conn::serve(stream, peer, runtime.clone(), settings.clone(), watcher));
+                    tokio::spawn(conn::serve(stream, peer, runtime.clone(), watcher));
                 }
                 Err(error) => {
                     // Usually out of file descriptors: back off instead of spinning.

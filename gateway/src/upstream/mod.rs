@@ -25,10 +25,12 @@ pub type HttpClient = Client<HttpConnector, UpstreamRequestBody>;
 #[derive(Debug)]
 pub struct Upstream {
     pub name: Arc<str>,
+    /// What it was built from: a reload compares against it to decide what to carry over.
+    config: config::Upstream,
     endpoints: Vec<Arc<Endpoint>>,
     balancer: Balancer,
     /// One pool per worker thread, so pooled connections never cross threads.
-    clients: Box<[HttpClient]>,
+    clients: Arc<[HttpClient]>,
     pub request_timeout: Duration,
 }
 
@@ -57,26 +59,54 @@ impl Drop for InFlight {
 }
 
 impl Upstream {
-    pub fn new(config: &config::Upstream, workers: usize) -> Upstream {
+    /// Builds an upstream, carrying over what a reload may keep from `previous` (the upstream of
+    /// the same name in the running snapshot): everything when its config is unchanged; otherwise
+    /// the connection pools when the connection settings are unchanged, and the state (in-flight
+    /// counts) of endpoints that remain.
+    pub fn build(config: &config::Upstream, workers: usize, previous: Option<&Arc<Upstream>>) -> Arc<Upstream> {
+        if let Some(previous) = previous.filter(|p| p.config == *config && p.clients.len() == workers.max(1)) {
+            return previous.clone();
+        }
+        let reuse_pools = previous.filter(|p| {
+            p.clients.len() == workers.max(1)
+                && p.config.connect_timeout == config.connect_timeout
+                && p.config.pool == config.pool
+        });
         let endpoints = config
             .endpoints
             .iter()
             .filter_map(|e| {
+                let (scheme, authority) = (e.uri.scheme()?, e.uri.authority()?);
+                let kept = previous
+                    .and_then(|p| p.endpoints.iter().find(|old| old.scheme == *scheme && old.authority == *authority));
                 // Validation guarantees scheme and authority; an endpoint without them is skipped, not a panic.
-                Some(Arc::new(Endpoint {
-                    scheme: e.uri.scheme()?.clone(),
-                    authority: e.uri.authority()?.clone(),
-                    in_flight: AtomicUsize::new(0),
+                Some(kept.cloned().unwrap_or_else(|| {
+                    Arc::new(Endpoint {
+                        scheme: scheme.clone(),
+                        authority: authority.clone(),
+                        in_flight: AtomicUsize::new(0),
+                    })
                 }))
             })
             .collect();
-        Upstream {
+        Arc::new(Upstream {
             name: Arc::from(config.name.as_str()),
+            config: config.clone(),
             endpoints,
             balancer: Balancer::new(config.load_balancing),
-            clients: (0..workers.max(1)).map(|_| build_client(config)).collect(),
+            clients: match reuse_pools {
+                Some(previous) => previous.clients.clone(),
+                None => (0..workers.max(1)).map(|_| build_client(config)).collect(),
+            },
             request_timeout: config.request_timeout,
-        }
+        })
+    }
+
+    /// Whether this upstream shares its pools and at least one endpoint's state with `other`.
+    #[cfg(test)]
+    pub(crate) fn shares_state_with(&self, other: &Upstream) -> bool {
+        Arc::ptr_eq(&self.clients, &other.clients)
+            && self.endpoints.iter().any(|e| other.endpoints.iter().any(|o| Arc::ptr_eq(e, o)))
     }
 
     /// The calling worker's client.

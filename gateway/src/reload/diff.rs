@@ -1,0 +1,89 @@
+//! What a reload changed, by name, and what it cannot apply without a restart.
+
+use std::fmt::Write as _;
+
+use crate::config::Config;
+
+/// Names added, removed and changed in one section of the config.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct Changes {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+}
+
+impl Changes {
+    fn between<T: PartialEq>(old: &[T], new: &[T], name: impl Fn(&T) -> &str) -> Changes {
+        let mut changes = Changes::default();
+        for item in new {
+            match old.iter().find(|o| name(o) == name(item)) {
+                None => changes.added.push(name(item).to_string()),
+                Some(previous) if previous != item => changes.changed.push(name(item).to_string()),
+                Some(_) => {}
+            }
+        }
+        changes.removed =
+            old.iter().filter(|o| !new.iter().any(|n| name(n) == name(o))).map(|o| name(o).to_string()).collect();
+        changes
+    }
+
+    /// `+a +b -c ~d`, or `unchanged`.
+    fn summary(&self) -> String {
+        let mut out = String::new();
+        for (sign, names) in [('+', &self.added), ('-', &self.removed), ('~', &self.changed)] {
+            for name in names {
+                let _ = write!(out, "{}{sign}{name}", if out.is_empty() { "" } else { " " });
+            }
+        }
+        if out.is_empty() {
+            "unchanged".to_string()
+        } else {
+            out
+        }
+    }
+}
+
+/// The one-line summary a successful reload logs: `routes: +a ~b; upstreams: unchanged`.
+pub(super) fn summary(old: &Config, new: &Config) -> String {
+    let routes = Changes::between(&old.routes, &new.routes, |r| &r.name);
+    let upstreams = Changes::between(&old.upstreams, &new.upstreams, |u| &u.name);
+    format!("routes: {}; upstreams: {}", routes.summary(), upstreams.summary())
+}
+
+/// Why the new config cannot be applied in full: sockets are bound once, at start.
+pub(super) fn restart_required(running: &Config, new: &Config) -> Vec<String> {
+    let mut reasons = Vec::new();
+    if running.listeners != new.listeners {
+        let describe =
+            |c: &Config| c.listeners.iter().map(|l| format!("{}={}", l.name, l.address)).collect::<Vec<_>>().join(", ");
+        reasons.push(format!(
+            "listener changes need a restart: running [{}], file has [{}]",
+            describe(running),
+            describe(new)
+        ));
+    }
+    if running.admin != new.admin {
+        let describe = |c: &Config| c.admin.as_ref().map_or("none".to_string(), |a| a.address.to_string());
+        reasons.push(format!(
+            "admin listener changes need a restart: running {}, file has {}",
+            describe(running),
+            describe(new)
+        ));
+    }
+    reasons
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_between_lists_added_removed_changed_by_name() {
+        let old = [("a", 1), ("b", 1), ("c", 1)];
+        let new = [("b", 1), ("c", 2), ("d", 1)];
+        let changes = Changes::between(&old, &new, |item| item.0);
+        assert_eq!(changes, Changes { added: vec!["d".into()], removed: vec!["a".into()], changed: vec!["c".into()] });
+        assert_eq!(changes.summary(), "+d -a ~c");
+        assert_eq!(Changes::between(&old, &old, |item| item.0).summary(), "unchanged");
+    }
+}
