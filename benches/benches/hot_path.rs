@@ -1,4 +1,5 @@
-//! Micro-benchmarks of the per-request hot path: route matching and header processing.
+//! Micro-benchmarks of the per-request hot path (route matching, header processing) and of what a
+//! reload costs (parse, validate and build a 1,000-route config).
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -7,6 +8,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use gateway::config::{HostMatch, PathMatch, Rewrite, Route, RouteMatch};
 use gateway::proxy::{remove_hop_by_hop, request_id, set_forwarding, Client};
 use gateway::router::Router;
+use gateway::runtime::Snapshot;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
 /// `n` routes shaped like a real file: a few hosts, two-segment prefixes, some method constraints.
@@ -84,5 +86,31 @@ fn header_processing(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, route_matching, header_processing);
+/// A config file with `n` routes over 10 upstreams, in the shape ops teams write.
+fn config_text(n: usize) -> String {
+    let mut text = String::from("listeners: [{ name: public, address: 127.0.0.1:0 }]\nupstreams:\n");
+    for u in 0..10 {
+        text.push_str(&format!("  svc{u}: {{ endpoints: [http://127.0.0.1:{}], request_timeout: 5s }}\n", 9000 + u));
+    }
+    text.push_str("routes:\n");
+    for i in 0..n {
+        text.push_str(&format!(
+            "  - name: route-{i}\n    match: {{ path_prefix: /api/svc{i}, methods: [GET, POST] }}\n    upstream: svc{}\n    strip_prefix: true\n",
+            i % 10
+        ));
+    }
+    text
+}
+
+fn config_reload(c: &mut Criterion) {
+    let text = config_text(1000);
+    c.bench_function("config_parse_validate_build/1000_routes", |b| {
+        b.iter(|| {
+            let loaded = gateway::config::parse("bench.yaml", black_box(&text)).unwrap();
+            Snapshot::build(&loaded.config, 2, None).unwrap()
+        })
+    });
+}
+
+criterion_group!(benches, route_matching, header_processing, config_reload);
 criterion_main!(benches);
