@@ -19,32 +19,21 @@ use crate::config;
 use crate::proxy::{self, ProxyBody};
 use crate::runtime::Runtime;
 
-/// How one client connection is served: protocol limits and timeouts.
-#[derive(Debug)]
-struct ConnSettings {
-    builder: auto::Builder<TokioExecutor>,
-    timeouts: Timeouts,
-}
-
-impl ConnSettings {
-    fn new(server: &config::Server) -> ConnSettings {
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            // TimedIo owns the header and idle timeouts (hyper's would close without a 408).
-            .header_read_timeout(None)
-            // The read buffer bounds the request head: a larger head gets 431.
-            .max_buf_size(server.max_header_size.max(config::defaults::MIN_HEADER_SIZE))
-            .max_headers(server.max_headers);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(server.max_header_size).unwrap_or(u32::MAX));
-        ConnSettings {
-            builder,
-            timeouts: Timeouts { header_read: server.header_read_timeout, idle: server.idle_timeout },
-        }
-    }
+/// The HTTP/1.1 + HTTP/2 server for one connection, with the client-side limits applied.
+fn http_server(server: &config::Server) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        // TimedIo owns the header and idle timeouts (hyper's would close without a 408).
+        .header_read_timeout(None)
+        // The read buffer bounds the request head: a larger head gets 431.
+        .max_buf_size(server.max_header_size.max(config::defaults::MIN_HEADER_SIZE))
+        .max_headers(server.max_headers);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(server.max_header_size).unwrap_or(u32::MAX));
+    builder
 }
 
 /// Serves one accepted connection until it closes or the graceful shutdown ends it.
@@ -52,9 +41,14 @@ pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, runtime: Runtime,
     // Small responses must not wait for Nagle.
     let _ = stream.set_nodelay(true);
     // Limits come from the snapshot current at accept time, so a reload applies to new connections.
-    let settings = ConnSettings::new(&runtime.load().server);
+    let (server, timeouts) = {
+        let snapshot = runtime.load();
+        let timeouts =
+            Timeouts { header_read: snapshot.server.header_read_timeout, idle: snapshot.server.idle_timeout };
+        (http_server(&snapshot.server), timeouts)
+    };
     let activity = Arc::new(Activity::default());
-    let io = TokioIo::new(TimedIo::new(stream, activity.clone(), settings.timeouts));
+    let io = TokioIo::new(TimedIo::new(stream, activity.clone(), timeouts));
     let connection = proxy::Connection { peer, proto: "http" };
     let service = service_fn(move |request| {
         // One snapshot for the whole request, loaded once.
@@ -65,7 +59,7 @@ pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, runtime: Runtime,
             Ok::<_, Infallible>(response.map(|body| Tracked { body, _guard: guard }))
         }
     });
-    let served = watcher.watch(settings.builder.serve_connection_with_upgrades(io, service)).await;
+    let served = watcher.watch(server.serve_connection_with_upgrades(io, service)).await;
     if let Err(error) = served {
         tracing::debug!(%peer, %error, "client connection ended with an error");
     }
