@@ -44,15 +44,21 @@ pub struct Reloader {
 struct Active {
     config: Config,
     version: Version,
-    /// The last version that failed: a file event for the same bytes is not retried or re-logged.
-    rejected: Option<Version>,
+    /// The last failure: a file event that would fail the same way is not retried or re-logged.
+    failed: Option<Failure>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Failure {
+    Unreadable,
+    Rejected(Version),
 }
 
 impl Reloader {
     /// `config` and `version` are what `runtime` currently serves, from the file at `path`.
     pub fn new(path: PathBuf, config: Config, version: Version, runtime: Runtime, workers: usize) -> Reloader {
         let status = Arc::new(Status::new(path.display().to_string(), version.clone()));
-        let active = Mutex::new(Active { config: config.clone(), version, rejected: None });
+        let active = Mutex::new(Active { config: config.clone(), version, failed: None });
         Reloader { path, runtime, workers, running: config, active, status }
     }
 
@@ -65,8 +71,8 @@ impl Reloader {
     }
 
     /// One reload attempt. It reads the file and builds the new snapshot, so it blocks: call it
-    /// from `spawn_blocking`. A file-triggered attempt does nothing when the bytes are those already
-    /// serving or already rejected; SIGHUP always tries.
+    /// from `spawn_blocking`. A file-triggered attempt does nothing when the file would fail as it
+    /// last did, or holds the bytes already serving; SIGHUP always tries.
     pub fn reload(&self, trigger: Trigger) {
         let mut active = match self.active.lock() {
             Ok(active) => active,
@@ -75,6 +81,7 @@ impl Reloader {
         let label = self.path.display().to_string();
         let bytes = match std::fs::read(&self.path) {
             Ok(bytes) => bytes,
+            Err(_) if trigger == Trigger::File && active.failed == Some(Failure::Unreadable) => return,
             Err(error) => {
                 let message = format!("cannot read config file {label}: {error}");
                 tracing::warn!(
@@ -83,12 +90,19 @@ impl Reloader {
                     active.version.as_str()
                 );
                 self.status.failed(trigger, None, message);
+                active.failed = Some(Failure::Unreadable);
                 return;
             }
         };
         let version = Version::of(&bytes);
-        if trigger == Trigger::File && (version == active.version || active.rejected.as_ref() == Some(&version)) {
-            tracing::debug!(version = version.as_str(), "config file unchanged");
+        if trigger == Trigger::File && version == active.version {
+            if active.failed.take().is_some() {
+                // The file is back to what is serving: the last error no longer describes it.
+                self.status.in_sync(trigger, version);
+            }
+            return;
+        }
+        if trigger == Trigger::File && active.failed == Some(Failure::Rejected(version.clone())) {
             return;
         }
         let loaded = match config::parse_bytes(&label, bytes) {
@@ -101,7 +115,7 @@ impl Reloader {
                     active.version.as_str()
                 );
                 self.status.failed(trigger, Some(version.clone()), problems.to_string());
-                active.rejected = Some(version);
+                active.failed = Some(Failure::Rejected(version));
                 return;
             }
         };
@@ -113,7 +127,7 @@ impl Reloader {
             Err(error) => {
                 tracing::warn!(?trigger, version = version.as_str(), %error, "config reload failed to build");
                 self.status.failed(trigger, Some(version.clone()), error.to_string());
-                active.rejected = Some(version);
+                active.failed = Some(Failure::Rejected(version));
                 return;
             }
         };
@@ -129,7 +143,7 @@ impl Reloader {
             "config reloaded"
         );
         self.status.applied(trigger, version.clone(), restart_required);
-        *active = Active { config: loaded.config, version, rejected: None };
+        *active = Active { config: loaded.config, version, failed: None };
     }
 }
 

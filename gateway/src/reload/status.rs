@@ -85,6 +85,15 @@ impl Status {
         }
     }
 
+    /// The file is again identical to the serving config after a failed attempt: nothing to apply,
+    /// but the last attempt's error no longer describes the file.
+    pub(super) fn in_sync(&self, trigger: Trigger, version: Version) {
+        if let Ok(mut report) = self.0.lock() {
+            let at = rfc3339(SystemTime::now());
+            report.last_reload = Some(Attempt { at, trigger, ok: true, version: Some(version), error: None });
+        }
+    }
+
     pub(super) fn failed(&self, trigger: Trigger, version: Option<Version>, error: String) {
         if let Ok(mut report) = self.0.lock() {
             let at = rfc3339(SystemTime::now());

@@ -133,3 +133,19 @@ fn reload_listener_change_applies_the_rest_and_reports_restart_required() {
     assert_eq!(reasons.len(), 1);
     assert!(reasons[0].as_str().unwrap().starts_with("listener changes need a restart"), "{reasons:?}");
 }
+
+#[test]
+fn reload_missing_file_fails_once_then_recovers_when_restored() {
+    let f = Fixture::new("missing");
+    std::fs::remove_file(f.reloader.path()).unwrap();
+    f.reloader.reload(Trigger::File);
+    f.reloader.reload(Trigger::File);
+    let status = f.status();
+    assert_eq!(status["reloads"]["failed"], 1, "an unreadable file is reported once, not per event");
+    assert!(status["last_reload"]["error"].as_str().unwrap().starts_with("cannot read config file"));
+    f.write(BASE);
+    f.reloader.reload(Trigger::File);
+    let status = f.status();
+    assert_eq!(status["last_reload"]["ok"], true, "the file matches what serves again: {status}");
+    assert!(status["last_reload"]["error"].is_null());
+}

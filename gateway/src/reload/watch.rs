@@ -13,8 +13,11 @@ use tokio::sync::mpsc;
 
 use super::{Reloader, Trigger};
 
-/// Editors and ConfigMap swaps change several directory entries in a burst: read once after it.
-const DEBOUNCE: Duration = Duration::from_millis(150);
+/// Editors, slow writers and ConfigMap swaps change the file in bursts: it is read once it has
+/// been quiet this long, so a file still being written is not applied half done.
+const QUIET: Duration = Duration::from_millis(150);
+/// A file that never goes quiet is read after this long anyway (validation is the safety net).
+const MAX_SETTLE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
@@ -49,15 +52,23 @@ pub fn watch(reloader: Arc<Reloader>) -> Result<Watching, WatchError> {
         Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
         _ => PathBuf::from("."),
     };
+    let file_name = reloader.path().file_name().map(|name| name.to_os_string());
     let (changed, changes) = mpsc::channel(1);
     let mut files = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else { return };
         // Reading the file (ours included) must not look like a change.
-        let is_change = event.is_ok_and(|e| match e.kind {
+        let is_write = match event.kind {
             EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
             EventKind::Access(_) => false,
             _ => true,
-        });
-        if is_change {
+        };
+        // The config file itself, or a ConfigMap's `..data` / `..2026_...` entries; not its neighbours.
+        let is_ours = event
+            .paths
+            .iter()
+            .filter_map(|path| path.file_name())
+            .any(|name| Some(name) == file_name.as_deref() || name.to_string_lossy().starts_with(".."));
+        if is_write && is_ours {
             // A full channel already holds a pending change: nothing is lost.
             let _ = changed.try_send(());
         }
@@ -70,8 +81,14 @@ pub fn watch(reloader: Arc<Reloader>) -> Result<Watching, WatchError> {
 
 async fn on_file_changes(reloader: Arc<Reloader>, mut changes: mpsc::Receiver<()>) {
     while changes.recv().await.is_some() {
-        tokio::time::sleep(DEBOUNCE).await;
-        while changes.try_recv().is_ok() {}
+        let first = tokio::time::Instant::now();
+        while first.elapsed() < MAX_SETTLE {
+            match tokio::time::timeout(QUIET, changes.recv()).await {
+                Ok(Some(())) => continue,
+                Ok(None) => return,
+                Err(_quiet) => break,
+            }
+        }
         run(&reloader, Trigger::File).await;
     }
 }
