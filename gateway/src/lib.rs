@@ -4,6 +4,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod config;
+pub mod dev_certs;
 pub mod proxy;
 mod random;
 pub mod reload;
@@ -11,5 +12,6 @@ pub mod router;
 pub mod runtime;
 pub mod server;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;
 pub mod worker;

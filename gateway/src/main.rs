@@ -47,11 +47,42 @@ enum Command {
         #[arg(long, short, default_value = "config/gateway.yaml")]
         config: PathBuf,
     },
+    /// Certificate tools.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CertsCommand {
+    /// Write a local CA and a certificate for localhost / 127.0.0.1 / ::1, for development only.
+    Dev {
+        /// Directory to write ca.crt, ca.key, localhost.crt and localhost.key into.
+        #[arg(long, default_value = "certs")]
+        out: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Check { config } => check(&config),
+        Command::Certs { command: CertsCommand::Dev { out } } => match gateway::dev_certs::write_dev_certs(&out) {
+            Ok(written) => {
+                println!(
+                    "wrote {} and {} (CA: {})",
+                    written.cert.display(),
+                    written.key.display(),
+                    written.ca_cert.display()
+                );
+                println!("use them in a listener's tls.certificates; clients trust the CA file");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("error: {error}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Run { config, log_format, log_level } => {
             telemetry::init(log_format, &log_level);
             match run(&config) {

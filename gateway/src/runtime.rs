@@ -11,6 +11,7 @@ use arc_swap::ArcSwap;
 
 use crate::config::{self, Config, PathMatch, Rewrite};
 use crate::router::Router;
+use crate::tls;
 use crate::upstream::Upstream;
 
 /// The swappable slot holding the current snapshot.
@@ -26,6 +27,8 @@ pub struct Snapshot {
     /// Client-side limits; a connection uses those of the snapshot current when it was accepted.
     pub server: config::Server,
     pub drain_timeout: Duration,
+    /// TLS settings by listener name, for listeners that terminate TLS.
+    pub tls: HashMap<String, Arc<tls::Acceptor>>,
 }
 
 /// A route with its upstream resolved and its timeout decided.
@@ -44,6 +47,8 @@ pub struct RouteRuntime {
 pub enum BuildError {
     #[error("route {route:?} names upstream {upstream:?}, which does not exist")]
     UnknownUpstream { route: String, upstream: String },
+    #[error("listener {listener:?}: cannot set up TLS: {source}")]
+    Tls { listener: String, source: rustls::Error },
 }
 
 impl Snapshot {
@@ -77,7 +82,18 @@ impl Snapshot {
                 })
             })
             .collect::<Result<Vec<_>, BuildError>>()?;
+        let tls = config
+            .listeners
+            .iter()
+            .filter_map(|listener| Some((listener, listener.tls.as_ref()?)))
+            .map(|(listener, settings)| {
+                let acceptor = tls::acceptor(settings)
+                    .map_err(|source| BuildError::Tls { listener: listener.name.clone(), source })?;
+                Ok((listener.name.clone(), Arc::new(acceptor)))
+            })
+            .collect::<Result<HashMap<_, _>, BuildError>>()?;
         Ok(Snapshot {
+            tls,
             router: Router::new(&config.routes),
             routes,
             upstreams,

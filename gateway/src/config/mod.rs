@@ -91,6 +91,23 @@ pub fn parse(file_label: &str, text: &str) -> Result<Loaded, Problems> {
     Ok(Loaded { config, warnings })
 }
 
+/// The files a config text refers to (certificates and keys), resolved as validation resolves
+/// them. Best effort: text that is not YAML refers to nothing.
+pub fn referenced_files(file_label: &str, text: &str) -> Vec<PathBuf> {
+    let refs: raw::RawFileRefs = serde_saphyr::from_str(text).unwrap_or_default();
+    (refs.listeners.iter().filter_map(|l| l.tls.as_ref()))
+        .flat_map(|tls| &tls.certificates)
+        .flat_map(|c| [c.cert.as_deref(), c.key.as_deref()])
+        .flatten()
+        .map(|file| resolve(file_label, file))
+        .collect()
+}
+
+/// A path from the config, relative to the config file's directory unless absolute.
+pub(crate) fn resolve(file_label: &str, file: &str) -> PathBuf {
+    Path::new(file_label).parent().unwrap_or(Path::new("")).join(file)
+}
+
 /// A problem pointing at the first byte that is not UTF-8.
 fn not_utf8(label: &str, bytes: &[u8], valid_up_to: usize) -> Problems {
     let valid = bytes.get(..valid_up_to).unwrap_or_default();

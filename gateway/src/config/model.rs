@@ -3,10 +3,13 @@
 //! Nothing here knows YAML; the proxy builds its runtime snapshot from these types only.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method, Uri};
 use ipnet::IpNet;
+use rustls::sign::CertifiedKey;
 
 /// A complete, valid gateway configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -22,10 +25,45 @@ pub struct Config {
 }
 
 /// A socket the gateway accepts client traffic on.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Listener {
     pub name: String,
     pub address: SocketAddr,
+    /// Present when the listener terminates TLS.
+    pub tls: Option<ListenerTls>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerTls {
+    /// At least one, in file order.
+    pub certificates: Vec<Certificate>,
+    /// Index of the certificate for clients without SNI or with a name no certificate covers.
+    pub default_certificate: usize,
+    pub min_version: TlsVersion,
+    pub handshake_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    V1_2,
+    V1_3,
+}
+
+/// A certificate chain and its key, read from disk and checked to match during validation.
+#[derive(Debug, Clone)]
+pub struct Certificate {
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+    pub certified: Arc<CertifiedKey>,
+}
+
+/// Same files with the same chain. The key need not be compared: it must match the chain.
+impl PartialEq for Certificate {
+    fn eq(&self, other: &Certificate) -> bool {
+        self.cert_path == other.cert_path
+            && self.key_path == other.key_path
+            && self.certified.cert == other.certified.cert
+    }
 }
 
 /// The admin listener (`/healthz`, `/readyz`).
@@ -147,6 +185,7 @@ pub mod defaults {
     pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
     pub const MAX_BODY_SIZE: u64 = 10 * 1024 * 1024;
     pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
     pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
     pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);

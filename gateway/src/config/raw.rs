@@ -26,6 +26,23 @@ pub(crate) struct RawConfig {
 pub(crate) struct RawListener {
     pub name: Spanned<String>,
     pub address: Spanned<String>,
+    pub tls: Option<RawListenerTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawListenerTls {
+    pub certificates: Spanned<Vec<RawCertificate>>,
+    pub min_version: Option<Spanned<String>>,
+    pub handshake_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCertificate {
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
+    pub default: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -121,4 +138,29 @@ impl<'de, V: Deserialize<'de>> Deserialize<'de> for OrderedMap<V> {
 
         deserializer.deserialize_map(OrderedMapVisitor(PhantomData))
     }
+}
+
+/// Just the files a config refers to (`listeners[].tls.certificates[].cert/key`), read leniently
+/// (other keys ignored) so a reload can fingerprint them even when the config is invalid.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawFileRefs {
+    #[serde(default)]
+    pub listeners: Vec<RawListenerRefs>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawListenerRefs {
+    pub tls: Option<RawTlsRefs>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawTlsRefs {
+    #[serde(default)]
+    pub certificates: Vec<RawCertificateRefs>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawCertificateRefs {
+    pub cert: Option<String>,
+    pub key: Option<String>,
 }

@@ -36,7 +36,10 @@ fn shipped_example_loads_without_warnings() {
     let loaded = load(&workspace_root().join("config/gateway.yaml")).unwrap();
     assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
     let config = loaded.config;
-    assert_eq!(config.listeners, [Listener { name: "public".into(), address: "127.0.0.1:8080".parse().unwrap() }]);
+    assert_eq!(
+        config.listeners,
+        [Listener { name: "public".into(), address: "127.0.0.1:8080".parse().unwrap(), tls: None }]
+    );
     assert_eq!(config.admin, Some(Admin { address: "127.0.0.1:9100".parse().unwrap() }));
     assert_eq!(config.upstreams.len(), 1);
     assert_eq!(config.upstreams[0].endpoints[0].uri, "http://127.0.0.1:9001");

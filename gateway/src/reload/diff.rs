@@ -53,7 +53,9 @@ pub(super) fn summary(old: &Config, new: &Config) -> String {
 /// Why the new config cannot be applied in full: sockets are bound once, at start.
 pub(super) fn restart_required(running: &Config, new: &Config) -> Vec<String> {
     let mut reasons = Vec::new();
-    if running.listeners != new.listeners {
+    // Names and addresses only: TLS settings and certificates reload live.
+    let sockets = |c: &Config| c.listeners.iter().map(|l| (l.name.clone(), l.address)).collect::<Vec<_>>();
+    if sockets(running) != sockets(new) {
         let describe =
             |c: &Config| c.listeners.iter().map(|l| format!("{}={}", l.name, l.address)).collect::<Vec<_>>().join(", ");
         reasons.push(format!(

@@ -9,22 +9,46 @@ mod watch;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use status::Fnv;
 pub use status::{Status, Trigger, Version};
 pub use watch::{watch, WatchError, Watching};
 
 use crate::config::{self, Config, LoadError, Loaded};
 use crate::runtime::{Runtime, Snapshot};
 
-/// Reads and checks the config file, returning it with the version of the exact bytes checked.
+/// Reads and checks the config file, returning it with the version of exactly what was checked.
 ///
 /// # Errors
 ///
 /// As [`config::load`].
 pub fn read(path: &Path) -> Result<(Loaded, Version), LoadError> {
-    let bytes = std::fs::read(path).map_err(|source| LoadError::Unreadable { path: path.to_owned(), source })?;
-    let version = Version::of(&bytes);
-    let loaded = config::parse_bytes(&path.display().to_string(), bytes).map_err(LoadError::Invalid)?;
-    Ok((loaded, version))
+    let read = read_files(path).map_err(|source| LoadError::Unreadable { path: path.to_owned(), source })?;
+    let loaded = config::parse_bytes(&path.display().to_string(), read.bytes).map_err(LoadError::Invalid)?;
+    Ok((loaded, read.version))
+}
+
+/// A config file's bytes, and a version covering them and every file they refer to (certificates
+/// and keys), so replacing a certificate is a change even when the YAML is not.
+struct ReadFiles {
+    bytes: Vec<u8>,
+    version: Version,
+    referenced: Vec<PathBuf>,
+}
+
+fn read_files(path: &Path) -> std::io::Result<ReadFiles> {
+    let bytes = std::fs::read(path)?;
+    let referenced = std::str::from_utf8(&bytes)
+        .map(|text| config::referenced_files(&path.display().to_string(), text))
+        .unwrap_or_default();
+    let mut hash = Fnv::default().write(&bytes);
+    for file in &referenced {
+        hash = hash.write(file.as_os_str().as_encoded_bytes());
+        hash = match std::fs::read(file) {
+            Ok(contents) => hash.write(&[1]).write(&contents),
+            Err(_) => hash.write(&[0]),
+        };
+    }
+    Ok(ReadFiles { bytes, version: hash.version(), referenced })
 }
 
 /// Applies config file changes to a running gateway.
@@ -38,6 +62,8 @@ pub struct Reloader {
     /// The config now serving and its version. Holding the lock serialises reloads.
     active: Mutex<Active>,
     status: Arc<Status>,
+    /// The config file and the files it referred to when last read: what the watcher follows.
+    watched: Mutex<Vec<PathBuf>>,
 }
 
 #[derive(Debug)]
@@ -59,7 +85,15 @@ impl Reloader {
     pub fn new(path: PathBuf, config: Config, version: Version, runtime: Runtime, workers: usize) -> Reloader {
         let status = Arc::new(Status::new(path.display().to_string(), version.clone()));
         let active = Mutex::new(Active { config: config.clone(), version, failed: None });
-        Reloader { path, runtime, workers, running: config, active, status }
+        let watched =
+            std::iter::once(path.clone())
+                .chain(
+                    config.listeners.iter().filter_map(|l| l.tls.as_ref()).flat_map(|tls| {
+                        tls.certificates.iter().flat_map(|c| [c.cert_path.clone(), c.key_path.clone()])
+                    }),
+                )
+                .collect();
+        Reloader { path, runtime, workers, running: config, active, status, watched: Mutex::new(watched) }
     }
 
     pub fn status(&self) -> Arc<Status> {
@@ -68,6 +102,14 @@ impl Reloader {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The config file and the certificate and key files it refers to.
+    pub fn watched_files(&self) -> Vec<PathBuf> {
+        match self.watched.lock() {
+            Ok(watched) => watched.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
     }
 
     /// One reload attempt. It reads the file and builds the new snapshot, so it blocks: call it
@@ -79,8 +121,8 @@ impl Reloader {
             Err(poisoned) => poisoned.into_inner(),
         };
         let label = self.path.display().to_string();
-        let bytes = match std::fs::read(&self.path) {
-            Ok(bytes) => bytes,
+        let read = match read_files(&self.path) {
+            Ok(read) => read,
             Err(_) if trigger == Trigger::File && active.failed == Some(Failure::Unreadable) => return,
             Err(error) => {
                 let message = format!("cannot read config file {label}: {error}");
@@ -94,7 +136,10 @@ impl Reloader {
                 return;
             }
         };
-        let version = Version::of(&bytes);
+        if let Ok(mut watched) = self.watched.lock() {
+            *watched = std::iter::once(self.path.clone()).chain(read.referenced.iter().cloned()).collect();
+        }
+        let (bytes, version) = (read.bytes, read.version);
         if trigger == Trigger::File && version == active.version {
             if active.failed.take().is_some() {
                 // The file is back to what is serving: the last error no longer describes it.

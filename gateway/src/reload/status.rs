@@ -11,15 +11,36 @@ use serde::Serialize;
 pub struct Version(String);
 
 impl Version {
+    /// The version of a config file that refers to no other file.
     pub fn of(bytes: &[u8]) -> Version {
-        let hash = bytes
-            .iter()
-            .fold(0xcbf2_9ce4_8422_2325_u64, |hash, &b| (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3));
-        Version(format!("{hash:016x}"))
+        Fnv::default().write(bytes).version()
     }
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+/// FNV-1a 64, fed in parts: a config file's bytes, then those of the files it refers to.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv {
+    pub(super) fn write(mut self, bytes: &[u8]) -> Fnv {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        self
+    }
+
+    pub(super) fn version(self) -> Version {
+        Version(format!("{:016x}", self.0))
     }
 }
 

@@ -1,4 +1,4 @@
-//! One client connection: timeouts, HTTP/1.1 or HTTP/2 detection, and the per-request service.
+//! One client connection: TLS handshake, timeouts, HTTP/1.1 or HTTP/2, and the per-request service.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -12,12 +12,14 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::Watcher;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use super::timed_io::{Activity, RequestGuard, TimedIo, Timeouts};
 use crate::config;
 use crate::proxy::{self, ProxyBody};
 use crate::runtime::Runtime;
+use crate::tls;
 
 /// The HTTP/1.1 + HTTP/2 server for one connection, with the client-side limits applied.
 fn http_server(server: &config::Server) -> auto::Builder<TokioExecutor> {
@@ -36,10 +38,33 @@ fn http_server(server: &config::Server) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-/// Serves one accepted connection until it closes or the graceful shutdown ends it.
-pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, runtime: Runtime, watcher: Watcher) {
+/// Serves one accepted connection until it closes or the graceful shutdown ends it. On a TLS
+/// listener the handshake runs here, in the connection's own task, never in the accept loop.
+pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, listener: Arc<str>, runtime: Runtime, watcher: Watcher) {
     // Small responses must not wait for Nagle.
     let _ = stream.set_nodelay(true);
+    let acceptor = runtime.load().tls.get(&*listener).cloned();
+    let Some(acceptor) = acceptor else {
+        return serve_http(stream, peer, "http", runtime, watcher).await;
+    };
+    let handshake = tokio_rustls::TlsAcceptor::from(acceptor.config.clone()).accept(stream);
+    match tokio::time::timeout(acceptor.handshake_timeout, handshake).await {
+        Ok(Ok(stream)) => serve_http(stream, peer, "https", runtime, watcher).await,
+        Ok(Err(error)) => {
+            tls::count_handshake_failure();
+            tracing::debug!(%peer, %listener, %error, "TLS handshake failed");
+        }
+        Err(_elapsed) => {
+            tls::count_handshake_failure();
+            tracing::debug!(%peer, %listener, "TLS handshake timed out");
+        }
+    }
+}
+
+async fn serve_http<S>(stream: S, peer: SocketAddr, proto: &'static str, runtime: Runtime, watcher: Watcher)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     // Limits come from the snapshot current at accept time, so a reload applies to new connections.
     let (server, timeouts) = {
         let snapshot = runtime.load();
@@ -49,7 +74,7 @@ pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, runtime: Runtime,
     };
     let activity = Arc::new(Activity::default());
     let io = TokioIo::new(TimedIo::new(stream, activity.clone(), timeouts));
-    let connection = proxy::Connection { peer, proto: "http" };
+    let connection = proxy::Connection { peer, proto };
     let service = service_fn(move |request| {
         // One snapshot for the whole request, loaded once.
         let snapshot = runtime.load_full();

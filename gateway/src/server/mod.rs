@@ -216,6 +216,7 @@ async fn accept_loop(
     graceful: Arc<GracefulShutdown>,
     mut stopped: watch::Receiver<bool>,
 ) {
+    let name: Arc<str> = Arc::from(name);
     loop {
         tokio::select! {
             biased;
@@ -224,7 +225,7 @@ async fn accept_loop(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let watcher = graceful.watcher();
-                    tokio::spawn(conn::serve(stream, peer, runtime.clone(), watcher));
+                    tokio::spawn(conn::serve(stream, peer, name.clone(), runtime.clone(), watcher));
                 }
                 Err(error) => {
                     // Usually out of file descriptors: back off instead of spinning.

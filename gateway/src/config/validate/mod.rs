@@ -8,6 +8,7 @@
 mod matcher;
 mod routes;
 mod server;
+mod tls;
 mod upstreams;
 
 use std::time::Duration;

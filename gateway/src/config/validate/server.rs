@@ -51,7 +51,8 @@ pub(super) fn listeners(
             report_conflict(report, listener.address.referenced, &address_path, address, other);
         }
         bound.push(Bound { name: &name.value, address, line: listener.address.referenced.line() });
-        listeners.push(Listener { name: name.value.clone(), address });
+        let tls = listener.tls.as_ref().and_then(|tls| super::tls::listener_tls(report, tls, &format!("{path}.tls")));
+        listeners.push(Listener { name: name.value.clone(), address, tls });
     }
 
     let admin = raw_admin.and_then(|admin| {

@@ -1,0 +1,145 @@
+//! A listener's `tls:` block: certificate and key files are read, decoded and checked to match
+//! here, so `gateway check` and a reload report a bad file at its line in the YAML.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use rustls::crypto::aws_lc_rs::sign::any_supported_type;
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde_saphyr::Spanned;
+
+use super::{duration, Report};
+use crate::config::model::{defaults, Certificate, ListenerTls, TlsVersion};
+use crate::config::raw::{RawCertificate, RawListenerTls};
+
+pub(super) fn listener_tls(report: &mut Report<'_>, raw: &RawListenerTls, path: &str) -> Option<ListenerTls> {
+    let certs_path = format!("{path}.certificates");
+    if raw.certificates.value.is_empty() {
+        report
+            .error(raw.certificates.referenced, &certs_path, "a TLS listener needs at least one certificate")
+            .hint("add `- { cert: server.crt, key: server.key }` (`gateway certs dev --out certs/` makes dev ones)");
+    }
+    let defaults_marked: Vec<usize> = (raw.certificates.value.iter().enumerate())
+        .filter(|(_, c)| c.default.as_ref().is_some_and(|d| d.value))
+        .map(|(i, _)| i)
+        .collect();
+    if let [_, second, ..] = defaults_marked.as_slice() {
+        let at = raw.certificates.value[*second].default.as_ref().map_or(raw.certificates.referenced, |d| d.referenced);
+        report
+            .error(at, &format!("{certs_path}[{second}].default"), "only one certificate can be the default")
+            .hint("keep `default: true` on one certificate");
+    }
+    let certificates: Vec<Certificate> = (raw.certificates.value.iter().enumerate())
+        .filter_map(|(i, c)| certificate(report, c, &format!("{certs_path}[{i}]")))
+        .collect();
+    let min_version = match raw.min_version.as_ref().map(|v| (v, v.value.as_str())) {
+        None | Some((_, "1.2")) => TlsVersion::V1_2,
+        Some((_, "1.3")) => TlsVersion::V1_3,
+        Some((raw, other)) => {
+            report
+                .error(raw.referenced, &format!("{path}.min_version"), format!("unknown TLS version {other:?}"))
+                .hint("write \"1.2\" or \"1.3\" (in quotes); older versions are not offered at all");
+            TlsVersion::V1_2
+        }
+    };
+    let handshake_timeout = duration(
+        report,
+        raw.handshake_timeout.as_ref(),
+        &format!("{path}.handshake_timeout"),
+        defaults::TLS_HANDSHAKE_TIMEOUT,
+    );
+    (certificates.len() == raw.certificates.value.len() && !certificates.is_empty()).then(|| ListenerTls {
+        certificates,
+        default_certificate: defaults_marked.first().copied().unwrap_or(0),
+        min_version,
+        handshake_timeout,
+    })
+}
+
+fn certificate(report: &mut Report<'_>, raw: &RawCertificate, path: &str) -> Option<Certificate> {
+    let cert_path = crate::config::resolve(report.file, &raw.cert.value);
+    let key_path = crate::config::resolve(report.file, &raw.key.value);
+    let chain = read_chain(report, &raw.cert, &cert_path, &format!("{path}.cert"));
+    let key = read_key(report, &raw.key, &key_path, &format!("{path}.key"));
+    let (chain, key) = (chain?, key?);
+    let signing_key = match any_supported_type(&key) {
+        Ok(signing_key) => signing_key,
+        Err(error) => {
+            report
+                .error(
+                    raw.key.referenced,
+                    &format!("{path}.key"),
+                    format!("{}: unusable private key: {error}", key_path.display()),
+                )
+                .hint("use an RSA (2048 bits or more), ECDSA P-256/P-384 or Ed25519 key");
+            return None;
+        }
+    };
+    let certified = CertifiedKey::new(chain, signing_key);
+    if let Err(error) = certified.keys_match() {
+        report
+            .error(
+                raw.key.referenced,
+                &format!("{path}.key"),
+                format!("{} does not match the certificate in {}: {error}", key_path.display(), cert_path.display()),
+            )
+            .hint("pair each certificate with the private key it was issued for");
+        return None;
+    }
+    Some(Certificate { cert_path, key_path, certified: Arc::new(certified) })
+}
+
+fn read_chain(
+    report: &mut Report<'_>,
+    raw: &Spanned<String>,
+    file: &PathBuf,
+    path: &str,
+) -> Option<Vec<CertificateDer<'static>>> {
+    let bytes = read(report, raw, file, path, "certificate")?;
+    let chain: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(&bytes).collect();
+    match chain {
+        Ok(chain) if !chain.is_empty() => Some(chain),
+        Ok(_) => {
+            report
+                .error(raw.referenced, path, format!("{}: no certificate in the file", file.display()))
+                .hint("the file must hold PEM blocks `-----BEGIN CERTIFICATE-----`, the server's first");
+            None
+        }
+        Err(error) => {
+            report.error(raw.referenced, path, format!("{}: not a PEM certificate chain: {error}", file.display()));
+            None
+        }
+    }
+}
+
+fn read_key(
+    report: &mut Report<'_>,
+    raw: &Spanned<String>,
+    file: &PathBuf,
+    path: &str,
+) -> Option<PrivateKeyDer<'static>> {
+    let bytes = read(report, raw, file, path, "private key")?;
+    match PrivateKeyDer::from_pem_slice(&bytes) {
+        Ok(key) => Some(key),
+        Err(error) => {
+            report
+                .error(raw.referenced, path, format!("{}: no usable private key: {error}", file.display()))
+                .hint("expected a PEM `PRIVATE KEY` (PKCS#8), `RSA PRIVATE KEY` (PKCS#1) or `EC PRIVATE KEY` (SEC1)");
+            None
+        }
+    }
+}
+
+fn read(report: &mut Report<'_>, raw: &Spanned<String>, file: &PathBuf, path: &str, what: &str) -> Option<Vec<u8>> {
+    match std::fs::read(file) {
+        Ok(bytes) => Some(bytes),
+        Err(error) => {
+            report
+                .error(raw.referenced, path, format!("cannot read {what} file {}: {error}", file.display()))
+                .hint("relative paths are relative to the config file's directory");
+            None
+        }
+    }
+}

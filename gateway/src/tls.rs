@@ -1,0 +1,92 @@
+//! TLS termination: rustls server configs built from a listener's validated `tls:` block.
+//!
+//! Every config is built with the aws-lc-rs provider explicitly, so a second provider elsewhere in
+//! the dependency graph can never make rustls pick one at run time (and panic). Certificates are
+//! chosen by SNI against their SAN names, wildcards included; the default serves everything else.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use rustls::crypto::aws_lc_rs;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+use rustls_pki_types::ServerName;
+
+use crate::config::{ListenerTls, TlsVersion};
+
+/// Handshakes that failed or timed out since start (for the metrics issue to export).
+pub static HANDSHAKE_FAILURES: AtomicU64 = AtomicU64::new(0);
+
+/// What a TLS listener's connections need: the rustls config and how long a handshake may take.
+#[derive(Debug)]
+pub struct Acceptor {
+    pub config: Arc<ServerConfig>,
+    pub handshake_timeout: Duration,
+}
+
+pub fn count_handshake_failure() {
+    HANDSHAKE_FAILURES.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Builds the acceptor for a listener: TLS 1.2+ (or 1.3 only), ALPN h2 then http/1.1, session
+/// resumption by tickets and by a session cache.
+pub fn acceptor(tls: &ListenerTls) -> Result<Acceptor, rustls::Error> {
+    let versions: &[&rustls::SupportedProtocolVersion] = match tls.min_version {
+        TlsVersion::V1_2 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        TlsVersion::V1_3 => &[&rustls::version::TLS13],
+    };
+    let resolver = SniResolver {
+        certificates: tls.certificates.iter().map(|c| c.certified.clone()).collect(),
+        default: tls.default_certificate,
+    };
+    let mut config = ServerConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
+        .with_protocol_versions(versions)?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(resolver));
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    if let Some(ticketer) = ticketer() {
+        config.ticketer = ticketer;
+    }
+    Ok(Acceptor { config: Arc::new(config), handshake_timeout: tls.handshake_timeout })
+}
+
+/// One ticket key for the whole process, so tickets survive a reload (rustls rotates the key).
+fn ticketer() -> Option<Arc<dyn rustls::server::ProducesTickets>> {
+    static TICKETER: OnceLock<Option<Arc<dyn rustls::server::ProducesTickets>>> = OnceLock::new();
+    TICKETER
+        .get_or_init(|| match aws_lc_rs::Ticketer::new() {
+            Ok(ticketer) => Some(ticketer),
+            Err(error) => {
+                tracing::warn!(%error, "TLS session tickets unavailable; resumption uses the session cache only");
+                None
+            }
+        })
+        .clone()
+}
+
+#[derive(Debug)]
+struct SniResolver {
+    certificates: Vec<Arc<CertifiedKey>>,
+    default: usize,
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let by_name = hello
+            .server_name()
+            .and_then(|name| ServerName::try_from(name).ok())
+            .and_then(|name| self.certificates.iter().find(|c| covers(c, &name)));
+        by_name.or_else(|| self.certificates.get(self.default)).cloned()
+    }
+}
+
+/// Whether the certificate's SAN names include `name` (RFC 6125 rules, wildcards included).
+fn covers(certificate: &CertifiedKey, name: &ServerName<'_>) -> bool {
+    certificate
+        .end_entity_cert()
+        .ok()
+        .and_then(|leaf| webpki::EndEntityCert::try_from(leaf).ok())
+        .is_some_and(|leaf| leaf.verify_is_valid_for_subject_name(name).is_ok())
+}
