@@ -12,9 +12,8 @@ use rustls::crypto::aws_lc_rs;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
-use rustls_pki_types::ServerName;
 
-use crate::config::{ListenerTls, TlsVersion};
+use crate::config::{Certificate, ListenerTls, TlsVersion};
 
 /// Handshakes that failed or timed out since start (for the metrics issue to export).
 pub static HANDSHAKE_FAILURES: AtomicU64 = AtomicU64::new(0);
@@ -37,10 +36,7 @@ pub fn acceptor(tls: &ListenerTls) -> Result<Acceptor, rustls::Error> {
         TlsVersion::V1_2 => &[&rustls::version::TLS13, &rustls::version::TLS12],
         TlsVersion::V1_3 => &[&rustls::version::TLS13],
     };
-    let resolver = SniResolver {
-        certificates: tls.certificates.iter().map(|c| c.certified.clone()).collect(),
-        default: tls.default_certificate,
-    };
+    let resolver = SniResolver { certificates: tls.certificates.clone(), default: tls.default_certificate };
     let mut config = ServerConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
         .with_protocol_versions(versions)?
         .with_no_client_auth()
@@ -68,25 +64,13 @@ fn ticketer() -> Option<Arc<dyn rustls::server::ProducesTickets>> {
 
 #[derive(Debug)]
 struct SniResolver {
-    certificates: Vec<Arc<CertifiedKey>>,
+    certificates: Vec<Certificate>,
     default: usize,
 }
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let by_name = hello
-            .server_name()
-            .and_then(|name| ServerName::try_from(name).ok())
-            .and_then(|name| self.certificates.iter().find(|c| covers(c, &name)));
-        by_name.or_else(|| self.certificates.get(self.default)).cloned()
+        let by_name = hello.server_name().and_then(|name| self.certificates.iter().find(|c| c.covers(name)));
+        by_name.or_else(|| self.certificates.get(self.default)).map(|c| c.certified.clone())
     }
-}
-
-/// Whether the certificate's SAN names include `name` (RFC 6125 rules, wildcards included).
-fn covers(certificate: &CertifiedKey, name: &ServerName<'_>) -> bool {
-    certificate
-        .end_entity_cert()
-        .ok()
-        .and_then(|leaf| webpki::EndEntityCert::try_from(leaf).ok())
-        .is_some_and(|leaf| leaf.verify_is_valid_for_subject_name(name).is_ok())
 }

@@ -57,6 +57,17 @@ pub struct Certificate {
     pub certified: Arc<CertifiedKey>,
 }
 
+impl Certificate {
+    /// Whether the certificate's subject alternative names cover `name` (RFC 6125 rules, as
+    /// clients check them: wildcards cover one label).
+    pub fn covers(&self, name: &str) -> bool {
+        let Ok(name) = rustls_pki_types::ServerName::try_from(name) else { return false };
+        (self.certified.end_entity_cert().ok())
+            .and_then(|leaf| webpki::EndEntityCert::try_from(leaf).ok())
+            .is_some_and(|leaf| leaf.verify_is_valid_for_subject_name(&name).is_ok())
+    }
+}
+
 /// Same files with the same chain. The key need not be compared: it must match the chain.
 impl PartialEq for Certificate {
     fn eq(&self, other: &Certificate) -> bool {

@@ -28,6 +28,7 @@ pub(crate) fn validate(file: &str, raw: &RawConfig) -> Result<(Config, Vec<Probl
     let shutdown = server::shutdown(&mut report, raw.shutdown.as_ref());
     let upstreams = upstreams::upstreams(&mut report, &raw.upstreams);
     let routes = routes::routes(&mut report, &raw.routes, &raw.upstreams, &server);
+    tls::host_coverage(&mut report, &raw.listeners.value, &listeners, &routes);
 
     let (errors, warnings): (Vec<Problem>, Vec<Problem>) =
         report.problems.into_iter().partition(|p| p.severity == Severity::Error);

@@ -11,8 +11,8 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde_saphyr::Spanned;
 
 use super::{duration, Report};
-use crate::config::model::{defaults, Certificate, ListenerTls, TlsVersion};
-use crate::config::raw::{RawCertificate, RawListenerTls};
+use crate::config::model::{defaults, Certificate, HostMatch, Listener, ListenerTls, Route, TlsVersion};
+use crate::config::raw::{RawCertificate, RawListener, RawListenerTls};
 
 pub(super) fn listener_tls(report: &mut Report<'_>, raw: &RawListenerTls, path: &str) -> Option<ListenerTls> {
     let certs_path = format!("{path}.certificates");
@@ -140,6 +140,45 @@ fn read(report: &mut Report<'_>, raw: &Spanned<String>, file: &PathBuf, path: &s
                 .error(raw.referenced, path, format!("cannot read {what} file {}: {error}", file.display()))
                 .hint("relative paths are relative to the config file's directory");
             None
+        }
+    }
+}
+
+/// Warns about certificates that cover none of the hosts routes are written for: likely a leftover,
+/// or a certificate for the wrong names. Says nothing when no route names a host.
+pub(super) fn host_coverage(report: &mut Report<'_>, raw: &[RawListener], listeners: &[Listener], routes: &[Route]) {
+    let hosts: Vec<String> = (routes.iter())
+        .filter_map(|route| match &route.matcher.host {
+            Some(HostMatch::Exact(host)) => Some(host.clone()),
+            // Any one label under the wildcard stands for all of them.
+            Some(HostMatch::Suffix(suffix)) => Some(format!("x{suffix}")),
+            None => None,
+        })
+        .collect();
+    if hosts.is_empty() {
+        return;
+    }
+    for listener in listeners {
+        let Some(tls) = &listener.tls else { continue };
+        let Some((i, raw_listener)) = raw.iter().enumerate().find(|(_, r)| r.name.value == listener.name) else {
+            continue;
+        };
+        let Some(raw_tls) = &raw_listener.tls else { continue };
+        for (j, (certificate, raw_certificate)) in tls.certificates.iter().zip(&raw_tls.certificates.value).enumerate()
+        {
+            if !hosts.iter().any(|host| certificate.covers(host)) {
+                report
+                    .warn(
+                        raw_certificate.cert.referenced,
+                        &format!("listeners[{i}].tls.certificates[{j}].cert"),
+                        format!(
+                            "{} covers none of the hosts routes match ({})",
+                            certificate.cert_path.display(),
+                            hosts.join(", ")
+                        ),
+                    )
+                    .hint("check the certificate's names; clients it would serve get a name mismatch");
+            }
         }
     }
 }
