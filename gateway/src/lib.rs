@@ -12,6 +12,7 @@ pub mod router;
 pub mod runtime;
 pub mod server;
 pub mod telemetry;
+pub mod timefmt;
 pub mod tls;
 pub mod upstream;
 pub mod worker;

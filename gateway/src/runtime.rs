@@ -27,8 +27,17 @@ pub struct Snapshot {
     /// Client-side limits; a connection uses those of the snapshot current when it was accepted.
     pub server: config::Server,
     pub drain_timeout: Duration,
-    /// TLS settings by listener name, for listeners that terminate TLS.
-    pub tls: HashMap<String, Arc<tls::Acceptor>>,
+    /// What each listener does with a connection, by listener name.
+    pub listeners: HashMap<String, Arc<ListenerRuntime>>,
+}
+
+/// How a listener's connections are served.
+#[derive(Debug)]
+pub struct ListenerRuntime {
+    /// Present on listeners that terminate TLS.
+    pub tls: Option<tls::Acceptor>,
+    /// Plain listeners that send every request to `https://` on this port.
+    pub redirect_https: Option<u16>,
 }
 
 /// A route with its upstream resolved and its timeout decided.
@@ -82,18 +91,18 @@ impl Snapshot {
                 })
             })
             .collect::<Result<Vec<_>, BuildError>>()?;
-        let tls = config
+        let listeners = config
             .listeners
             .iter()
-            .filter_map(|listener| Some((listener, listener.tls.as_ref()?)))
-            .map(|(listener, settings)| {
-                let acceptor = tls::acceptor(settings)
-                    .map_err(|source| BuildError::Tls { listener: listener.name.clone(), source })?;
-                Ok((listener.name.clone(), Arc::new(acceptor)))
+            .map(|listener| {
+                let tls = listener.tls.as_ref().map(tls::acceptor).transpose();
+                let tls = tls.map_err(|source| BuildError::Tls { listener: listener.name.clone(), source })?;
+                let runtime = ListenerRuntime { tls, redirect_https: listener.redirect_https };
+                Ok((listener.name.clone(), Arc::new(runtime)))
             })
             .collect::<Result<HashMap<_, _>, BuildError>>()?;
         Ok(Snapshot {
-            tls,
+            listeners,
             router: Router::new(&config.routes),
             routes,
             upstreams,

@@ -8,21 +8,24 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use http::HeaderValue;
 use rustls::crypto::aws_lc_rs;
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
-use rustls::ServerConfig;
+use rustls::{RootCertStore, ServerConfig};
 
-use crate::config::{Certificate, ListenerTls, TlsVersion};
+use crate::config::{Certificate, Hsts, ListenerTls, TlsVersion};
 
 /// Handshakes that failed or timed out since start (for the metrics issue to export).
 pub static HANDSHAKE_FAILURES: AtomicU64 = AtomicU64::new(0);
 
-/// What a TLS listener's connections need: the rustls config and how long a handshake may take.
+/// What a TLS listener's connections need: the rustls config, how long a handshake may take, and
+/// the `Strict-Transport-Security` value its responses carry.
 #[derive(Debug)]
 pub struct Acceptor {
     pub config: Arc<ServerConfig>,
     pub handshake_timeout: Duration,
+    pub hsts: Option<HeaderValue>,
 }
 
 pub fn count_handshake_failure() {
@@ -37,15 +40,42 @@ pub fn acceptor(tls: &ListenerTls) -> Result<Acceptor, rustls::Error> {
         TlsVersion::V1_3 => &[&rustls::version::TLS13],
     };
     let resolver = SniResolver { certificates: tls.certificates.clone(), default: tls.default_certificate };
-    let mut config = ServerConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
-        .with_protocol_versions(versions)?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(resolver));
+    let provider = Arc::new(aws_lc_rs::default_provider());
+    let builder = ServerConfig::builder_with_provider(provider.clone()).with_protocol_versions(versions)?;
+    let builder = match &tls.client_auth {
+        None => builder.with_no_client_auth(),
+        Some(auth) => {
+            let mut roots = RootCertStore::empty();
+            for root in &auth.roots {
+                roots.add(root.clone())?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            let verifier = if auth.required { verifier } else { verifier.allow_unauthenticated() };
+            builder.with_client_cert_verifier(verifier.build().map_err(|e| rustls::Error::General(e.to_string()))?)
+        }
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     if let Some(ticketer) = ticketer() {
         config.ticketer = ticketer;
     }
-    Ok(Acceptor { config: Arc::new(config), handshake_timeout: tls.handshake_timeout })
+    Ok(Acceptor {
+        config: Arc::new(config),
+        handshake_timeout: tls.handshake_timeout,
+        hsts: tls.hsts.as_ref().map(hsts),
+    })
+}
+
+/// `max-age=31536000; includeSubDomains; preload` (RFC 6797 section 6.1).
+fn hsts(hsts: &Hsts) -> HeaderValue {
+    let mut value = format!("max-age={}", hsts.max_age.as_secs());
+    if hsts.include_subdomains {
+        value.push_str("; includeSubDomains");
+    }
+    if hsts.preload {
+        value.push_str("; preload");
+    }
+    HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static("max-age=0"))
 }
 
 /// One ticket key for the whole process, so tickets survive a reload (rustls rotates the key).

@@ -31,6 +31,8 @@ pub struct Listener {
     pub address: SocketAddr,
     /// Present when the listener terminates TLS.
     pub tls: Option<ListenerTls>,
+    /// On a plain listener: answer every request with a 308 to `https://` on this port.
+    pub redirect_https: Option<u16>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -41,6 +43,26 @@ pub struct ListenerTls {
     pub default_certificate: usize,
     pub min_version: TlsVersion,
     pub handshake_timeout: Duration,
+    /// `Strict-Transport-Security` sent on every response of this listener.
+    pub hsts: Option<Hsts>,
+    /// Verify client certificates against these CAs.
+    pub client_auth: Option<ClientAuth>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hsts {
+    pub max_age: Duration,
+    pub include_subdomains: bool,
+    pub preload: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientAuth {
+    pub ca_path: PathBuf,
+    /// The CA certificates read from `ca_path`, at least one.
+    pub roots: Vec<rustls_pki_types::CertificateDer<'static>>,
+    /// When false, clients without a certificate are let in; one that presents a bad one is not.
+    pub required: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,18 +131,39 @@ pub struct Shutdown {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Upstream {
     pub name: String,
-    /// At least one; each `http://host:port` with no path, query or credentials.
+    /// At least one; each `http://host:port` or `https://host:port` with no path, query or credentials.
     pub endpoints: Vec<Endpoint>,
     pub load_balancing: LoadBalancing,
     pub connect_timeout: Duration,
     /// Time allowed until the upstream's response head arrives (routes may override).
     pub request_timeout: Duration,
     pub pool: Pool,
+    /// Present exactly when the endpoints are `https://` (an upstream never mixes schemes).
+    pub tls: Option<UpstreamTls>,
+}
+
+/// How the gateway checks an `https://` upstream's certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// CA certificates to trust instead of the webpki (Mozilla) roots.
+    pub ca: Option<CaBundle>,
+    /// Name sent as SNI and verified in the certificate, instead of each endpoint's host.
+    pub server_name: Option<rustls_pki_types::ServerName<'static>>,
+    /// Accept any certificate (the connection is still encrypted). Only when written explicitly.
+    pub insecure_skip_verify: bool,
+}
+
+/// A CA file, read and parsed during validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaBundle {
+    pub path: PathBuf,
+    /// At least one, in file order.
+    pub roots: Vec<rustls_pki_types::TrustAnchor<'static>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
-    /// Scheme and authority only, e.g. `http://127.0.0.1:9001`.
+    /// Scheme (`http` or `https`, lowercase) and authority only, e.g. `http://127.0.0.1:9001`.
     pub uri: Uri,
 }
 

@@ -27,6 +27,28 @@ pub(crate) struct RawListener {
     pub name: Spanned<String>,
     pub address: Spanned<String>,
     pub tls: Option<RawListenerTls>,
+    pub redirect_https: Option<Spanned<RawRedirectHttps>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRedirectHttps {
+    pub port: Spanned<u16>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHsts {
+    pub max_age: Spanned<String>,
+    pub include_subdomains: Option<bool>,
+    pub preload: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawClientAuth {
+    pub ca: Spanned<String>,
+    pub required: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -35,6 +57,8 @@ pub(crate) struct RawListenerTls {
     pub certificates: Spanned<Vec<RawCertificate>>,
     pub min_version: Option<Spanned<String>>,
     pub handshake_timeout: Option<Spanned<String>>,
+    pub hsts: Option<RawHsts>,
+    pub client_auth: Option<RawClientAuth>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -76,6 +100,15 @@ pub(crate) struct RawUpstream {
     pub connect_timeout: Option<Spanned<String>>,
     pub request_timeout: Option<Spanned<String>>,
     pub pool: Option<RawPool>,
+    pub tls: Option<Spanned<RawUpstreamTls>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawUpstreamTls {
+    pub ca: Option<Spanned<String>>,
+    pub server_name: Option<Spanned<String>>,
+    pub insecure_skip_verify: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -157,10 +190,34 @@ pub(crate) struct RawListenerRefs {
 pub(crate) struct RawTlsRefs {
     #[serde(default)]
     pub certificates: Vec<RawCertificateRefs>,
+    pub client_auth: Option<RawClientAuthRefs>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawClientAuthRefs {
+    pub ca: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct RawCertificateRefs {
     pub cert: Option<String>,
     pub key: Option<String>,
+}
+
+/// Just the files upstreams refer to (`upstreams.*.tls.ca`), read leniently like [`RawFileRefs`].
+/// A separate document so a malformed `upstreams` section cannot hide the listeners' files.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawUpstreamFileRefs {
+    #[serde(default)]
+    pub upstreams: Option<OrderedMap<RawUpstreamRefs>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawUpstreamRefs {
+    pub tls: Option<RawUpstreamTlsRefs>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawUpstreamTlsRefs {
+    pub ca: Option<String>,
 }

@@ -38,7 +38,12 @@ fn shipped_example_loads_without_warnings() {
     let config = loaded.config;
     assert_eq!(
         config.listeners,
-        [Listener { name: "public".into(), address: "127.0.0.1:8080".parse().unwrap(), tls: None }]
+        [Listener {
+            name: "public".into(),
+            address: "127.0.0.1:8080".parse().unwrap(),
+            tls: None,
+            redirect_https: None
+        }]
     );
     assert_eq!(config.admin, Some(Admin { address: "127.0.0.1:9100".parse().unwrap() }));
     assert_eq!(config.upstreams.len(), 1);

@@ -7,6 +7,7 @@ mod body;
 mod error;
 mod headers;
 mod path;
+mod redirect;
 mod upgrade;
 
 use std::net::SocketAddr;
@@ -28,33 +29,52 @@ use crate::upstream::{Endpoint, InFlight};
 /// The body the gateway sends upstream: the client's body, streamed, capped at the route's limit.
 pub type UpstreamRequestBody = Limited<Incoming>;
 
-/// What the gateway knows about the connection a request arrived on.
-#[derive(Debug, Clone, Copy)]
+/// What the gateway knows about the connection a request arrived on, and its listener's rules.
+#[derive(Debug, Clone)]
 pub struct Connection {
     pub peer: SocketAddr,
     /// `http` or `https`.
     pub proto: &'static str,
+    /// Answer every request with a redirect to `https://` on this port instead of proxying it.
+    pub redirect_https: Option<u16>,
+    /// `Strict-Transport-Security` for every response (HTTPS listeners only, RFC 6797).
+    pub hsts: Option<HeaderValue>,
 }
 
 /// Proxies one request with the given snapshot. Never fails: errors become JSON responses.
 pub async fn handle(snapshot: Arc<Snapshot>, conn: Connection, request: Request<Incoming>) -> Response<ProxyBody> {
     let request_id = headers::request_id(request.headers());
     let method = request.method().clone();
-    let mut response = match proxy(&snapshot, conn, request, &request_id).await {
+    let result = match conn.redirect_https {
+        Some(port) => redirect::to_https(&request, port),
+        None => proxy(&snapshot, &conn, request, &request_id).await,
+    };
+    let mut response = match result {
         Ok(response) => response,
         Err(error) => {
             let (status, code) = error.status_and_code();
-            tracing::warn!(request_id = request_id.to_str().unwrap_or(""), %method, status = status.as_u16(), code, %error, "request failed");
+            tracing::warn!(
+                request_id = request_id.to_str().unwrap_or(""),
+                %method,
+                status = status.as_u16(),
+                code,
+                %error,
+                cause = causes(&error),
+                "request failed"
+            );
             error.into_response(&request_id)
         }
     };
     response.headers_mut().insert(&headers::X_REQUEST_ID, request_id);
+    if let Some(hsts) = conn.hsts {
+        response.headers_mut().insert(header::STRICT_TRANSPORT_SECURITY, hsts);
+    }
     response
 }
 
 async fn proxy(
     snapshot: &Snapshot,
-    conn: Connection,
+    conn: &Connection,
     mut request: Request<Incoming>,
     request_id: &HeaderValue,
 ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -101,7 +121,7 @@ async fn proxy(
 }
 
 /// The host the client asked for: the Host header (HTTP/1.1) or the URI authority (HTTP/2).
-fn request_host<B>(request: &Request<B>) -> Option<HeaderValue> {
+pub(crate) fn request_host<B>(request: &Request<B>) -> Option<HeaderValue> {
     match request.headers().get(header::HOST) {
         Some(host) => Some(host.clone()),
         None => HeaderValue::from_str(request.uri().authority()?.as_str()).ok(),
@@ -174,6 +194,17 @@ async fn send(
         }),
         Ok(Err(error)) => Err(ProxyError::Upstream { upstream: upstream(), source: Box::new(error) }),
     }
+}
+
+/// The chain of underlying errors, for the log (clients never see it): `tls: UnknownIssuer`.
+fn causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut chain = Vec::new();
+    let mut current = error.source();
+    while let Some(cause) = current {
+        chain.push(cause.to_string());
+        current = cause.source();
+    }
+    chain.join(": ")
 }
 
 fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {

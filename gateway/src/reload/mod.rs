@@ -85,14 +85,9 @@ impl Reloader {
     pub fn new(path: PathBuf, config: Config, version: Version, runtime: Runtime, workers: usize) -> Reloader {
         let status = Arc::new(Status::new(path.display().to_string(), version.clone()));
         let active = Mutex::new(Active { config: config.clone(), version, failed: None });
-        let watched =
-            std::iter::once(path.clone())
-                .chain(
-                    config.listeners.iter().filter_map(|l| l.tls.as_ref()).flat_map(|tls| {
-                        tls.certificates.iter().flat_map(|c| [c.cert_path.clone(), c.key_path.clone()])
-                    }),
-                )
-                .collect();
+        // The same list every reload computes: certificates, keys and CA files of every section.
+        let referenced = read_files(&path).map(|read| read.referenced).unwrap_or_default();
+        let watched = std::iter::once(path.clone()).chain(referenced).collect();
         Reloader { path, runtime, workers, running: config, active, status, watched: Mutex::new(watched) }
     }
 
@@ -180,14 +175,13 @@ impl Reloader {
         for reason in &restart_required {
             tracing::warn!("{reason}");
         }
-        self.runtime.store(Arc::new(snapshot));
+        self.status.apply(trigger, version.clone(), restart_required, || self.runtime.store(Arc::new(snapshot)));
         tracing::info!(
             ?trigger,
             version = version.as_str(),
             changes = diff::summary(&active.config, &loaded.config),
             "config reloaded"
         );
-        self.status.applied(trigger, version.clone(), restart_required);
         *active = Active { config: loaded.config, version, failed: None };
     }
 }

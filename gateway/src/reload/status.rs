@@ -1,9 +1,11 @@
 //! What `/admin/config` reports: the active config's version and the last reload attempt.
 
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use serde::Serialize;
+
+use crate::timefmt::rfc3339;
 
 /// Identifies a config file's exact content: FNV-1a 64 of its bytes, as 16 hex digits.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -94,16 +96,21 @@ impl Status {
         }))
     }
 
-    pub(super) fn applied(&self, trigger: Trigger, version: Version, restart_required: Vec<String>) {
-        if let Ok(mut report) = self.0.lock() {
-            let now = rfc3339(SystemTime::now());
-            report.last_reload =
-                Some(Attempt { at: now.clone(), trigger, ok: true, version: Some(version.clone()), error: None });
-            report.version = version;
-            report.loaded_at = now;
-            report.restart_required = restart_required;
-            report.reloads.ok += 1;
-        }
+    /// Runs `swap` (which puts the new snapshot in service) and records it, under the report's lock:
+    /// whoever reads the report after the swap sees the new version, never the old one.
+    pub(super) fn apply(&self, trigger: Trigger, version: Version, restart_required: Vec<String>, swap: impl FnOnce()) {
+        let mut report = match self.0.lock() {
+            Ok(report) => report,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        swap();
+        let now = rfc3339(SystemTime::now());
+        report.last_reload =
+            Some(Attempt { at: now.clone(), trigger, ok: true, version: Some(version.clone()), error: None });
+        report.version = version;
+        report.loaded_at = now;
+        report.restart_required = restart_required;
+        report.reloads.ok += 1;
     }
 
     /// The file is again identical to the serving config after a failed attempt: nothing to apply,
@@ -133,42 +140,9 @@ impl Status {
     }
 }
 
-/// `2026-11-21T15:20:00.123Z`: UTC, millisecond precision.
-pub(crate) fn rfc3339(time: SystemTime) -> String {
-    let since_epoch = time.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = since_epoch.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3_600,
-        rem % 3_600 / 60,
-        rem % 60,
-        since_epoch.subsec_millis()
-    )
-}
-
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
-
-    #[test]
-    fn rfc3339_formats_known_instants() {
-        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_millis(951_782_400_123)), "2000-02-29T00:00:00.123Z");
-        assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_secs(1_795_274_399)), "2026-11-21T15:19:59.000Z");
-    }
 
     #[test]
     fn version_is_fnv1a_of_the_bytes() {

@@ -43,13 +43,21 @@ fn http_server(server: &config::Server) -> auto::Builder<TokioExecutor> {
 pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, listener: Arc<str>, runtime: Runtime, watcher: Watcher) {
     // Small responses must not wait for Nagle.
     let _ = stream.set_nodelay(true);
-    let acceptor = runtime.load().tls.get(&*listener).cloned();
-    let Some(acceptor) = acceptor else {
-        return serve_http(stream, peer, "http", runtime, watcher).await;
+    let Some(settings) = runtime.load().listeners.get(&*listener).cloned() else {
+        tracing::debug!(%listener, "listener not in the current config; closing the connection");
+        return;
+    };
+    let Some(acceptor) = &settings.tls else {
+        let connection = proxy::Connection { peer, proto: "http", redirect_https: settings.redirect_https, hsts: None };
+        return serve_http(stream, connection, runtime, watcher).await;
     };
     let handshake = tokio_rustls::TlsAcceptor::from(acceptor.config.clone()).accept(stream);
     match tokio::time::timeout(acceptor.handshake_timeout, handshake).await {
-        Ok(Ok(stream)) => serve_http(stream, peer, "https", runtime, watcher).await,
+        Ok(Ok(stream)) => {
+            let connection =
+                proxy::Connection { peer, proto: "https", redirect_https: None, hsts: acceptor.hsts.clone() };
+            serve_http(stream, connection, runtime, watcher).await;
+        }
         Ok(Err(error)) => {
             tls::count_handshake_failure();
             tracing::debug!(%peer, %listener, %error, "TLS handshake failed");
@@ -61,7 +69,7 @@ pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, listener: Arc<str
     }
 }
 
-async fn serve_http<S>(stream: S, peer: SocketAddr, proto: &'static str, runtime: Runtime, watcher: Watcher)
+async fn serve_http<S>(stream: S, connection: proxy::Connection, runtime: Runtime, watcher: Watcher)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -74,11 +82,12 @@ where
     };
     let activity = Arc::new(Activity::default());
     let io = TokioIo::new(TimedIo::new(stream, activity.clone(), timeouts));
-    let connection = proxy::Connection { peer, proto };
+    let peer = connection.peer;
     let service = service_fn(move |request| {
         // One snapshot for the whole request, loaded once.
         let snapshot = runtime.load_full();
         let guard = activity.start_request();
+        let connection = connection.clone();
         async move {
             let response = proxy::handle(snapshot, connection, request).await;
             Ok::<_, Infallible>(response.map(|body| Tracked { body, _guard: guard }))

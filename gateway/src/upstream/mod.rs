@@ -1,6 +1,7 @@
 //! Upstreams: their endpoints, the balancer that picks one, and the pooled HTTP client.
 
 mod balancer;
+mod tls;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -8,8 +9,9 @@ use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
 use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::{Builder, Client, ResponseFuture};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::proxy::UpstreamRequestBody;
@@ -19,7 +21,24 @@ use balancer::Balancer;
 /// Largest upstream response head accepted; larger is a 502, never unbounded memory.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
-pub type HttpClient = Client<HttpConnector, UpstreamRequestBody>;
+/// One worker's pooled client to an upstream. An upstream's endpoints are all `http://` or all
+/// `https://` (validation rejects a mix), so plain upstreams keep a plain connector: no TLS layer,
+/// no boxed connect future, nothing added to their path.
+#[derive(Debug)]
+pub enum HttpClient {
+    Plain(Client<HttpConnector, UpstreamRequestBody>),
+    Tls(Client<HttpsConnector<HttpConnector>, UpstreamRequestBody>),
+}
+
+impl HttpClient {
+    /// Sends `request` (absolute URI) on a pooled or new connection.
+    pub fn request(&self, request: http::Request<UpstreamRequestBody>) -> ResponseFuture {
+        match self {
+            HttpClient::Plain(client) => client.request(request),
+            HttpClient::Tls(client) => client.request(request),
+        }
+    }
+}
 
 /// A named upstream with its endpoints and connection pools.
 #[derive(Debug)]
@@ -71,6 +90,7 @@ impl Upstream {
             p.clients.len() == workers.max(1)
                 && p.config.connect_timeout == config.connect_timeout
                 && p.config.pool == config.pool
+                && p.config.tls == config.tls
         });
         let endpoints = config
             .endpoints
@@ -89,15 +109,16 @@ impl Upstream {
                 }))
             })
             .collect();
+        let name: Arc<str> = Arc::from(config.name.as_str());
         Arc::new(Upstream {
-            name: Arc::from(config.name.as_str()),
+            clients: match reuse_pools {
+                Some(previous) => previous.clients.clone(),
+                None => build_clients(&name, config, workers.max(1)),
+            },
+            name,
             config: config.clone(),
             endpoints,
             balancer: Balancer::new(config.load_balancing),
-            clients: match reuse_pools {
-                Some(previous) => previous.clients.clone(),
-                None => (0..workers.max(1)).map(|_| build_client(config)).collect(),
-            },
             request_timeout: config.request_timeout,
         })
     }
@@ -123,12 +144,29 @@ impl Upstream {
     }
 }
 
-fn build_client(config: &config::Upstream) -> HttpClient {
+/// One client per worker. An upstream whose TLS client cannot be set up (not expected: it only
+/// depends on the built-in crypto provider) gets plain clients, which refuse its `https://` URIs:
+/// its requests fail as connect errors (502) instead of the whole reload failing.
+fn build_clients(name: &Arc<str>, config: &config::Upstream, workers: usize) -> Arc<[HttpClient]> {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(config.connect_timeout));
     connector.set_nodelay(true);
-    connector.enforce_http(true);
-    Client::builder(TokioExecutor::new())
+    let builder = client_builder(config);
+    if let Some(upstream_tls) = &config.tls {
+        // The TLS connector hands the `https://` URI to the TCP connector.
+        connector.enforce_http(false);
+        match tls::connector(name, upstream_tls, connector.clone()) {
+            Ok(https) => return (0..workers).map(|_| HttpClient::Tls(builder.build(https.clone()))).collect(),
+            Err(error) => tracing::error!(upstream = &**name, %error, "TLS to this upstream is unavailable"),
+        }
+        connector.enforce_http(true);
+    }
+    (0..workers).map(|_| HttpClient::Plain(builder.build(connector.clone()))).collect()
+}
+
+fn client_builder(config: &config::Upstream) -> Builder {
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder
         // Without a timer the pool never expires idle connections.
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
@@ -136,9 +174,59 @@ fn build_client(config: &config::Upstream) -> HttpClient {
         .pool_max_idle_per_host(config.pool.max_idle_per_host)
         .http1_max_buf_size(MAX_RESPONSE_HEAD)
         // The gateway sets Host itself (preserve_host), so the client must not replace it.
-        .set_host(false)
-        .build(connector)
+        .set_host(false);
+    builder
 }
 
 /// Response from an upstream, as handed back by the client.
 pub type UpstreamResponse = http::Response<Incoming>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream_config(endpoint: &str, tls: Option<config::UpstreamTls>) -> config::Upstream {
+        config::Upstream {
+            name: "u".into(),
+            endpoints: vec![config::Endpoint { uri: endpoint.parse().unwrap() }],
+            load_balancing: config::LoadBalancing::RoundRobin,
+            connect_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(1),
+            pool: config::Pool { idle_timeout: Duration::from_secs(1), max_idle_per_host: 1 },
+            tls,
+        }
+    }
+
+    fn tls(insecure_skip_verify: bool) -> Option<config::UpstreamTls> {
+        Some(config::UpstreamTls { ca: None, server_name: None, insecure_skip_verify })
+    }
+
+    #[test]
+    fn build_plain_endpoints_plain_client() {
+        let upstream = Upstream::build(&upstream_config("http://127.0.0.1:1", None), 2, None);
+        assert!(upstream.clients.iter().all(|c| matches!(c, HttpClient::Plain(_))));
+    }
+
+    #[test]
+    fn build_https_endpoints_tls_client() {
+        let upstream = Upstream::build(&upstream_config("https://127.0.0.1:1", tls(false)), 2, None);
+        assert!(upstream.clients.iter().all(|c| matches!(c, HttpClient::Tls(_))));
+        assert_eq!(upstream.endpoints[0].scheme, Scheme::HTTPS);
+    }
+
+    #[test]
+    fn build_same_tls_settings_kept_whole() {
+        let config = upstream_config("https://127.0.0.1:1", tls(false));
+        let before = Upstream::build(&config, 2, None);
+        assert!(Arc::ptr_eq(&before, &Upstream::build(&config, 2, Some(&before))));
+    }
+
+    #[test]
+    fn build_changed_tls_settings_new_pools() {
+        let before = Upstream::build(&upstream_config("https://127.0.0.1:1", tls(false)), 2, None);
+        let after = Upstream::build(&upstream_config("https://127.0.0.1:1", tls(true)), 2, Some(&before));
+        assert!(!Arc::ptr_eq(&before.clients, &after.clients));
+        // The endpoint itself (its in-flight count) carries over.
+        assert!(Arc::ptr_eq(&before.endpoints[0], &after.endpoints[0]));
+    }
+}

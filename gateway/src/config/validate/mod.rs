@@ -5,6 +5,7 @@
 //! run and the author sees every problem in one go. The config is only returned when no error
 //! was recorded, so those stand-ins never escape.
 
+mod expiry;
 mod matcher;
 mod routes;
 mod server;

@@ -52,7 +52,21 @@ pub(super) fn listeners(
         }
         bound.push(Bound { name: &name.value, address, line: listener.address.referenced.line() });
         let tls = listener.tls.as_ref().and_then(|tls| super::tls::listener_tls(report, tls, &format!("{path}.tls")));
-        listeners.push(Listener { name: name.value.clone(), address, tls });
+        let redirect_https = listener.redirect_https.as_ref().and_then(|redirect| {
+            let (at, port) = (redirect.value.port.referenced, redirect.value.port.value);
+            if listener.tls.is_some() {
+                report
+                    .error(redirect.referenced, &format!("{path}.redirect_https"), "this listener already serves TLS")
+                    .hint("put redirect_https on a plain listener, pointing at the TLS listener's port");
+                None
+            } else if port == 0 {
+                report.error(at, &format!("{path}.redirect_https.port"), "the HTTPS port must not be 0");
+                None
+            } else {
+                Some(port)
+            }
+        });
+        listeners.push(Listener { name: name.value.clone(), address, tls, redirect_https });
     }
 
     let admin = raw_admin.and_then(|admin| {

@@ -1,8 +1,9 @@
 //! A listener's `tls:` block: certificate and key files are read, decoded and checked to match
 //! here, so `gateway check` and a reload report a bad file at its line in the YAML.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use rustls::crypto::aws_lc_rs::sign::any_supported_type;
 use rustls::sign::CertifiedKey;
@@ -10,8 +11,10 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde_saphyr::Spanned;
 
-use super::{duration, Report};
-use crate::config::model::{defaults, Certificate, HostMatch, Listener, ListenerTls, Route, TlsVersion};
+use super::{duration, expiry, Report};
+use crate::config::model::{
+    defaults, Certificate, ClientAuth, HostMatch, Hsts, Listener, ListenerTls, Route, TlsVersion,
+};
 use crate::config::raw::{RawCertificate, RawListener, RawListenerTls};
 
 pub(super) fn listener_tls(report: &mut Report<'_>, raw: &RawListenerTls, path: &str) -> Option<ListenerTls> {
@@ -50,11 +53,26 @@ pub(super) fn listener_tls(report: &mut Report<'_>, raw: &RawListenerTls, path: 
         &format!("{path}.handshake_timeout"),
         defaults::TLS_HANDSHAKE_TIMEOUT,
     );
+    let hsts = raw.hsts.as_ref().map(|hsts| Hsts {
+        max_age: duration(report, Some(&hsts.max_age), &format!("{path}.hsts.max_age"), Duration::ZERO),
+        include_subdomains: hsts.include_subdomains.unwrap_or(false),
+        preload: hsts.preload.unwrap_or(false),
+    });
+    let client_auth = match &raw.client_auth {
+        Some(auth) => {
+            let ca_path = crate::config::resolve(report.file, &auth.ca.value);
+            let roots = read_chain(report, &auth.ca, &ca_path, &format!("{path}.client_auth.ca"))?;
+            Some(ClientAuth { ca_path, roots, required: auth.required.unwrap_or(true) })
+        }
+        None => None,
+    };
     (certificates.len() == raw.certificates.value.len() && !certificates.is_empty()).then(|| ListenerTls {
         certificates,
         default_certificate: defaults_marked.first().copied().unwrap_or(0),
         min_version,
         handshake_timeout,
+        hsts,
+        client_auth,
     })
 }
 
@@ -88,7 +106,29 @@ fn certificate(report: &mut Report<'_>, raw: &RawCertificate, path: &str) -> Opt
             .hint("pair each certificate with the private key it was issued for");
         return None;
     }
+    warn_if_expiring(report, raw, &certified, &cert_path, path);
     Some(Certificate { cert_path, key_path, certified: Arc::new(certified) })
+}
+
+/// Clients refuse an expired certificate; the gateway still serves it, so this is a warning,
+/// given early while there is time to renew.
+fn warn_if_expiring(report: &mut Report<'_>, raw: &RawCertificate, certified: &CertifiedKey, file: &Path, path: &str) {
+    const SOON: Duration = Duration::from_secs(14 * 24 * 3600);
+    let Some(not_after) = certified.end_entity_cert().ok().and_then(|leaf| expiry::not_after(leaf)) else { return };
+    let when = crate::timefmt::rfc3339(not_after);
+    match not_after.duration_since(SystemTime::now()) {
+        Err(_) => {
+            report
+                .warn(raw.cert.referenced, &format!("{path}.cert"), format!("{} expired on {when}", file.display()))
+                .hint("renew it: clients refuse an expired certificate");
+        }
+        Ok(left) if left < SOON => {
+            report
+                .warn(raw.cert.referenced, &format!("{path}.cert"), format!("{} expires on {when}", file.display()))
+                .hint("renew it soon; replacing the files reloads it without a restart");
+        }
+        Ok(_) => {}
+    }
 }
 
 fn read_chain(

@@ -1,7 +1,9 @@
-//! Checks `upstreams`: names, endpoint URLs, balancing, timeouts and pool settings.
+//! Checks `upstreams`: names, endpoint URLs, balancing, timeouts, pool and TLS settings.
+
+mod tls;
 
 use http::Uri;
-use serde_saphyr::Spanned;
+use serde_saphyr::{Location, Spanned};
 
 use super::{check_name, duration, path_key, Report};
 use crate::config::model::{defaults, Endpoint, LoadBalancing, Pool, Upstream};
@@ -31,6 +33,8 @@ fn upstream(report: &mut Report<'_>, name: &Spanned<String>, raw: &RawUpstream) 
             .hint("e.g. `endpoints: [http://127.0.0.1:9001]`");
     }
     let mut endpoints: Vec<Endpoint> = Vec::new();
+    // Where each valid endpoint was written, for checks that point at one of them.
+    let mut located: Vec<(String, Location)> = Vec::new();
     for (i, raw_endpoint) in raw.endpoints.value.iter().enumerate() {
         let endpoint_path = format!("{endpoints_path}[{i}]");
         let Some(endpoint) = self::endpoint(report, raw_endpoint, &endpoint_path) else { continue };
@@ -40,6 +44,7 @@ fn upstream(report: &mut Report<'_>, name: &Spanned<String>, raw: &RawUpstream) 
                 .warn(raw_endpoint.referenced, &endpoint_path, format!("endpoint {} is listed twice", endpoint.uri))
                 .hint("remove the duplicate");
         }
+        located.push((endpoint_path, raw_endpoint.referenced));
         endpoints.push(endpoint);
     }
 
@@ -82,10 +87,11 @@ fn upstream(report: &mut Report<'_>, name: &Spanned<String>, raw: &RawUpstream) 
             .and_then(|p| p.max_idle_per_host.as_ref())
             .map_or(defaults::POOL_MAX_IDLE_PER_HOST, |n| n.value),
     };
-    Upstream { name: name.value.clone(), endpoints, load_balancing, connect_timeout, request_timeout, pool }
+    let tls = tls::upstream_tls(report, &name.value, raw.tls.as_ref(), &endpoints, &located, &path);
+    Upstream { name: name.value.clone(), endpoints, load_balancing, connect_timeout, request_timeout, pool, tls }
 }
 
-/// `http://host[:port][/]` and nothing else.
+/// `http://host[:port][/]` or `https://host[:port][/]` and nothing else.
 fn endpoint(report: &mut Report<'_>, raw: &Spanned<String>, path: &str) -> Option<Endpoint> {
     let text = raw.value.trim();
     let mut fail = |message: String, hint: &str| {
@@ -105,17 +111,14 @@ fn endpoint(report: &mut Report<'_>, raw: &Spanned<String>, path: &str) -> Optio
     let Ok(uri) = text.parse::<Uri>() else {
         return fail(format!("endpoint {text:?} is not a valid URL"), example);
     };
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some(scheme) if scheme.eq_ignore_ascii_case("https") => {
-            return fail(
-                format!("endpoint {text:?}: https upstreams are not supported yet (TLS to upstreams comes in a later release)"),
-                "use an http:// endpoint for now",
-            );
+    let scheme = match uri.scheme_str() {
+        Some(scheme) if scheme.eq_ignore_ascii_case("http") => "http",
+        Some(scheme) if scheme.eq_ignore_ascii_case("https") => "https",
+        Some(scheme) => {
+            return fail(format!("endpoint {text:?}: scheme {scheme:?} is not supported"), "use http:// or https://")
         }
-        Some(scheme) => return fail(format!("endpoint {text:?}: scheme {scheme:?} is not supported"), "use http://"),
         None => return fail(format!("endpoint {text:?} has no scheme"), &format!("write \"http://{text}\"")),
-    }
+    };
     let Some(authority) = uri.authority().filter(|a| !a.host().is_empty()) else {
         return fail(format!("endpoint {text:?} has no host"), example);
     };
@@ -136,7 +139,7 @@ fn endpoint(report: &mut Report<'_>, raw: &Spanned<String>, path: &str) -> Optio
     if uri.query().is_some() || text.contains('#') {
         return fail(format!("endpoint {text:?} has a query or fragment"), "remove everything from `?` or `#` on");
     }
-    match format!("http://{authority}").parse::<Uri>() {
+    match format!("{scheme}://{authority}").parse::<Uri>() {
         Ok(uri) => Some(Endpoint { uri }),
         Err(_) => fail(format!("endpoint {text:?} is not a valid URL"), example),
     }

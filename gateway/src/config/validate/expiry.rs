@@ -1,0 +1,100 @@
+//! When a certificate stops being valid: `notAfter`, read from the DER by a short walk instead of a
+//! full X.509 parser (RFC 5280 section 4.1: Certificate > TBSCertificate > Validity).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The certificate's `notAfter`, or None when the DER is not shaped like a certificate.
+pub(super) fn not_after(der: &[u8]) -> Option<SystemTime> {
+    let (_, certificate, _) = tlv(der, 0x30)?;
+    let (_, tbs, _) = tlv(certificate, 0x30)?;
+    // [0] EXPLICIT version is optional (absent means v1).
+    let rest = match tbs.first() {
+        Some(0xa0) => tlv(tbs, 0xa0)?.2,
+        _ => tbs,
+    };
+    let (_, _serial, rest) = tlv(rest, 0x02)?;
+    let (_, _signature, rest) = tlv(rest, 0x30)?;
+    let (_, _issuer, rest) = tlv(rest, 0x30)?;
+    let (_, validity, _) = tlv(rest, 0x30)?;
+    let (_, _not_before, rest) = tlv_any(validity)?;
+    let (tag, not_after, _) = tlv_any(rest)?;
+    time(tag, not_after)
+}
+
+/// One DER element with the expected tag: (tag, contents, what follows).
+fn tlv(input: &[u8], tag: u8) -> Option<(u8, &[u8], &[u8])> {
+    tlv_any(input).filter(|(found, _, _)| *found == tag)
+}
+
+fn tlv_any(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first & 0x80 == 0 {
+        (usize::from(first), rest)
+    } else {
+        let count = usize::from(first & 0x7f);
+        if count == 0 || count > 4 {
+            return None;
+        }
+        let (bytes, rest) = (rest.get(..count)?, rest.get(count..)?);
+        (bytes.iter().fold(0usize, |len, &b| (len << 8) | usize::from(b)), rest)
+    };
+    Some((tag, rest.get(..len)?, rest.get(len..)?))
+}
+
+/// UTCTime `YYMMDDHHMMSSZ` (years 1950-2049) or GeneralizedTime `YYYYMMDDHHMMSSZ`.
+fn time(tag: u8, text: &[u8]) -> Option<SystemTime> {
+    let text = std::str::from_utf8(text).ok()?.strip_suffix('Z')?;
+    let number = |range: std::ops::Range<usize>| text.get(range)?.parse::<i64>().ok();
+    let (year, rest) = match (tag, text.len()) {
+        (0x17, 12) => {
+            let yy = number(0..2)?;
+            (if yy < 50 { 2000 + yy } else { 1900 + yy }, 2)
+        }
+        (0x18, 14) => (number(0..4)?, 4),
+        _ => return None,
+    };
+    let field = |i: usize| number(rest + 2 * i..rest + 2 * i + 2);
+    let (month, day, hour, minute, second) = (field(0)?, field(1)?, field(2)?, field(3)?, field(4)?);
+    let seconds = days_from_civil(year, month, day) * 86_400 + hour * 3_600 + minute * 60 + second;
+    Some(UNIX_EPOCH + Duration::from_secs(u64::try_from(seconds).ok()?))
+}
+
+/// Days since 1970-01-01 for a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let yoe = year.rem_euclid(400);
+    let doy = (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn not_after_reads_generated_certificates() {
+        let mut params = rcgen::CertificateParams::new(vec!["a.test".to_string()]).unwrap();
+        params.not_after = rcgen::date_time_ymd(2031, 7, 15);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let certificate = params.self_signed(&key).unwrap();
+        let expected = UNIX_EPOCH + Duration::from_secs(days_from_civil(2031, 7, 15) as u64 * 86_400);
+        assert_eq!(not_after(certificate.der()), Some(expected));
+    }
+
+    #[test]
+    fn time_parses_both_encodings() {
+        assert_eq!(time(0x17, b"700101000000Z"), Some(UNIX_EPOCH));
+        assert_eq!(time(0x18, b"19700102000000Z"), Some(UNIX_EPOCH + Duration::from_secs(86_400)));
+        assert_eq!(time(0x17, b"491231235959Z").map(|t| t > UNIX_EPOCH), Some(true));
+        assert_eq!(time(0x17, b"garbage"), None);
+    }
+
+    #[test]
+    fn not_after_of_garbage_is_none() {
+        assert_eq!(not_after(b""), None);
+        assert_eq!(not_after(&[0x30, 0x82, 0xff]), None);
+    }
+}
