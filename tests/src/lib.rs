@@ -5,7 +5,8 @@
 //! hanging the run. Nothing here asserts wall-clock time.
 //!
 //! Modules: `binaries` (build and locate the executables), `process` (children and the echo backend),
-//! `gateway` (the gateway process), `configs` (YAML and config files), [`client`], [`raw`], [`load`].
+//! `gateway` (the gateway process), `configs` (YAML and config files), [`client`], [`raw`], [`load`],
+//! [`tls`] (test certificates, TLS clients, HTTP over TLS).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -18,6 +19,8 @@ mod gateway;
 pub mod load;
 mod process;
 pub mod raw;
+pub mod tls;
+pub mod upstream_tls;
 
 pub use binaries::binary;
 pub use configs::{config, config_version, one_route_config, write_temp, ConfigDir, LISTENERS};

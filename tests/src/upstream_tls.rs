@@ -1,0 +1,119 @@
+//! HTTPS upstreams for tests: a CA made at test time, and a TLS terminator in front of an echo
+//! backend that records the SNI of every handshake it completes.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+};
+use rustls::crypto::aws_lc_rs;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::ServerConfig;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+
+/// A certificate authority made for one test.
+pub struct UpstreamCa {
+    /// The CA certificate (PEM): what the gateway's `tls.ca` file holds.
+    pub cert_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl UpstreamCa {
+    /// A new CA (ECDSA P-256) named `name`.
+    pub fn new(name: &str) -> UpstreamCa {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+        let key = KeyPair::generate().unwrap_or_else(|e| panic!("generating a CA key: {e}"));
+        let cert = params.self_signed(&key).unwrap_or_else(|e| panic!("self-signing the CA {name}: {e}"));
+        UpstreamCa { cert_pem: cert.pem(), issuer: Issuer::new(params, key) }
+    }
+
+    /// A server certificate and its key (both PEM) for `names` (DNS names or IP addresses).
+    pub fn issue(&self, names: &[&str]) -> ServerCert {
+        let owned: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let mut params =
+            CertificateParams::new(owned).unwrap_or_else(|e| panic!("bad certificate names {names:?}: {e}"));
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, names.first().copied().unwrap_or("upstream"));
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let key = KeyPair::generate().unwrap_or_else(|e| panic!("generating a server key: {e}"));
+        let cert =
+            params.signed_by(&key, &self.issuer).unwrap_or_else(|e| panic!("signing a certificate for {names:?}: {e}"));
+        ServerCert { cert_pem: cert.pem(), key_pem: key.serialize_pem() }
+    }
+
+    /// Writes the CA certificate to `dir/<file>` and returns the path.
+    pub fn write(&self, dir: &Path, file: &str) -> PathBuf {
+        let path = dir.join(file);
+        std::fs::write(&path, &self.cert_pem).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+        path
+    }
+}
+
+/// A server certificate (leaf only) and its PKCS#8 key, PEM.
+pub struct ServerCert {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// A TLS server on a loopback port 0 that forwards each connection's plaintext to `backend` (an echo).
+/// Stopped on drop.
+pub struct TlsUpstream {
+    pub addr: SocketAddr,
+    server_names: Arc<Mutex<Vec<Option<String>>>>,
+    task: JoinHandle<()>,
+}
+
+impl TlsUpstream {
+    /// Serves `cert` (TLS 1.2 and 1.3, ALPN `http/1.1`) in front of `backend`.
+    pub async fn start(cert: &ServerCert, backend: SocketAddr) -> TlsUpstream {
+        let chain = vec![CertificateDer::from_pem_slice(cert.cert_pem.as_bytes())
+            .unwrap_or_else(|e| panic!("parsing the server certificate: {e}"))];
+        let key = PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes())
+            .unwrap_or_else(|e| panic!("parsing the server key: {e}"));
+        let mut config = ServerConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
+            .with_safe_default_protocol_versions()
+            .and_then(|builder| builder.with_no_client_auth().with_single_cert(chain, key))
+            .unwrap_or_else(|e| panic!("building the upstream's TLS config: {e}"));
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let acceptor = TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("binding port 0: {e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("local_addr: {e}"));
+        let server_names = Arc::new(Mutex::new(Vec::new()));
+        let seen = server_names.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, seen) = (acceptor.clone(), seen.clone());
+                tokio::spawn(async move {
+                    // A failed handshake (the gateway rejecting the certificate) just ends this connection.
+                    let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                    let sni = tls.get_ref().1.server_name().map(str::to_owned);
+                    seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(sni);
+                    let Ok(mut plain) = TcpStream::connect(backend).await else { return };
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+                });
+            }
+        });
+        TlsUpstream { addr, server_names, task }
+    }
+
+    /// The SNI of every completed handshake so far, in order (`None`: the client sent none).
+    pub fn server_names(&self) -> Vec<Option<String>> {
+        self.server_names.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+}
+
+impl Drop for TlsUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
