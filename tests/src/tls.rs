@@ -65,15 +65,24 @@ impl TestCa {
         TestCa { cert_pem: cert.pem(), der: cert.der().clone(), issuer: Issuer::new(params, key) }
     }
 
+    /// A client certificate (extended key usage clientAuth) for `name`.
+    pub fn issue_client(&self, name: &str) -> Leaf {
+        self.issue_for(&[name], ExtendedKeyUsagePurpose::ClientAuth)
+    }
+
     /// A leaf certificate with a new key for `names` (DNS names, `*.` wildcards or IP addresses).
     pub fn issue(&self, names: &[&str]) -> Leaf {
+        self.issue_for(names, ExtendedKeyUsagePurpose::ServerAuth)
+    }
+
+    fn issue_for(&self, names: &[&str], usage: ExtendedKeyUsagePurpose) -> Leaf {
         let owned: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
         let mut params =
             CertificateParams::new(owned.clone()).unwrap_or_else(|e| panic!("bad certificate names {names:?}: {e}"));
         params.distinguished_name = rcgen::DistinguishedName::new();
         params.distinguished_name.push(DnType::CommonName, names.first().copied().unwrap_or("leaf"));
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.extended_key_usages = vec![usage];
         params.use_authority_key_identifier_extension = true;
         let key = KeyPair::generate().unwrap_or_else(|e| panic!("generating a leaf key: {e}"));
         let cert = params.signed_by(&key, &self.issuer).unwrap_or_else(|e| panic!("signing a leaf for {names:?}: {e}"));
@@ -152,6 +161,8 @@ pub struct TlsClient {
     alpn: Vec<Vec<u8>>,
     sni: bool,
     check_name: bool,
+    /// The certificate and key to present when the server asks for one.
+    client_cert: Option<Leaf>,
 }
 
 /// What a handshake settled on.
@@ -185,6 +196,7 @@ impl TlsClient {
             alpn: Vec::new(),
             sni: true,
             check_name: true,
+            client_cert: None,
         }
     }
 
@@ -208,6 +220,12 @@ impl TlsClient {
 
     /// Accepts a certificate for any name as long as it chains to the CA: for observing which
     /// certificate a server picks when it is not the one for the requested name.
+    /// Presents `leaf` (see [`TestCa::issue_client`]) when the server asks for a client certificate.
+    pub fn client_cert(mut self, leaf: &Leaf) -> TlsClient {
+        self.client_cert = Some(leaf.clone());
+        self
+    }
+
     pub fn any_name(mut self) -> TlsClient {
         self.check_name = false;
         self
@@ -218,12 +236,21 @@ impl TlsClient {
             .build()
             .unwrap_or_else(|e| panic!("building a certificate verifier: {e}"));
         let verifier = CaVerifier { webpki, check_name: self.check_name };
-        let mut config = ClientConfig::builder_with_provider(provider())
+        let config = ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&self.versions)
             .unwrap_or_else(|e| panic!("TLS versions {:?}: {e}", self.versions))
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(verifier))
-            .with_no_client_auth();
+            .with_custom_certificate_verifier(Arc::new(verifier));
+        let mut config = match &self.client_cert {
+            None => config.with_no_client_auth(),
+            Some(leaf) => {
+                let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes())
+                    .unwrap_or_else(|e| panic!("reading a client key: {e}"));
+                config
+                    .with_client_auth_cert(vec![leaf.der.clone()], key)
+                    .unwrap_or_else(|e| panic!("setting the client certificate: {e}"))
+            }
+        };
         config.alpn_protocols = self.alpn.clone();
         config.enable_sni = self.sni;
         Arc::new(config)
