@@ -88,3 +88,27 @@ fn check_run_with_invalid_config_exits_1_and_reports_problem() {
         "it must not serve"
     );
 }
+
+/// The quick start's config needs the certificates `gateway certs dev` makes: in the same layout
+/// (config/ beside certs/), in a temp dir, it must check clean.
+#[test]
+fn check_quickstart_config_with_generated_certs_exits_0_without_warnings() {
+    let root = std::env::temp_dir().join(format!("e2e-quickstart-{}", std::process::id()));
+    let (config_dir, certs_dir) = (root.join("config"), root.join("certs"));
+    std::fs::create_dir_all(&config_dir).unwrap_or_else(|e| panic!("creating {}: {e}", config_dir.display()));
+    let config = config_dir.join("quickstart.yaml");
+    std::fs::copy(workspace_root().join("config/quickstart.yaml"), &config)
+        .unwrap_or_else(|e| panic!("copying config/quickstart.yaml: {e}"));
+    let certs = std::process::Command::new(e2e::binary("gateway"))
+        .args(["certs", "dev", "--out"])
+        .arg(&certs_dir)
+        .output()
+        .unwrap_or_else(|e| panic!("running gateway certs dev: {e}"));
+    assert!(certs.status.success(), "gateway certs dev failed: {}", String::from_utf8_lossy(&certs.stderr));
+
+    let output = gateway_check(&config);
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert_eq!(output.status.code(), Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stderr.trim().is_empty(), "warnings for the quick start config:\n{stderr}");
+    let _ = std::fs::remove_dir_all(&root);
+}

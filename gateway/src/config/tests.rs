@@ -303,3 +303,40 @@ fn readme_reference_config_is_valid() {
     let loaded = parse("README.md", &readme[start..start + len]).unwrap_or_else(|problems| panic!("{problems}"));
     assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
 }
+
+/// A config in a new temp dir with a TLS listener whose certificate is for `cert_name`, and
+/// `routes` (YAML flow items).
+fn tls_config_with_routes(cert_name: &str, routes: &str) -> (PathBuf, String) {
+    let dir =
+        std::env::temp_dir().join(format!("gateway-config-tls-{}-{cert_name}-{}", std::process::id(), routes.len()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec![cert_name.to_string()]).unwrap().self_signed(&key).unwrap();
+    std::fs::write(dir.join("s.crt"), cert.pem()).unwrap();
+    std::fs::write(dir.join("s.key"), key.serialize_pem()).unwrap();
+    let text = format!(
+        "listeners: [{{ name: s, address: 127.0.0.1:0, tls: {{ certificates: [{{ cert: s.crt, key: s.key }}] }} }}]\n\
+         upstreams: {{ u: {{ endpoints: [http://127.0.0.1:9001] }} }}\nroutes: [{routes}]\n"
+    );
+    (dir.join("gateway.yaml"), text)
+}
+
+#[test]
+fn tls_certificate_covering_no_route_host_warns_only_when_every_route_names_a_host() {
+    let (path, text) = tls_config_with_routes("a.test", "{ name: b, upstream: u, match: { host: b.test } }");
+    let loaded = parse(&path.display().to_string(), &text).unwrap_or_else(|p| panic!("{p}"));
+    let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("covers none of the hosts routes match (b.test)"), "{warnings:?}");
+
+    let (path, text) = tls_config_with_routes(
+        "a.test",
+        "{ name: b, upstream: u, match: { host: b.test } }, { name: all, upstream: u }",
+    );
+    let loaded = parse(&path.display().to_string(), &text).unwrap_or_else(|p| panic!("{p}"));
+    assert!(loaded.warnings.is_empty(), "a catch-all route can be served by any certificate: {:?}", loaded.warnings);
+
+    let (path, text) = tls_config_with_routes("*.shop.test", "{ name: w, upstream: u, match: { host: a.shop.test } }");
+    let loaded = parse(&path.display().to_string(), &text).unwrap_or_else(|p| panic!("{p}"));
+    assert!(loaded.warnings.is_empty(), "a wildcard certificate covers a.shop.test: {:?}", loaded.warnings);
+}

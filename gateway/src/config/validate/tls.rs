@@ -185,8 +185,12 @@ fn read(report: &mut Report<'_>, raw: &Spanned<String>, file: &PathBuf, path: &s
 }
 
 /// Warns about certificates that cover none of the hosts routes are written for: likely a leftover,
-/// or a certificate for the wrong names. Says nothing when no route names a host.
+/// or a certificate for the wrong names. Says nothing when some route takes any host, since every
+/// certificate can serve that one.
 pub(super) fn host_coverage(report: &mut Report<'_>, raw: &[RawListener], listeners: &[Listener], routes: &[Route]) {
+    if routes.iter().any(|route| route.matcher.host.is_none()) {
+        return;
+    }
     let hosts: Vec<String> = (routes.iter())
         .filter_map(|route| match &route.matcher.host {
             Some(HostMatch::Exact(host)) => Some(host.clone()),
@@ -195,9 +199,6 @@ pub(super) fn host_coverage(report: &mut Report<'_>, raw: &[RawListener], listen
             None => None,
         })
         .collect();
-    if hosts.is_empty() {
-        return;
-    }
     for listener in listeners {
         let Some(tls) = &listener.tls else { continue };
         let Some((i, raw_listener)) = raw.iter().enumerate().find(|(_, r)| r.name.value == listener.name) else {
