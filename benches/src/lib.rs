@@ -1,9 +1,10 @@
 //! End-to-end load bench: starts the echo backend, the gateway and nginx, drives load, reports.
 //!
 //! The binary `loadbench` (src/bin/loadbench.rs) wires these modules together:
-//! `stack` starts the processes, `load` generates the requests, `procs` measures
-//! the processes, `hist` turns samples into percentiles and `report` prints them.
+//! `stack` starts the processes, `load` generates the requests over `client` connections,
+//! `procs` measures the processes, `hist` turns samples into percentiles and `report` prints them.
 
+pub mod client;
 pub mod hist;
 pub mod load;
 pub mod procs;

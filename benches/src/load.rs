@@ -1,4 +1,8 @@
-//! The load generator: N keep-alive HTTP/1.1 connections, closed loop or open loop at a fixed rate.
+//! The load generator: N connections (HTTP/1.1 or HTTP/2, cleartext or TLS, keep-alive or one per
+//! request, see `client`), closed loop or open loop at a fixed rate.
+//!
+//! Each connection carries one request loop (a *slot*), or one per stream for HTTP/2 with
+//! several streams per connection; everything below that says "connection" means a slot.
 //!
 //! Closed loop: each connection sends a request as soon as the previous response has been read
 //! in full, so throughput is whatever the system under test sustains.
@@ -23,13 +27,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use bytes::Bytes;
-use http::{header, HeaderValue, Request, StatusCode, Uri};
+use http::{Request, StatusCode};
 use http_body_util::{BodyExt as _, Empty};
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio::sync::{oneshot, Semaphore, TryAcquireError};
 
+use crate::client::{self, Protocol, Sender};
 use crate::hist::Samples;
 
 /// What load to send where.
@@ -39,8 +41,10 @@ pub struct LoadSpec {
     pub addr: SocketAddr,
     /// Request path (and query), e.g. `/`.
     pub path: String,
-    /// Keep-alive connections, one task each.
+    /// Connections (each carrying `protocol.streams_per_connection()` request loops).
     pub connections: usize,
+    /// HTTP version, TLS, keep-alive or a new connection per request.
+    pub protocol: Protocol,
     /// OS threads, each running a current-thread tokio runtime; connections are dealt round robin.
     pub threads: usize,
     /// Load sent before the measured window (connections are opened during it).
@@ -143,23 +147,27 @@ pub fn start(spec: &LoadSpec) -> anyhow::Result<Running> {
     anyhow::ensure!(spec.threads > 0, "threads must be > 0");
     let start = Instant::now() + Duration::from_millis(20);
     let window = Window { start, measure_start: start + spec.warmup, end: start + spec.warmup + spec.duration };
+    let authority = client::authority(&spec.protocol, spec.addr);
     let target = Arc::new(Target {
         addr: spec.addr,
-        uri: spec.path.parse().with_context(|| format!("bad request path {:?}", spec.path))?,
-        host: HeaderValue::from_str(&spec.addr.to_string())?,
+        request: client::get_request(&spec.protocol, &authority, &spec.path)
+            .with_context(|| format!("bad request path {:?}", spec.path))?,
+        protocol: spec.protocol.clone(),
         timeout: spec.request_timeout,
     });
+    let per_conn = spec.protocol.streams_per_connection();
+    let slots = spec.connections * per_conn;
     let schedule = match spec.rate {
         Some(rate) => {
             anyhow::ensure!(rate > 0.0 && rate.is_finite(), "rate must be > 0");
-            Some(Schedule { start, rate, connections: spec.connections })
+            Some(Schedule { start, rate, slots })
         }
         None => None,
     };
-    // One semaphore per connection; the pacer adds a permit when a request of it is due.
-    let permits: Vec<Arc<Semaphore>> = (0..spec.connections).map(|_| Arc::new(Semaphore::new(0))).collect();
-    // Open-loop connections still running; the pacer waits for them before closing.
-    let active = Arc::new(AtomicUsize::new(spec.connections));
+    // One semaphore per slot; the pacer adds a permit when a request of it is due.
+    let permits: Vec<Arc<Semaphore>> = (0..slots).map(|_| Arc::new(Semaphore::new(0))).collect();
+    // Open-loop slots still running; the pacer waits for them before closing.
+    let active = Arc::new(AtomicUsize::new(slots));
     let mut results = Vec::new();
     if let Some(schedule) = schedule {
         let (tx, rx) = oneshot::channel();
@@ -175,8 +183,11 @@ pub fn start(spec: &LoadSpec) -> anyhow::Result<Running> {
     }
     let threads = spec.threads.min(spec.connections);
     for t in 0..threads {
-        let conns: Vec<(usize, Arc<Semaphore>)> =
-            (t..spec.connections).step_by(threads).map(|i| (i, Arc::clone(&permits[i]))).collect();
+        // Connections are dealt round robin; the slots of one connection stay on its thread.
+        let conns: Vec<Vec<(usize, Arc<Semaphore>)>> = (t..spec.connections)
+            .step_by(threads)
+            .map(|c| (c * per_conn..(c + 1) * per_conn).map(|i| (i, Arc::clone(&permits[i]))).collect())
+            .collect();
         let (tx, rx) = oneshot::channel();
         let target = Arc::clone(&target);
         let active = Arc::clone(&active);
@@ -192,18 +203,18 @@ pub fn start(spec: &LoadSpec) -> anyhow::Result<Running> {
     Ok(Running { window, results })
 }
 
-/// Open-loop timetable: global request j is due at `start + j / rate`, on connection `j % N`.
+/// Open-loop timetable: global request j is due at `start + j / rate`, on slot `j % slots`.
 #[derive(Debug, Clone, Copy)]
 struct Schedule {
     start: Instant,
     rate: f64,
-    connections: usize,
+    slots: usize,
 }
 
 impl Schedule {
-    /// When the `k`-th request of connection `conn` is due.
+    /// When the `k`-th request of slot `conn` is due.
     fn due(&self, conn: usize, k: u64) -> Instant {
-        let j = conn as u64 + k * self.connections as u64;
+        let j = conn as u64 + k * self.slots as u64;
         self.start + Duration::from_secs_f64(j as f64 / self.rate)
     }
 }
@@ -227,7 +238,7 @@ fn pace(schedule: Schedule, end: Instant, permits: &[Arc<Semaphore>], active: &A
     let (mut wakeups, mut late) = (0, 0);
     let mut j: u64 = 0;
     let due = |j: u64| {
-        let conns = schedule.connections as u64;
+        let conns = schedule.slots as u64;
         schedule.due((j % conns) as usize, j / conns)
     };
     let mut last_wake = schedule.start;
@@ -251,7 +262,7 @@ fn pace(schedule: Schedule, end: Instant, permits: &[Arc<Semaphore>], active: &A
             late += 1;
         }
         while due(j) < end && due(j) <= now {
-            permits[(j % schedule.connections as u64) as usize].add_permits(1);
+            permits[(j % schedule.slots as u64) as usize].add_permits(1);
             j += 1;
         }
     }
@@ -269,19 +280,31 @@ fn pace(schedule: Schedule, end: Instant, permits: &[Arc<Semaphore>], active: &A
     }
 }
 
-/// Where requests go; shared by every connection.
+/// Where requests go and how; shared by every connection.
 #[derive(Debug)]
 struct Target {
     addr: SocketAddr,
-    uri: Uri,
-    host: HeaderValue,
+    /// The request to send, copied for each send.
+    request: Request<Empty<Bytes>>,
+    protocol: Protocol,
     timeout: Duration,
 }
 
+impl Target {
+    fn request(&self) -> Request<Empty<Bytes>> {
+        let mut req = Request::new(Empty::new());
+        *req.uri_mut() = self.request.uri().clone();
+        *req.version_mut() = self.request.version();
+        *req.headers_mut() = self.request.headers().clone();
+        req
+    }
+}
+
+/// Runs the slots of `conns` (one inner list per connection) on a current-thread runtime.
 fn run_thread(
     target: &Arc<Target>,
     window: Window,
-    conns: Vec<(usize, Arc<Semaphore>)>,
+    conns: Vec<Vec<(usize, Arc<Semaphore>)>>,
     schedule: Option<Schedule>,
     active: &Arc<AtomicUsize>,
 ) -> LoadOutcome {
@@ -296,23 +319,30 @@ fn run_thread(
         }
     };
     runtime.block_on(async {
-        let tasks: Vec<_> = conns
-            .into_iter()
-            .map(|(idx, permits)| {
+        let mut tasks = Vec::new();
+        for slots in conns {
+            // HTTP/2 streams share their connection: open it now, in the 20 ms before the
+            // warm-up. If that fails each slot opens its own (and counts the errors).
+            let shared = match slots.len() {
+                1 => None,
+                _ => client::connect(target.addr, &target.protocol).await.ok(),
+            };
+            for (idx, permits) in slots {
                 let target = Arc::clone(target);
                 let active = Arc::clone(active);
-                tokio::spawn(async move {
+                let conn = Conn { sender: shared.as_ref().and_then(Sender::share) };
+                tasks.push(tokio::spawn(async move {
                     match schedule {
-                        None => closed_loop(&target, window).await,
+                        None => closed_loop(&target, window, conn).await,
                         Some(schedule) => {
-                            let outcome = open_loop(&target, window, schedule, idx, &permits).await;
+                            let outcome = open_loop(&target, window, schedule, idx, &permits, conn).await;
                             active.fetch_sub(1, Ordering::Release);
                             outcome
                         }
                     }
-                })
-            })
-            .collect();
+                }));
+            }
+        }
         let mut total = LoadOutcome::default();
         for task in tasks {
             match task.await {
@@ -334,24 +364,19 @@ enum Sent {
     Failed(String),
 }
 
-/// A keep-alive connection that re-opens itself when the peer closed it between requests.
+/// A keep-alive connection that re-opens itself when the peer closed it between requests
+/// (or, in new-connection-per-request mode, a fresh connection for every request, whose
+/// connect and handshakes count in the request's latency).
 struct Conn {
-    sender: Option<SendRequest<Empty<Bytes>>>,
+    sender: Option<Sender>,
 }
 
 impl Conn {
-    fn new() -> Self {
-        Conn { sender: None }
-    }
-
     /// Sends one GET and reads the whole response body.
     async fn request(&mut self, target: &Target, out: &mut LoadOutcome) -> Sent {
         let attempt = async {
             let sender = self.ready_sender(target, out).await?;
-            let mut req = Request::new(Empty::<Bytes>::new());
-            *req.uri_mut() = target.uri.clone();
-            req.headers_mut().insert(header::HOST, target.host.clone());
-            let resp = sender.send_request(req).await.map_err(|e| format!("request: {e}"))?;
+            let resp = sender.send(target.request()).await.map_err(|e| format!("request: {e}"))?;
             let status = resp.status();
             let mut body = resp.into_body();
             while let Some(frame) = body.frame().await {
@@ -360,7 +385,12 @@ impl Conn {
             Ok::<_, String>(status)
         };
         match tokio::time::timeout(target.timeout, attempt).await {
-            Ok(Ok(status)) => Sent::Response(status),
+            Ok(Ok(status)) => {
+                if target.protocol.new_conn_per_request {
+                    self.sender = None;
+                }
+                Sent::Response(status)
+            }
             Ok(Err(e)) => {
                 self.sender = None;
                 Sent::Failed(e)
@@ -372,11 +402,7 @@ impl Conn {
         }
     }
 
-    async fn ready_sender(
-        &mut self,
-        target: &Target,
-        out: &mut LoadOutcome,
-    ) -> Result<&mut SendRequest<Empty<Bytes>>, String> {
+    async fn ready_sender(&mut self, target: &Target, out: &mut LoadOutcome) -> Result<&mut Sender, String> {
         if let Some(sender) = self.sender.as_mut() {
             if sender.ready().await.is_err() {
                 // Closed by the peer while idle (e.g. after `Connection: close`): re-open.
@@ -385,23 +411,10 @@ impl Conn {
             }
         }
         if self.sender.is_none() {
-            self.sender = Some(connect(target.addr).await?);
+            self.sender = Some(client::connect(target.addr, &target.protocol).await?);
         }
         self.sender.as_mut().ok_or_else(|| "no connection".to_owned())
     }
-}
-
-async fn connect(addr: SocketAddr) -> Result<SendRequest<Empty<Bytes>>, String> {
-    let stream = TcpStream::connect(addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
-    stream.set_nodelay(true).map_err(|e| format!("TCP_NODELAY: {e}"))?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| format!("handshake: {e}"))?;
-    tokio::spawn(async move {
-        // Errors surface on the sender side; nothing more to do with them here.
-        let _ = conn.await;
-    });
-    sender.ready().await.map_err(|e| format!("connection not ready: {e}"))?;
-    Ok(sender)
 }
 
 /// Books one request. Latency and errors belong to the window the request *started* in
@@ -436,9 +449,8 @@ fn account(out: &mut LoadOutcome, window: &Window, sent: Sent, started: Instant,
 /// Back-off after a failed request so a dead server does not turn into a busy loop.
 const ERROR_BACKOFF: Duration = Duration::from_millis(10);
 
-async fn closed_loop(target: &Target, window: Window) -> LoadOutcome {
+async fn closed_loop(target: &Target, window: Window, mut conn: Conn) -> LoadOutcome {
     let mut out = LoadOutcome::default();
-    let mut conn = Conn::new();
     tokio::time::sleep_until(window.start.into()).await;
     loop {
         let sent_at = Instant::now();
@@ -461,9 +473,9 @@ async fn open_loop(
     schedule: Schedule,
     idx: usize,
     permits: &Semaphore,
+    mut conn: Conn,
 ) -> LoadOutcome {
     let mut out = LoadOutcome::default();
-    let mut conn = Conn::new();
     let mut k = 0;
     loop {
         let scheduled = schedule.due(idx, k);
@@ -519,10 +531,18 @@ mod tests {
 
     /// A blocking keep-alive HTTP/1.1 server on port 0 that answers every request with `status`.
     fn serve(status: u16) -> SocketAddr {
+        serve_counting(status).0
+    }
+
+    /// `serve`, also counting the connections it accepted.
+    fn serve_counting(status: u16) -> (SocketAddr, Arc<AtomicUsize>) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("addr");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&accepted);
         thread::spawn(move || {
             for stream in listener.incoming().flatten() {
+                counter.fetch_add(1, Ordering::Relaxed);
                 thread::spawn(move || {
                     let mut reader = BufReader::new(stream.try_clone().expect("clone"));
                     let mut writer = stream;
@@ -543,7 +563,32 @@ mod tests {
                 });
             }
         });
-        addr
+        (addr, accepted)
+    }
+
+    /// An HTTP/2 (prior knowledge) server on port 0 answering 200, counting connections.
+    fn serve_h2() -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("addr");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&accepted);
+        thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                while let Ok((stream, _)) = listener.accept().await {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    let service = hyper::service::service_fn(|_req| async {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Empty::<Bytes>::new()))
+                    });
+                    let builder = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+                    let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                    tokio::spawn(conn);
+                }
+            });
+        });
+        (addr, accepted)
     }
 
     fn spec(addr: SocketAddr, rate: Option<f64>) -> LoadSpec {
@@ -551,6 +596,7 @@ mod tests {
             addr,
             path: "/".to_owned(),
             connections: 4,
+            protocol: Protocol::http1(),
             threads: 1,
             warmup: Duration::from_millis(100),
             duration: Duration::from_millis(500),
@@ -571,6 +617,28 @@ mod tests {
         assert_eq!(out.errors(), 0);
         assert_eq!(out.samples.len() as u64, out.ok);
         assert!(out.completed_in_window > 0);
+    }
+
+    #[test]
+    fn closed_loop_h2_streams_share_their_connection() {
+        let (addr, accepted) = serve_h2();
+        let protocol = Protocol { http2: true, streams: 3, ..Protocol::http1() };
+        let out = run(&LoadSpec { connections: 2, protocol, ..spec(addr, None) });
+        assert!(out.ok > 100, "ok = {}", out.ok);
+        assert_eq!(out.errors(), 0, "{:?}", out.first_transport_error);
+        assert_eq!(accepted.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn closed_loop_new_conn_per_request_opens_a_connection_per_request() {
+        let (addr, accepted) = serve_counting(200);
+        let protocol = Protocol { new_conn_per_request: true, ..Protocol::http1() };
+        let out = run(&LoadSpec { protocol, ..spec(addr, None) });
+        assert!(out.ok > 50, "ok = {}", out.ok);
+        assert_eq!(out.errors(), 0, "{:?}", out.first_transport_error);
+        // Every request, warm-up included, had its own connection.
+        assert!(accepted.load(Ordering::Relaxed) as u64 > out.ok);
+        assert_eq!(out.reconnects, 0);
     }
 
     #[test]
@@ -603,7 +671,7 @@ mod tests {
     #[test]
     fn schedule_due_interleaves_connections_evenly() {
         let start = Instant::now();
-        let s = Schedule { start, rate: 1000.0, connections: 4 };
+        let s = Schedule { start, rate: 1000.0, slots: 4 };
         let ms = |conn, k| (s.due(conn, k) - start).as_secs_f64() * 1000.0;
         assert!((ms(0, 0) - 0.0).abs() < 1e-6);
         assert!((ms(1, 0) - 1.0).abs() < 1e-6);

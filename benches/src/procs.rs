@@ -241,9 +241,10 @@ pub fn count_threads(pid: u32, names: &[&str]) -> usize {
         .count()
 }
 
-/// Names tokio gives its worker threads: `tokio-rt-worker` now, `tokio-runtime-worker`
-/// (truncated by /proc to 15 bytes) in older versions.
-pub const TOKIO_WORKER_NAMES: [&str; 2] = ["tokio-rt-worker", "tokio-runtime-w"];
+/// Names of the gateway's worker threads as /proc shows them (at most 15 bytes): its own
+/// `gateway-worker-N` (one current-thread runtime per core), or tokio's multi-thread workers
+/// (`tokio-rt-worker` now, `tokio-runtime-worker` in older versions).
+pub const WORKER_THREAD_NAMES: [&str; 3] = ["gateway-worker-", "tokio-rt-worker", "tokio-runtime-w"];
 
 /// Clock ticks per second for /proc CPU times (`getconf CLK_TCK`; 100 on every common Linux).
 pub fn clock_ticks_per_sec() -> u64 {

@@ -120,7 +120,7 @@ pub fn median(mut values: Vec<f64>) -> f64 {
 /// All rounds of one scenario and their medians.
 #[derive(Debug, Clone, Serialize)]
 pub struct ScenarioReport {
-    /// `direct`, `gateway` or `nginx`.
+    /// `direct`, `gateway`, `gateway-https`, ... or `nginx`.
     pub name: String,
     /// What the client talked to.
     pub description: String,
@@ -159,13 +159,23 @@ impl Ratio {
     }
 }
 
-/// The ratios the bench reports: gateway/direct, nginx/direct, gateway/nginx (those present).
+/// The ratios the bench reports (a, b), when both scenarios ran: the proxies against direct
+/// and each other, every TLS scenario against plain gateway, and HTTP/2 against HTTP/1.1.
+pub const RATIOS: [(&str, &str); 8] = [
+    ("gateway", "direct"),
+    ("nginx", "direct"),
+    ("gateway", "nginx"),
+    ("gateway-https", "gateway"),
+    ("gateway-https-h2", "gateway"),
+    ("gateway-https-new-conn", "gateway"),
+    ("gateway-h2", "gateway"),
+    ("gateway-https-h2", "gateway-https"),
+];
+
+/// The `RATIOS` whose two scenarios are both present.
 pub fn ratios(scenarios: &[ScenarioReport]) -> Vec<Ratio> {
     let find = |name: &str| scenarios.iter().find(|s| s.name == name);
-    [("gateway", "direct"), ("nginx", "direct"), ("gateway", "nginx")]
-        .iter()
-        .filter_map(|(a, b)| Some(Ratio::between(find(a)?, find(b)?)))
-        .collect()
+    RATIOS.iter().filter_map(|(a, b)| Some(Ratio::between(find(a)?, find(b)?))).collect()
 }
 
 /// Warnings to print under the table: a saturated client, a busy machine, a late pacer,
@@ -247,10 +257,10 @@ fn fmt_opt_us(v: Option<f64>) -> String {
     v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}µs"))
 }
 
-/// One line per round, printed as the bench goes.
-pub fn round_line(name: &str, r: &RunResult) -> String {
+/// One line per round, printed as the bench goes; `width` pads the name.
+pub fn round_line(name: &str, width: usize, r: &RunResult) -> String {
     let mut line = format!(
-        "round {}  {:<8} {:>9} req/s  p50 {:>8}  p99 {:>8}  p99.9 {:>8}  errors {}  proxy CPU/req {}  client CPU {:.0}%  softirq {:.0}%  other CPU {:.0}%",
+        "round {}  {:<width$} {:>9} req/s  p50 {:>8}  p99 {:>8}  p99.9 {:>8}  errors {}  proxy CPU/req {}  client CPU {:.0}%  softirq {:.0}%  other CPU {:.0}%",
         r.round,
         name,
         fmt_int(r.requests_per_sec),
@@ -272,9 +282,10 @@ pub fn round_line(name: &str, r: &RunResult) -> String {
 /// The final table: medians per scenario, then the ratios and notes.
 pub fn table(report: &Report) -> String {
     let mut out = String::new();
+    let w = report.scenarios.iter().map(|s| s.name.len()).max().unwrap_or(0).max("scenario".len());
     let _ = writeln!(
         out,
-        "{:<8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>7} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9}",
+        "{:<w$} {:>9} {:>8} {:>8} {:>8} {:>8} {:>7} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9}",
         "scenario",
         "req/s",
         "p50",
@@ -293,7 +304,7 @@ pub fn table(report: &Report) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>7} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9}",
+        "{:<w$} {:>9} {:>8} {:>8} {:>8} {:>8} {:>7} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9}",
         "",
         "(median)",
         "",
@@ -314,7 +325,7 @@ pub fn table(report: &Report) -> String {
         let m = &s.median;
         let _ = writeln!(
             out,
-            "{:<8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>7} {:>10} {:>10} {:>10} {:>10} {:>8.0}% {:>9} {:>8.0}% {:>8.0}%",
+            "{:<w$} {:>9} {:>8} {:>8} {:>8} {:>8} {:>7} {:>10} {:>10} {:>10} {:>10} {:>8.0}% {:>9} {:>8.0}% {:>8.0}%",
             s.name,
             fmt_int(m.requests_per_sec),
             fmt_us(m.p50_us),
@@ -335,20 +346,21 @@ pub fn table(report: &Report) -> String {
     if report.scenarios.iter().any(|s| s.median.missed > 0) {
         let _ = writeln!(out, "missed (open loop, scheduled but never sent, sum over rounds):");
         for s in &report.scenarios {
-            let _ = writeln!(out, "  {:<8} {}", s.name, s.median.missed);
+            let _ = writeln!(out, "  {:<w$} {}", s.name, s.median.missed);
         }
     }
     if !report.ratios.is_empty() {
+        let rw = report.ratios.iter().map(|r| r.name.len()).max().unwrap_or(0).max("ratio (a/b)".len());
         let _ = writeln!(out);
         let _ = writeln!(
             out,
-            "{:<16} {:>10} {:>8} {:>8} {:>14} {:>14}",
+            "{:<rw$} {:>10} {:>8} {:>8} {:>14} {:>14}",
             "ratio (a/b)", "throughput", "p50", "p99", "proxy CPU/req", "total CPU/req"
         );
         for r in &report.ratios {
             let _ = writeln!(
                 out,
-                "{:<16} {:>9.2}x {:>7.2}x {:>7.2}x {:>14} {:>13.2}x",
+                "{:<rw$} {:>9.2}x {:>7.2}x {:>7.2}x {:>14} {:>13.2}x",
                 r.name,
                 r.throughput,
                 r.p50,
@@ -380,6 +392,45 @@ mod tests {
         assert_eq!(fmt_int(1234567.4), "1,234,567");
         assert_eq!(fmt_int(999.0), "999");
         assert_eq!(fmt_int(1000.0), "1,000");
+    }
+
+    fn scenario(name: &str, rps: f64) -> ScenarioReport {
+        let mut median = Summary::of(&[]);
+        median.requests_per_sec = rps;
+        ScenarioReport { name: name.to_owned(), description: String::new(), median, rounds: Vec::new() }
+    }
+
+    #[test]
+    fn ratios_only_pairs_present_tls_and_h2_against_plain() {
+        let names = ["direct", "gateway", "gateway-h2", "gateway-https", "gateway-https-new-conn"];
+        let scenarios: Vec<_> = names.iter().map(|n| scenario(n, 1000.0)).collect();
+        let got: Vec<String> = ratios(&scenarios).into_iter().map(|r| r.name).collect();
+        assert_eq!(
+            got,
+            ["gateway/direct", "gateway-https/gateway", "gateway-https-new-conn/gateway", "gateway-h2/gateway"]
+        );
+    }
+
+    #[test]
+    fn ratios_throughput_is_a_over_b() {
+        let scenarios = [scenario("gateway", 1000.0), scenario("gateway-https", 800.0)];
+        let r = &ratios(&scenarios)[0];
+        assert!((r.throughput - 0.8).abs() < 1e-9);
+    }
+
+    #[test]
+    fn table_widens_name_column_for_long_names() {
+        let report = Report {
+            settings: serde_json::Value::Null,
+            scenarios: vec![scenario("gateway", 1.0), scenario("gateway-https-new-conn", 1.0)],
+            ratios: Vec::new(),
+            notes: Vec::new(),
+        };
+        let text = table(&report);
+        let rows: Vec<&str> = text.lines().filter(|l| l.starts_with("gateway")).collect();
+        assert_eq!(rows.len(), 2);
+        // Rows of equal length: every column starts after the longest name.
+        assert_eq!(rows[0].len(), rows[1].len(), "{text}");
     }
 
     #[test]

@@ -3,14 +3,18 @@
 //!
 //! ```text
 //! cargo run --release -p benches --bin loadbench -- [--duration 10s] [--connections 64]
-//!     [--rounds 3] [--rate N] [--json FILE]
+//!     [--rounds 3] [--rate N] [--json FILE] [--scenarios direct,gateway,gateway-https,...]
 //! ```
+//!
+//! One gateway process serves every `gateway*` scenario: a cleartext listener (HTTP/1.1, and
+//! HTTP/2 by prior knowledge) and a TLS listener with `gateway certs dev` certificates.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
+use benches::client::{self, Protocol, Tls};
 use benches::load::{self, LoadSpec};
 use benches::procs::{self, TempDir};
 use benches::report::{self, Report, RunResult, ScenarioReport, Summary};
@@ -28,9 +32,14 @@ struct Args {
     /// Unmeasured load before each measurement (connections open during it).
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     warmup: Duration,
-    /// Keep-alive HTTP/1.1 connections (one request in flight on each).
+    /// Connections per scenario: HTTP/1.1 has one request in flight on each, HTTP/2
+    /// `--h2-streams`; `gateway-https-new-conn` keeps this many connects + requests in flight.
     #[arg(long, default_value_t = 64)]
     connections: usize,
+    /// Concurrent requests (streams) on each HTTP/2 connection. The default 1 keeps the number
+    /// of requests in flight equal to the HTTP/1.1 scenarios', so only the protocol differs.
+    #[arg(long, default_value_t = 1)]
+    h2_streams: usize,
     /// Rounds; each round runs every scenario once, interleaved, and medians are reported.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
@@ -48,9 +57,14 @@ struct Args {
     #[arg(long, default_value_t = 1)]
     client_threads: usize,
     /// Scenarios to run, in this order within each round.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "direct,gateway,nginx")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "direct,gateway,gateway-h2,gateway-https,gateway-https-h2,gateway-https-new-conn,nginx"
+    )]
     scenarios: Vec<Scenario>,
-    /// nginx worker processes [default: the gateway's tokio worker threads = available CPUs].
+    /// nginx worker processes [default: the gateway's worker threads = available CPUs].
     #[arg(long)]
     nginx_workers: Option<usize>,
     /// Directory holding `gateway` and `echo` [default: the directory of this executable].
@@ -66,7 +80,26 @@ struct Args {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Scenario {
+    /// HTTP/1.1 keep-alive straight to the echo.
     Direct,
+    /// HTTP/1.1 keep-alive through the gateway.
+    Gateway,
+    /// HTTP/2 cleartext (prior knowledge) through the gateway.
+    GatewayH2,
+    /// HTTP/1.1 keep-alive over TLS 1.3 through the gateway.
+    GatewayHttps,
+    /// HTTP/2 over TLS 1.3 (ALPN h2) through the gateway.
+    GatewayHttpsH2,
+    /// A new TLS 1.3 connection (full handshake) per HTTP/1.1 request through the gateway.
+    GatewayHttpsNewConn,
+    /// HTTP/1.1 keep-alive through nginx.
+    Nginx,
+}
+
+/// The process a scenario's client talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Server {
+    Echo,
     Gateway,
     Nginx,
 }
@@ -76,8 +109,84 @@ impl Scenario {
         match self {
             Scenario::Direct => "direct",
             Scenario::Gateway => "gateway",
+            Scenario::GatewayH2 => "gateway-h2",
+            Scenario::GatewayHttps => "gateway-https",
+            Scenario::GatewayHttpsH2 => "gateway-https-h2",
+            Scenario::GatewayHttpsNewConn => "gateway-https-new-conn",
             Scenario::Nginx => "nginx",
         }
+    }
+
+    fn server(self) -> Server {
+        match self {
+            Scenario::Direct => Server::Echo,
+            Scenario::Nginx => Server::Nginx,
+            Scenario::Gateway
+            | Scenario::GatewayH2
+            | Scenario::GatewayHttps
+            | Scenario::GatewayHttpsH2
+            | Scenario::GatewayHttpsNewConn => Server::Gateway,
+        }
+    }
+
+    fn tls(self) -> bool {
+        matches!(self, Scenario::GatewayHttps | Scenario::GatewayHttpsH2 | Scenario::GatewayHttpsNewConn)
+    }
+
+    fn http2(self) -> bool {
+        matches!(self, Scenario::GatewayH2 | Scenario::GatewayHttpsH2)
+    }
+
+    /// How the client speaks; `tls` holds the client configs (needed by TLS scenarios).
+    fn protocol(self, tls: Option<&TlsClients>, h2_streams: usize) -> anyhow::Result<Protocol> {
+        let tls = match (self.tls(), tls) {
+            (false, _) => None,
+            (true, Some(t)) => Some(if self.http2() { t.h2.clone() } else { t.http1.clone() }),
+            (true, None) => bail!("{}: no TLS client config (the gateway was started without TLS)", self.name()),
+        };
+        Ok(Protocol {
+            http2: self.http2(),
+            streams: h2_streams,
+            tls,
+            new_conn_per_request: self == Scenario::GatewayHttpsNewConn,
+        })
+    }
+
+    /// What the client talked to, and how.
+    fn description(self, setup: &Setup, h2_streams: usize) -> String {
+        let path = match self.server() {
+            Server::Echo => "client -> echo".to_owned(),
+            Server::Gateway => format!("client -> gateway ({} worker threads) -> echo", setup.gateway_workers),
+            Server::Nginx => format!("client -> nginx ({} workers) -> echo", setup.nginx_workers),
+        };
+        let wire = match self {
+            Scenario::Direct | Scenario::Gateway | Scenario::Nginx => "HTTP/1.1 keep-alive".to_owned(),
+            Scenario::GatewayH2 => format!("HTTP/2 cleartext (prior knowledge), {h2_streams} stream(s) per connection"),
+            Scenario::GatewayHttps => "HTTP/1.1 over TLS 1.3 (ALPN http/1.1), keep-alive".to_owned(),
+            Scenario::GatewayHttpsH2 => format!("HTTP/2 over TLS 1.3 (ALPN h2), {h2_streams} stream(s) per connection"),
+            Scenario::GatewayHttpsNewConn => {
+                "HTTP/1.1 over TLS 1.3, per request a new TCP connection + full handshake (no resumption), \
+                 `Connection: close`"
+                    .to_owned()
+            }
+        };
+        format!("{path}; {wire}")
+    }
+}
+
+/// TLS client configs for the gateway's TLS listener, one per ALPN id.
+struct TlsClients {
+    http1: Tls,
+    h2: Tls,
+}
+
+impl TlsClients {
+    /// Trusts `ca` and sends SNI `localhost`, the name on the dev certificate.
+    fn new(ca: &Path) -> anyhow::Result<TlsClients> {
+        let tls = |alpn: &[u8]| -> anyhow::Result<Tls> {
+            Ok(Tls { config: client::tls_client_config(ca, alpn)?, server_name: "localhost".try_into()? })
+        };
+        Ok(TlsClients { http1: tls(client::ALPN_HTTP1)?, h2: tls(client::ALPN_H2)? })
     }
 }
 
@@ -126,14 +235,24 @@ fn bench(args: &Args) -> anyhow::Result<()> {
 
 /// Everything started for the bench. Field order is drop order: proxies, backend, temp dir.
 struct Stack {
-    proxies: Vec<(Scenario, Proxy)>,
+    gateway: Option<Proxy>,
+    nginx: Option<Proxy>,
     backend: Backend,
+    /// Client configs for the gateway's TLS listener (when a TLS scenario runs).
+    tls: Option<TlsClients>,
     tmp: TempDir,
+}
+
+impl Stack {
+    fn proxies_mut(&mut self) -> impl Iterator<Item = &mut Proxy> {
+        self.gateway.iter_mut().chain(self.nginx.iter_mut())
+    }
 }
 
 async fn run(args: &Args) -> anyhow::Result<()> {
     anyhow::ensure!(args.rounds > 0, "--rounds must be > 0");
     anyhow::ensure!(args.connections > 0, "--connections must be > 0");
+    anyhow::ensure!(args.h2_streams > 0, "--h2-streams must be > 0");
     let bins = binaries(args)?;
     let mut scenarios: Vec<Scenario> = Vec::new();
     for s in &args.scenarios {
@@ -153,21 +272,26 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     };
 
     let (mut stack, setup) = start_stack(args, &bins, &scenarios, nginx.as_deref())?;
+    let mut tls_handshake = None;
+    if let (Some(gateway), Some(tls)) = (&stack.gateway, &stack.tls) {
+        let addr = gateway.tls_addr.context("the gateway has no TLS listener")?;
+        let negotiated = client::describe_handshake(addr, &tls.h2).await?;
+        println!("TLS handshake with the gateway: {negotiated}");
+        tls_handshake = Some(negotiated);
+    }
     let mode = match args.rate {
         Some(rate) => format!("open loop at {} req/s total", report::fmt_int(rate)),
         None => "closed loop".to_owned(),
     };
     println!(
-        "load: {} keep-alive HTTP/1.1 connections, {mode}, GET {}, {} client thread(s), \
-         warm-up {:?} + {:?} measured per scenario, {} round(s), order {:?}",
-        args.connections,
-        args.path,
-        args.client_threads,
-        args.warmup,
-        args.duration,
-        args.rounds,
-        scenarios.iter().map(|s| s.name()).collect::<Vec<_>>(),
+        "load: {} connections per scenario, {mode}, GET {}, {} client thread(s), \
+         warm-up {:?} + {:?} measured per scenario, {} round(s), in this order:",
+        args.connections, args.path, args.client_threads, args.warmup, args.duration, args.rounds,
     );
+    let width = scenarios.iter().map(|s| s.name().len()).max().unwrap_or(0);
+    for s in &scenarios {
+        println!("  {:<width$}  {}", s.name(), s.description(&setup, args.h2_streams));
+    }
 
     // Interleaved: round 1 runs every scenario, then round 2, ..., so drift hits all alike.
     let ticks_per_sec = procs::clock_ticks_per_sec();
@@ -175,7 +299,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     for round in 1..=args.rounds {
         for (i, &scenario) in scenarios.iter().enumerate() {
             let result = measure(args, &mut stack, scenario, round, ticks_per_sec).await?;
-            println!("{}", report::round_line(scenario.name(), &result));
+            println!("{}", report::round_line(scenario.name(), width, &result));
             results[i].push(result);
         }
     }
@@ -185,18 +309,14 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         .zip(results)
         .map(|(&s, rounds)| ScenarioReport {
             name: s.name().to_owned(),
-            description: match s {
-                Scenario::Direct => "client -> echo".to_owned(),
-                Scenario::Gateway => format!("client -> gateway ({} tokio workers) -> echo", setup.gateway_workers),
-                Scenario::Nginx => format!("client -> nginx ({} workers) -> echo", setup.nginx_workers),
-            },
+            description: s.description(&setup, args.h2_streams),
             median: Summary::of(&rounds),
             rounds,
         })
         .collect();
     let client_cpu_limit = 100.0 * args.client_threads.min(args.connections) as f64;
     let report = Report {
-        settings: settings(args, &bins, &setup, nginx.as_deref()),
+        settings: settings(args, &bins, &setup, nginx.as_deref(), tls_handshake.as_deref()),
         ratios: report::ratios(&scenario_reports),
         notes: report::notes(&scenario_reports, client_cpu_limit, setup.cpus),
         scenarios: scenario_reports,
@@ -220,8 +340,9 @@ struct Setup {
     nginx_workers: usize,
 }
 
-/// Starts the echo backend, then the gateway, then nginx (as selected). nginx gets as many
-/// workers as the gateway has tokio worker threads, unless `--nginx-workers` says otherwise.
+/// Starts the echo backend, then the gateway (with its TLS listener if a TLS scenario runs),
+/// then nginx (as selected). nginx gets as many workers as the gateway has worker
+/// threads, unless `--nginx-workers` says otherwise.
 fn start_stack(
     args: &Args,
     bins: &Binaries,
@@ -231,14 +352,16 @@ fn start_stack(
     let cpus = std::thread::available_parallelism().map_or(1, usize::from);
     let tmp = TempDir::new(args.keep_tmp)?;
     let backend = stack::start_echo(&bins.echo, tmp.path())?;
-    let mut stack = Stack { proxies: Vec::new(), backend, tmp };
+    let mut stack = Stack { gateway: None, nginx: None, backend, tls: None, tmp };
     println!("echo backend  pid {:<7} {}", stack.backend.proc.pid(), stack.backend.addr);
     let mut setup = Setup { cpus, gateway_workers: cpus, nginx_workers: args.nginx_workers.unwrap_or(cpus) };
-    if scenarios.contains(&Scenario::Gateway) {
-        let proxy = stack::start_gateway(&bins.gateway, stack.tmp.path(), stack.backend.addr)?;
-        setup.gateway_workers = procs::count_threads(proxy.proc.pid(), &procs::TOKIO_WORKER_NAMES);
+    if scenarios.iter().any(|s| s.server() == Server::Gateway) {
+        let tls = scenarios.iter().any(|s| s.tls());
+        let proxy = stack::start_gateway(&bins.gateway, stack.tmp.path(), stack.backend.addr, tls)?;
+        setup.gateway_workers = procs::count_threads(proxy.proc.pid(), &procs::WORKER_THREAD_NAMES);
+        let tls_addr = proxy.tls_addr.map(|a| format!(", TLS {a}")).unwrap_or_default();
         println!(
-            "gateway       pid {:<7} {}  ({} tokio worker threads)",
+            "gateway       pid {:<7} {}{tls_addr}  ({} worker threads)",
             proxy.proc.pid(),
             proxy.addr,
             setup.gateway_workers
@@ -246,22 +369,33 @@ fn start_stack(
         if args.nginx_workers.is_none() && setup.gateway_workers > 0 {
             setup.nginx_workers = setup.gateway_workers;
         }
-        stack.proxies.push((Scenario::Gateway, proxy));
+        if tls {
+            stack.tls = Some(TlsClients::new(&stack.tmp.path().join(stack::DEV_CA_FILE))?);
+        }
+        stack.gateway = Some(proxy);
     }
     if let (true, Some(bin)) = (scenarios.contains(&Scenario::Nginx), nginx) {
         let proxy = stack::start_nginx(bin, stack.tmp.path(), stack.backend.addr, setup.nginx_workers)?;
         println!("nginx         pid {:<7} {}  (workers {:?})", proxy.proc.pid(), proxy.addr, &proxy.pids()[1..]);
-        stack.proxies.push((Scenario::Nginx, proxy));
+        stack.nginx = Some(proxy);
     }
     Ok((stack, setup))
 }
 
 /// How the bench ran, for the JSON report.
-fn settings(args: &Args, bins: &Binaries, setup: &Setup, nginx: Option<&Path>) -> serde_json::Value {
+fn settings(
+    args: &Args,
+    bins: &Binaries,
+    setup: &Setup,
+    nginx: Option<&Path>,
+    tls_handshake: Option<&str>,
+) -> serde_json::Value {
     json!({
         "duration_secs": args.duration.as_secs_f64(),
         "warmup_secs": args.warmup.as_secs_f64(),
         "connections": args.connections,
+        "h2_streams_per_connection": args.h2_streams,
+        "tls_handshake": tls_handshake,
         "rounds": args.rounds,
         "rate": args.rate,
         "mode": if args.rate.is_some() { "open_loop" } else { "closed_loop" },
@@ -287,13 +421,22 @@ async fn measure(
     round: usize,
     ticks_per_sec: u64,
 ) -> anyhow::Result<RunResult> {
-    let proxy = stack.proxies.iter().find(|(s, _)| *s == scenario).map(|(_, p)| p);
+    let proxy = match scenario.server() {
+        Server::Echo => None,
+        Server::Gateway => stack.gateway.as_ref(),
+        Server::Nginx => stack.nginx.as_ref(),
+    };
     let is_proxy = proxy.is_some();
-    let addr = proxy.map_or(stack.backend.addr, |p| p.addr);
+    let addr = match proxy {
+        None => stack.backend.addr,
+        Some(p) if scenario.tls() => p.tls_addr.context("the proxy has no TLS listener")?,
+        Some(p) => p.addr,
+    };
     let running = load::start(&LoadSpec {
         addr,
         path: args.path.clone(),
         connections: args.connections,
+        protocol: scenario.protocol(stack.tls.as_ref(), args.h2_streams)?,
         threads: args.client_threads,
         warmup: args.warmup,
         duration: args.duration,
@@ -319,7 +462,7 @@ async fn measure(
         eprintln!("loadbench: a {} process vanished during round {round}", scenario.name());
     }
     stack.backend.proc.check_alive()?;
-    for (_, p) in &mut stack.proxies {
+    for p in stack.proxies_mut() {
         p.proc.check_alive()?;
     }
     if outcome.ok == 0 {
@@ -393,7 +536,7 @@ fn binaries(args: &Args) -> anyhow::Result<Binaries> {
         None => std::env::current_exe()?.parent().context("executable has no directory")?.to_owned(),
     };
     let bins = Binaries { gateway: dir.join("gateway"), echo: dir.join("echo") };
-    let needs_gateway = args.scenarios.contains(&Scenario::Gateway);
+    let needs_gateway = args.scenarios.iter().any(|s| s.server() == Server::Gateway);
     let missing: Vec<&Path> = [(&bins.echo, true), (&bins.gateway, needs_gateway)]
         .into_iter()
         .filter(|(p, needed)| *needed && !p.is_file())
@@ -449,5 +592,28 @@ mod tests {
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("5h").is_err());
         assert!(parse_duration("fast").is_err());
+    }
+
+    #[test]
+    fn scenario_name_is_its_command_line_value() {
+        for s in Scenario::value_variants() {
+            let value = s.to_possible_value().expect("not skipped");
+            assert_eq!(value.get_name(), s.name());
+        }
+    }
+
+    #[test]
+    fn scenario_protocol_matches_name() {
+        let none = None;
+        let plain = Scenario::Gateway.protocol(none, 4).expect("plain");
+        assert!(!plain.http2 && plain.tls.is_none() && !plain.new_conn_per_request);
+        let h2 = Scenario::GatewayH2.protocol(none, 4).expect("h2");
+        assert!(h2.http2 && h2.tls.is_none());
+        assert_eq!(h2.streams_per_connection(), 4);
+        assert!(Scenario::GatewayHttps.protocol(none, 1).is_err(), "TLS needs client configs");
+        assert!(Scenario::GatewayHttpsNewConn.tls() && !Scenario::GatewayHttpsNewConn.http2());
+        assert!(Scenario::GatewayHttpsH2.tls() && Scenario::GatewayHttpsH2.http2());
+        assert_eq!(Scenario::Nginx.server(), Server::Nginx);
+        assert_eq!(Scenario::Direct.server(), Server::Echo);
     }
 }
