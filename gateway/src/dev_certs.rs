@@ -135,21 +135,7 @@ fn set_validity(params: &mut CertificateParams, now: SystemTime, validity: Durat
 
 fn utc_day(time: SystemTime) -> (i32, u8, u8) {
     let days = time.duration_since(UNIX_EPOCH).map_or(0, |since| since.as_secs() / 86_400);
-    civil_from_days(days as i64)
-}
-
-/// Days since 1970-01-01 to a proleptic Gregorian (year, month, day): Howard Hinnant's
-/// `civil_from_days` (<https://howardhinnant.github.io/date_algorithms.html#civil_from_days>).
-fn civil_from_days(days: i64) -> (i32, u8, u8) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z.rem_euclid(146_097);
-    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let shifted_month = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
-    let month = if shifted_month < 10 { shifted_month + 3 } else { shifted_month - 9 };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    let (year, month, day) = crate::timefmt::civil_from_days(days as i64);
     (year as i32, month as u8, day as u8)
 }
 
@@ -330,14 +316,5 @@ mod tests {
         let error = write_dev_certs(&file).unwrap_err();
         assert!(matches!(&error, DevCertsError::CreateDir { path, .. } if *path == file), "{error:?}");
         assert!(error.to_string().starts_with(&format!("creating directory {}: ", file.display())), "{error}");
-    }
-
-    #[test]
-    fn civil_from_days_known_dates() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(-1), (1969, 12, 31));
-        assert_eq!(civil_from_days(11_017), (2000, 3, 1));
-        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
-        assert_eq!(civil_from_days(20_778), (2026, 11, 21));
     }
 }

@@ -3,6 +3,8 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::timefmt::days_from_civil;
+
 /// The certificate's `notAfter`, or None when the DER is not shaped like a certificate.
 pub(super) fn not_after(der: &[u8]) -> Option<SystemTime> {
     let (_, certificate, _) = tlv(der, 0x30)?;
@@ -56,18 +58,11 @@ fn time(tag: u8, text: &[u8]) -> Option<SystemTime> {
     };
     let field = |i: usize| number(rest + 2 * i..rest + 2 * i + 2);
     let (month, day, hour, minute, second) = (field(0)?, field(1)?, field(2)?, field(3)?, field(4)?);
-    let seconds = days_from_civil(year, month, day) * 86_400 + hour * 3_600 + minute * 60 + second;
+    let seconds = days_from_civil(year, u32::try_from(month).ok()?, u32::try_from(day).ok()?) * 86_400
+        + hour * 3_600
+        + minute * 60
+        + second;
     Some(UNIX_EPOCH + Duration::from_secs(u64::try_from(seconds).ok()?))
-}
-
-/// Days since 1970-01-01 for a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let yoe = year.rem_euclid(400);
-    let doy = (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 #[cfg(test)]
