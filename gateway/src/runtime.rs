@@ -4,6 +4,7 @@
 //! loads it once and uses it to the end, so a later swap never changes a request midway.
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +28,8 @@ pub struct Snapshot {
     /// Client-side limits; a connection uses those of the snapshot current when it was accepted.
     pub server: config::Server,
     pub drain_timeout: Duration,
+    /// Removed from every request before anything else (zero trust).
+    pub identity_headers: Vec<http::HeaderName>,
     /// What each listener does with a connection, by listener name.
     pub listeners: HashMap<String, Arc<ListenerRuntime>>,
 }
@@ -50,6 +53,8 @@ pub struct RouteRuntime {
     pub timeout: Duration,
     pub preserve_host: bool,
     pub max_body_size: u64,
+    /// Client-sent identity headers removed from this route's requests (for the metrics issue).
+    pub identity_headers_stripped: AtomicU64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +93,7 @@ impl Snapshot {
                     upstream,
                     preserve_host: route.preserve_host,
                     max_body_size: route.max_body_size,
+                    identity_headers_stripped: AtomicU64::new(0),
                 })
             })
             .collect::<Result<Vec<_>, BuildError>>()?;
@@ -108,6 +114,7 @@ impl Snapshot {
             upstreams,
             server: config.server.clone(),
             drain_timeout: config.shutdown.drain_timeout,
+            identity_headers: config.identity_headers.clone(),
         })
     }
 

@@ -189,3 +189,51 @@ async fn headers_error_response_carries_request_id() {
     let json = reply.assert_error(404, "no_route");
     assert_eq!(json["request_id"], "keep-me");
 }
+
+/// Every default identity header, in odd cases and repeated: a client must never be able to tell an
+/// upstream who it is by a header, on any route (zero trust).
+const SPOOFED: &[(&str, &str)] = &[
+    ("X-User-Id", "1"),
+    ("x-user-role", "admin"),
+    ("x-user-role", "root"),
+    ("X-USER-EMAIL", "ceo@example.com"),
+    ("x-user-name", "ceo"),
+    ("x-authenticated-user", "ceo"),
+    ("x-forwarded-user", "ceo"),
+    ("x-consumer-id", "7"),
+    ("x-auth-request-user", "ceo"),
+    ("x-auth-request-email", "ceo@example.com"),
+];
+
+#[tokio::test]
+async fn headers_spoofed_identity_headers_never_reach_the_upstream_on_any_route() {
+    let echo = Backend::spawn("echo");
+    let routes = "\nupstreams:\n  echo: { endpoints: [\"${echo}\"] }\nroutes:\n  \
+                  - { name: api, match: { path_prefix: /api }, upstream: echo, strip_prefix: true }\n  \
+                  - { name: rest, upstream: echo }\n";
+    let gateway = Gateway::start(&e2e::config(routes, &[&echo]));
+    let mut headers = SPOOFED.to_vec();
+    headers.push(("x-end-to-end", "kept"));
+    for path in ["/api/orders", "/anything"] {
+        let reply = client::get_with(gateway.addr(), path, &headers).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        let echoed = reply.echoed();
+        for (name, _) in SPOOFED {
+            assert_eq!(echoed.header(&name.to_ascii_lowercase()), None, "{path}: `{name}` reached the upstream");
+        }
+        assert_eq!(echoed.header_all("x-end-to-end"), ["kept"]);
+    }
+}
+
+#[tokio::test]
+async fn headers_configured_identity_headers_replace_the_default_list() {
+    let echo = Backend::spawn("echo");
+    let routes = "\nidentity_headers: [x-tenant, x-user-id]\nupstreams:\n  echo: { endpoints: [\"${echo}\"] }\n\
+                  routes:\n  - { name: all, upstream: echo }\n";
+    let gateway = Gateway::start(&e2e::config(routes, &[&echo]));
+    let reply =
+        client::get_with(gateway.addr(), "/", &[("x-tenant", "acme"), ("x-user-id", "1"), ("x-user-role", "r")]).await;
+    let echoed = reply.echoed();
+    assert_eq!((echoed.header("x-tenant"), echoed.header("x-user-id")), (None, None));
+    assert_eq!(echoed.header("x-user-role"), Some("r"), "only the configured list is stripped");
+}

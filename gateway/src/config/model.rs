@@ -22,6 +22,9 @@ pub struct Config {
     pub upstreams: Vec<Upstream>,
     /// Routes in file order; names are unique and every `upstream` names an entry of `upstreams`.
     pub routes: Vec<Route>,
+    /// Removed from every request before anything else: a client must never be able to tell an
+    /// upstream who it is by a header (zero trust; identity travels only in the checked token).
+    pub identity_headers: Vec<HeaderName>,
 }
 
 /// A socket the gateway accepts client traffic on.
@@ -240,6 +243,18 @@ pub mod defaults {
     pub const MAX_BODY_SIZE: u64 = 10 * 1024 * 1024;
     pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
     pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Headers gateways and auth proxies commonly use to tell upstreams who the caller is.
+    pub const IDENTITY_HEADERS: &[&str] = &[
+        "x-user-id",
+        "x-user-role",
+        "x-user-email",
+        "x-user-name",
+        "x-authenticated-user",
+        "x-forwarded-user",
+        "x-consumer-id",
+        "x-auth-request-user",
+        "x-auth-request-email",
+    ];
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
     pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
     pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);

@@ -19,6 +19,7 @@ pub(crate) struct RawConfig {
     pub shutdown: Option<RawShutdown>,
     pub upstreams: Spanned<OrderedMap<RawUpstream>>,
     pub routes: Spanned<Vec<Spanned<RawRoute>>>,
+    pub identity_headers: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Deserialize)]

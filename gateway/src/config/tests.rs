@@ -340,3 +340,16 @@ fn tls_certificate_covering_no_route_host_warns_only_when_every_route_names_a_ho
     let loaded = parse(&path.display().to_string(), &text).unwrap_or_else(|p| panic!("{p}"));
     assert!(loaded.warnings.is_empty(), "a wildcard certificate covers a.shop.test: {:?}", loaded.warnings);
 }
+
+#[test]
+fn identity_headers_default_list_and_custom_list() {
+    let base = "listeners: [{ name: p, address: 127.0.0.1:0 }]\nupstreams: { u: { endpoints: [http://127.0.0.1:9001] } }\nroutes: [{ name: r, upstream: u }]\n";
+    let defaults = parse("a.yaml", base).unwrap().config.identity_headers;
+    assert!(defaults.iter().any(|h| h == "x-user-id") && defaults.iter().any(|h| h == "x-auth-request-email"));
+    assert_eq!(defaults.len(), 9);
+    let custom =
+        parse("a.yaml", &format!("{base}identity_headers: [X-Tenant, x-user-id]\n")).unwrap().config.identity_headers;
+    assert_eq!(custom, ["x-tenant", "x-user-id"]);
+    let problems = parse("a.yaml", &format!("{base}identity_headers: [\"bad header\"]\n")).unwrap_err().to_string();
+    assert!(problems.contains("a.yaml:4:20: identity_headers[0]: \"bad header\" is not a header name"), "{problems}");
+}

@@ -55,6 +55,11 @@ fn headers_named_in(value: &HeaderValue) -> impl Iterator<Item = HeaderName> + '
     value.to_str().unwrap_or("").split(',').filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
 }
 
+/// Removes every header in `names`; returns how many values were removed.
+pub fn remove_identity(headers: &mut HeaderMap, names: &[HeaderName]) -> u64 {
+    names.iter().map(|name| headers.remove(name).map_or(0, |_| 1)).sum()
+}
+
 /// True when the request asks for an HTTP/1.1 protocol upgrade (e.g. WebSocket).
 pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)

@@ -1,7 +1,7 @@
 //! The request path: one function, `handle`, runs the phases in a fixed, visible order.
 //!
-//! route -> request id -> body limit -> pick endpoint -> rewrite + headers -> forward -> response headers.
-//! Identity stripping, JWT checks, rate limits and breakers slot in between as their issues land.
+//! request id -> identity headers out -> route -> body limit -> pick endpoint -> rewrite + headers
+//! -> forward -> response headers. JWT checks, rate limits and breakers slot in as their issues land.
 
 mod body;
 mod error;
@@ -11,6 +11,7 @@ mod redirect;
 mod upgrade;
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
@@ -78,6 +79,9 @@ async fn proxy(
     mut request: Request<Incoming>,
     request_id: &HeaderValue,
 ) -> Result<Response<ProxyBody>, ProxyError> {
+    // identity: a client must never tell an upstream who it is; only a checked token may
+    let stripped = headers::remove_identity(request.headers_mut(), &snapshot.identity_headers);
+
     // route
     // A cheap reference-counted copy: the request itself moves on below.
     let host = request_host(&request);
@@ -91,6 +95,10 @@ async fn proxy(
     }
     let index = snapshot.router.find(host, path, request.method(), request.headers()).ok_or(ProxyError::NoRoute)?;
     let route = snapshot.routes.get(index).ok_or(ProxyError::NoRoute)?;
+    if stripped > 0 {
+        route.identity_headers_stripped.fetch_add(stripped, Ordering::Relaxed);
+        tracing::debug!(route = &*route.name, stripped, "removed client-sent identity headers");
+    }
 
     // body limit: refuse early when the declared length is already too large
     if declared_length(&request).is_some_and(|len| len > route.max_body_size) {

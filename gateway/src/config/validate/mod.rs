@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use serde_saphyr::{Location, Spanned};
 
-use super::model::Config;
+use http::HeaderName;
+
+use super::model::{defaults, Config};
 use super::problem::{Problem, Problems, Severity};
 use super::raw::RawConfig;
 use super::units;
@@ -30,13 +32,36 @@ pub(crate) fn validate(file: &str, raw: &RawConfig) -> Result<(Config, Vec<Probl
     let upstreams = upstreams::upstreams(&mut report, &raw.upstreams);
     let routes = routes::routes(&mut report, &raw.routes, &raw.upstreams, &server);
     tls::host_coverage(&mut report, &raw.listeners.value, &listeners, &routes);
+    let identity_headers = identity_headers(&mut report, raw.identity_headers.as_deref());
 
     let (errors, warnings): (Vec<Problem>, Vec<Problem>) =
         report.problems.into_iter().partition(|p| p.severity == Severity::Error);
     match Problems::new(errors) {
         Some(errors) => Err(errors),
-        None => Ok((Config { listeners, admin, server, shutdown, upstreams, routes }, warnings)),
+        None => Ok((Config { listeners, admin, server, shutdown, upstreams, routes, identity_headers }, warnings)),
     }
+}
+
+/// `identity_headers`: valid header names (lowercased), or the default list when absent.
+fn identity_headers(report: &mut Report<'_>, raw: Option<&[Spanned<String>]>) -> Vec<HeaderName> {
+    let Some(raw) = raw else {
+        return defaults::IDENTITY_HEADERS.iter().map(|name| HeaderName::from_static(name)).collect();
+    };
+    (raw.iter().enumerate())
+        .filter_map(|(i, name)| match HeaderName::from_bytes(name.value.trim().as_bytes()) {
+            Ok(header) => Some(header),
+            Err(_) => {
+                report
+                    .error(
+                        name.referenced,
+                        &format!("identity_headers[{i}]"),
+                        format!("{:?} is not a header name", name.value),
+                    )
+                    .hint("header names are letters, digits and `-`, e.g. x-user-id");
+                None
+            }
+        })
+        .collect()
 }
 
 /// Collects problems for one file.

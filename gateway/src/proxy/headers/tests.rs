@@ -143,3 +143,16 @@ fn request_id_generated_ids_are_unique_and_carry_the_current_time() {
     unique.dedup();
     assert_eq!(unique.len(), ids.len());
 }
+
+#[test]
+fn remove_identity_removes_every_listed_header_case_insensitively_and_counts_them() {
+    let mut h = map(&[("X-User-Id", "42"), ("x-user-role", "admin"), ("x-user-role", "root"), ("accept", "*/*")]);
+    let names = [
+        HeaderName::from_static("x-user-id"),
+        HeaderName::from_static("x-user-role"),
+        HeaderName::from_static("x-consumer-id"),
+    ];
+    assert_eq!(remove_identity(&mut h, &names), 2);
+    let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+    assert_eq!(left, ["accept"]);
+}
