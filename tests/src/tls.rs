@@ -65,6 +65,13 @@ impl TestCa {
         TestCa { cert_pem: cert.pem(), der: cert.der().clone(), issuer: Issuer::new(params, key) }
     }
 
+    /// Writes the CA certificate (PEM) to `dir/<file>` and returns the path.
+    pub fn write(&self, dir: &Path, file: &str) -> PathBuf {
+        let path = dir.join(file);
+        std::fs::write(&path, &self.cert_pem).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+        path
+    }
+
     /// A client certificate (extended key usage clientAuth) for `name`.
     pub fn issue_client(&self, name: &str) -> Leaf {
         self.issue_for(&[name], ExtendedKeyUsagePurpose::ClientAuth)

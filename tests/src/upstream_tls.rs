@@ -1,13 +1,9 @@
-//! HTTPS upstreams for tests: a CA made at test time, and a TLS terminator in front of an echo
-//! backend that records the SNI of every handshake it completes.
+//! HTTPS upstreams for tests: a TLS terminator in front of an echo backend that records the SNI of
+//! every handshake it completes (certificates come from [`crate::tls::TestCa`]).
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-};
 use rustls::crypto::aws_lc_rs;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -16,54 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
-/// A certificate authority made for one test.
-pub struct UpstreamCa {
-    /// The CA certificate (PEM): what the gateway's `tls.ca` file holds.
-    pub cert_pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-impl UpstreamCa {
-    /// A new CA (ECDSA P-256) named `name`.
-    pub fn new(name: &str) -> UpstreamCa {
-        let mut params = CertificateParams::default();
-        params.distinguished_name = rcgen::DistinguishedName::new();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
-        let key = KeyPair::generate().unwrap_or_else(|e| panic!("generating a CA key: {e}"));
-        let cert = params.self_signed(&key).unwrap_or_else(|e| panic!("self-signing the CA {name}: {e}"));
-        UpstreamCa { cert_pem: cert.pem(), issuer: Issuer::new(params, key) }
-    }
-
-    /// A server certificate and its key (both PEM) for `names` (DNS names or IP addresses).
-    pub fn issue(&self, names: &[&str]) -> ServerCert {
-        let owned: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
-        let mut params =
-            CertificateParams::new(owned).unwrap_or_else(|e| panic!("bad certificate names {names:?}: {e}"));
-        params.distinguished_name = rcgen::DistinguishedName::new();
-        params.distinguished_name.push(DnType::CommonName, names.first().copied().unwrap_or("upstream"));
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let key = KeyPair::generate().unwrap_or_else(|e| panic!("generating a server key: {e}"));
-        let cert =
-            params.signed_by(&key, &self.issuer).unwrap_or_else(|e| panic!("signing a certificate for {names:?}: {e}"));
-        ServerCert { cert_pem: cert.pem(), key_pem: key.serialize_pem() }
-    }
-
-    /// Writes the CA certificate to `dir/<file>` and returns the path.
-    pub fn write(&self, dir: &Path, file: &str) -> PathBuf {
-        let path = dir.join(file);
-        std::fs::write(&path, &self.cert_pem).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
-        path
-    }
-}
-
-/// A server certificate (leaf only) and its PKCS#8 key, PEM.
-pub struct ServerCert {
-    pub cert_pem: String,
-    pub key_pem: String,
-}
+use crate::tls::Leaf;
 
 /// A TLS server on a loopback port 0 that forwards each connection's plaintext to `backend` (an echo).
 /// Stopped on drop.
@@ -75,7 +24,7 @@ pub struct TlsUpstream {
 
 impl TlsUpstream {
     /// Serves `cert` (TLS 1.2 and 1.3, ALPN `http/1.1`) in front of `backend`.
-    pub async fn start(cert: &ServerCert, backend: SocketAddr) -> TlsUpstream {
+    pub async fn start(cert: &Leaf, backend: SocketAddr) -> TlsUpstream {
         let chain = vec![CertificateDer::from_pem_slice(cert.cert_pem.as_bytes())
             .unwrap_or_else(|e| panic!("parsing the server certificate: {e}"))];
         let key = PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes())

@@ -2,7 +2,8 @@
 //! webpki roots), SNI from the endpoint host or `server_name`, `insecure_skip_verify`, and a
 //! rejected certificate turned into 502 `upstream_connect_error` with the reason in the log only.
 
-use e2e::upstream_tls::{TlsUpstream, UpstreamCa};
+use e2e::tls::TestCa;
+use e2e::upstream_tls::TlsUpstream;
 use e2e::{client, config, eventually, write_temp, Backend, ConfigDir, Gateway};
 
 /// One route to upstream `secure` with the given endpoint and `tls:` flow mapping (or none).
@@ -19,7 +20,7 @@ fn secure_config(endpoint: &str, tls: Option<&str>) -> String {
 #[tokio::test]
 async fn upstream_tls_custom_ca_proxied_with_endpoint_host_as_sni() {
     let echo = Backend::spawn("tls-echo");
-    let ca = UpstreamCa::new("upstream test CA");
+    let ca = TestCa::new("upstream test CA");
     let upstream = TlsUpstream::start(&ca.issue(&["localhost"]), echo.addr).await;
     let ca_file = write_temp("upstream-ca", "crt", &ca.cert_pem);
     let endpoint = format!("https://localhost:{}", upstream.addr.port());
@@ -41,7 +42,7 @@ async fn upstream_tls_custom_ca_proxied_with_endpoint_host_as_sni() {
 #[tokio::test]
 async fn upstream_tls_certificate_from_other_ca_returns_502_and_logs_reason() {
     let echo = Backend::spawn("tls-echo");
-    let (trusted, other) = (UpstreamCa::new("trusted CA"), UpstreamCa::new("other CA"));
+    let (trusted, other) = (TestCa::new("trusted CA"), TestCa::new("other CA"));
     let upstream = TlsUpstream::start(&other.issue(&["localhost"]), echo.addr).await;
     let ca_file = write_temp("upstream-ca", "crt", &trusted.cert_pem);
     let endpoint = format!("https://localhost:{}", upstream.addr.port());
@@ -63,7 +64,7 @@ async fn upstream_tls_certificate_from_other_ca_returns_502_and_logs_reason() {
 #[tokio::test]
 async fn upstream_tls_without_ca_uses_webpki_roots_rejecting_private_ca() {
     let echo = Backend::spawn("tls-echo");
-    let ca = UpstreamCa::new("private CA");
+    let ca = TestCa::new("private CA");
     let upstream = TlsUpstream::start(&ca.issue(&["localhost"]), echo.addr).await;
     let gateway = Gateway::start(&secure_config(&format!("https://localhost:{}", upstream.addr.port()), None));
 
@@ -73,7 +74,7 @@ async fn upstream_tls_without_ca_uses_webpki_roots_rejecting_private_ca() {
 #[tokio::test]
 async fn upstream_tls_insecure_skip_verify_accepts_unknown_ca_and_warns() {
     let echo = Backend::spawn("tls-echo");
-    let ca = UpstreamCa::new("unknown CA");
+    let ca = TestCa::new("unknown CA");
     let upstream = TlsUpstream::start(&ca.issue(&["localhost"]), echo.addr).await;
     let endpoint = format!("https://localhost:{}", upstream.addr.port());
     let gateway = Gateway::start(&secure_config(&endpoint, Some("{ insecure_skip_verify: true }")));
@@ -91,7 +92,7 @@ async fn upstream_tls_insecure_skip_verify_accepts_unknown_ca_and_warns() {
 #[tokio::test]
 async fn upstream_tls_ip_endpoint_verified_against_ip_san_without_sni() {
     let echo = Backend::spawn("tls-echo");
-    let ca = UpstreamCa::new("upstream test CA");
+    let ca = TestCa::new("upstream test CA");
     let ca_file = write_temp("upstream-ca", "crt", &ca.cert_pem);
     let tls = format!("{{ ca: \"{}\" }}", ca_file.display());
     let with_ip = TlsUpstream::start(&ca.issue(&["127.0.0.1"]), echo.addr).await;
@@ -122,7 +123,7 @@ routes:
 #[tokio::test]
 async fn upstream_tls_server_name_overrides_sni_and_verified_name() {
     let echo = Backend::spawn("tls-echo");
-    let ca = UpstreamCa::new("upstream test CA");
+    let ca = TestCa::new("upstream test CA");
     let upstream = TlsUpstream::start(&ca.issue(&["api.internal"]), echo.addr).await;
     let ca_file = write_temp("upstream-ca", "crt", &ca.cert_pem);
     let tls = format!("{{ ca: \"{}\", server_name: api.internal }}", ca_file.display());
@@ -136,7 +137,7 @@ async fn upstream_tls_server_name_overrides_sni_and_verified_name() {
 
 /// Starts the gateway on a config in its own directory whose upstream trusts `upstream-ca.crt`
 /// (beside the config, holding `ca`), in front of `upstream`.
-fn start_trusting_file(ca: &UpstreamCa, upstream: &TlsUpstream) -> (ConfigDir, Gateway) {
+fn start_trusting_file(ca: &TestCa, upstream: &TlsUpstream) -> (ConfigDir, Gateway) {
     let config_dir = ConfigDir::new("");
     ca.write(ca_dir(&config_dir), "upstream-ca.crt");
     config_dir.write_in_place(&secure_config(
@@ -152,7 +153,7 @@ fn ca_dir(config_dir: &ConfigDir) -> &std::path::Path {
 }
 
 /// Writes `ca` beside the config and renames it over `upstream-ca.crt`, as certificate tooling does.
-fn replace_ca(config_dir: &ConfigDir, ca: &UpstreamCa) {
+fn replace_ca(config_dir: &ConfigDir, ca: &TestCa) {
     let dir = ca_dir(config_dir);
     let temp = ca.write(dir, ".upstream-ca.crt.tmp");
     std::fs::rename(&temp, dir.join("upstream-ca.crt")).unwrap_or_else(|e| panic!("renaming the new CA: {e}"));
@@ -161,7 +162,7 @@ fn replace_ca(config_dir: &ConfigDir, ca: &UpstreamCa) {
 #[tokio::test]
 async fn upstream_tls_ca_file_replaced_then_sighup_trusts_new_ca() {
     let echo = Backend::spawn("tls-echo");
-    let (old_ca, new_ca) = (UpstreamCa::new("old CA"), UpstreamCa::new("new CA"));
+    let (old_ca, new_ca) = (TestCa::new("old CA"), TestCa::new("new CA"));
     let upstream = TlsUpstream::start(&new_ca.issue(&["localhost"]), echo.addr).await;
     let (config_dir, gateway) = start_trusting_file(&old_ca, &upstream);
     client::get(gateway.addr(), "/before").await.assert_error(502, "upstream_connect_error");
@@ -175,7 +176,7 @@ async fn upstream_tls_ca_file_replaced_then_sighup_trusts_new_ca() {
 #[tokio::test]
 async fn upstream_tls_ca_file_replaced_reloads_without_signal() {
     let echo = Backend::spawn("tls-echo");
-    let (old_ca, new_ca) = (UpstreamCa::new("old CA"), UpstreamCa::new("new CA"));
+    let (old_ca, new_ca) = (TestCa::new("old CA"), TestCa::new("new CA"));
     let upstream = TlsUpstream::start(&new_ca.issue(&["localhost"]), echo.addr).await;
     let (config_dir, gateway) = start_trusting_file(&old_ca, &upstream);
     client::get(gateway.addr(), "/before").await.assert_error(502, "upstream_connect_error");
