@@ -20,6 +20,7 @@ pub mod load;
 mod process;
 pub mod raw;
 pub mod tls;
+pub mod tls_site;
 pub mod upstream_tls;
 
 pub use binaries::binary;
