@@ -33,6 +33,27 @@ impl Samples {
         self.us.is_empty()
     }
 
+    /// Sorts the samples and returns the latency at each of `CURVE_POINTS` quantiles spaced
+    /// evenly in "nines" (p50 .. p99.99), stopping where the samples run out: a quantile
+    /// whose rank would be the last sample is only kept if it is the first such (it is the max).
+    /// Empty when nothing was recorded.
+    pub fn curve(&mut self) -> Vec<CurvePoint> {
+        self.us.sort_unstable();
+        let n = self.us.len() as f64;
+        let mut points = Vec::new();
+        for quantile in curve_quantiles() {
+            if self.us.is_empty() {
+                break;
+            }
+            points.push(CurvePoint { quantile, us: nearest_rank(&self.us, quantile) });
+            // Beyond here every quantile is the max: more points would only draw a flat line.
+            if (1.0 - quantile) * n < 1.0 {
+                break;
+            }
+        }
+        points
+    }
+
     /// Sorts the samples and returns the percentiles (all zero when empty).
     pub fn percentiles(mut self) -> Percentiles {
         if self.us.is_empty() {
@@ -60,6 +81,40 @@ pub struct Percentiles {
     pub p999_us: u32,
     pub max_us: u32,
     pub mean_us: f64,
+}
+
+/// Points of the latency curve: `CURVE_STEPS_PER_NINE` per "nine" from p50 to p99.99.
+pub const CURVE_STEPS_PER_NINE: u32 = 20;
+
+/// Highest quantile of the curve, in nines: 4 = p99.99.
+pub const CURVE_MAX_NINES: u32 = 4;
+
+/// Quantiles of one to four nines (the length must be `CURVE_MAX_NINES`).
+const WHOLE_NINES: [f64; CURVE_MAX_NINES as usize] = [0.9, 0.99, 0.999, 0.9999];
+
+/// One point of a latency-by-percentile curve.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CurvePoint {
+    /// 0.5 ..= 0.9999.
+    pub quantile: f64,
+    /// Nearest-rank latency at `quantile`, microseconds.
+    pub us: u32,
+}
+
+/// The curve's quantiles, ascending: 0.5, then `1 - 10^-x` for x on an even grid in "nines"
+/// (x = 1 is p90, 2 is p99, ...) up to `CURVE_MAX_NINES`. Whole nines are exact (0.9, 0.99, ...),
+/// so those points equal the table's percentiles.
+pub fn curve_quantiles() -> impl Iterator<Item = f64> {
+    let first = (0.5f64.log10().abs() * f64::from(CURVE_STEPS_PER_NINE)).ceil() as u32;
+    let steps = (first..=CURVE_MAX_NINES * CURVE_STEPS_PER_NINE).map(|k| {
+        if k % CURVE_STEPS_PER_NINE == 0 {
+            // The literals, so p90, p99 and p99.9 match `percentiles()` exactly.
+            WHOLE_NINES[(k / CURVE_STEPS_PER_NINE) as usize - 1]
+        } else {
+            1.0 - 10f64.powf(-f64::from(k) / f64::from(CURVE_STEPS_PER_NINE))
+        }
+    });
+    std::iter::once(0.5).chain(steps)
 }
 
 /// Nearest-rank percentile of sorted, non-empty `sorted`: the smallest value with at least
@@ -97,6 +152,39 @@ mod tests {
     #[test]
     fn percentiles_empty_all_zero() {
         assert_eq!(Samples::default().percentiles(), Percentiles::default());
+    }
+
+    #[test]
+    fn curve_quantiles_ascend_from_p50_to_p9999_with_exact_nines() {
+        let q: Vec<f64> = curve_quantiles().collect();
+        assert_eq!(q[0], 0.5);
+        assert!(q.windows(2).all(|w| w[0] < w[1]), "{q:?}");
+        assert_eq!(q[q.len() - 1], 0.9999);
+        for nines in [0.9, 0.99, 0.999] {
+            assert!(q.contains(&nines), "{nines} missing");
+        }
+    }
+
+    #[test]
+    fn curve_matches_percentiles_at_whole_nines() {
+        let mut s = samples((1..=100_000).map(|v| v * 7 % 100_003));
+        let curve = s.curve();
+        let p = s.percentiles();
+        let at = |q: f64| curve.iter().find(|c| c.quantile == q).map(|c| c.us);
+        assert_eq!(at(0.5), Some(p.p50_us));
+        assert_eq!(at(0.9), Some(p.p90_us));
+        assert_eq!(at(0.99), Some(p.p99_us));
+        assert_eq!(at(0.999), Some(p.p999_us));
+        assert!(curve.windows(2).all(|w| w[0].us <= w[1].us));
+    }
+
+    #[test]
+    fn curve_few_samples_stops_at_max() {
+        let curve = samples(1..=100).curve();
+        let last = curve[curve.len() - 1];
+        assert_eq!(last.us, 100);
+        assert!(last.quantile < 0.999, "no points past the max: {curve:?}");
+        assert!(Samples::default().curve().is_empty());
     }
 
     #[test]

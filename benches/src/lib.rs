@@ -2,11 +2,13 @@
 //!
 //! The binary `loadbench` (src/bin/loadbench.rs) wires these modules together:
 //! `stack` starts the processes, `load` generates the requests over `client` connections,
-//! `procs` measures the processes, `hist` turns samples into percentiles and `report` prints them.
+//! `procs` measures the processes, `hist` turns samples into percentiles, `report` prints them
+//! and `plot` draws them.
 
 pub mod client;
 pub mod hist;
 pub mod load;
+pub mod plot;
 pub mod procs;
 pub mod report;
 pub mod stack;

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::hist::Percentiles;
+use crate::hist::{CurvePoint, Percentiles};
 
 /// One scenario measured once.
 #[derive(Debug, Clone, Serialize)]
@@ -32,6 +32,9 @@ pub struct RunResult {
     pub pacer_late_pct: Option<f64>,
     /// Latency percentiles of the 2xx responses.
     pub latency: Percentiles,
+    /// Latency of the 2xx responses from p50 to p99.99, for the plot (`plot`); not in the JSON.
+    #[serde(skip)]
+    pub latency_curve: Vec<CurvePoint>,
     /// Proxy user+system CPU per 2xx response, microseconds (nginx: master + workers).
     pub proxy_cpu_us_per_req: Option<f64>,
     /// Echo backend CPU per 2xx response, microseconds.

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release -p benches --bin loadbench -- [--duration 10s] [--connections 64]
-//!     [--rounds 3] [--rate N] [--json FILE] [--scenarios direct,gateway,gateway-https,...]
+//!     [--rounds 3] [--rate N] [--json FILE] [--svg FILE] [--scenarios direct,gateway,gateway-https,...]
 //! ```
 //!
 //! One gateway process serves every `gateway*` scenario: a cleartext listener (HTTP/1.1, and
@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use benches::client::{self, Protocol, Tls};
 use benches::load::{self, LoadSpec};
+use benches::plot;
 use benches::procs::{self, TempDir};
 use benches::report::{self, Report, RunResult, ScenarioReport, Summary};
 use benches::stack::{self, Backend, Proxy};
@@ -50,6 +51,10 @@ struct Args {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Also draw latency by percentile (p50 .. p99.99, median over rounds) per scenario as an
+    /// SVG image to this file.
+    #[arg(long)]
+    svg: Option<PathBuf>,
     /// Request path (the echo answers every path not reserved with a small JSON body).
     #[arg(long, default_value = "/")]
     path: String,
@@ -328,8 +333,39 @@ async fn run(args: &Args) -> anyhow::Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
         println!("wrote {}", path.display());
     }
+    if let Some(path) = &args.svg {
+        let (title, subtitle) = plot_titles(args, &setup);
+        std::fs::write(path, plot::svg(&plot::from_report(&report, title, subtitle)))
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
     drop(stack);
     Ok(())
+}
+
+/// The plot's title (the load) and subtitle (the rest of the setup, what a curve is).
+fn plot_titles(args: &Args, setup: &Setup) -> (String, String) {
+    let mode = match args.rate {
+        Some(rate) => format!("open loop at {} req/s", report::fmt_int(rate)),
+        None => "closed loop".to_owned(),
+    };
+    let title = format!(
+        "Latency by percentile: {mode}, {} connections, {:?} measured × {} round{}",
+        args.connections,
+        args.duration,
+        args.rounds,
+        if args.rounds == 1 { "" } else { "s" }
+    );
+    let streams = if args.h2_streams > 1 {
+        format!(", {} streams per HTTP/2 connection", args.h2_streams)
+    } else {
+        String::new()
+    };
+    let subtitle = format!(
+        "GET {}, warm-up {:?}, {} client thread(s), {} CPUs{streams}; each curve: median over rounds at each percentile",
+        args.path, args.warmup, args.client_threads, setup.cpus
+    );
+    (title, subtitle)
 }
 
 /// Facts about the started processes that the report states.
@@ -495,7 +531,9 @@ async fn measure(
         _ => (0.0, 0.0),
     };
     let other_cpu = (machine_tasks_cpu - proxy_cpu - client_cpu - backend_cpu).max(0.0);
-    let latency = outcome.samples.percentiles();
+    let mut samples = outcome.samples;
+    let latency_curve = samples.curve();
+    let latency = samples.percentiles();
     Ok(RunResult {
         round,
         requests_per_sec: ok / args.duration.as_secs_f64(),
@@ -510,6 +548,7 @@ async fn measure(
             .rate
             .map(|_| 100.0 * outcome.pacer_late_wakeups as f64 / outcome.pacer_wakeups.max(1) as f64),
         latency,
+        latency_curve,
         proxy_cpu_us_per_req: is_proxy.then(|| proxy_cpu / ok),
         backend_cpu_us_per_req: backend_cpu / ok,
         client_cpu_us_per_req: client_cpu / ok,
