@@ -211,7 +211,7 @@ fn probe(proc: &mut ProcGuard, addr: SocketAddr) -> anyhow::Result<()> {
     let mut last = String::new();
     while Instant::now() < deadline {
         proc.check_alive()?;
-        match get_status(addr) {
+        match get_status(addr, "/") {
             Ok(200) => return Ok(()),
             Ok(status) => last = format!("status {status}"),
             Err(e) => last = e.to_string(),
@@ -221,11 +221,11 @@ fn probe(proc: &mut ProcGuard, addr: SocketAddr) -> anyhow::Result<()> {
     bail!("{} at {addr}: GET / never answered 200 (last: {last}){}", proc.name, proc.stderr_tail())
 }
 
-/// One `GET /` with `Connection: close`; returns the status code.
-fn get_status(addr: SocketAddr) -> anyhow::Result<u16> {
+/// One `GET path` on a new connection with `Connection: close`; returns the status code.
+pub fn get_status(addr: SocketAddr, path: &str) -> anyhow::Result<u16> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    write!(s, "GET / HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
     let mut head = [0u8; 12];
     s.read_exact(&mut head)?;
     let text = std::str::from_utf8(&head)?;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::binaries::{binary, drain};
-use crate::configs::write_temp;
+use crate::configs::{write_temp, ConfigDir};
 use crate::process::{parse_addr, Proc};
 use crate::{client, TIMEOUT};
 
@@ -227,4 +227,21 @@ fn gateway_command(args: &[&str], path: &Path) -> Output {
         thread::sleep(Duration::from_millis(10));
     };
     Output { status, stdout: stdout.wait().into_bytes(), stderr: stderr.wait().into_bytes() }
+}
+
+/// Asserts every problem line `gateway check` prints for the files as they are now appears, exactly,
+/// in `last_reload.error`.
+pub fn assert_error_has_every_check_line(json: &Value, dir: &ConfigDir) {
+    let error = json["last_reload"]["error"].as_str().unwrap_or_else(|| panic!("no last_reload.error in {json:#}"));
+    let check = gateway_check(dir.path());
+    let stderr = String::from_utf8_lossy(&check.stderr);
+    assert_eq!(check.status.code(), Some(1), "gateway check on the same files; stderr:\n{stderr}");
+    let problems: Vec<&str> = stderr.lines().filter(|l| l.starts_with(dir.path_text())).collect();
+    assert!(!problems.is_empty(), "gateway check printed no problem line; stderr:\n{stderr}");
+    for problem in problems {
+        assert!(
+            error.lines().any(|l| l == problem),
+            "`gateway check` line {problem:?} missing from the error:\n{error}"
+        );
+    }
 }

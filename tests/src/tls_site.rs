@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use crate::client::Reply;
 use crate::tls::{self, Leaf, TestCa, TlsClient};
-use crate::{gateway_check, Backend, ConfigDir, Gateway};
+use crate::{Backend, ConfigDir, Gateway};
 use std::path::Path;
 
 /// Column of the value in a `        - cert: a.crt` line (and `          key: a.key` is 16).
@@ -173,21 +173,4 @@ pub async fn assert_reload_recorded(gateway: &Gateway) -> Value {
         "the new certificate is being served, but /admin/config does not report a successful file reload: {json:#}"
     );
     json
-}
-
-/// Asserts every problem line `gateway check` prints for the files as they are now appears, exactly,
-/// in `last_reload.error`.
-pub fn assert_error_has_every_check_line(json: &Value, dir: &ConfigDir) {
-    let error = json["last_reload"]["error"].as_str().unwrap_or_else(|| panic!("no last_reload.error in {json:#}"));
-    let check = gateway_check(dir.path());
-    let stderr = String::from_utf8_lossy(&check.stderr);
-    assert_eq!(check.status.code(), Some(1), "gateway check on the same files; stderr:\n{stderr}");
-    let problems: Vec<&str> = stderr.lines().filter(|l| l.starts_with(dir.path_text())).collect();
-    assert!(!problems.is_empty(), "gateway check printed no problem line; stderr:\n{stderr}");
-    for problem in problems {
-        assert!(
-            error.lines().any(|l| l == problem),
-            "`gateway check` line {problem:?} missing from the error:\n{error}"
-        );
-    }
 }

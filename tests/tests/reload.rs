@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use e2e::client::{self, Connection, Reply};
 use e2e::load::{Load, LoadReport};
-use e2e::{closed_port_addr, config, config_version, gateway_check, Backend, ConfigDir, Gateway, LISTENERS, TIMEOUT};
+use e2e::{closed_port_addr, config, config_version, Backend, ConfigDir, Gateway, LISTENERS, TIMEOUT};
 use serde_json::Value;
 
 /// Concurrent client tasks in the load tests, each on its own keep-alive connection.
@@ -213,17 +213,7 @@ fn assert_last_reload_failed(json: &Value, dir: &ConfigDir, broken: &str, active
     let expected = format!("{}:{location}: {message}", dir.path_text());
     assert!(error.lines().any(|l| l.starts_with(&expected)), "no line starting {expected:?} in the error:\n{error}");
 
-    let check = gateway_check(dir.path());
-    let stderr = String::from_utf8_lossy(&check.stderr);
-    assert_eq!(check.status.code(), Some(1), "gateway check on the broken file; stderr:\n{stderr}");
-    let problems: Vec<&str> = stderr.lines().filter(|l| l.starts_with(dir.path_text())).collect();
-    assert!(!problems.is_empty(), "gateway check printed no problem line; stderr:\n{stderr}");
-    for problem in problems {
-        assert!(
-            error.lines().any(|l| l == problem),
-            "`gateway check` line {problem:?} missing from the error:\n{error}"
-        );
-    }
+    e2e::assert_error_has_every_check_line(json, dir);
 }
 
 /// Asserts `reply` is the echo of `backend` answering a request through the gateway.

@@ -142,7 +142,7 @@ async fn cert_broken_on_disk_keeps_old_serving_and_reports_location() {
     let json = site.gateway.wait_for_failed_reloads_over(0).await;
     let cert_entry = (cert_at, "listeners[0].tls.certificates[0].cert", "a.crt");
     assert_cert_reload_failed(&json, &site.dir, &active, cert_entry);
-    assert_error_has_every_check_line(&json, &site.dir);
+    e2e::assert_error_has_every_check_line(&json, &site.dir);
     let (negotiated, reply) =
         tls::try_get(&site.client(), addr, "a.test", "/still").await.unwrap_or_else(|e| panic!("{e:#}"));
     assert_served(&negotiated.served, &old, &all, "while a.crt is not PEM");

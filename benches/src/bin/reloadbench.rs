@@ -9,8 +9,7 @@
 //! The time runs from the moment `rename` returns to the first 200, so it includes the watcher's
 //! debounce, the re-read, validation, the snapshot build and swap, and up to one poll interval.
 
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::thread;
@@ -91,7 +90,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         let path = format!("/r{i}");
         loop {
             gateway.check_alive()?;
-            if get_status(addr, &path).ok() == Some(200) {
+            if stack::get_status(addr, &path).ok() == Some(200) {
                 break;
             }
             if renamed.elapsed() > timeout {
@@ -149,7 +148,7 @@ fn wait_for_200(proc: &mut ProcGuard, addr: SocketAddr, path: &str, timeout: Dur
     let mut last = String::new();
     while Instant::now() < deadline {
         proc.check_alive()?;
-        match get_status(addr, path) {
+        match stack::get_status(addr, path) {
             Ok(200) => return Ok(()),
             Ok(status) => last = format!("status {status}"),
             Err(e) => last = e.to_string(),
@@ -157,19 +156,6 @@ fn wait_for_200(proc: &mut ProcGuard, addr: SocketAddr, path: &str, timeout: Dur
         thread::sleep(Duration::from_millis(20));
     }
     bail!("GET {path} never answered 200 (last: {last}){}", proc.stderr_tail())
-}
-
-/// One `GET path` on a new connection with `Connection: close`; returns the status code.
-fn get_status(addr: SocketAddr, path: &str) -> anyhow::Result<u16> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
-    s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
-    let mut head = [0u8; 12];
-    s.read_exact(&mut head)?;
-    let text = std::str::from_utf8(&head)?;
-    text.strip_prefix("HTTP/1.1 ")
-        .and_then(|rest| rest.get(..3)?.parse().ok())
-        .with_context(|| format!("not an HTTP/1.1 status line: {text:?}"))
 }
 
 /// `gateway` and `echo` from `--bin-dir` or next to this executable; built there if missing.
