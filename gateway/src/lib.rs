@@ -3,6 +3,7 @@
 //! The `gateway` binary (main.rs) is a thin CLI over this library.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+pub mod auth;
 pub mod config;
 pub mod dev_certs;
 pub mod proxy;

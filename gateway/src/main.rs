@@ -134,10 +134,12 @@ fn run(path: &std::path::Path) -> anyhow::Result<ExitCode> {
     for warning in &loaded.warnings {
         tracing::warn!("{warning}");
     }
+    // This thread only handles signals, reloads, background fetches (JWKS) and the admin listener;
+    // workers carry the traffic. Entered before the first snapshot is built so it can start those.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
+    let _entered = runtime.enter();
     let server = Server::bind(&loaded.config, worker::count())?;
     let reloader = Arc::new(Reloader::new(path.to_owned(), loaded.config, version, server.runtime(), server.workers()));
-    // This thread only handles signals, reloads and the admin listener; workers carry the traffic.
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
     runtime.block_on(async {
         let _watching = reload::watch(reloader.clone())?;
         for (name, address) in server.local_addrs() {

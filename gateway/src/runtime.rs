@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
+use crate::auth::{self, Provider};
 use crate::config::{self, Config, PathMatch, Rewrite};
 use crate::router::Router;
 use crate::tls;
@@ -30,6 +31,8 @@ pub struct Snapshot {
     pub drain_timeout: Duration,
     /// Removed from every request before anything else (zero trust).
     pub identity_headers: Vec<http::HeaderName>,
+    /// By name: what the next reload carries over from (JWKS key sets, verified tokens).
+    pub jwt_providers: HashMap<String, Arc<Provider>>,
     /// What each listener does with a connection, by listener name.
     pub listeners: HashMap<String, Arc<ListenerRuntime>>,
 }
@@ -53,6 +56,8 @@ pub struct RouteRuntime {
     pub timeout: Duration,
     pub preserve_host: bool,
     pub max_body_size: u64,
+    /// Present when the route checks tokens.
+    pub auth: Option<auth::RouteAuth>,
     /// Client-sent identity headers removed from this route's requests (for the metrics issue).
     pub identity_headers_stripped: AtomicU64,
 }
@@ -63,6 +68,10 @@ pub enum BuildError {
     UnknownUpstream { route: String, upstream: String },
     #[error("listener {listener:?}: cannot set up TLS: {source}")]
     Tls { listener: String, source: rustls::Error },
+    #[error("route {route:?} names JWT provider {provider:?}, which does not exist")]
+    UnknownProvider { route: String, provider: String },
+    #[error("JWT provider {provider:?}: cannot set up the JWKS client: {reason}")]
+    Jwks { provider: String, reason: String },
 }
 
 impl Snapshot {
@@ -77,6 +86,16 @@ impl Snapshot {
                 (u.name.clone(), Upstream::build(u, workers, previous))
             })
             .collect();
+        let jwt_providers = config
+            .jwt_providers
+            .iter()
+            .map(|p| {
+                let previous = previous.and_then(|s| s.jwt_providers.get(&p.name));
+                let provider = Provider::build(p, previous)
+                    .map_err(|reason| BuildError::Jwks { provider: p.name.clone(), reason })?;
+                Ok((p.name.clone(), provider))
+            })
+            .collect::<Result<HashMap<_, _>, BuildError>>()?;
         let routes = config
             .routes
             .iter()
@@ -85,6 +104,14 @@ impl Snapshot {
                     route: route.name.clone(),
                     upstream: route.upstream.clone(),
                 })?;
+                let auth = (route.auth.as_ref())
+                    .map(|auth| {
+                        let provider = jwt_providers.get(&auth.provider).cloned().ok_or_else(|| {
+                            BuildError::UnknownProvider { route: route.name.clone(), provider: auth.provider.clone() }
+                        })?;
+                        Ok(auth::RouteAuth { provider, optional: auth.optional, require: auth.require.clone() })
+                    })
+                    .transpose()?;
                 Ok(RouteRuntime {
                     name: Arc::from(route.name.as_str()),
                     path: route.matcher.path.clone(),
@@ -93,6 +120,7 @@ impl Snapshot {
                     upstream,
                     preserve_host: route.preserve_host,
                     max_body_size: route.max_body_size,
+                    auth,
                     identity_headers_stripped: AtomicU64::new(0),
                 })
             })
@@ -112,6 +140,7 @@ impl Snapshot {
             router: Router::new(&config.routes),
             routes,
             upstreams,
+            jwt_providers,
             server: config.server.clone(),
             drain_timeout: config.shutdown.drain_timeout,
             identity_headers: config.identity_headers.clone(),

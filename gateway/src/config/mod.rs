@@ -95,15 +95,19 @@ pub fn parse(file_label: &str, text: &str) -> Result<Loaded, Problems> {
 /// them. Best effort: text that is not YAML refers to nothing.
 pub fn referenced_files(file_label: &str, text: &str) -> Vec<PathBuf> {
     let refs: raw::RawFileRefs = serde_saphyr::from_str(text).unwrap_or_default();
-    // Parsed on their own, so a malformed `upstreams` section cannot hide the listeners' files.
+    // Each section parsed on its own, so a malformed one cannot hide another's files.
     let upstream_refs: raw::RawUpstreamFileRefs = serde_saphyr::from_str(text).unwrap_or_default();
+    let jwt_refs: raw::RawJwtFileRefs = serde_saphyr::from_str(text).unwrap_or_default();
     let tls = refs.listeners.iter().filter_map(|l| l.tls.as_ref());
     let certificates =
         tls.clone().flat_map(|tls| &tls.certificates).flat_map(|c| [c.cert.as_deref(), c.key.as_deref()]);
     let client_cas = tls.map(|tls| tls.client_auth.as_ref().and_then(|auth| auth.ca.as_deref()));
     let upstream_cas = (upstream_refs.upstreams.iter().flat_map(|map| &map.0))
         .map(|(_, upstream)| upstream.tls.as_ref().and_then(|tls| tls.ca.as_deref()));
-    certificates.chain(client_cas).chain(upstream_cas).flatten().map(|file| resolve(file_label, file)).collect()
+    let public_keys = (jwt_refs.jwt.iter().flat_map(|jwt| &jwt.providers).flat_map(|map| &map.0))
+        .map(|(_, provider)| provider.public_key.as_deref());
+    let files = certificates.chain(client_cas).chain(upstream_cas).chain(public_keys).flatten();
+    files.map(|file| resolve(file_label, file)).collect()
 }
 
 /// A path from the config, relative to the config file's directory unless absolute.

@@ -25,6 +25,84 @@ pub struct Config {
     /// Removed from every request before anything else: a client must never be able to tell an
     /// upstream who it is by a header (zero trust; identity travels only in the checked token).
     pub identity_headers: Vec<HeaderName>,
+    /// JWT issuers routes may require tokens from, in file order; names are unique.
+    pub jwt_providers: Vec<JwtProvider>,
+}
+
+/// A token issuer: what its tokens must say and where the keys that sign them come from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JwtProvider {
+    pub name: String,
+    /// `iss` must equal this exactly.
+    pub issuer: String,
+    /// `aud` must contain at least one of these. Never empty.
+    pub audiences: Vec<String>,
+    /// The only `alg` values accepted, each fitting the key source. Never empty.
+    pub algorithms: Vec<jsonwebtoken::Algorithm>,
+    pub keys: JwtKeys,
+    /// Clock skew allowed on `exp`, `nbf` and `iat`.
+    pub leeway: Duration,
+    /// Claims that must be present besides `exp`, `iss` and `aud` (always required).
+    pub required_claims: Vec<String>,
+    /// The `realm` of `WWW-Authenticate` challenges.
+    pub realm: String,
+}
+
+/// Where a provider's verification keys come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JwtKeys {
+    Jwks(Jwks),
+    /// One public key (RSA, EC or Ed25519), read from a PEM file.
+    PublicKey(PublicKey),
+    /// An HMAC secret read from an environment variable.
+    Secret(Secret),
+}
+
+/// A JWKS endpoint and how often its key set is fetched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Jwks {
+    pub url: Uri,
+    /// Between background refreshes when the response carries no `Cache-Control: max-age`.
+    pub refresh_interval: Duration,
+    /// Floor on refreshes, and the cooldown between refetches that unknown `kid`s trigger.
+    pub min_cache_age: Duration,
+    /// Cap on a response's `max-age`.
+    pub max_cache_age: Duration,
+}
+
+#[derive(Clone)]
+pub struct PublicKey {
+    pub path: PathBuf,
+    pub family: jsonwebtoken::AlgorithmFamily,
+    pub key: Arc<jsonwebtoken::DecodingKey>,
+    /// The file's bytes: what tells two keys apart.
+    pub pem: Arc<[u8]>,
+}
+
+impl PartialEq for PublicKey {
+    fn eq(&self, other: &PublicKey) -> bool {
+        self.path == other.path && self.pem == other.pem
+    }
+}
+
+impl std::fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PublicKey").field("path", &self.path).field("family", &self.family).finish_non_exhaustive()
+    }
+}
+
+/// An HMAC secret; never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret {
+    /// The environment variable it was read from.
+    pub env: String,
+    pub value: Arc<[u8]>,
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Secret").field("env", &self.env).field("value", &"<redacted>").finish()
+    }
 }
 
 /// A socket the gateway accepts client traffic on.
@@ -193,6 +271,26 @@ pub struct Route {
     pub timeout: Option<Duration>,
     pub preserve_host: bool,
     pub max_body_size: u64,
+    /// Present when the route checks tokens.
+    pub auth: Option<RouteAuth>,
+}
+
+/// A route's token check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteAuth {
+    /// Names an entry of `jwt_providers`.
+    pub provider: String,
+    /// Requests without a token pass; a token that is present must still be valid.
+    pub optional: bool,
+    /// Rules the token's claims must all meet (only when `optional` is false).
+    pub require: Vec<ClaimRule>,
+}
+
+/// Every one of `values` must be in `claim` (a space-separated string or an array of strings).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimRule {
+    pub claim: String,
+    pub values: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -259,6 +357,10 @@ pub mod defaults {
     pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
     pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
     pub const POOL_MAX_IDLE_PER_HOST: usize = 256;
+    pub const JWT_LEEWAY: Duration = Duration::from_secs(30);
+    pub const JWKS_REFRESH_INTERVAL: Duration = Duration::from_secs(5 * 60);
+    pub const JWKS_MIN_CACHE_AGE: Duration = Duration::from_secs(30);
+    pub const JWKS_MAX_CACHE_AGE: Duration = Duration::from_secs(24 * 60 * 60);
 }
 
 /// How specific a route's match is. Compared field by field, higher wins; equal ones go to file order.

@@ -20,6 +20,38 @@ pub(crate) struct RawConfig {
     pub upstreams: Spanned<OrderedMap<RawUpstream>>,
     pub routes: Spanned<Vec<Spanned<RawRoute>>>,
     pub identity_headers: Option<Vec<Spanned<String>>>,
+    pub jwt: Option<RawJwt>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawJwt {
+    pub providers: Spanned<OrderedMap<Spanned<RawJwtProvider>>>,
+}
+
+/// Required keys are `Option` so validation can say what is missing with a hint, and keep going.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawJwtProvider {
+    pub issuer: Option<Spanned<String>>,
+    pub audiences: Option<Spanned<Vec<Spanned<String>>>>,
+    pub algorithms: Option<Spanned<Vec<Spanned<String>>>>,
+    pub jwks_url: Option<Spanned<String>>,
+    pub refresh_interval: Option<Spanned<String>>,
+    pub min_cache_age: Option<Spanned<String>>,
+    pub max_cache_age: Option<Spanned<String>>,
+    pub public_key: Option<Spanned<String>>,
+    pub secret_env: Option<Spanned<String>>,
+    pub leeway: Option<Spanned<String>>,
+    pub required_claims: Option<Vec<Spanned<String>>>,
+    pub realm: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRouteAuth {
+    pub provider: Spanned<String>,
+    pub optional: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -131,7 +163,12 @@ pub(crate) struct RawRoute {
     pub timeout: Option<Spanned<String>>,
     pub preserve_host: Option<bool>,
     pub max_body_size: Option<Spanned<String>>,
+    pub auth: Option<Spanned<RawRouteAuth>>,
+    pub require: Option<Spanned<RawClaimRules>>,
 }
+
+/// Claim name -> values that must all be present in it.
+pub(crate) type RawClaimRules = OrderedMap<Spanned<Vec<Spanned<String>>>>;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -221,4 +258,20 @@ pub(crate) struct RawUpstreamRefs {
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct RawUpstreamTlsRefs {
     pub ca: Option<String>,
+}
+
+/// Just the key files JWT providers refer to (`jwt.providers.*.public_key`), read leniently.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawJwtFileRefs {
+    pub jwt: Option<RawJwtRefs>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawJwtRefs {
+    pub providers: Option<OrderedMap<RawJwtProviderRefs>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawJwtProviderRefs {
+    pub public_key: Option<String>,
 }

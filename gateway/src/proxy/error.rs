@@ -6,6 +6,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 
 use super::body::ProxyBody;
+use crate::auth::{AuthError, Rejection};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -26,6 +27,8 @@ pub enum ProxyError {
     UpstreamTimeout { upstream: String, timeout: Duration },
     #[error("upstream {upstream:?} failed: {source}")]
     Upstream { upstream: String, source: BoxError },
+    #[error(transparent)]
+    Auth(Rejection),
 }
 
 impl ProxyError {
@@ -39,6 +42,13 @@ impl ProxyError {
             ProxyError::UpstreamConnect { .. } => (StatusCode::BAD_GATEWAY, "upstream_connect_error"),
             ProxyError::UpstreamTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
             ProxyError::Upstream { .. } => (StatusCode::BAD_GATEWAY, "upstream_error"),
+            ProxyError::Auth(rejection) => match rejection.error {
+                AuthError::Missing => (StatusCode::UNAUTHORIZED, "missing_token"),
+                AuthError::Malformed(_) => (StatusCode::UNAUTHORIZED, "invalid_request"),
+                AuthError::Invalid(_) => (StatusCode::UNAUTHORIZED, "invalid_token"),
+                AuthError::InsufficientClaims(_) => (StatusCode::FORBIDDEN, "insufficient_scope"),
+                AuthError::KeysUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "auth_unavailable"),
+            },
         }
     }
 
@@ -53,8 +63,44 @@ impl ProxyError {
 
     pub fn into_response(self, request_id: &HeaderValue) -> Response<ProxyBody> {
         let (status, code) = self.status_and_code();
-        json_response(status, code, &self.client_message(), request_id)
+        let mut response = json_response(status, code, &self.client_message(), request_id);
+        if let ProxyError::Auth(rejection) = &self {
+            let headers = response.headers_mut();
+            match rejection.error {
+                // Keys are usually a fetch away.
+                AuthError::KeysUnavailable => {
+                    headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                }
+                _ => {
+                    if let Ok(challenge) = HeaderValue::try_from(challenge(rejection, code)) {
+                        headers.insert(header::WWW_AUTHENTICATE, challenge);
+                    }
+                }
+            }
+        }
+        response
     }
+}
+
+/// `WWW-Authenticate` for a refused token (RFC 6750 section 3): a request without credentials
+/// gets the bare challenge, any other failure names its error code and says why.
+fn challenge(rejection: &Rejection, code: &str) -> String {
+    let mut challenge = format!("Bearer realm=\"{}\"", rejection.realm);
+    if rejection.error != AuthError::Missing {
+        // Quoted-string content: descriptions are ASCII; quotes and backslashes are swapped out.
+        let description = match &rejection.error {
+            AuthError::Malformed(why) => why.to_string(),
+            AuthError::Invalid(why) => why.to_string(),
+            AuthError::InsufficientClaims(why) => why.clone(),
+            AuthError::Missing | AuthError::KeysUnavailable => String::new(),
+        };
+        let description = description.replace(['"', '\\'], "'");
+        challenge.push_str(&format!(", error=\"{code}\", error_description=\"{description}\""));
+    }
+    if let Some(scope) = &rejection.scope {
+        challenge.push_str(&format!(", scope=\"{}\"", scope.replace(['"', '\\'], "'")));
+    }
+    challenge
 }
 
 /// The JSON error body every rejection uses: `{"error", "message", "request_id"}`.

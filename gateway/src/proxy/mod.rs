@@ -1,7 +1,7 @@
 //! The request path: one function, `handle`, runs the phases in a fixed, visible order.
 //!
-//! request id -> identity headers out -> route -> body limit -> pick endpoint -> rewrite + headers
-//! -> forward -> response headers. JWT checks, rate limits and breakers slot in as their issues land.
+//! request id -> identity headers out -> route -> auth -> body limit -> pick endpoint -> rewrite +
+//! headers -> forward -> response headers. Rate limits and breakers slot in as their issues land.
 
 mod body;
 mod error;
@@ -98,6 +98,11 @@ async fn proxy(
     if stripped > 0 {
         route.identity_headers_stripped.fetch_add(stripped, Ordering::Relaxed);
         tracing::debug!(route = &*route.name, stripped, "removed client-sent identity headers");
+    }
+
+    // auth: check the token; the Authorization header itself travels on untouched
+    if let Some(auth) = &route.auth {
+        auth.check(request.headers()).await.map_err(ProxyError::Auth)?;
     }
 
     // body limit: refuse early when the declared length is already too large

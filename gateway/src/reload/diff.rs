@@ -43,11 +43,12 @@ impl Changes {
     }
 }
 
-/// The one-line summary a successful reload logs: `routes: +a ~b; upstreams: unchanged`.
+/// The one-line summary a successful reload logs: `routes: +a ~b; upstreams: unchanged; jwt providers: ~main`.
 pub(super) fn summary(old: &Config, new: &Config) -> String {
     let routes = Changes::between(&old.routes, &new.routes, |r| &r.name);
     let upstreams = Changes::between(&old.upstreams, &new.upstreams, |u| &u.name);
-    format!("routes: {}; upstreams: {}", routes.summary(), upstreams.summary())
+    let providers = Changes::between(&old.jwt_providers, &new.jwt_providers, |p| &p.name);
+    format!("routes: {}; upstreams: {}; jwt providers: {}", routes.summary(), upstreams.summary(), providers.summary())
 }
 
 /// Why the new config cannot be applied in full: sockets are bound once, at start.

@@ -17,6 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use crate::proxy::UpstreamRequestBody;
 use crate::{config, worker};
 use balancer::Balancer;
+pub(crate) use tls::fetch_connector;
 
 /// Largest upstream response head accepted; larger is a 502, never unbounded memory.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;

@@ -42,6 +42,16 @@ pub(crate) fn connector(
     Ok(HttpsConnector::new(http, client_config(name, tls)?, true, resolver))
 }
 
+/// A connector for requests the gateway makes on its own behalf (JWKS fetches): `https://` is
+/// verified against the webpki roots, `http://` is allowed (validation warns unless loopback).
+pub(crate) fn fetch_connector(
+    name: &Arc<str>,
+    http: HttpConnector,
+) -> Result<HttpsConnector<HttpConnector>, TlsSetupError> {
+    let tls = UpstreamTls { ca: None, server_name: None, insecure_skip_verify: false };
+    Ok(HttpsConnector::new(http, client_config(name, &tls)?, false, Arc::new(DefaultServerNameResolver::default())))
+}
+
 /// The rustls config of one upstream, shared by every worker's connector (and so its session cache).
 fn client_config(name: &Arc<str>, tls: &UpstreamTls) -> Result<Arc<ClientConfig>, TlsSetupError> {
     let provider = Arc::new(aws_lc_rs::default_provider());

@@ -6,6 +6,7 @@
 //! was recorded, so those stand-ins never escape.
 
 mod expiry;
+mod jwt;
 mod matcher;
 mod routes;
 mod server;
@@ -30,7 +31,11 @@ pub(crate) fn validate(file: &str, raw: &RawConfig) -> Result<(Config, Vec<Probl
     let server = server::server(&mut report, raw.server.as_ref());
     let shutdown = server::shutdown(&mut report, raw.shutdown.as_ref());
     let upstreams = upstreams::upstreams(&mut report, &raw.upstreams);
-    let routes = routes::routes(&mut report, &raw.routes, &raw.upstreams, &server);
+    let jwt_providers = jwt::providers(&mut report, raw.jwt.as_ref());
+    let provider_names: Vec<&str> =
+        raw.jwt.iter().flat_map(|jwt| &jwt.providers.value.0).map(|(name, _)| name.value.as_str()).collect();
+    let routes = routes::routes(&mut report, &raw.routes, &raw.upstreams, &server, &provider_names);
+    jwt::warn_unused_providers(&mut report, raw.jwt.as_ref(), &routes);
     tls::host_coverage(&mut report, &raw.listeners.value, &listeners, &routes);
     let identity_headers = identity_headers(&mut report, raw.identity_headers.as_deref());
 
@@ -38,7 +43,10 @@ pub(crate) fn validate(file: &str, raw: &RawConfig) -> Result<(Config, Vec<Probl
         report.problems.into_iter().partition(|p| p.severity == Severity::Error);
     match Problems::new(errors) {
         Some(errors) => Err(errors),
-        None => Ok((Config { listeners, admin, server, shutdown, upstreams, routes, identity_headers }, warnings)),
+        None => Ok((
+            Config { listeners, admin, server, shutdown, upstreams, routes, identity_headers, jwt_providers },
+            warnings,
+        )),
     }
 }
 

@@ -1,9 +1,11 @@
-//! Checks `routes`: names, upstream references, rewrites, limits, and routes that can never win.
+//! Checks `routes`: names, upstream references, rewrites, limits, token checks, and routes that can
+//! never win.
 
 use std::time::Duration;
 
 use serde_saphyr::Spanned;
 
+use super::jwt;
 use super::matcher::{check_path, route_match, trim_prefix};
 use super::{check_name, duration, path_key, size, Report};
 use crate::config::model::{Rewrite, Route, RouteMatch, Server};
@@ -15,6 +17,7 @@ pub(super) fn routes(
     raw: &Spanned<Vec<Spanned<RawRoute>>>,
     upstreams: &Spanned<OrderedMap<RawUpstream>>,
     server: &Server,
+    providers: &[&str],
 ) -> Vec<Route> {
     if raw.value.is_empty() {
         report
@@ -36,6 +39,7 @@ pub(super) fn routes(
             route.timeout.as_ref().map(|t| duration(report, Some(t), &format!("{path}.timeout"), Duration::ZERO));
         let max_body_size =
             size(report, route.max_body_size.as_ref(), &format!("{path}.max_body_size"), server.max_body_size);
+        let auth = jwt::route_auth(report, route, providers, &path);
         if let Some(matcher) = matcher {
             if let Some((earlier_index, earlier)) =
                 matches.iter().find(|(_, _, m)| m.shadows(&matcher)).map(|(j, r, _)| (*j, *r))
@@ -62,6 +66,7 @@ pub(super) fn routes(
                 timeout,
                 preserve_host: route.preserve_host.unwrap_or(true),
                 max_body_size,
+                auth,
             });
         }
     }

@@ -172,7 +172,13 @@ fn read_key(
     }
 }
 
-fn read(report: &mut Report<'_>, raw: &Spanned<String>, file: &PathBuf, path: &str, what: &str) -> Option<Vec<u8>> {
+pub(super) fn read(
+    report: &mut Report<'_>,
+    raw: &Spanned<String>,
+    file: &PathBuf,
+    path: &str,
+    what: &str,
+) -> Option<Vec<u8>> {
     match std::fs::read(file) {
         Ok(bytes) => Some(bytes),
         Err(error) => {

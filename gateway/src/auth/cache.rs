@@ -1,0 +1,116 @@
+//! Verified tokens, so a repeat token skips signature verification.
+//!
+//! Keyed by the token's SHA-256: collision-resistant, so a forged token can never borrow a
+//! verified one's entry, and the token itself is not kept. An entry is good until the token's
+//! `exp` and only for the key-set generation it was verified with (a rotation re-verifies).
+//! Bounded: a full shard first drops expired entries, then an arbitrary one.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use super::Claims;
+
+const SHARDS: usize = 16;
+/// Per provider. Tokens past this many distinct ones are verified as usual, just not all cached.
+pub const CAPACITY: usize = 16 * 1024;
+
+pub type Digest = [u8; 32];
+
+pub fn digest(token: &str) -> Digest {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+    let mut out = [0; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
+#[derive(Debug)]
+struct Entry {
+    /// The token's `exp`, in seconds since the epoch.
+    expires_at: u64,
+    generation: u64,
+    claims: Arc<Claims>,
+}
+
+#[derive(Debug)]
+pub struct TokenCache {
+    shards: Box<[Mutex<HashMap<Digest, Entry>>]>,
+}
+
+impl Default for TokenCache {
+    fn default() -> Self {
+        TokenCache { shards: (0..SHARDS).map(|_| Mutex::default()).collect() }
+    }
+}
+
+impl TokenCache {
+    fn shard(&self, digest: &Digest) -> std::sync::MutexGuard<'_, HashMap<Digest, Entry>> {
+        // The digest is uniformly distributed, so its first byte spreads tokens evenly.
+        self.shards[usize::from(digest[0]) % SHARDS].lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The claims of a token verified before, unless it has expired or the keys changed since.
+    pub fn get(&self, digest: &Digest, now: u64, generation: u64) -> Option<Arc<Claims>> {
+        let mut shard = self.shard(digest);
+        let entry = shard.get(digest)?;
+        if entry.expires_at > now && entry.generation == generation {
+            return Some(entry.claims.clone());
+        }
+        shard.remove(digest);
+        None
+    }
+
+    pub fn insert(&self, digest: Digest, expires_at: u64, generation: u64, claims: Arc<Claims>, now: u64) {
+        let mut shard = self.shard(&digest);
+        if shard.len() >= CAPACITY / SHARDS {
+            shard.retain(|_, entry| entry.expires_at > now);
+        }
+        if shard.len() >= CAPACITY / SHARDS {
+            if let Some(victim) = shard.keys().next().copied() {
+                shard.remove(&victim);
+            }
+        }
+        shard.insert(digest, Entry { expires_at, generation, claims });
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().unwrap().len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims() -> Arc<Claims> {
+        Arc::new(Claims::new())
+    }
+
+    #[test]
+    fn get_before_expiry_same_generation_hit() {
+        let cache = TokenCache::default();
+        cache.insert(digest("t"), 100, 1, claims(), 50);
+        assert!(cache.get(&digest("t"), 99, 1).is_some());
+        assert!(cache.get(&digest("other"), 99, 1).is_none());
+    }
+
+    #[test]
+    fn get_at_expiry_or_new_generation_miss() {
+        let cache = TokenCache::default();
+        cache.insert(digest("t"), 100, 1, claims(), 50);
+        assert!(cache.get(&digest("t"), 100, 1).is_none());
+        cache.insert(digest("t"), 100, 1, claims(), 50);
+        assert!(cache.get(&digest("t"), 60, 2).is_none());
+        assert_eq!(cache.len(), 0, "stale entries are dropped when found");
+    }
+
+    #[test]
+    fn insert_beyond_capacity_bounded() {
+        let cache = TokenCache::default();
+        for i in 0..CAPACITY * 2 {
+            cache.insert(digest(&i.to_string()), 100, 1, claims(), 50);
+        }
+        assert!(cache.len() <= CAPACITY);
+        assert!(cache.get(&digest(&(CAPACITY * 2 - 1).to_string()), 60, 1).is_some(), "the newest entry is kept");
+    }
+}

@@ -1,0 +1,241 @@
+//! JWT checks, zero trust: the gateway verifies the caller's token and lets the request through
+//! with its `Authorization` header untouched. It never tells the upstream who the caller is (no
+//! identity headers); upstreams verify the same token again.
+//!
+//! `bearer` finds the token, `Provider::verify` checks it (cache first, then signature and
+//! claims), `RouteAuth::check` adds the route's claim rules. Keys come from the config (a PEM
+//! file or an HMAC secret) or from a JWKS endpoint (`jwks`).
+
+mod bearer;
+mod cache;
+mod jwks;
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use http::HeaderMap;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+
+use crate::config::{self, ClaimRule, JwtKeys};
+use cache::TokenCache;
+use jwks::{Jwks, Lookup};
+
+pub use bearer::MAX_TOKEN_BYTES;
+
+/// A verified token's payload.
+pub type Claims = serde_json::Map<String, serde_json::Value>;
+
+/// Why a request's token was refused. Descriptions never quote the token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("this route requires a bearer token")]
+    Missing,
+    #[error("malformed credentials: {0}")]
+    Malformed(&'static str),
+    #[error("invalid token: {0}")]
+    Invalid(Cow<'static, str>),
+    #[error("the token does not grant access: {0}")]
+    InsufficientClaims(String),
+    #[error("the token's signing keys are not available yet")]
+    KeysUnavailable,
+}
+
+/// An [`AuthError`] with what the client's `WWW-Authenticate` challenge needs.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{error}")]
+pub struct Rejection {
+    pub realm: Arc<str>,
+    pub error: AuthError,
+    /// The scope a `scope` rule asked for (RFC 6750 section 3).
+    pub scope: Option<String>,
+}
+
+/// A provider ready to verify tokens: keys, validation rules and the verified-token cache.
+#[derive(Debug)]
+pub struct Provider {
+    /// What it was built from: a reload compares against it to decide what to carry over.
+    config: config::JwtProvider,
+    realm: Arc<str>,
+    validation: Validation,
+    keys: Keys,
+    cache: TokenCache,
+}
+
+#[derive(Debug)]
+enum Keys {
+    Fixed(Arc<DecodingKey>),
+    Jwks(Arc<Jwks>),
+}
+
+impl Provider {
+    /// Builds a provider, carrying over from `previous` (the running one of the same name): all
+    /// of it when its config is unchanged, else the JWKS key set when the endpoint settings are
+    /// (so a reload never leaves routes without keys). The token cache is only kept whole: tokens
+    /// verified under other rules must be verified again.
+    ///
+    /// # Errors
+    ///
+    /// When the JWKS client cannot be set up (not expected).
+    pub fn build(config: &config::JwtProvider, previous: Option<&Arc<Provider>>) -> Result<Arc<Provider>, String> {
+        if let Some(previous) = previous.filter(|p| p.config == *config) {
+            return Ok(previous.clone());
+        }
+        let keys = match &config.keys {
+            JwtKeys::PublicKey(key) => Keys::Fixed(key.key.clone()),
+            JwtKeys::Secret(secret) => Keys::Fixed(Arc::new(DecodingKey::from_secret(&secret.value))),
+            JwtKeys::Jwks(settings) => match previous.map(|p| &p.keys) {
+                Some(Keys::Jwks(jwks)) if jwks.config == *settings => Keys::Jwks(jwks.clone()),
+                _ => Keys::Jwks(Jwks::start(&config.name, settings)?),
+            },
+        };
+        Ok(Arc::new(Provider {
+            realm: Arc::from(config.realm.as_str()),
+            validation: validation(config),
+            config: config.clone(),
+            keys,
+            cache: TokenCache::default(),
+        }))
+    }
+
+    /// The token's claims if it is valid for this provider now.
+    pub async fn verify(&self, token: &str) -> Result<Arc<Claims>, AuthError> {
+        let digest = cache::digest(token);
+        let now = unix_now();
+        let generation = match &self.keys {
+            Keys::Fixed(_) => 0,
+            Keys::Jwks(jwks) => jwks.generation(),
+        };
+        if let Some(claims) = self.cache.get(&digest, now, generation) {
+            return Ok(claims);
+        }
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| invalid("the token header is not valid or names an unknown algorithm"))?;
+        if !self.config.algorithms.contains(&header.alg) {
+            return Err(invalid("the token's algorithm is not accepted"));
+        }
+        let key = self.key(header.kid.as_deref(), header.alg).await?;
+        let data = jsonwebtoken::decode::<Claims>(token, &key, &self.validation).map_err(describe)?;
+        let claims = data.claims;
+        let leeway = self.validation.leeway;
+        if claims.get("iat").and_then(serde_json::Value::as_f64).is_some_and(|iat| iat > (now + leeway) as f64) {
+            return Err(invalid("the token was issued in the future"));
+        }
+        if let Some(missing) = self.config.required_claims.iter().find(|c| claims.get(*c).is_none_or(|v| v.is_null())) {
+            return Err(AuthError::Invalid(format!("the token lacks the required claim `{missing}`").into()));
+        }
+        // `exp` is required and was checked; a fractional one is cut to whole seconds.
+        let expires_at = claims.get("exp").and_then(serde_json::Value::as_f64).map_or(0, |exp| exp as u64);
+        let claims = Arc::new(claims);
+        self.cache.insert(digest, expires_at, generation, claims.clone(), now);
+        Ok(claims)
+    }
+
+    async fn key(&self, kid: Option<&str>, algorithm: Algorithm) -> Result<Arc<DecodingKey>, AuthError> {
+        let jwks = match &self.keys {
+            Keys::Fixed(key) => return Ok(key.clone()),
+            Keys::Jwks(jwks) => jwks,
+        };
+        let mut lookup = jwks.lookup(kid);
+        if matches!(lookup, Lookup::NoKeys | Lookup::UnknownKid) {
+            jwks.refetch_for_unknown_kid().await;
+            lookup = jwks.lookup(kid);
+        }
+        match lookup {
+            Lookup::Found(key) if key.algorithm.is_some_and(|pinned| pinned != algorithm) => {
+                Err(invalid("the token's algorithm does not match its key"))
+            }
+            Lookup::Found(key) => Ok(key.decoding),
+            Lookup::NoKeys => Err(AuthError::KeysUnavailable),
+            Lookup::UnknownKid => Err(invalid("the token's key id (kid) is not in the issuer's key set")),
+            Lookup::Ambiguous => Err(invalid("the token has no key id (kid) and the issuer publishes several keys")),
+        }
+    }
+}
+
+fn validation(config: &config::JwtProvider) -> Validation {
+    let mut validation = Validation::new(config.algorithms.first().copied().unwrap_or(Algorithm::RS256));
+    validation.algorithms = config.algorithms.clone();
+    validation.leeway = config.leeway.as_secs();
+    validation.validate_exp = true;
+    validation.validate_nbf = true;
+    validation.validate_aud = true;
+    validation.set_issuer(&[&config.issuer]);
+    validation.set_audience(&config.audiences);
+    validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+    validation
+}
+
+fn invalid(description: &'static str) -> AuthError {
+    AuthError::Invalid(Cow::Borrowed(description))
+}
+
+/// What the client is told about a token jsonwebtoken refused.
+fn describe(error: jsonwebtoken::errors::Error) -> AuthError {
+    match error.kind() {
+        ErrorKind::ExpiredSignature => invalid("the token has expired"),
+        ErrorKind::ImmatureSignature => invalid("the token is not valid yet (nbf)"),
+        ErrorKind::InvalidIssuer => invalid("the token's issuer is not accepted"),
+        ErrorKind::InvalidAudience => invalid("the token's audience is not accepted"),
+        ErrorKind::InvalidSignature => invalid("the signature does not match"),
+        ErrorKind::InvalidAlgorithm => invalid("the token's algorithm does not fit the key"),
+        ErrorKind::MissingRequiredClaim(claim) => {
+            AuthError::Invalid(format!("the token lacks the required claim `{claim}`").into())
+        }
+        ErrorKind::InvalidClaimFormat(claim) => {
+            AuthError::Invalid(format!("the `{claim}` claim has the wrong type").into())
+        }
+        ErrorKind::InvalidEcdsaKey | ErrorKind::InvalidEddsaKey | ErrorKind::InvalidRsaKey(_) => {
+            invalid("the token's algorithm does not fit the key")
+        }
+        _ => invalid("the token is not well-formed"),
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// A route's token check.
+#[derive(Debug)]
+pub struct RouteAuth {
+    pub provider: Arc<Provider>,
+    pub optional: bool,
+    pub require: Vec<ClaimRule>,
+}
+
+impl RouteAuth {
+    /// Passes the request, or says why not.
+    pub async fn check(&self, headers: &HeaderMap) -> Result<(), Rejection> {
+        let reject = |error| Rejection { realm: self.provider.realm.clone(), error, scope: None };
+        let token = match bearer::token(headers).map_err(reject)? {
+            Some(token) => token,
+            None if self.optional => return Ok(()),
+            None => return Err(reject(AuthError::Missing)),
+        };
+        let claims = self.provider.verify(token).await.map_err(reject)?;
+        for rule in &self.require {
+            if let Some(missing) = rule.values.iter().find(|value| !claim_contains(&claims, &rule.claim, value)) {
+                return Err(Rejection {
+                    scope: (rule.claim == "scope").then(|| rule.values.join(" ")),
+                    ..reject(AuthError::InsufficientClaims(format!("the `{}` claim lacks `{missing}`", rule.claim)))
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether `claim` holds `value`: as one of its space-separated words (OAuth `scope`), or as an
+/// element of an array of strings.
+fn claim_contains(claims: &Claims, claim: &str, value: &str) -> bool {
+    match claims.get(claim) {
+        Some(serde_json::Value::String(words)) => words.split_ascii_whitespace().any(|word| word == value),
+        Some(serde_json::Value::Array(items)) => items.iter().any(|item| item.as_str() == Some(value)),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests;
