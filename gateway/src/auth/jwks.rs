@@ -171,7 +171,8 @@ impl Jwks {
             }
             Err(error) => {
                 let keeping = if self.keys.load().is_some() { "keeping the last good key set" } else { "no keys yet" };
-                tracing::warn!(provider = &*self.provider, url = %self.config.url, %error, why, "JWKS fetch failed; {keeping}");
+                let cause = crate::proxy::causes(&error);
+                tracing::warn!(provider = &*self.provider, url = %self.config.url, %error, cause, why, "JWKS fetch failed; {keeping}");
                 Err(())
             }
         }

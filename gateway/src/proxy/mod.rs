@@ -210,7 +210,7 @@ async fn send(
 }
 
 /// The chain of underlying errors, for the log (clients never see it): `tls: UnknownIssuer`.
-fn causes(error: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn causes(error: &(dyn std::error::Error + 'static)) -> String {
     let mut chain = Vec::new();
     let mut current = error.source();
     while let Some(cause) = current {
