@@ -113,6 +113,17 @@ impl ConfigDir {
         self.file.to_str().unwrap_or_else(|| panic!("non-UTF-8 temp path {}", self.file.display()))
     }
 
+    /// Writes `contents` to `name` (a relative path, parent directories created) next to the config
+    /// file, e.g. a key file the config names relative to itself. Returns the file's full path.
+    pub fn write_file(&self, name: &str, contents: &str) -> PathBuf {
+        let path = self.dir.join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).unwrap_or_else(|e| panic!("creating {}: {e}", parent.display()));
+        }
+        write(&path, contents);
+        path
+    }
+
     /// Truncates the file and writes `yaml` into it, like an editor saving in place.
     pub fn write_in_place(&self, yaml: &str) {
         write(&self.file, yaml);

@@ -35,19 +35,32 @@ impl Gateway {
     /// Like [`Gateway::start`], but returns the failure (exit status, stdout and stderr) as text.
     pub fn try_start(yaml: &str) -> Result<Gateway, String> {
         let config = write_temp("gateway", "yaml", yaml);
-        Gateway::spawn(config, true)
+        Gateway::spawn(config, true, &[])
+    }
+
+    /// Like [`Gateway::start`], with extra environment variables for the gateway process (e.g. the
+    /// variable a JWT provider's `secret_env` names).
+    pub fn start_with_env(yaml: &str, env: &[(&str, &str)]) -> Gateway {
+        let config = write_temp("gateway", "yaml", yaml);
+        Gateway::spawn(config, true, env).unwrap_or_else(|message| panic!("{message}"))
     }
 
     /// Starts the gateway on an existing config file, passing `path` exactly as given (the gateway
     /// watches that file's directory, and reports the path in `/admin/config` and in its errors).
     /// The file is left in place on drop. Panics like [`Gateway::start`].
     pub fn start_with_file(path: &Path) -> Gateway {
-        Gateway::spawn(path.to_owned(), false).unwrap_or_else(|message| panic!("{message}"))
+        Gateway::start_with_file_and_env(path, &[])
     }
 
-    fn spawn(config: PathBuf, owns_config: bool) -> Result<Gateway, String> {
+    /// [`Gateway::start_with_file`] with extra environment variables for the gateway process.
+    pub fn start_with_file_and_env(path: &Path, env: &[(&str, &str)]) -> Gateway {
+        Gateway::spawn(path.to_owned(), false, env).unwrap_or_else(|message| panic!("{message}"))
+    }
+
+    fn spawn(config: PathBuf, owns_config: bool, env: &[(&str, &str)]) -> Result<Gateway, String> {
         let mut command = Command::new(binary("gateway"));
         command.arg("run").arg("--config").arg(&config);
+        command.envs(env.iter().copied());
         let proc = Proc::spawn(format!("gateway ({})", config.display()), command);
         let mut gateway = Gateway { proc, config, owns_config, listeners: HashMap::new(), admin: None };
         loop {

@@ -6,7 +6,7 @@
 //!
 //! Modules: `binaries` (build and locate the executables), `process` (children and the echo backend),
 //! `gateway` (the gateway process), `configs` (YAML and config files), [`client`], [`raw`], [`load`],
-//! [`tls`] (test certificates, TLS clients, HTTP over TLS).
+//! [`tls`] (test certificates, TLS clients, HTTP over TLS), [`jwks`] (a JWKS endpoint for JWT tests).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,6 +16,7 @@ mod binaries;
 pub mod client;
 mod configs;
 mod gateway;
+pub mod jwks;
 pub mod load;
 mod process;
 pub mod raw;

@@ -31,11 +31,17 @@ pub(crate) fn token(headers: &HeaderMap) -> Result<Option<&str>, AuthError> {
     if token.len() > MAX_TOKEN_BYTES {
         return Err(AuthError::Malformed("the token is larger than 8192 bytes"));
     }
-    // A JWS in compact form: three base64url parts separated by dots.
+    // A JWS in compact form: three base64url parts separated by dots. The signature may be empty
+    // (an unsecured JWT, `alg: none`): that is a well-formed token, refused later as invalid.
     let base64url = |part: &str| part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    let mut parts = token.split('.');
-    let shaped = parts.by_ref().take(3).filter(|part| !part.is_empty() && base64url(part)).count() == 3;
-    if !shaped || parts.next().is_some() {
+    let mut parts = token.splitn(4, '.');
+    let shaped = match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(header), Some(payload), Some(signature), None) => {
+            !header.is_empty() && !payload.is_empty() && [header, payload, signature].into_iter().all(base64url)
+        }
+        _ => false,
+    };
+    if !shaped {
         return Err(AuthError::Malformed("the token is not three base64url parts separated by dots"));
     }
     Ok(Some(token))
@@ -62,6 +68,7 @@ mod tests {
     fn token_bearer_any_case_found() {
         assert_eq!(token(&headers(&[b"Bearer a.b.c"])).unwrap(), Some("a.b.c"));
         assert_eq!(token(&headers(&[b"bEaReR a-_.b.c9"])).unwrap(), Some("a-_.b.c9"));
+        assert_eq!(token(&headers(&[b"Bearer a.b."])).unwrap(), Some("a.b."), "unsecured: refused when verified");
     }
 
     #[test]
