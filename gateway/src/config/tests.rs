@@ -353,3 +353,52 @@ fn identity_headers_default_list_and_custom_list() {
     let problems = parse("a.yaml", &format!("{base}identity_headers: [\"bad header\"]\n")).unwrap_err().to_string();
     assert!(problems.contains("a.yaml:4:20: identity_headers[0]: \"bad header\" is not a header name"), "{problems}");
 }
+
+/// A config with one provider whose key is `public_key: jwt.pem`, an EC key written next to it.
+fn jwt_config_dir(algorithms: &str) -> (PathBuf, String) {
+    let dir = std::env::temp_dir().join(format!("gateway-config-jwt-{}-{}", std::process::id(), algorithms.len()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    std::fs::write(dir.join("jwt.pem"), key.public_key_pem()).unwrap();
+    let text = with_routes(
+        "  - { name: all, upstream: echo, auth: { provider: main }, require: { scope: [a, b] } }\n",
+    ) + &format!(
+        "jwt:\n  providers:\n    main: {{ issuer: https://i, audiences: [shop], algorithms: {algorithms}, public_key: jwt.pem }}\n"
+    );
+    let path = dir.join("gw.yaml");
+    std::fs::write(&path, &text).unwrap();
+    (path, text)
+}
+
+#[test]
+fn jwt_public_key_provider_loads_with_defaults() {
+    let (path, _) = jwt_config_dir("[ES256]");
+    let config = load(&path).unwrap().config;
+    let provider = &config.jwt_providers[0];
+    assert_eq!(provider.algorithms, [jsonwebtoken::Algorithm::ES256]);
+    assert_eq!(provider.leeway, defaults::JWT_LEEWAY);
+    assert_eq!(provider.realm, "main");
+    assert!(matches!(&provider.keys, JwtKeys::PublicKey(key) if key.family == jsonwebtoken::AlgorithmFamily::Ec));
+    let auth = config.routes[0].auth.as_ref().unwrap();
+    assert_eq!((auth.provider.as_str(), auth.optional), ("main", false));
+    assert_eq!(auth.require, [ClaimRule { claim: "scope".into(), values: vec!["a".into(), "b".into()] }]);
+}
+
+#[test]
+fn jwt_public_key_with_hmac_or_other_family_refused() {
+    let (path, _) = jwt_config_dir("[RS256, HS256]");
+    let LoadError::Invalid(problems) = load(&path).unwrap_err() else { panic!("expected Invalid") };
+    let text = problems.to_string();
+    assert!(
+        text.contains("algorithms[0]: algorithm RS256 does not fit") && text.contains("the public key is EC"),
+        "{text}"
+    );
+    assert!(text.contains("algorithms[1]: algorithm HS256 does not fit") && text.contains("HMAC"), "{text}");
+}
+
+#[test]
+fn jwt_public_key_is_a_referenced_file() {
+    let (path, text) = jwt_config_dir("[ES256]");
+    let label = path.display().to_string();
+    assert!(referenced_files(&label, &text).contains(&path.parent().unwrap().join("jwt.pem")));
+}
