@@ -27,6 +27,7 @@ fn routes(n: usize) -> Vec<Route> {
             timeout: Some(Duration::from_secs(1)),
             preserve_host: true,
             max_body_size: 1 << 20,
+            auth: None,
         })
         .collect()
 }

@@ -25,9 +25,9 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
+use anyhow::{bail, Context as _};
 use bytes::Bytes;
-use http::{Request, StatusCode};
+use http::{header, HeaderValue, Request, StatusCode};
 use http_body_util::{BodyExt as _, Empty};
 use tokio::sync::{oneshot, Semaphore, TryAcquireError};
 
@@ -41,6 +41,8 @@ pub struct LoadSpec {
     pub addr: SocketAddr,
     /// Request path (and query), e.g. `/`.
     pub path: String,
+    /// `Authorization` values, one per request in turn over all connections; empty: none sent.
+    pub authorization: Arc<[HeaderValue]>,
     /// Connections (each carrying `protocol.streams_per_connection()` request loops).
     pub connections: usize,
     /// HTTP version, TLS, keep-alive or a new connection per request.
@@ -147,14 +149,7 @@ pub fn start(spec: &LoadSpec) -> anyhow::Result<Running> {
     anyhow::ensure!(spec.threads > 0, "threads must be > 0");
     let start = Instant::now() + Duration::from_millis(20);
     let window = Window { start, measure_start: start + spec.warmup, end: start + spec.warmup + spec.duration };
-    let authority = client::authority(&spec.protocol, spec.addr);
-    let target = Arc::new(Target {
-        addr: spec.addr,
-        request: client::get_request(&spec.protocol, &authority, &spec.path)
-            .with_context(|| format!("bad request path {:?}", spec.path))?,
-        protocol: spec.protocol.clone(),
-        timeout: spec.request_timeout,
-    });
+    let target = Arc::new(Target::new(spec)?);
     let per_conn = spec.protocol.streams_per_connection();
     let slots = spec.connections * per_conn;
     let schedule = match spec.rate {
@@ -201,6 +196,16 @@ pub fn start(spec: &LoadSpec) -> anyhow::Result<Running> {
         results.push(rx);
     }
     Ok(Running { window, results })
+}
+
+/// Sends the first request `spec` describes on a new connection and returns its status: a
+/// scenario whose first request is refused is not worth measuring.
+pub async fn first_status(spec: &LoadSpec) -> anyhow::Result<StatusCode> {
+    let target = Target::new(spec)?;
+    match (Conn { sender: None }).request(&target, &mut LoadOutcome::default()).await {
+        Sent::Response(status) => Ok(status),
+        Sent::Failed(e) => bail!("{e}"),
+    }
 }
 
 /// Open-loop timetable: global request j is due at `start + j / rate`, on slot `j % slots`.
@@ -288,14 +293,34 @@ struct Target {
     request: Request<Empty<Bytes>>,
     protocol: Protocol,
     timeout: Duration,
+    authorization: Arc<[HeaderValue]>,
+    /// Requests made so far: picks the next `authorization` value.
+    sent: AtomicUsize,
 }
 
 impl Target {
+    fn new(spec: &LoadSpec) -> anyhow::Result<Target> {
+        let authority = client::authority(&spec.protocol, spec.addr);
+        Ok(Target {
+            addr: spec.addr,
+            request: client::get_request(&spec.protocol, &authority, &spec.path)
+                .with_context(|| format!("bad request path {:?}", spec.path))?,
+            protocol: spec.protocol.clone(),
+            timeout: spec.request_timeout,
+            authorization: Arc::clone(&spec.authorization),
+            sent: AtomicUsize::new(0),
+        })
+    }
+
     fn request(&self) -> Request<Empty<Bytes>> {
         let mut req = Request::new(Empty::new());
         *req.uri_mut() = self.request.uri().clone();
         *req.version_mut() = self.request.version();
         *req.headers_mut() = self.request.headers().clone();
+        if !self.authorization.is_empty() {
+            let i = self.sent.fetch_add(1, Ordering::Relaxed) % self.authorization.len();
+            req.headers_mut().insert(header::AUTHORIZATION, self.authorization[i].clone());
+        }
         req
     }
 }
@@ -595,6 +620,7 @@ mod tests {
         LoadSpec {
             addr,
             path: "/".to_owned(),
+            authorization: Arc::new([]),
             connections: 4,
             protocol: Protocol::http1(),
             threads: 1,
@@ -666,6 +692,25 @@ mod tests {
         assert_eq!(out.ok, 0);
         assert!(out.transport_errors > 0);
         assert!(out.first_transport_error.is_some_and(|e| e.contains("connect")));
+    }
+
+    #[test]
+    fn authorization_values_taken_in_turn() {
+        let values: Arc<[HeaderValue]> = ["Bearer a", "Bearer b", "Bearer c"].map(HeaderValue::from_static).into();
+        let addr = "127.0.0.1:9".parse().expect("addr");
+        let target = Target::new(&LoadSpec { authorization: values, ..spec(addr, None) }).expect("target");
+        let sent: Vec<_> = (0..4).map(|_| target.request().headers()[header::AUTHORIZATION].clone()).collect();
+        assert_eq!(sent, ["Bearer a", "Bearer b", "Bearer c", "Bearer a"]);
+        let plain = Target::new(&spec(addr, None)).expect("target");
+        assert!(plain.request().headers().get(header::AUTHORIZATION).is_none());
+    }
+
+    #[test]
+    fn first_status_is_the_servers_answer() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let status = |code| rt.block_on(first_status(&spec(serve(code), None))).expect("status");
+        assert_eq!(status(200), StatusCode::OK);
+        assert_eq!(status(401), StatusCode::UNAUTHORIZED);
     }
 
     #[test]

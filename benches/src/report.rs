@@ -163,8 +163,9 @@ impl Ratio {
 }
 
 /// The ratios the bench reports (a, b), when both scenarios ran: the proxies against direct
-/// and each other, every TLS scenario against plain gateway, and HTTP/2 against HTTP/1.1.
-pub const RATIOS: [(&str, &str); 8] = [
+/// and each other, every TLS, JWT and HTTP/2 scenario against plain gateway, and HTTP/2 against
+/// HTTP/1.1.
+pub const RATIOS: [(&str, &str); 11] = [
     ("gateway", "direct"),
     ("nginx", "direct"),
     ("gateway", "nginx"),
@@ -172,6 +173,10 @@ pub const RATIOS: [(&str, &str); 8] = [
     ("gateway-https-h2", "gateway"),
     ("gateway-https-new-conn", "gateway"),
     ("gateway-h2", "gateway"),
+    ("gateway-jwt", "gateway"),
+    // The cost of the check alone: the same requests, with and without it.
+    ("gateway-jwt", "gateway-bearer"),
+    ("gateway-all", "gateway"),
     ("gateway-https-h2", "gateway-https"),
 ];
 
@@ -404,13 +409,19 @@ mod tests {
     }
 
     #[test]
-    fn ratios_only_pairs_present_tls_and_h2_against_plain() {
-        let names = ["direct", "gateway", "gateway-h2", "gateway-https", "gateway-https-new-conn"];
+    fn ratios_only_pairs_present_tls_h2_and_jwt_against_plain() {
+        let names = ["direct", "gateway", "gateway-h2", "gateway-https", "gateway-https-new-conn", "gateway-jwt"];
         let scenarios: Vec<_> = names.iter().map(|n| scenario(n, 1000.0)).collect();
         let got: Vec<String> = ratios(&scenarios).into_iter().map(|r| r.name).collect();
         assert_eq!(
             got,
-            ["gateway/direct", "gateway-https/gateway", "gateway-https-new-conn/gateway", "gateway-h2/gateway"]
+            [
+                "gateway/direct",
+                "gateway-https/gateway",
+                "gateway-https-new-conn/gateway",
+                "gateway-h2/gateway",
+                "gateway-jwt/gateway"
+            ]
         );
     }
 

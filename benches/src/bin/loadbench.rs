@@ -7,14 +7,18 @@
 //! ```
 //!
 //! One gateway process serves every `gateway*` scenario: a cleartext listener (HTTP/1.1, and
-//! HTTP/2 by prior knowledge) and a TLS listener with `gateway certs dev` certificates.
+//! HTTP/2 by prior knowledge) and a TLS listener with `gateway certs dev` certificates, a
+//! catch-all route and, for the JWT scenarios, a route that requires a token (RS256, a key
+//! generated at start; the client sends tokens of `--jwt-users` users in turn).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use benches::client::{self, Protocol, Tls};
+use benches::jwt::{self, Tokens};
 use benches::load::{self, LoadSpec};
 use benches::plot;
 use benches::procs::{self, TempDir};
@@ -55,9 +59,14 @@ struct Args {
     /// SVG image to this file.
     #[arg(long)]
     svg: Option<PathBuf>,
-    /// Request path (the echo answers every path not reserved with a small JSON body).
+    /// Request path (the echo answers every path not reserved with a small JSON body). The JWT
+    /// scenarios put `/jwt` in front, which the gateway strips again.
     #[arg(long, default_value = "/")]
     path: String,
+    /// Users in the JWT scenarios' token pool, one token each, sent in turn. Past the gateway's
+    /// 16,384-token cache most requests pay for a signature check.
+    #[arg(long, default_value_t = 1000)]
+    jwt_users: usize,
     /// Load generator OS threads (each a current-thread tokio runtime).
     #[arg(long, default_value_t = 1)]
     client_threads: usize,
@@ -66,7 +75,8 @@ struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "direct,gateway,gateway-h2,gateway-https,gateway-https-h2,gateway-https-new-conn,nginx"
+        default_value = "direct,gateway,gateway-bearer,gateway-jwt,gateway-h2,gateway-https,gateway-https-h2,gateway-https-new-conn,\
+                         gateway-all,nginx"
     )]
     scenarios: Vec<Scenario>,
     /// nginx worker processes [default: the gateway's worker threads = available CPUs].
@@ -89,6 +99,11 @@ enum Scenario {
     Direct,
     /// HTTP/1.1 keep-alive through the gateway.
     Gateway,
+    /// Like `gateway-jwt` (same tokens, same bytes) to a route that checks nothing: the baseline
+    /// that isolates what the JWT check costs.
+    GatewayBearer,
+    /// HTTP/1.1 keep-alive through the gateway to a route that checks a JWT (RS256) per request.
+    GatewayJwt,
     /// HTTP/2 cleartext (prior knowledge) through the gateway.
     GatewayH2,
     /// HTTP/1.1 keep-alive over TLS 1.3 through the gateway.
@@ -97,6 +112,8 @@ enum Scenario {
     GatewayHttpsH2,
     /// A new TLS 1.3 connection (full handshake) per HTTP/1.1 request through the gateway.
     GatewayHttpsNewConn,
+    /// Every gateway feature built so far: HTTPS keep-alive to the JWT route.
+    GatewayAll,
     /// HTTP/1.1 keep-alive through nginx.
     Nginx,
 }
@@ -118,6 +135,9 @@ impl Scenario {
             Scenario::GatewayHttps => "gateway-https",
             Scenario::GatewayHttpsH2 => "gateway-https-h2",
             Scenario::GatewayHttpsNewConn => "gateway-https-new-conn",
+            Scenario::GatewayBearer => "gateway-bearer",
+            Scenario::GatewayJwt => "gateway-jwt",
+            Scenario::GatewayAll => "gateway-all",
             Scenario::Nginx => "nginx",
         }
     }
@@ -130,12 +150,32 @@ impl Scenario {
             | Scenario::GatewayH2
             | Scenario::GatewayHttps
             | Scenario::GatewayHttpsH2
-            | Scenario::GatewayHttpsNewConn => Server::Gateway,
+            | Scenario::GatewayHttpsNewConn
+            | Scenario::GatewayBearer
+            | Scenario::GatewayJwt
+            | Scenario::GatewayAll => Server::Gateway,
         }
     }
 
     fn tls(self) -> bool {
-        matches!(self, Scenario::GatewayHttps | Scenario::GatewayHttpsH2 | Scenario::GatewayHttpsNewConn)
+        matches!(
+            self,
+            Scenario::GatewayHttps | Scenario::GatewayHttpsH2 | Scenario::GatewayHttpsNewConn | Scenario::GatewayAll
+        )
+    }
+
+    /// Sends a token with every request.
+    fn jwt(self) -> bool {
+        matches!(self, Scenario::GatewayBearer | Scenario::GatewayJwt | Scenario::GatewayAll)
+    }
+
+    /// The request path: `path`, under the prefix of the route the tokens go to.
+    fn path(self, path: &str) -> String {
+        match self {
+            Scenario::GatewayBearer => format!("{}{path}", jwt::UNCHECKED_PATH_PREFIX),
+            Scenario::GatewayJwt | Scenario::GatewayAll => format!("{}{path}", jwt::PATH_PREFIX),
+            _ => path.to_owned(),
+        }
     }
 
     fn http2(self) -> bool {
@@ -174,9 +214,27 @@ impl Scenario {
                  `Connection: close`"
                     .to_owned()
             }
+            Scenario::GatewayBearer => {
+                "HTTP/1.1 keep-alive; the gateway-jwt requests to a route without auth".to_owned()
+            }
+            Scenario::GatewayJwt => format!("HTTP/1.1 keep-alive; {}", token_pool(setup.jwt_users)),
+            Scenario::GatewayAll => format!(
+                "all features built so far: HTTP/1.1 over TLS 1.3 keep-alive + {}; rate limits, metrics and \
+                 access log not built yet",
+                token_pool(setup.jwt_users)
+            ),
         };
         format!("{path}; {wire}")
     }
+}
+
+/// What the JWT scenarios send, for their descriptions.
+fn token_pool(users: usize) -> String {
+    format!(
+        "JWT route, `Authorization: Bearer` in turn from {} RS256 tokens of as many users (the gateway caches \
+         up to 16,384 verified tokens)",
+        report::fmt_int(users as f64)
+    )
 }
 
 /// TLS client configs for the gateway's TLS listener, one per ALPN id.
@@ -245,6 +303,8 @@ struct Stack {
     backend: Backend,
     /// Client configs for the gateway's TLS listener (when a TLS scenario runs).
     tls: Option<TlsClients>,
+    /// The JWT scenarios' tokens (when one runs).
+    tokens: Option<Tokens>,
     tmp: TempDir,
 }
 
@@ -252,12 +312,22 @@ impl Stack {
     fn proxies_mut(&mut self) -> impl Iterator<Item = &mut Proxy> {
         self.gateway.iter_mut().chain(self.nginx.iter_mut())
     }
+
+    /// The proxy `scenario`'s client talks to (`None`: the echo itself).
+    fn proxy(&self, scenario: Scenario) -> Option<&Proxy> {
+        match scenario.server() {
+            Server::Echo => None,
+            Server::Gateway => self.gateway.as_ref(),
+            Server::Nginx => self.nginx.as_ref(),
+        }
+    }
 }
 
 async fn run(args: &Args) -> anyhow::Result<()> {
     anyhow::ensure!(args.rounds > 0, "--rounds must be > 0");
     anyhow::ensure!(args.connections > 0, "--connections must be > 0");
     anyhow::ensure!(args.h2_streams > 0, "--h2-streams must be > 0");
+    anyhow::ensure!(args.jwt_users > 0, "--jwt-users must be > 0");
     let bins = binaries(args)?;
     let mut scenarios: Vec<Scenario> = Vec::new();
     for s in &args.scenarios {
@@ -296,6 +366,9 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     let width = scenarios.iter().map(|s| s.name().len()).max().unwrap_or(0);
     for s in &scenarios {
         println!("  {:<width$}  {}", s.name(), s.description(&setup, args.h2_streams));
+    }
+    for &s in &scenarios {
+        check_first_request(args, &stack, s).await?;
     }
 
     // Interleaved: round 1 runs every scenario, then round 2, ..., so drift hits all alike.
@@ -374,6 +447,8 @@ struct Setup {
     /// Worker threads counted in the running gateway (`cpus` when the gateway is not run).
     gateway_workers: usize,
     nginx_workers: usize,
+    /// Tokens (and users) in the JWT scenarios' pool.
+    jwt_users: usize,
 }
 
 /// Starts the echo backend, then the gateway (with its TLS listener if a TLS scenario runs),
@@ -388,12 +463,27 @@ fn start_stack(
     let cpus = std::thread::available_parallelism().map_or(1, usize::from);
     let tmp = TempDir::new(args.keep_tmp)?;
     let backend = stack::start_echo(&bins.echo, tmp.path())?;
-    let mut stack = Stack { gateway: None, nginx: None, backend, tls: None, tmp };
+    let mut stack = Stack { gateway: None, nginx: None, backend, tls: None, tokens: None, tmp };
     println!("echo backend  pid {:<7} {}", stack.backend.proc.pid(), stack.backend.addr);
-    let mut setup = Setup { cpus, gateway_workers: cpus, nginx_workers: args.nginx_workers.unwrap_or(cpus) };
+    let mut setup = Setup {
+        cpus,
+        gateway_workers: cpus,
+        nginx_workers: args.nginx_workers.unwrap_or(cpus),
+        jwt_users: args.jwt_users,
+    };
+    if scenarios.iter().any(|s| s.jwt()) {
+        let t0 = Instant::now();
+        stack.tokens = Some(jwt::mint(args.jwt_users)?);
+        println!(
+            "jwt           {} RS256 tokens signed in {:.1?}",
+            report::fmt_int(args.jwt_users as f64),
+            t0.elapsed()
+        );
+    }
     if scenarios.iter().any(|s| s.server() == Server::Gateway) {
         let tls = scenarios.iter().any(|s| s.tls());
-        let proxy = stack::start_gateway(&bins.gateway, stack.tmp.path(), stack.backend.addr, tls)?;
+        let proxy =
+            stack::start_gateway(&bins.gateway, stack.tmp.path(), stack.backend.addr, tls, stack.tokens.as_ref())?;
         setup.gateway_workers = procs::count_threads(proxy.proc.pid(), &procs::WORKER_THREAD_NAMES);
         let tls_addr = proxy.tls_addr.map(|a| format!(", TLS {a}")).unwrap_or_default();
         println!(
@@ -441,12 +531,51 @@ fn settings(
         "cpus": setup.cpus,
         "gateway_tokio_workers": setup.gateway_workers,
         "nginx_workers": setup.nginx_workers,
+        "jwt": { "algorithm": "RS256", "users": setup.jwt_users, "path_prefix": jwt::PATH_PREFIX },
         "nginx_version": nginx.and_then(nginx_version),
         "gateway_bin": bins.gateway.display().to_string(),
         "echo_bin": bins.echo.display().to_string(),
         "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").ok().map(|s| s.trim().to_owned()),
         "cpu_model": cpu_model(),
     })
+}
+
+/// The load `scenario` sends: where, how, on which path, with which tokens.
+fn load_spec(args: &Args, stack: &Stack, scenario: Scenario) -> anyhow::Result<LoadSpec> {
+    let addr = match stack.proxy(scenario) {
+        None => stack.backend.addr,
+        Some(p) if scenario.tls() => p.tls_addr.context("the proxy has no TLS listener")?,
+        Some(p) => p.addr,
+    };
+    let authorization = match (scenario.jwt(), &stack.tokens) {
+        (false, _) => Arc::new([]),
+        (true, Some(tokens)) => Arc::clone(&tokens.authorization),
+        (true, None) => bail!("{}: no tokens were minted", scenario.name()),
+    };
+    Ok(LoadSpec {
+        addr,
+        path: scenario.path(&args.path),
+        authorization,
+        connections: args.connections,
+        protocol: scenario.protocol(stack.tls.as_ref(), args.h2_streams)?,
+        threads: args.client_threads,
+        warmup: args.warmup,
+        duration: args.duration,
+        rate: args.rate,
+        request_timeout: args.request_timeout,
+    })
+}
+
+/// Fails unless the scenario's first request (first token, if any) answers 2xx: a misconfigured
+/// scenario would otherwise be measured as a fast stream of errors.
+async fn check_first_request(args: &Args, stack: &Stack, scenario: Scenario) -> anyhow::Result<()> {
+    let spec = load_spec(args, stack, scenario)?;
+    let status = load::first_status(&spec).await.with_context(|| format!("{}: first request", scenario.name()))?;
+    if !status.is_success() {
+        let tail = stack.proxy(scenario).map(|p| p.proc.stderr_tail()).unwrap_or_default();
+        bail!("{}: the first request (GET {}) answered {status}, not 2xx{tail}", scenario.name(), spec.path);
+    }
+    Ok(())
 }
 
 /// Runs the load against one scenario and measures client, proxy and backend over the window.
@@ -457,28 +586,9 @@ async fn measure(
     round: usize,
     ticks_per_sec: u64,
 ) -> anyhow::Result<RunResult> {
-    let proxy = match scenario.server() {
-        Server::Echo => None,
-        Server::Gateway => stack.gateway.as_ref(),
-        Server::Nginx => stack.nginx.as_ref(),
-    };
+    let proxy = stack.proxy(scenario);
     let is_proxy = proxy.is_some();
-    let addr = match proxy {
-        None => stack.backend.addr,
-        Some(p) if scenario.tls() => p.tls_addr.context("the proxy has no TLS listener")?,
-        Some(p) => p.addr,
-    };
-    let running = load::start(&LoadSpec {
-        addr,
-        path: args.path.clone(),
-        connections: args.connections,
-        protocol: scenario.protocol(stack.tls.as_ref(), args.h2_streams)?,
-        threads: args.client_threads,
-        warmup: args.warmup,
-        duration: args.duration,
-        rate: args.rate,
-        request_timeout: args.request_timeout,
-    })?;
+    let running = load::start(&load_spec(args, stack, scenario)?)?;
     let window = running.window;
     let proxy_pids = proxy.map(Proxy::pids).unwrap_or_default();
     let backend_pid = [stack.backend.proc.pid()];
@@ -654,5 +764,22 @@ mod tests {
         assert!(Scenario::GatewayHttpsH2.tls() && Scenario::GatewayHttpsH2.http2());
         assert_eq!(Scenario::Nginx.server(), Server::Nginx);
         assert_eq!(Scenario::Direct.server(), Server::Echo);
+    }
+
+    #[test]
+    fn jwt_scenarios_send_tokens_under_the_token_route() {
+        let protocol = Scenario::GatewayJwt.protocol(None, 1).expect("jwt");
+        assert!(!protocol.http2 && protocol.tls.is_none() && !protocol.new_conn_per_request);
+        assert!(Scenario::GatewayAll.tls() && !Scenario::GatewayAll.http2() && Scenario::GatewayAll.jwt());
+        assert_eq!(Scenario::GatewayJwt.path("/"), "/jwt/");
+        assert_eq!(Scenario::GatewayAll.path("/a?b"), "/jwt/a?b");
+        assert_eq!(Scenario::Gateway.path("/"), "/");
+        assert!(!Scenario::GatewayHttps.jwt());
+    }
+
+    #[test]
+    fn default_scenarios_are_every_scenario() {
+        let args = Args::parse_from(["loadbench"]);
+        assert_eq!(args.scenarios, Scenario::value_variants());
     }
 }
