@@ -603,11 +603,25 @@ async fn auth_jwks_down_at_startup_is_503_until_the_endpoint_comes_up() {
     assert!(!retry_after.trim().is_empty(), "empty Retry-After");
     assert_eq!(reply.header("www-authenticate"), None, "a 503 is not a challenge");
     assert_eq!(fixture.echo.stats().await.requests, 0, "nothing reaches the upstream without keys");
+    // Operators can see why: no keys, and the last fetch failure.
+    let status = jwt_status(&fixture).await;
+    assert_eq!(status["keys"], Value::Null, "{status}");
+    assert!(status["last_failure"]["error"].as_str().is_some_and(|e| !e.is_empty()), "{status}");
 
     jwks.come_back();
     let reply = fixture.poll_until_accepted("/account", &token, &[(503, "auth_unavailable")]).await;
     assert_reached_upstream(&reply, &format!("Bearer {token}"), "after the endpoint came up");
     assert!(jwks.fetches() >= 1);
+    let status = jwt_status(&fixture).await;
+    assert_eq!(status["keys"], 1, "{status}");
+    assert!(status["last_success"].is_string(), "{status}");
+}
+
+/// Provider `main`'s JWKS state from `GET /admin/jwt`.
+async fn jwt_status(fixture: &Fixture) -> Value {
+    let reply = client::get(fixture.gateway.admin_addr(), "/admin/jwt").await;
+    assert_eq!(reply.status, 200, "GET /admin/jwt: {}", reply.text());
+    reply.json()["providers"]["main"]["keys"]["jwks"].clone()
 }
 
 // ---------------------------------------------------------------------------------------------------

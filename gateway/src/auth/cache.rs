@@ -72,9 +72,8 @@ impl TokenCache {
         shard.insert(digest, Entry { expires_at, generation, claims });
     }
 
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().unwrap().len()).sum()
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).len()).sum()
     }
 }
 

@@ -6,7 +6,7 @@ use std::hash::{Hash, Hasher};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
@@ -40,6 +40,15 @@ pub struct Jwks {
     /// When the last on-demand refetch started; held across the fetch so concurrent unknown
     /// `kid`s wait for one fetch instead of each starting their own.
     last_refetch: tokio::sync::Mutex<Option<Instant>>,
+    /// What `/admin/jwt` shows about fetching.
+    fetches: std::sync::Mutex<FetchLog>,
+}
+
+/// The latest fetch outcomes, for operators wondering why a route answers 503.
+#[derive(Debug, Default, Clone)]
+struct FetchLog {
+    last_success: Option<SystemTime>,
+    last_failure: Option<(SystemTime, String)>,
 }
 
 /// Verification keys by `kid`.
@@ -111,6 +120,7 @@ impl Jwks {
             keys: ArcSwapOption::empty(),
             generation: AtomicU64::new(0),
             last_refetch: tokio::sync::Mutex::new(None),
+            fetches: std::sync::Mutex::default(),
         });
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
@@ -160,6 +170,7 @@ impl Jwks {
             Ok((set, max_age)) => {
                 let changed = self.keys.load().as_ref().is_none_or(|old| old.fingerprint != set.fingerprint);
                 let count = set.by_kid.len() + set.unnamed.len();
+                self.log().last_success = Some(SystemTime::now());
                 if changed {
                     self.keys.store(Some(Arc::new(set)));
                     self.generation.fetch_add(1, Ordering::AcqRel);
@@ -170,6 +181,7 @@ impl Jwks {
                 Ok(max_age)
             }
             Err(error) => {
+                self.log().last_failure = Some((SystemTime::now(), error.to_string()));
                 let keeping = if self.keys.load().is_some() { "keeping the last good key set" } else { "no keys yet" };
                 let cause = crate::proxy::causes(&error);
                 tracing::warn!(provider = &*self.provider, url = %self.config.url, %error, cause, why, "JWKS fetch failed; {keeping}");
@@ -190,6 +202,26 @@ impl Jwks {
         let body = Limited::new(response.into_body(), MAX_JWKS_BYTES).collect().await.map_err(|_| FetchError::Body)?;
         let set = parse(&body.to_bytes(), &self.provider)?;
         Ok((set, max_age))
+    }
+
+    fn log(&self) -> std::sync::MutexGuard<'_, FetchLog> {
+        self.fetches.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// `{"url", "keys", "generation", "last_success", "last_failure": {"at", "error"}}`.
+    pub fn status(&self) -> serde_json::Value {
+        let keys = self.keys.load().as_ref().map(|set| set.by_kid.len() + set.unnamed.len());
+        let log = self.log().clone();
+        serde_json::json!({
+            "url": self.config.url.to_string(),
+            "keys": keys,
+            "generation": self.generation(),
+            "last_success": log.last_success.map(crate::timefmt::rfc3339),
+            "last_failure": log.last_failure.map(|(at, error)| serde_json::json!({
+                "at": crate::timefmt::rfc3339(at),
+                "error": error,
+            })),
+        })
     }
 
     /// How long the keys just fetched are good for.

@@ -132,6 +132,22 @@ impl Provider {
         Ok(claims)
     }
 
+    /// What `/admin/jwt` shows: the key source and, for a JWKS, how fetching goes.
+    pub fn status(&self) -> serde_json::Value {
+        let keys = match (&self.keys, &self.config.keys) {
+            (Keys::Jwks(jwks), _) => serde_json::json!({"jwks": jwks.status()}),
+            (Keys::Fixed(_), JwtKeys::PublicKey(key)) => serde_json::json!({"public_key": key.path}),
+            (Keys::Fixed(_), JwtKeys::Secret(secret)) => serde_json::json!({"secret_env": secret.env}),
+            (Keys::Fixed(_), JwtKeys::Jwks(_)) => serde_json::Value::Null,
+        };
+        serde_json::json!({
+            "issuer": self.config.issuer,
+            "algorithms": self.config.algorithms.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>(),
+            "keys": keys,
+            "cached_tokens": self.cache.len(),
+        })
+    }
+
     async fn key(&self, kid: Option<&str>, algorithm: Algorithm) -> Result<Arc<DecodingKey>, AuthError> {
         let jwks = match &self.keys {
             Keys::Fixed(key) => return Ok(key.clone()),

@@ -1,4 +1,5 @@
-//! The admin listener: liveness, readiness and the config status; metrics as their issue lands.
+//! The admin listener: liveness, readiness, the config status and the JWT providers' key state;
+//! metrics as their issue lands.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,9 +14,15 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::reload::Status;
+use crate::runtime::Runtime;
 
 /// Accepts admin connections until the task is dropped.
-pub(super) async fn serve(listener: TcpListener, draining: Arc<AtomicBool>, status: Option<Arc<Status>>) {
+pub(super) async fn serve(
+    listener: TcpListener,
+    draining: Arc<AtomicBool>,
+    status: Option<Arc<Status>>,
+    runtime: Runtime,
+) {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -25,10 +32,10 @@ pub(super) async fn serve(listener: TcpListener, draining: Arc<AtomicBool>, stat
                 continue;
             }
         };
-        let (draining, status) = (draining.clone(), status.clone());
+        let (draining, status, runtime) = (draining.clone(), status.clone(), runtime.clone());
         tokio::spawn(async move {
             let service = service_fn(move |request| {
-                let response = respond(&request, draining.load(Ordering::Relaxed), status.as_deref());
+                let response = respond(&request, draining.load(Ordering::Relaxed), status.as_deref(), &runtime);
                 async move { Ok::<_, Infallible>(response) }
             });
             let io = TokioIo::new(stream);
@@ -39,7 +46,12 @@ pub(super) async fn serve(listener: TcpListener, draining: Arc<AtomicBool>, stat
     }
 }
 
-fn respond(request: &Request<Incoming>, draining: bool, status: Option<&Status>) -> Response<Full<Bytes>> {
+fn respond(
+    request: &Request<Incoming>,
+    draining: bool,
+    status: Option<&Status>,
+    runtime: &Runtime,
+) -> Response<Full<Bytes>> {
     let text = "text/plain; charset=utf-8";
     let (code, content_type, body) = match (request.method(), request.uri().path()) {
         (&Method::GET | &Method::HEAD, "/healthz") => (StatusCode::OK, text, "ok\n".to_string()),
@@ -51,10 +63,21 @@ fn respond(request: &Request<Incoming>, draining: bool, status: Option<&Status>)
             Some(status) => (StatusCode::OK, "application/json", status.to_json()),
             None => (StatusCode::NOT_FOUND, text, "this gateway was started without a config file\n".to_string()),
         },
-        _ => (StatusCode::NOT_FOUND, text, "not found: try /healthz, /readyz or /admin/config\n".to_string()),
+        (&Method::GET | &Method::HEAD, "/admin/jwt") => (StatusCode::OK, "application/json", jwt_status(runtime)),
+        _ => {
+            (StatusCode::NOT_FOUND, text, "not found: try /healthz, /readyz, /admin/config or /admin/jwt\n".to_string())
+        }
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = code;
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
+}
+
+/// Every JWT provider of the running config by name: key source, JWKS fetch state, cached tokens.
+fn jwt_status(runtime: &Runtime) -> String {
+    let snapshot = runtime.load();
+    let providers: std::collections::BTreeMap<&str, serde_json::Value> =
+        snapshot.jwt_providers.iter().map(|(name, provider)| (name.as_str(), provider.status())).collect();
+    serde_json::json!({ "providers": providers }).to_string()
 }

@@ -119,7 +119,8 @@ impl Server {
             workers.push(handle);
         }
         let admin = match self.admin.map(TcpListener::from_std).transpose() {
-            Ok(admin) => admin.map(|listener| tokio::spawn(admin::serve(listener, draining.clone(), status))),
+            Ok(admin) => admin
+                .map(|listener| tokio::spawn(admin::serve(listener, draining.clone(), status, self.runtime.clone()))),
             Err(error) => {
                 tracing::error!(%error, "cannot serve the admin listener");
                 None
