@@ -103,8 +103,13 @@ fn check(path: &std::path::Path) -> ExitCode {
                 eprintln!("{warning}");
             }
             let c = &loaded.config;
+            let protected = c.routes.iter().filter(|r| r.auth.is_some()).count();
+            let jwt = match c.jwt_providers.len() {
+                0 => String::new(),
+                n => format!(", {n} JWT providers, {protected} routes checking tokens"),
+            };
             println!(
-                "{}: OK ({} listeners, {} upstreams, {} routes)",
+                "{}: OK ({} listeners, {} upstreams, {} routes{jwt})",
                 path.display(),
                 c.listeners.len(),
                 c.upstreams.len(),
