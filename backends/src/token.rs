@@ -23,10 +23,12 @@ use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::encoding::AsDer;
-use aws_lc_rs::rsa::KeySize;
+use aws_lc_rs::rsa::{KeySize, PublicKeyComponents};
 use aws_lc_rs::signature::{
     EcdsaKeyPair, Ed25519KeyPair, KeyPair, RsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING, ECDSA_P384_SHA384_FIXED_SIGNING,
 };
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine;
 pub use jsonwebtoken::Algorithm;
 use jsonwebtoken::{EncodingKey, Header};
 use serde_json::{json, Value};
@@ -228,22 +230,20 @@ pub fn algorithm_name(algorithm: Algorithm) -> String {
 
 /// base64url without padding (RFC 7515 section 2).
 pub fn base64url(bytes: &[u8]) -> String {
-    base64(bytes, b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_", false)
+    URL_SAFE_NO_PAD.encode(bytes)
 }
 
 fn rsa(algorithm: Algorithm, kid: &str) -> anyhow::Result<SigningKey> {
     let pair = RsaKeyPair::generate(KeySize::Rsa2048).map_err(|_| anyhow::anyhow!("RSA key generation failed"))?;
     let pkcs8 = pair.as_der().map_err(|_| anyhow::anyhow!("encoding the RSA key as PKCS#8 failed"))?;
     let spki_der = pair.public_key().as_der().map_err(|_| anyhow::anyhow!("encoding the RSA public key failed"))?;
-    // jsonwebtoken signs RSA with a PKCS#1 RSAPrivateKey: the OCTET STRING inside the PKCS#8 PrivateKeyInfo.
-    let pkcs1 = der::pkcs8_private_key(pkcs8.as_ref())?;
-    // The RSAPublicKey inside the SPKI's BIT STRING: SEQUENCE { INTEGER n, INTEGER e }.
-    let (n, e) = der::rsa_public_numbers(der::spki_key_bits(spki_der.as_ref())?)?;
+    let numbers = PublicKeyComponents::<Vec<u8>>::from(pair.public_key());
     Ok(SigningKey {
         algorithm,
         kid: kid.to_owned(),
-        encoding: EncodingKey::from_rsa_der(pkcs1),
-        material: Material::Rsa { spki_der: spki_der.as_ref().to_vec(), n, e },
+        // jsonwebtoken reads a PKCS#8 private key from PEM (its DER form would have to be PKCS#1).
+        encoding: EncodingKey::from_rsa_pem(pem("PRIVATE KEY", pkcs8.as_ref()).as_bytes())?,
+        material: Material::Rsa { spki_der: spki_der.as_ref().to_vec(), n: numbers.n, e: numbers.e },
     })
 }
 
@@ -286,7 +286,7 @@ fn ed25519(kid: &str) -> anyhow::Result<SigningKey> {
 }
 
 fn pem(label: &str, der: &[u8]) -> String {
-    let body = base64(der, b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/", true);
+    let body = STANDARD.encode(der);
     let mut text = format!("-----BEGIN {label}-----\n");
     for line in body.as_bytes().chunks(64) {
         text.push_str(&String::from_utf8_lossy(line));
@@ -296,93 +296,8 @@ fn pem(label: &str, der: &[u8]) -> String {
     text
 }
 
-fn base64(bytes: &[u8], alphabet: &[u8; 64], pad: bool) -> String {
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let group = chunk.iter().enumerate().fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
-        let chars = chunk.len() + 1;
-        for i in 0..4 {
-            if i < chars {
-                out.push(char::from(alphabet[((group >> (18 - 6 * i)) & 0x3f) as usize]));
-            } else if pad {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Just enough DER to take apart what aws-lc-rs hands out (PKCS#8, SPKI, PKCS#1 public keys).
-mod der {
-    use anyhow::{bail, Context};
-
-    const INTEGER: u8 = 0x02;
-    const BIT_STRING: u8 = 0x03;
-    const OCTET_STRING: u8 = 0x04;
-    const SEQUENCE: u8 = 0x30;
-
-    /// Splits one TLV off the front of `input`: (tag, contents, rest).
-    fn tlv(input: &[u8]) -> anyhow::Result<(u8, &[u8], &[u8])> {
-        let (&tag, rest) = input.split_first().context("DER: truncated tag")?;
-        let (&first, mut rest) = rest.split_first().context("DER: truncated length")?;
-        let len = if first < 0x80 {
-            usize::from(first)
-        } else {
-            let count = usize::from(first & 0x7f);
-            if count == 0 || count > 4 || rest.len() < count {
-                bail!("DER: unsupported length encoding");
-            }
-            let (bytes, after) = rest.split_at(count);
-            rest = after;
-            bytes.iter().fold(0usize, |acc, b| (acc << 8) | usize::from(*b))
-        };
-        if rest.len() < len {
-            bail!("DER: contents run past the end");
-        }
-        let (contents, rest) = rest.split_at(len);
-        Ok((tag, contents, rest))
-    }
-
-    fn expect(input: &[u8], want: u8) -> anyhow::Result<(&[u8], &[u8])> {
-        let (tag, contents, rest) = tlv(input)?;
-        if tag != want {
-            bail!("DER: expected tag {want:#04x}, found {tag:#04x}");
-        }
-        Ok((contents, rest))
-    }
-
-    /// PrivateKeyInfo ::= SEQUENCE { version INTEGER, algorithm SEQUENCE, privateKey OCTET STRING, ... }
-    pub(super) fn pkcs8_private_key(pkcs8: &[u8]) -> anyhow::Result<&[u8]> {
-        let (info, _) = expect(pkcs8, SEQUENCE)?;
-        let (_, rest) = expect(info, INTEGER)?;
-        let (_, rest) = expect(rest, SEQUENCE)?;
-        Ok(expect(rest, OCTET_STRING)?.0)
-    }
-
-    /// SubjectPublicKeyInfo ::= SEQUENCE { algorithm SEQUENCE, subjectPublicKey BIT STRING }: the key bits.
-    pub(super) fn spki_key_bits(spki: &[u8]) -> anyhow::Result<&[u8]> {
-        let (info, _) = expect(spki, SEQUENCE)?;
-        let (_, rest) = expect(info, SEQUENCE)?;
-        let (bits, _) = expect(rest, BIT_STRING)?;
-        match bits.split_first() {
-            Some((0, key)) => Ok(key),
-            _ => bail!("DER: public key BIT STRING with unused bits"),
-        }
-    }
-
-    /// RSAPublicKey ::= SEQUENCE { modulus INTEGER, publicExponent INTEGER }, big-endian without
-    /// the sign byte.
-    pub(super) fn rsa_public_numbers(key: &[u8]) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
-        let (numbers, _) = expect(key, SEQUENCE)?;
-        let (n, rest) = expect(numbers, INTEGER)?;
-        let (e, _) = expect(rest, INTEGER)?;
-        let unsigned = |i: &[u8]| i.iter().skip_while(|b| **b == 0).copied().collect::<Vec<u8>>();
-        Ok((unsigned(n), unsigned(e)))
-    }
 }
 
 #[cfg(test)]
@@ -539,14 +454,8 @@ mod tests {
     }
 
     #[test]
-    fn token_base64_matches_rfc4648_vectors() {
-        let vectors = [("", "", ""), ("f", "Zg", "Zg=="), ("fo", "Zm8", "Zm8="), ("foo", "Zm9v", "Zm9v")];
-        for (input, url, padded) in vectors {
-            assert_eq!(base64url(input.as_bytes()), url);
-            let standard = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-            assert_eq!(base64(input.as_bytes(), standard, true), padded);
-        }
-        assert_eq!(base64url(&[0xfb, 0xff]), "-_8");
+    fn token_segment_is_base64url_json() {
         assert_eq!(segment(&json!({"alg": "none"})), "eyJhbGciOiJub25lIn0");
+        assert_eq!(base64url(&[0xfb, 0xff]), "-_8");
     }
 }

@@ -261,34 +261,29 @@ async fn auth_hs256_valid_token_reaches_upstream_with_authorization_unchanged() 
     assert_valid_tokens_pass(&fixture, &key, "secret_env").await;
 }
 
-#[tokio::test]
-async fn auth_rs256_valid_token_reaches_upstream_from_public_key_and_jwks() {
-    let key = SigningKey::generate(Algorithm::RS256, "rsa-1");
+/// A fresh `algorithm` key's tokens pass with the key as `public_key` and served by a JWKS.
+async fn assert_public_key_and_jwks_pass(algorithm: Algorithm, kid: &str) {
+    let key = SigningKey::generate(algorithm, kid);
     assert_valid_tokens_pass(&Fixture::public_key(&key, ""), &key, "public_key").await;
     let jwks = JwksServer::start(&[&key]);
-    let fixture = Fixture::jwks(&jwks, "RS256", "");
+    let fixture = Fixture::jwks(&jwks, &key.algorithm_name(), "");
     fixture.poll_until_accepted("/account", &key.sign(&valid_claims()), &[(503, "auth_unavailable")]).await;
     assert_valid_tokens_pass(&fixture, &key, "jwks_url").await;
+}
+
+#[tokio::test]
+async fn auth_rs256_valid_token_reaches_upstream_from_public_key_and_jwks() {
+    assert_public_key_and_jwks_pass(Algorithm::RS256, "rsa-1").await;
 }
 
 #[tokio::test]
 async fn auth_es256_valid_token_reaches_upstream_from_public_key_and_jwks() {
-    let key = SigningKey::generate(Algorithm::ES256, "ec-1");
-    assert_valid_tokens_pass(&Fixture::public_key(&key, ""), &key, "public_key").await;
-    let jwks = JwksServer::start(&[&key]);
-    let fixture = Fixture::jwks(&jwks, "ES256", "");
-    fixture.poll_until_accepted("/account", &key.sign(&valid_claims()), &[(503, "auth_unavailable")]).await;
-    assert_valid_tokens_pass(&fixture, &key, "jwks_url").await;
+    assert_public_key_and_jwks_pass(Algorithm::ES256, "ec-1").await;
 }
 
 #[tokio::test]
 async fn auth_eddsa_valid_token_reaches_upstream_from_public_key_and_jwks() {
-    let key = SigningKey::generate(Algorithm::EdDSA, "ed-1");
-    assert_valid_tokens_pass(&Fixture::public_key(&key, ""), &key, "public_key").await;
-    let jwks = JwksServer::start(&[&key]);
-    let fixture = Fixture::jwks(&jwks, "EdDSA", "");
-    fixture.poll_until_accepted("/account", &key.sign(&valid_claims()), &[(503, "auth_unavailable")]).await;
-    assert_valid_tokens_pass(&fixture, &key, "jwks_url").await;
+    assert_public_key_and_jwks_pass(Algorithm::EdDSA, "ed-1").await;
 }
 
 // ---------------------------------------------------------------------------------------------------
