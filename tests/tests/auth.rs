@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use backends::token::{self, claims, now, segment, Algorithm, SigningKey};
 use e2e::client::{self, Reply};
 use e2e::jwks::JwksServer;
+use e2e::tls::TestCa;
+use e2e::upstream_tls::TlsUpstream;
 use e2e::{gateway_check, Backend, ConfigDir, Gateway, TIMEOUT};
 use futures_util::future::join_all;
 use http::HeaderValue;
@@ -617,6 +619,37 @@ async fn jwt_status(fixture: &Fixture) -> Value {
     let reply = client::get(fixture.gateway.admin_addr(), "/admin/jwt").await;
     assert_eq!(reply.status, 200, "GET /admin/jwt: {}", reply.text());
     reply.json()["providers"]["main"]["keys"]["jwks"].clone()
+}
+
+#[tokio::test]
+async fn auth_jwks_over_https_verified_against_jwks_ca_only() {
+    let key = SigningKey::generate(Algorithm::ES256, "k1");
+    let jwks = JwksServer::start(&[&key]);
+    let ca = TestCa::new("internal-idp-ca");
+    let tls = TlsUpstream::start(&ca.issue(&["127.0.0.1"]), jwks.addr()).await;
+    let url = format!("https://{}{}", tls.addr, e2e::jwks::JWKS_PATH);
+    let token = key.sign(&valid_claims());
+
+    let trusting = Fixture::start(
+        &format!("algorithms: [ES256]\njwks_url: {url}\njwks_ca: idp-ca.pem\nrealm: {REALM}"),
+        &[("idp-ca.pem", &ca.cert_pem)],
+        &[],
+    );
+    trusting.poll_until_accepted("/account", &token, &[(503, "auth_unavailable")]).await;
+
+    // Without the CA the issuer's certificate is unknown: no keys, however long it tries.
+    let default_roots = Fixture::start(&format!("algorithms: [ES256]\njwks_url: {url}\nrealm: {REALM}"), &[], &[]);
+    let deadline = Instant::now() + TIMEOUT;
+    let failure = loop {
+        let status = jwt_status(&default_roots).await;
+        if let Some(error) = status["last_failure"]["error"].as_str() {
+            break error.to_owned();
+        }
+        assert!(Instant::now() < deadline, "no fetch failure reported: {status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(jwt_status(&default_roots).await["keys"], Value::Null, "{failure}");
+    default_roots.bearer("/account", &token).await.assert_error(503, "auth_unavailable");
 }
 
 // ---------------------------------------------------------------------------------------------------

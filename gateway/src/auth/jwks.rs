@@ -109,7 +109,8 @@ impl Jwks {
         http.enforce_http(false);
         http.set_connect_timeout(Some(FETCH_TIMEOUT));
         http.set_nodelay(true);
-        let connector = crate::upstream::fetch_connector(&provider, http).map_err(|e| e.to_string())?;
+        let connector =
+            crate::upstream::fetch_connector(&provider, http, config.ca.as_ref()).map_err(|e| e.to_string())?;
         // No pooling: fetches are minutes apart, and a pooled connection would belong to whichever
         // runtime happened to open it.
         let client = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(0).build(connector);

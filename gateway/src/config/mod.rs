@@ -105,7 +105,7 @@ pub fn referenced_files(file_label: &str, text: &str) -> Vec<PathBuf> {
     let upstream_cas = (upstream_refs.upstreams.iter().flat_map(|map| &map.0))
         .map(|(_, upstream)| upstream.tls.as_ref().and_then(|tls| tls.ca.as_deref()));
     let public_keys = (jwt_refs.jwt.iter().flat_map(|jwt| &jwt.providers).flat_map(|map| &map.0))
-        .map(|(_, provider)| provider.public_key.as_deref());
+        .flat_map(|(_, provider)| [provider.public_key.as_deref(), provider.jwks_ca.as_deref()]);
     let files = certificates.chain(client_cas).chain(upstream_cas).chain(public_keys).flatten();
     files.map(|file| resolve(file_label, file)).collect()
 }

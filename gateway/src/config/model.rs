@@ -62,6 +62,8 @@ pub enum JwtKeys {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Jwks {
     pub url: Uri,
+    /// CA certificates to verify an `https://` endpoint against instead of the webpki (Mozilla) roots.
+    pub ca: Option<CaBundle>,
     /// Between background refreshes when the response carries no `Cache-Control: max-age`.
     pub refresh_interval: Duration,
     /// Floor on refreshes, and the cooldown between refetches that unknown `kid`s trigger.

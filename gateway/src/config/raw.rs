@@ -37,6 +37,7 @@ pub(crate) struct RawJwtProvider {
     pub audiences: Option<Spanned<Vec<Spanned<String>>>>,
     pub algorithms: Option<Spanned<Vec<Spanned<String>>>>,
     pub jwks_url: Option<Spanned<String>>,
+    pub jwks_ca: Option<Spanned<String>>,
     pub refresh_interval: Option<Spanned<String>>,
     pub min_cache_age: Option<Spanned<String>>,
     pub max_cache_age: Option<Spanned<String>>,
@@ -260,7 +261,7 @@ pub(crate) struct RawUpstreamTlsRefs {
     pub ca: Option<String>,
 }
 
-/// Just the key files JWT providers refer to (`jwt.providers.*.public_key`), read leniently.
+/// Just the files JWT providers refer to (`jwt.providers.*.public_key` / `jwks_ca`), read leniently.
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct RawJwtFileRefs {
     pub jwt: Option<RawJwtRefs>,
@@ -274,4 +275,5 @@ pub(crate) struct RawJwtRefs {
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct RawJwtProviderRefs {
     pub public_key: Option<String>,
+    pub jwks_ca: Option<String>,
 }

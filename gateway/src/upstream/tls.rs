@@ -17,7 +17,7 @@ use rustls::crypto::{aws_lc_rs, CryptoProvider};
 use rustls::{ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
-use crate::config::UpstreamTls;
+use crate::config::{CaBundle, UpstreamTls};
 
 /// Why an upstream's TLS client could not be set up (never expected with the built-in provider).
 #[derive(Debug, thiserror::Error)]
@@ -43,12 +43,14 @@ pub(crate) fn connector(
 }
 
 /// A connector for requests the gateway makes on its own behalf (JWKS fetches): `https://` is
-/// verified against the webpki roots, `http://` is allowed (validation warns unless loopback).
+/// verified against `ca` or else the webpki roots, `http://` is allowed (validation warns unless
+/// loopback).
 pub(crate) fn fetch_connector(
     name: &Arc<str>,
     http: HttpConnector,
+    ca: Option<&CaBundle>,
 ) -> Result<HttpsConnector<HttpConnector>, TlsSetupError> {
-    let tls = UpstreamTls { ca: None, server_name: None, insecure_skip_verify: false };
+    let tls = UpstreamTls { ca: ca.cloned(), server_name: None, insecure_skip_verify: false };
     Ok(HttpsConnector::new(http, client_config(name, &tls)?, false, Arc::new(DefaultServerNameResolver::default())))
 }
 

@@ -170,6 +170,7 @@ fn keys(report: &mut Report<'_>, raw: &RawJwtProvider, at: &Spanned<RawJwtProvid
     }
     if raw.jwks_url.is_none() {
         for (field, value) in [
+            ("jwks_ca", &raw.jwks_ca),
             ("refresh_interval", &raw.refresh_interval),
             ("min_cache_age", &raw.min_cache_age),
             ("max_cache_age", &raw.max_cache_age),
@@ -180,7 +181,7 @@ fn keys(report: &mut Report<'_>, raw: &RawJwtProvider, at: &Spanned<RawJwtProvid
                     &format!("{path}.{field}"),
                     format!("{field} only applies to `jwks_url`"),
                 ))
-                .hint("remove it: fixed keys are never refetched");
+                .hint("remove it: only keys fetched from `jwks_url` use it");
             }
         }
     }
@@ -221,6 +222,15 @@ fn jwks(report: &mut Report<'_>, raw: &RawJwtProvider, url: &Spanned<String>, pa
         .hint("use https://");
     }
     let field = |name: &str| format!("{path}.{name}");
+    let ca = match &raw.jwks_ca {
+        Some(ca) if parsed.scheme_str() != Some("https") => {
+            (report.error(ca.referenced, &field("jwks_ca"), "jwks_ca only applies to an https:// jwks_url"))
+                .hint("use https:// for the key set, or remove jwks_ca");
+            None
+        }
+        Some(ca) => super::upstreams::tls::ca_bundle(report, ca, &field("jwks_ca")),
+        None => None,
+    };
     let refresh_interval =
         duration(report, raw.refresh_interval.as_ref(), &field("refresh_interval"), defaults::JWKS_REFRESH_INTERVAL);
     let min_cache_age =
@@ -243,7 +253,7 @@ fn jwks(report: &mut Report<'_>, raw: &RawJwtProvider, url: &Spanned<String>, pa
             .error(at.referenced, &field("max_cache_age"), "max_cache_age is shorter than min_cache_age")
             .hint("min_cache_age is the floor and max_cache_age the cap on how long a key set is kept: the cap must not be below the floor");
     }
-    Some(Jwks { url: parsed, refresh_interval, min_cache_age, max_cache_age })
+    Some(Jwks { url: parsed, ca, refresh_interval, min_cache_age, max_cache_age })
 }
 
 fn public_key(report: &mut Report<'_>, raw: &Spanned<String>, path: &str) -> Option<PublicKey> {

@@ -1,6 +1,6 @@
 //! Checks `upstreams`: names, endpoint URLs, balancing, timeouts, pool and TLS settings.
 
-mod tls;
+pub(super) mod tls;
 
 use http::Uri;
 use serde_saphyr::{Location, Spanned};

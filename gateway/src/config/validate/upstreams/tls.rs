@@ -95,7 +95,11 @@ fn settings(report: &mut Report<'_>, name: &str, raw: &RawUpstreamTls, path: &st
 }
 
 /// Reads a PEM file of one or more CA certificates and parses each as a trust anchor.
-fn ca_bundle(report: &mut Report<'_>, raw: &Spanned<String>, path: &str) -> Option<CaBundle> {
+pub(in crate::config::validate) fn ca_bundle(
+    report: &mut Report<'_>,
+    raw: &Spanned<String>,
+    path: &str,
+) -> Option<CaBundle> {
     let file = crate::config::resolve(report.file, &raw.value);
     let mut fail = |message: String, hint: &str| {
         report.error(raw.referenced, path, message).hint(hint);
