@@ -356,7 +356,10 @@ fn identity_headers_default_list_and_custom_list() {
 
 /// A config with one provider whose key is `public_key: jwt.pem`, an EC key written next to it.
 fn jwt_config_dir(algorithms: &str) -> (PathBuf, String) {
-    let dir = std::env::temp_dir().join(format!("gateway-config-jwt-{}-{}", std::process::id(), algorithms.len()));
+    // One directory per call: tests run in parallel and each writes its own key.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("gateway-config-jwt-{}-{call}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     std::fs::write(dir.join("jwt.pem"), key.public_key_pem()).unwrap();

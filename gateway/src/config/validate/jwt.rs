@@ -24,19 +24,14 @@ pub(super) fn providers(report: &mut Report<'_>, raw: Option<&RawJwt>) -> Vec<Jw
     for (name, spanned) in &raw.providers.value.0 {
         let path = path_key("jwt.providers", &name.value);
         if check_name(report, "provider", name, &path) {
-            providers.extend(provider(report, &name.value, &spanned.value, spanned, &path));
+            providers.extend(provider(report, &name.value, spanned, &path));
         }
     }
     providers
 }
 
-fn provider(
-    report: &mut Report<'_>,
-    name: &str,
-    raw: &RawJwtProvider,
-    at: &Spanned<RawJwtProvider>,
-    path: &str,
-) -> Option<JwtProvider> {
+fn provider(report: &mut Report<'_>, name: &str, at: &Spanned<RawJwtProvider>, path: &str) -> Option<JwtProvider> {
+    let raw = &at.value;
     let issuer = match &raw.issuer {
         Some(issuer) if !issuer.value.trim().is_empty() => Some(issuer.value.clone()),
         Some(issuer) => {
@@ -49,9 +44,9 @@ fn provider(
             None
         }
     };
-    let audiences = audiences(report, raw, at, path);
-    let algorithms = algorithms(report, raw, at, path);
-    let keys = keys(report, raw, at, path);
+    let audiences = audiences(report, at, path);
+    let algorithms = algorithms(report, at, path);
+    let keys = keys(report, at, path);
     if let Some(keys) = &keys {
         check_algorithms_fit_keys(report, raw, keys, path);
     }
@@ -81,13 +76,8 @@ fn provider(
     })
 }
 
-fn audiences(
-    report: &mut Report<'_>,
-    raw: &RawJwtProvider,
-    at: &Spanned<RawJwtProvider>,
-    path: &str,
-) -> Option<Vec<String>> {
-    match &raw.audiences {
+fn audiences(report: &mut Report<'_>, at: &Spanned<RawJwtProvider>, path: &str) -> Option<Vec<String>> {
+    match &at.value.audiences {
         Some(list) if !list.value.is_empty() => Some(list.value.iter().map(|a| a.value.clone()).collect()),
         Some(list) => {
             (report.error(list.referenced, &format!("{path}.audiences"), "audiences must not be empty"))
@@ -106,13 +96,8 @@ fn audiences(
     }
 }
 
-fn algorithms(
-    report: &mut Report<'_>,
-    raw: &RawJwtProvider,
-    at: &Spanned<RawJwtProvider>,
-    path: &str,
-) -> Option<Vec<Algorithm>> {
-    let Some(list) = &raw.algorithms else {
+fn algorithms(report: &mut Report<'_>, at: &Spanned<RawJwtProvider>, path: &str) -> Option<Vec<Algorithm>> {
+    let Some(list) = &at.value.algorithms else {
         report
             .error(at.referenced, path, "algorithms is required: the allowlist of `alg` values")
             .hint(ALGORITHMS_HINT);
@@ -148,7 +133,8 @@ fn algorithms(
 }
 
 /// Exactly one of `jwks_url`, `public_key`, `secret_env`.
-fn keys(report: &mut Report<'_>, raw: &RawJwtProvider, at: &Spanned<RawJwtProvider>, path: &str) -> Option<JwtKeys> {
+fn keys(report: &mut Report<'_>, at: &Spanned<RawJwtProvider>, path: &str) -> Option<JwtKeys> {
+    let raw = &at.value;
     let sources: Vec<(&str, &Spanned<String>)> =
         [("jwks_url", &raw.jwks_url), ("public_key", &raw.public_key), ("secret_env", &raw.secret_env)]
             .into_iter()
