@@ -37,9 +37,9 @@ pub struct Jwks {
     keys: ArcSwapOption<KeySet>,
     /// Bumped whenever the fetched keys differ from the previous set: cached tokens re-verify.
     generation: AtomicU64,
-    /// When the last on-demand refetch started; held across the fetch so concurrent unknown
-    /// `kid`s wait for one fetch instead of each starting their own.
-    last_refetch: tokio::sync::Mutex<Option<Instant>>,
+    /// When the last fetch (scheduled or on demand) started. Held across every fetch, so requests
+    /// with unknown `kid`s wait for the fetch in flight instead of starting their own.
+    last_fetch: tokio::sync::Mutex<Option<Instant>>,
     /// What `/admin/jwt` shows about fetching.
     fetches: std::sync::Mutex<FetchLog>,
 }
@@ -120,7 +120,7 @@ impl Jwks {
             client,
             keys: ArcSwapOption::empty(),
             generation: AtomicU64::new(0),
-            last_refetch: tokio::sync::Mutex::new(None),
+            last_fetch: tokio::sync::Mutex::new(None),
             fetches: std::sync::Mutex::default(),
         });
         match tokio::runtime::Handle::try_current() {
@@ -150,11 +150,12 @@ impl Jwks {
         found.map_or(Lookup::UnknownKid, |key| Lookup::Found(key.clone()))
     }
 
-    /// Fetches again for a `kid` the current set lacks (or when there is no set yet), unless
-    /// another request just did, or the last such refetch is within `min_cache_age`.
+    /// Fetches again for a `kid` the current set lacks (or when there is no set yet), unless a
+    /// fetch finished while this request waited for it, or the last fetch started within
+    /// `min_cache_age` (the cooldown that keeps a flood of made-up `kid`s off the issuer).
     pub async fn refetch_for_unknown_kid(&self) {
         let seen = (self.generation(), self.keys.load().is_some());
-        let mut last = self.last_refetch.lock().await;
+        let mut last = self.last_fetch.lock().await;
         if (self.generation(), self.keys.load().is_some()) != seen {
             return; // refetched while this request waited: look again
         }
@@ -163,6 +164,13 @@ impl Jwks {
         }
         *last = Some(Instant::now());
         let _ = self.fetch("unknown kid").await;
+    }
+
+    /// The background refresh: always fetches, and starts the cooldown like any fetch.
+    async fn scheduled_fetch(&self) -> Result<Option<Duration>, ()> {
+        let mut last = self.last_fetch.lock().await;
+        *last = Some(Instant::now());
+        self.fetch("scheduled").await
     }
 
     /// One fetch; on success the new set replaces the old. Returns the server's `max-age`.
@@ -237,7 +245,7 @@ async fn refresh_loop(jwks: Weak<Jwks>) {
     let mut retry = FIRST_RETRY;
     loop {
         let Some(strong) = jwks.upgrade() else { return };
-        let wait = match strong.fetch("scheduled").await {
+        let wait = match strong.scheduled_fetch().await {
             Ok(max_age) => {
                 retry = FIRST_RETRY;
                 strong.next_refresh(max_age)
