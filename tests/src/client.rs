@@ -179,22 +179,29 @@ pub async fn get_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) ->
 /// One keep-alive HTTP/1.1 connection: every request goes over the same socket, one at a time. A test
 /// that must stay on one gateway worker (each has its own upstream pools) sends everything on one.
 pub struct Connection {
-    addr: SocketAddr,
+    /// The `Host` of requests that name none.
+    host: String,
     sender: hyper::client::conn::http1::SendRequest<Body>,
 }
 
 impl Connection {
     /// Connects to `addr`, within [`TIMEOUT`].
     pub async fn open(addr: SocketAddr) -> anyhow::Result<Connection> {
-        let connecting = async {
-            let stream = TcpStream::connect(addr).await?;
-            let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-            tokio::spawn(connection);
-            anyhow::Ok(Connection { addr, sender })
-        };
+        let connecting = async { Connection::over(TcpStream::connect(addr).await?, &addr.to_string()).await };
         tokio::time::timeout(TIMEOUT, connecting)
             .await
             .map_err(|_| anyhow::anyhow!("connecting to {addr}: no answer within {TIMEOUT:?}"))?
+    }
+
+    /// Starts HTTP/1.1 on an open stream (plain TCP, or TLS already handshaken); `host` is the
+    /// `Host` header of requests that have none.
+    pub async fn over<I>(stream: I, host: &str) -> anyhow::Result<Connection>
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(connection);
+        Ok(Connection { host: host.to_owned(), sender })
     }
 
     /// Like [`Connection::open`], panicking on any error.
@@ -206,7 +213,7 @@ impl Connection {
     /// means the connection is unusable (closed or reset): open a new one.
     pub async fn try_send(&mut self, mut request: Request<Body>) -> anyhow::Result<Reply> {
         if !request.headers().contains_key(HOST) {
-            request.headers_mut().insert(HOST, HeaderValue::from_str(&self.addr.to_string())?);
+            request.headers_mut().insert(HOST, HeaderValue::from_str(&self.host)?);
         }
         let exchange = async {
             self.sender.ready().await?;
@@ -220,8 +227,8 @@ impl Connection {
 
     /// `GET path` on this connection, panicking on any error (the connection closing included).
     pub async fn get(&mut self, path: &str) -> Reply {
-        let addr = self.addr;
         let request = request("GET", path).body(empty()).unwrap_or_else(|e| panic!("bad request: {e}"));
-        self.try_send(request).await.unwrap_or_else(|e| panic!("GET {path} on the connection to {addr}: {e:#}"))
+        let result = self.try_send(request).await;
+        result.unwrap_or_else(|e| panic!("GET {path} on the connection to {}: {e:#}", self.host))
     }
 }

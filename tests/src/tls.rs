@@ -13,8 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::HOST;
-use http::{HeaderValue, Request};
+use http::Request;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rcgen::{
@@ -30,7 +29,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-use crate::client::{Body, Reply};
+use crate::client::Reply;
 use crate::TIMEOUT;
 
 pub use rustls::version::{TLS12, TLS13};
@@ -362,44 +361,6 @@ impl ServerCertVerifier for CaVerifier {
 // HTTP over TLS
 // ---------------------------------------------------------------------------------------------------
 
-/// An HTTP/1.1 keep-alive connection over `stream`: requests go one at a time on it.
-pub struct Https1 {
-    sender: hyper::client::conn::http1::SendRequest<Body>,
-    host: String,
-}
-
-impl Https1 {
-    /// Starts HTTP/1.1 on a handshaken stream; `host` is the `Host` header of requests that have none.
-    pub async fn start(stream: TlsStream<TcpStream>, host: &str) -> anyhow::Result<Https1> {
-        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(connection);
-        Ok(Https1 { sender, host: host.to_owned() })
-    }
-
-    /// Sends `request` and reads the whole response, within [`TIMEOUT`].
-    pub async fn try_send(&mut self, mut request: Request<Body>) -> anyhow::Result<Reply> {
-        if !request.headers().contains_key(HOST) {
-            request.headers_mut().insert(HOST, HeaderValue::from_str(&self.host)?);
-        }
-        let exchange = async {
-            self.sender.ready().await?;
-            let response = self.sender.send_request(request).await?;
-            let (parts, body) = response.into_parts();
-            let body = body.collect().await?.to_bytes();
-            anyhow::Ok(Reply { status: parts.status, headers: parts.headers, body })
-        };
-        tokio::time::timeout(TIMEOUT, exchange).await.map_err(|_| anyhow::anyhow!("no response within {TIMEOUT:?}"))?
-    }
-
-    /// `GET path`, panicking on any error.
-    pub async fn get(&mut self, path: &str) -> Reply {
-        let request = crate::client::request("GET", path)
-            .body(crate::client::empty())
-            .unwrap_or_else(|e| panic!("bad request: {e}"));
-        self.try_send(request).await.unwrap_or_else(|e| panic!("GET {path} over HTTP/1.1 + TLS: {e:#}"))
-    }
-}
-
 /// `GET https://<authority><path>` over HTTP/2 on a handshaken stream (which must have agreed on
 /// `h2`), within [`TIMEOUT`].
 pub async fn get_h2(stream: TlsStream<TcpStream>, authority: &str, path: &str) -> anyhow::Result<Reply> {
@@ -428,7 +389,7 @@ pub async fn try_get(
 ) -> anyhow::Result<(Negotiated, Reply)> {
     let stream = client.try_connect(addr, server_name).await?;
     let negotiated = negotiated(&stream);
-    let mut connection = Https1::start(stream, server_name).await?;
+    let mut connection = crate::client::Connection::over(stream, server_name).await?;
     let request = crate::client::request("GET", path).body(crate::client::empty())?;
     Ok((negotiated, connection.try_send(request).await?))
 }

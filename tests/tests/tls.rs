@@ -7,8 +7,8 @@
 //! [`ConfigDir`] (the config names them relative to its own directory). Clients trust only that CA.
 //! Waits go through `/admin/config` or repeated handshakes; no test asserts how long anything takes.
 
-use e2e::client::Reply;
-use e2e::tls::{self, Https1, Leaf, TestCa, TlsClient, TLS12, TLS13};
+use e2e::client::{Connection, Reply};
+use e2e::tls::{self, Leaf, TestCa, TlsClient, TLS12, TLS13};
 use e2e::tls_site::*;
 use e2e::{gateway_check, gateway_run_invalid, Backend, ConfigDir, Gateway};
 use rustls::{AlertDescription, ProtocolVersion};
@@ -28,7 +28,7 @@ async fn handshake_with_only(version: &'static rustls::SupportedProtocolVersion)
     let stream = client.connect(site.gateway.addr(), "a.test").await;
     let negotiated = tls::negotiated(&stream);
     let reply =
-        Https1::start(stream, "a.test").await.unwrap_or_else(|e| panic!("HTTP/1.1 over TLS: {e:#}")).get("/v").await;
+        Connection::over(stream, "a.test").await.unwrap_or_else(|e| panic!("HTTP/1.1 over TLS: {e:#}")).get("/v").await;
     assert_served(&negotiated.served, &a, &[&a], "the only certificate");
     (negotiated, reply)
 }
@@ -191,7 +191,7 @@ async fn alpn_http11_only_client_negotiates_http11_and_is_served() {
     for (offer, expected) in [(&["http/1.1"][..], Some("http/1.1")), (&[][..], None)] {
         let stream = site.client().alpn(offer).connect(site.gateway.addr(), "a.test").await;
         assert_eq!(tls::negotiated(&stream).alpn.as_deref(), expected, "ALPN offer {offer:?}");
-        let mut connection = Https1::start(stream, "a.test").await.unwrap_or_else(|e| panic!("HTTP/1.1: {e:#}"));
+        let mut connection = Connection::over(stream, "a.test").await.unwrap_or_else(|e| panic!("HTTP/1.1: {e:#}"));
         // Two requests: the connection stays usable (keep-alive over TLS).
         for path in ["/one", "/two"] {
             let reply = connection.get(path).await;

@@ -6,7 +6,8 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use e2e::tls::{self, Https1, Leaf, TestCa, TlsClient};
+use e2e::client::Connection;
+use e2e::tls::{self, Leaf, TestCa, TlsClient};
 use e2e::tls_site::*;
 use e2e::{Backend, ConfigDir, Gateway, TIMEOUT};
 
@@ -81,7 +82,7 @@ async fn cert_rotated_on_disk_under_new_connections_zero_failures_new_cert_serve
     // A keep-alive connection opened before the rotation must be left alone by it.
     let stream = site.client().connect(addr, "a.test").await;
     assert_served(&tls::negotiated(&stream).served, &old, &[&old, &new], "before the rotation");
-    let mut held = Https1::start(stream, "a.test").await.unwrap_or_else(|e| panic!("HTTP/1.1: {e:#}"));
+    let mut held = Connection::over(stream, "a.test").await.unwrap_or_else(|e| panic!("HTTP/1.1: {e:#}"));
     assert_echo_over_https(&held.get("/held/before").await, "a.test", "on the held connection");
 
     let (done, stop) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
