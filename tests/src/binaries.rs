@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -79,28 +79,7 @@ fn build_binaries() -> Result<HashMap<String, PathBuf>, String> {
         }
     }
     let described = format!("{command:?}");
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("could not run {described}: {e}"))?;
-    let stdout = drain(child.stdout.take());
-    let stderr = drain(child.stderr.take());
-    let started = Instant::now();
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if started.elapsed() > BUILD_TIMEOUT => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("{described} did not finish within {BUILD_TIMEOUT:?}:\n{}", stderr.wait()));
-            }
-            Ok(None) => thread::sleep(Duration::from_millis(50)),
-            Err(e) => return Err(format!("waiting for {described}: {e}")),
-        }
-    };
-    let (stdout, stderr) = (stdout.wait(), stderr.wait());
+    let (status, stdout, stderr) = run_bounded(&mut command, BUILD_TIMEOUT)?;
     if !status.success() {
         return Err(format!("building the binaries failed ({status}): {described}\n{stderr}"));
     }
@@ -120,10 +99,41 @@ fn build_binaries() -> Result<HashMap<String, PathBuf>, String> {
     }
 }
 
-/// A pipe read to its end on a background thread, so the child never blocks on a full pipe.
-pub(crate) struct Drain(thread::JoinHandle<String>);
+/// Runs `command` to completion with its output captured; past `timeout` it is killed and the
+/// error holds what it printed.
+pub(crate) fn run_bounded(command: &mut Command, timeout: Duration) -> Result<(ExitStatus, String, String), String> {
+    let described = format!("{command:?}");
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("could not run {described}: {e}"))?;
+    let (stdout, stderr) = (drain(child.stdout.take()), drain(child.stderr.take()));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() > deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "{described} did not finish within {timeout:?}\nstdout:\n{}\nstderr:\n{}",
+                    stdout.wait(),
+                    stderr.wait()
+                ));
+            }
+            Ok(None) => thread::sleep(Duration::from_millis(10)),
+            Err(e) => return Err(format!("waiting for {described}: {e}")),
+        }
+    };
+    Ok((status, stdout.wait(), stderr.wait()))
+}
 
-pub(crate) fn drain<R: Read + Send + 'static>(pipe: Option<R>) -> Drain {
+/// A pipe read to its end on a background thread, so the child never blocks on a full pipe.
+struct Drain(thread::JoinHandle<String>);
+
+fn drain<R: Read + Send + 'static>(pipe: Option<R>) -> Drain {
     Drain(thread::spawn(move || {
         let mut text = Vec::new();
         if let Some(mut pipe) = pipe {
@@ -134,7 +144,7 @@ pub(crate) fn drain<R: Read + Send + 'static>(pipe: Option<R>) -> Drain {
 }
 
 impl Drain {
-    pub(crate) fn wait(self) -> String {
+    fn wait(self) -> String {
         self.0.join().unwrap_or_default()
     }
 }

@@ -4,13 +4,12 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Output, Stdio};
-use std::thread;
+use std::process::{Command, ExitStatus, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::binaries::{binary, drain};
+use crate::binaries::{binary, run_bounded};
 use crate::configs::{write_temp, ConfigDir};
 use crate::process::{parse_addr, Proc};
 use crate::{client, TIMEOUT};
@@ -215,31 +214,8 @@ pub fn gateway_run_invalid(path: &Path) -> Output {
 fn gateway_command(args: &[&str], path: &Path) -> Output {
     let mut command = Command::new(binary("gateway"));
     command.args(args).arg(path);
-    let described = format!("{command:?}");
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("could not run {described}: {e}"));
-    let (stdout, stderr) = (drain(child.stdout.take()), drain(child.stderr.take()));
-    let deadline = Instant::now() + TIMEOUT;
-    let status = loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "{described} did not exit within {TIMEOUT:?}\nstdout:\n{}\nstderr:\n{}",
-                stdout.wait(),
-                stderr.wait()
-            );
-        }
-        thread::sleep(Duration::from_millis(10));
-    };
-    Output { status, stdout: stdout.wait().into_bytes(), stderr: stderr.wait().into_bytes() }
+    let (status, stdout, stderr) = run_bounded(&mut command, TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    Output { status, stdout: stdout.into_bytes(), stderr: stderr.into_bytes() }
 }
 
 /// Asserts every problem line `gateway check` prints for the files as they are now appears, exactly,
