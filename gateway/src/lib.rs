@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod config;
 pub mod dev_certs;
+pub mod limit;
 pub mod proxy;
 mod random;
 pub mod reload;

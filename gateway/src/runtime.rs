@@ -12,6 +12,7 @@ use arc_swap::ArcSwap;
 
 use crate::auth::{self, Provider};
 use crate::config::{self, Config, PathMatch, Rewrite};
+use crate::limit::{self, RateLimit, RedisStore};
 use crate::router::Router;
 use crate::tls;
 use crate::upstream::Upstream;
@@ -33,6 +34,10 @@ pub struct Snapshot {
     pub identity_headers: Vec<http::HeaderName>,
     /// By name: what the next reload carries over from (JWKS key sets, verified tokens).
     pub jwt_providers: HashMap<String, Arc<Provider>>,
+    /// Where rate limits are counted when configured: what the next reload carries over.
+    pub redis: Option<Arc<RedisStore>>,
+    /// By name: what the next reload carries over from (in-process counts).
+    pub rate_limits: HashMap<String, Arc<RateLimit>>,
     /// What each listener does with a connection, by listener name.
     pub listeners: HashMap<String, Arc<ListenerRuntime>>,
 }
@@ -58,6 +63,8 @@ pub struct RouteRuntime {
     pub max_body_size: u64,
     /// Present when the route checks tokens.
     pub auth: Option<auth::RouteAuth>,
+    /// Present when the route draws from a request budget.
+    pub rate_limit: Option<Arc<RateLimit>>,
     /// Client-sent identity headers removed from this route's requests (for the metrics issue).
     pub identity_headers_stripped: AtomicU64,
 }
@@ -70,6 +77,8 @@ pub enum BuildError {
     Tls { listener: String, source: rustls::Error },
     #[error("route {route:?} names JWT provider {provider:?}, which does not exist")]
     UnknownProvider { route: String, provider: String },
+    #[error("route {route:?} names rate limit {limit:?}, which does not exist")]
+    UnknownRateLimit { route: String, limit: String },
     #[error("JWT provider {provider:?}: cannot set up the JWKS client: {reason}")]
     Jwks { provider: String, reason: String },
 }
@@ -96,6 +105,13 @@ impl Snapshot {
                 Ok((p.name.clone(), provider))
             })
             .collect::<Result<HashMap<_, _>, BuildError>>()?;
+        let redis = limit::redis_store(config.redis.as_ref(), previous.and_then(|p| p.redis.as_ref()));
+        let rate_limits: HashMap<String, Arc<RateLimit>> = (config.rate_limits.iter())
+            .map(|l| {
+                let previous = previous.and_then(|p| p.rate_limits.get(&l.name));
+                (l.name.clone(), RateLimit::build(l, redis.as_ref(), previous))
+            })
+            .collect();
         let routes = config
             .routes
             .iter()
@@ -112,6 +128,14 @@ impl Snapshot {
                         Ok(auth::RouteAuth { provider, optional: auth.optional, require: auth.require.clone() })
                     })
                     .transpose()?;
+                let rate_limit = (route.rate_limit.as_ref())
+                    .map(|name| {
+                        rate_limits.get(name).cloned().ok_or_else(|| BuildError::UnknownRateLimit {
+                            route: route.name.clone(),
+                            limit: name.clone(),
+                        })
+                    })
+                    .transpose()?;
                 Ok(RouteRuntime {
                     name: Arc::from(route.name.as_str()),
                     path: route.matcher.path.clone(),
@@ -121,6 +145,7 @@ impl Snapshot {
                     preserve_host: route.preserve_host,
                     max_body_size: route.max_body_size,
                     auth,
+                    rate_limit,
                     identity_headers_stripped: AtomicU64::new(0),
                 })
             })
@@ -141,6 +166,8 @@ impl Snapshot {
             routes,
             upstreams,
             jwt_providers,
+            redis,
+            rate_limits,
             server: config.server.clone(),
             drain_timeout: config.shutdown.drain_timeout,
             identity_headers: config.identity_headers.clone(),

@@ -222,12 +222,13 @@ pub struct RouteAuth {
 }
 
 impl RouteAuth {
-    /// Passes the request, or says why not.
-    pub async fn check(&self, headers: &HeaderMap) -> Result<(), Rejection> {
+    /// Passes the request with its verified claims (none when an optional token is absent), or
+    /// says why not.
+    pub async fn check(&self, headers: &HeaderMap) -> Result<Option<Arc<Claims>>, Rejection> {
         let reject = |error| Rejection { realm: self.provider.realm.clone(), error, scope: None };
         let token = match bearer::token(headers).map_err(reject)? {
             Some(token) => token,
-            None if self.optional => return Ok(()),
+            None if self.optional => return Ok(None),
             None => return Err(reject(AuthError::Missing)),
         };
         let claims = self.provider.verify(token).await.map_err(reject)?;
@@ -239,7 +240,7 @@ impl RouteAuth {
                 });
             }
         }
-        Ok(())
+        Ok(Some(claims))
     }
 }
 

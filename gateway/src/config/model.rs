@@ -27,6 +27,42 @@ pub struct Config {
     pub identity_headers: Vec<HeaderName>,
     /// JWT issuers routes may require tokens from, in file order; names are unique.
     pub jwt_providers: Vec<JwtProvider>,
+    /// Where shared rate-limit counters live; without it every limit is counted in-process.
+    pub redis: Option<Redis>,
+    /// Request budgets routes may draw from, in file order; names are unique.
+    pub rate_limits: Vec<RateLimit>,
+}
+
+/// The Redis server every gateway instance shares its rate-limit counters through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redis {
+    /// `redis://[user:password@]host:port[/db]` as written (it may hold a password: never log it whole).
+    pub url: String,
+    /// Longest a request waits for a decision from Redis before the in-process limiter decides.
+    pub timeout: Duration,
+    /// Longest one connection attempt may take.
+    pub connect_timeout: Duration,
+}
+
+/// A request budget: at most `requests` per sliding `window` for each value of `key`. Routes
+/// that name the same limit draw from the same budget.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimit {
+    pub name: String,
+    pub requests: u32,
+    pub window: Duration,
+    pub key: RateLimitKey,
+}
+
+/// What a budget is counted per.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateLimitKey {
+    /// The client's address (the one `X-Forwarded-For` names when the peer is a trusted proxy).
+    ClientIp,
+    /// A claim of the verified token (`jwt.sub`); requests without a token count per client address.
+    Claim(String),
+    /// One budget shared by every client.
+    Global,
 }
 
 /// A token issuer: what its tokens must say and where the keys that sign them come from.
@@ -275,6 +311,8 @@ pub struct Route {
     pub max_body_size: u64,
     /// Present when the route checks tokens.
     pub auth: Option<RouteAuth>,
+    /// Names an entry of `rate_limits`.
+    pub rate_limit: Option<String>,
 }
 
 /// A route's token check.
@@ -363,6 +401,8 @@ pub mod defaults {
     pub const JWKS_REFRESH_INTERVAL: Duration = Duration::from_secs(5 * 60);
     pub const JWKS_MIN_CACHE_AGE: Duration = Duration::from_secs(30);
     pub const JWKS_MAX_CACHE_AGE: Duration = Duration::from_secs(24 * 60 * 60);
+    pub const REDIS_TIMEOUT: Duration = Duration::from_millis(100);
+    pub const REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 }
 
 /// How specific a route's match is. Compared field by field, higher wins; equal ones go to file order.

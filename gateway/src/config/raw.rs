@@ -21,6 +21,25 @@ pub(crate) struct RawConfig {
     pub routes: Spanned<Vec<Spanned<RawRoute>>>,
     pub identity_headers: Option<Vec<Spanned<String>>>,
     pub jwt: Option<RawJwt>,
+    pub redis: Option<Spanned<RawRedis>>,
+    pub rate_limits: Option<Spanned<OrderedMap<Spanned<RawRateLimit>>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRedis {
+    pub url: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+    pub connect_timeout: Option<Spanned<String>>,
+}
+
+/// Required keys are `Option` so validation can say what is missing with a hint, and keep going.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRateLimit {
+    pub requests: Option<Spanned<u64>>,
+    pub window: Option<Spanned<String>>,
+    pub key: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -166,6 +185,7 @@ pub(crate) struct RawRoute {
     pub max_body_size: Option<Spanned<String>>,
     pub auth: Option<Spanned<RawRouteAuth>>,
     pub require: Option<Spanned<RawClaimRules>>,
+    pub rate_limit: Option<Spanned<String>>,
 }
 
 /// Claim name -> values that must all be present in it.

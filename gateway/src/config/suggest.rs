@@ -29,6 +29,16 @@ where
     best.map(|(_, candidate)| candidate)
 }
 
+/// The hint for a reference to an undefined name: the closest defined one, the defined ones, or
+/// where to define it (`section`, e.g. `upstreams`).
+pub(crate) fn unknown_name_hint(input: &str, defined: &[&str], section: &str) -> String {
+    match closest(input, defined.iter().copied()) {
+        Some(name) => format!("did you mean `{name}`?"),
+        None if defined.is_empty() => format!("define it under `{section}:`"),
+        None => format!("defined under `{section}`: {}", defined.join(", ")),
+    }
+}
+
 /// `did you mean `x`?` for the closest candidate, if any.
 pub(crate) fn did_you_mean<'a, I>(input: &str, candidates: I) -> Option<String>
 where

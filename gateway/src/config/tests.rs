@@ -405,3 +405,57 @@ fn jwt_public_key_is_a_referenced_file() {
     let label = path.display().to_string();
     assert!(referenced_files(&label, &text).contains(&path.parent().unwrap().join("jwt.pem")));
 }
+
+#[test]
+fn rate_limits_and_redis_parse_with_defaults() {
+    let text = MINIMAL.replace(
+        "routes:\n  - { name: all, upstream: echo }\n",
+        "redis: { url: \"redis://:pw@127.0.0.1:6379/2\" }
+rate_limits:
+  per_ip: { requests: 20, window: 1m, key: client_ip }
+  per_org: { requests: 5, window: 10s, key: jwt.org }
+  everyone: { requests: 1000, window: 1s, key: global }
+jwt:
+  providers:
+    main: { issuer: https://auth.test, audiences: [shop], algorithms: [RS256], jwks_url: http://127.0.0.1:1/jwks.json }
+routes:
+  - { name: a, match: { path_prefix: /a }, upstream: echo, rate_limit: per_ip }
+  - { name: b, match: { path_prefix: /b }, upstream: echo, rate_limit: per_org, auth: { provider: main, optional: true } }
+  - { name: c, upstream: echo, rate_limit: everyone }
+",
+    );
+    let config = parse("gw.yaml", &text).unwrap().config;
+    assert_eq!(
+        config.redis,
+        Some(Redis {
+            url: "redis://:pw@127.0.0.1:6379/2".into(),
+            timeout: defaults::REDIS_TIMEOUT,
+            connect_timeout: defaults::REDIS_CONNECT_TIMEOUT,
+        })
+    );
+    assert_eq!(
+        config.rate_limits,
+        [
+            RateLimit {
+                name: "per_ip".into(),
+                requests: 20,
+                window: Duration::from_secs(60),
+                key: RateLimitKey::ClientIp
+            },
+            RateLimit {
+                name: "per_org".into(),
+                requests: 5,
+                window: Duration::from_secs(10),
+                key: RateLimitKey::Claim("org".into())
+            },
+            RateLimit {
+                name: "everyone".into(),
+                requests: 1000,
+                window: Duration::from_secs(1),
+                key: RateLimitKey::Global
+            },
+        ]
+    );
+    let limits: Vec<Option<&str>> = config.routes.iter().map(|r| r.rate_limit.as_deref()).collect();
+    assert_eq!(limits, [Some("per_ip"), Some("per_org"), Some("everyone")]);
+}

@@ -6,7 +6,9 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 
 use super::body::ProxyBody;
+use super::headers::whole_seconds;
 use crate::auth::{AuthError, Rejection};
+use crate::limit::Decision;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -29,6 +31,8 @@ pub enum ProxyError {
     Upstream { upstream: String, source: BoxError },
     #[error(transparent)]
     Auth(Rejection),
+    #[error("too many requests: the budget of {} requests is spent; retry in {}s", .0.limit, whole_seconds(.0.retry_after))]
+    RateLimited(Decision),
 }
 
 impl ProxyError {
@@ -42,6 +46,7 @@ impl ProxyError {
             ProxyError::UpstreamConnect { .. } => (StatusCode::BAD_GATEWAY, "upstream_connect_error"),
             ProxyError::UpstreamTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
             ProxyError::Upstream { .. } => (StatusCode::BAD_GATEWAY, "upstream_error"),
+            ProxyError::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ProxyError::Auth(rejection) => match rejection.error {
                 AuthError::Missing => (StatusCode::UNAUTHORIZED, "missing_token"),
                 AuthError::Malformed(_) => (StatusCode::UNAUTHORIZED, "invalid_request"),
@@ -64,6 +69,10 @@ impl ProxyError {
     pub fn into_response(self, request_id: &HeaderValue) -> Response<ProxyBody> {
         let (status, code) = self.status_and_code();
         let mut response = json_response(status, code, &self.client_message(), request_id);
+        if let ProxyError::RateLimited(decision) = &self {
+            super::headers::set_rate_limit(response.headers_mut(), decision);
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(whole_seconds(decision.retry_after)));
+        }
         if let ProxyError::Auth(rejection) = &self {
             let headers = response.headers_mut();
             match rejection.error {

@@ -1,9 +1,11 @@
 //! Header rules for both directions: hop-by-hop removal, forwarding headers, request ids.
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use crate::limit::Decision;
 use crate::random;
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -12,6 +14,9 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+static RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+static RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 
 /// Longest client-sent request id that is kept.
 const MAX_REQUEST_ID_LEN: usize = 128;
@@ -123,6 +128,41 @@ pub fn set_forwarding(headers: &mut HeaderMap, client: Client<'_>) {
     if let Some(value) = owned_value(forwarded) {
         headers.insert(header::FORWARDED, value);
     }
+}
+
+/// The client's address when the peer is a trusted proxy: the nearest `X-Forwarded-For` entry
+/// that is not itself a trusted proxy (entries further left are the client's own claims, which
+/// anyone can forge). Falls back to the peer when the header is absent or unreadable.
+pub fn forwarded_client_ip(headers: &HeaderMap, peer: IpAddr, is_trusted: impl Fn(IpAddr) -> bool) -> IpAddr {
+    let entries = headers.get_all(&X_FORWARDED_FOR).iter().rev().flat_map(|value| {
+        let entries = value.to_str().unwrap_or("").split(',').rev();
+        entries.map(|entry| entry.trim().parse::<IpAddr>().ok())
+    });
+    let mut client = peer;
+    for entry in entries {
+        match entry {
+            Some(ip) => {
+                client = ip;
+                if !is_trusted(ip) {
+                    break;
+                }
+            }
+            None => break,
+        }
+    }
+    client
+}
+
+/// `RateLimit-Limit`, `-Remaining` and `-Reset` (seconds) from a rate-limit decision.
+pub fn set_rate_limit(headers: &mut HeaderMap, decision: &Decision) {
+    headers.insert(&RATELIMIT_LIMIT, HeaderValue::from(decision.limit));
+    headers.insert(&RATELIMIT_REMAINING, HeaderValue::from(decision.remaining));
+    headers.insert(&RATELIMIT_RESET, HeaderValue::from(whole_seconds(decision.reset)));
+}
+
+/// Seconds for a header, rounded up so a client that waits that long is never early.
+pub fn whole_seconds(duration: Duration) -> u64 {
+    duration.as_secs() + u64::from(duration.subsec_nanos() > 0)
 }
 
 /// A header value that takes over the string's buffer instead of copying it.

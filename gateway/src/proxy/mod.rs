@@ -1,7 +1,7 @@
 //! The request path: one function, `handle`, runs the phases in a fixed, visible order.
 //!
-//! request id -> identity headers out -> route -> auth -> body limit -> pick endpoint -> rewrite +
-//! headers -> forward -> response headers. Rate limits and breakers slot in as their issues land.
+//! request id -> identity headers out -> route -> auth -> rate limit -> body limit -> pick endpoint
+//! -> rewrite + headers -> forward -> response headers. Breakers slot in as their issue lands.
 
 mod body;
 mod error;
@@ -54,15 +54,16 @@ pub async fn handle(snapshot: Arc<Snapshot>, conn: Connection, request: Request<
         Ok(response) => response,
         Err(error) => {
             let (status, code) = error.status_and_code();
-            tracing::warn!(
-                request_id = request_id.to_str().unwrap_or(""),
-                %method,
-                status = status.as_u16(),
-                code,
-                %error,
-                cause = causes(&error),
-                "request failed"
-            );
+            let request_id_text = request_id.to_str().unwrap_or("");
+            // The gateway's or an upstream's failures are worth a warning; a client's own mistakes
+            // (no route, a bad token, over budget) are routine, and a flood of them must not
+            // flood the log.
+            if status.is_server_error() {
+                let cause = causes(&error);
+                tracing::warn!(request_id = request_id_text, %method, status = status.as_u16(), code, %error, cause, "request failed");
+            } else {
+                tracing::debug!(request_id = request_id_text, %method, status = status.as_u16(), code, %error, "request refused");
+            }
             error.into_response(&request_id)
         }
     };
@@ -101,9 +102,27 @@ async fn proxy(
     }
 
     // auth: check the token; the Authorization header itself travels on untouched
-    if let Some(auth) = &route.auth {
-        auth.check(request.headers()).await.map_err(ProxyError::Auth)?;
-    }
+    let claims = match &route.auth {
+        Some(auth) => auth.check(request.headers()).await.map_err(ProxyError::Auth)?,
+        None => None,
+    };
+
+    // rate limit: after auth, so a budget per user counts verified users only
+    let trusted = snapshot.is_trusted(conn.peer.ip());
+    let rate_limit = match &route.rate_limit {
+        Some(limit) => {
+            let client_ip = match trusted {
+                true => headers::forwarded_client_ip(request.headers(), conn.peer.ip(), |ip| snapshot.is_trusted(ip)),
+                false => conn.peer.ip(),
+            };
+            let decision = limit.check(&limit.key(client_ip, claims.as_deref())).await;
+            if !decision.allowed {
+                return Err(ProxyError::RateLimited(decision));
+            }
+            Some(decision)
+        }
+        None => None,
+    };
 
     // body limit: refuse early when the declared length is already too large
     if declared_length(&request).is_some_and(|len| len > route.max_body_size) {
@@ -117,7 +136,7 @@ async fn proxy(
     // forward
     let upgrade = headers::is_upgrade_request(request.headers()) && request.version() == Version::HTTP_11;
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
-    let client = Client { ip: conn.peer.ip(), trusted: snapshot.is_trusted(conn.peer.ip()), proto: conn.proto, host };
+    let client = Client { ip: conn.peer.ip(), trusted, proto: conn.proto, host };
     let upstream_request = upstream_request(request, route, in_flight.endpoint(), client, upgrade, request_id)?;
     let mut response = send(route, &in_flight, upstream_request).await?;
 
@@ -130,6 +149,9 @@ async fn proxy(
     }
     let (mut parts, body) = response.into_parts();
     headers::remove_hop_by_hop(&mut parts.headers, false);
+    if let Some(decision) = &rate_limit {
+        headers::set_rate_limit(&mut parts.headers, decision);
+    }
     Ok(Response::from_parts(parts, ProxyBody::upstream(body, in_flight)))
 }
 

@@ -28,6 +28,7 @@ fn route(name: &str, host: Option<&str>, path: &str, methods: &[&str], headers: 
         upstream: "u".to_string(),
         rewrite: Rewrite::None,
         auth: None,
+        rate_limit: None,
         timeout: Some(Duration::from_secs(1)),
         preserve_host: true,
         max_body_size: 1024,

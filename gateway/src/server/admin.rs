@@ -1,5 +1,5 @@
-//! The admin listener: liveness, readiness, the config status and the JWT providers' key state;
-//! metrics as their issue lands.
+//! The admin listener: liveness, readiness, the config status, the JWT providers' key state and
+//! the rate limits' Redis connection; metrics as their issue lands.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -64,9 +64,14 @@ fn respond(
             None => (StatusCode::NOT_FOUND, text, "this gateway was started without a config file\n".to_string()),
         },
         (&Method::GET | &Method::HEAD, "/admin/jwt") => (StatusCode::OK, "application/json", jwt_status(runtime)),
-        _ => {
-            (StatusCode::NOT_FOUND, text, "not found: try /healthz, /readyz, /admin/config or /admin/jwt\n".to_string())
+        (&Method::GET | &Method::HEAD, "/admin/ratelimit") => {
+            (StatusCode::OK, "application/json", rate_limit_status(runtime))
         }
+        _ => (
+            StatusCode::NOT_FOUND,
+            text,
+            "not found: try /healthz, /readyz, /admin/config, /admin/jwt or /admin/ratelimit\n".to_string(),
+        ),
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = code;
@@ -80,4 +85,17 @@ fn jwt_status(runtime: &Runtime) -> String {
     let providers: std::collections::BTreeMap<&str, serde_json::Value> =
         snapshot.jwt_providers.iter().map(|(name, provider)| (name.as_str(), provider.status())).collect();
     serde_json::json!({ "providers": providers }).to_string()
+}
+
+/// Where rate limits are counted (the Redis connection, if configured) and every limit, by name,
+/// with its in-process state.
+fn rate_limit_status(runtime: &Runtime) -> String {
+    let snapshot = runtime.load();
+    let mut limits: Vec<_> = snapshot.rate_limits.iter().collect();
+    limits.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    serde_json::json!({
+        "redis": snapshot.redis.as_ref().map(|redis| redis.status()),
+        "limits": limits.into_iter().map(|(_, limit)| limit.status()).collect::<Vec<_>>(),
+    })
+    .to_string()
 }

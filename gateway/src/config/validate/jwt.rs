@@ -339,11 +339,7 @@ pub(super) fn route_auth(
     };
     let provider = &auth.value.provider;
     if !providers.contains(&provider.value.as_str()) {
-        let hint = match suggest::closest(&provider.value, providers.iter().copied()) {
-            Some(name) => format!("did you mean `{name}`?"),
-            None if providers.is_empty() => "define it under `jwt: providers:`".to_owned(),
-            None => format!("defined providers: {}", providers.join(", ")),
-        };
+        let hint = suggest::unknown_name_hint(&provider.value, providers, "jwt.providers");
         report
             .error(
                 provider.referenced,

@@ -8,6 +8,7 @@
 mod expiry;
 mod jwt;
 mod matcher;
+mod rate_limits;
 mod routes;
 mod server;
 mod tls;
@@ -34,8 +35,20 @@ pub(crate) fn validate(file: &str, raw: &RawConfig) -> Result<(Config, Vec<Probl
     let jwt_providers = jwt::providers(&mut report, raw.jwt.as_ref());
     let provider_names: Vec<&str> =
         raw.jwt.iter().flat_map(|jwt| &jwt.providers.value.0).map(|(name, _)| name.value.as_str()).collect();
-    let routes = routes::routes(&mut report, &raw.routes, &raw.upstreams, &server, &provider_names);
+    let redis = rate_limits::redis(&mut report, raw.redis.as_ref());
+    let rate_limits = rate_limits::rate_limits(&mut report, raw.rate_limits.as_ref());
+    let limit_names: Vec<&str> =
+        raw.rate_limits.iter().flat_map(|limits| &limits.value.0).map(|(name, _)| name.value.as_str()).collect();
+    let routes = routes::routes(
+        &mut report,
+        &raw.routes,
+        &raw.upstreams,
+        &server,
+        &provider_names,
+        (&rate_limits, &limit_names),
+    );
     jwt::warn_unused_providers(&mut report, raw.jwt.as_ref(), &routes);
+    rate_limits::warn_unused(&mut report, raw.rate_limits.as_ref(), &routes);
     tls::host_coverage(&mut report, &raw.listeners.value, &listeners, &routes);
     let identity_headers = identity_headers(&mut report, raw.identity_headers.as_deref());
 
@@ -44,7 +57,18 @@ pub(crate) fn validate(file: &str, raw: &RawConfig) -> Result<(Config, Vec<Probl
     match Problems::new(errors) {
         Some(errors) => Err(errors),
         None => Ok((
-            Config { listeners, admin, server, shutdown, upstreams, routes, identity_headers, jwt_providers },
+            Config {
+                listeners,
+                admin,
+                server,
+                shutdown,
+                upstreams,
+                routes,
+                identity_headers,
+                jwt_providers,
+                redis,
+                rate_limits,
+            },
             warnings,
         )),
     }

@@ -1,14 +1,14 @@
-//! Checks `routes`: names, upstream references, rewrites, limits, token checks, and routes that can
+//! Checks `routes`: names, upstream references, rewrites, limits, token checks, rate limits, and routes that can
 //! never win.
 
 use std::time::Duration;
 
 use serde_saphyr::Spanned;
 
-use super::jwt;
 use super::matcher::{check_path, route_match, trim_prefix};
 use super::{check_name, duration, path_key, size, Report};
-use crate::config::model::{Rewrite, Route, RouteMatch, Server};
+use super::{jwt, rate_limits};
+use crate::config::model::{RateLimit, Rewrite, Route, RouteMatch, Server};
 use crate::config::raw::{OrderedMap, RawRoute, RawUpstream};
 use crate::config::suggest;
 
@@ -18,6 +18,7 @@ pub(super) fn routes(
     upstreams: &Spanned<OrderedMap<RawUpstream>>,
     server: &Server,
     providers: &[&str],
+    (limits, limit_names): (&[RateLimit], &[&str]),
 ) -> Vec<Route> {
     if raw.value.is_empty() {
         report
@@ -40,6 +41,7 @@ pub(super) fn routes(
         let max_body_size =
             size(report, route.max_body_size.as_ref(), &format!("{path}.max_body_size"), server.max_body_size);
         let auth = jwt::route_auth(report, route, providers, &path);
+        let rate_limit = rate_limits::route_rate_limit(report, route, limits, limit_names, &path);
         if let Some(matcher) = matcher {
             if let Some((earlier_index, earlier)) =
                 matches.iter().find(|(_, _, m)| m.shadows(&matcher)).map(|(j, r, _)| (*j, *r))
@@ -67,6 +69,7 @@ pub(super) fn routes(
                 preserve_host: route.preserve_host.unwrap_or(true),
                 max_body_size,
                 auth,
+                rate_limit,
             });
         }
     }
@@ -101,11 +104,7 @@ fn check_upstream(report: &mut Report<'_>, upstream: &Spanned<String>, names: &[
     if names.contains(&upstream.value.as_str()) {
         return;
     }
-    let hint = match suggest::closest(&upstream.value, names.iter().copied()) {
-        Some(name) => format!("did you mean `{name}`?"),
-        None if names.is_empty() => "define it under `upstreams:`".to_owned(),
-        None => format!("defined upstreams: {}", names.join(", ")),
-    };
+    let hint = suggest::unknown_name_hint(&upstream.value, names, "upstreams");
     report.error(upstream.referenced, path, format!("unknown upstream {:?}", upstream.value)).hint(hint);
 }
 

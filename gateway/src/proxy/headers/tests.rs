@@ -156,3 +156,53 @@ fn remove_identity_removes_every_listed_header_case_insensitively_and_counts_the
     let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
     assert_eq!(left, ["accept"]);
 }
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().unwrap()
+}
+
+/// Trusted proxies in these tests: 10.0.0.0/8.
+fn is_trusted(ip: IpAddr) -> bool {
+    matches!(ip, IpAddr::V4(v4) if v4.octets()[0] == 10)
+}
+
+#[test]
+fn forwarded_client_ip_takes_nearest_untrusted_entry() {
+    // The client wrote 6.6.6.6 itself; 1.2.3.4 is who connected to our trusted 10.0.0.2.
+    let headers = map(&[("x-forwarded-for", "6.6.6.6, 1.2.3.4"), ("x-forwarded-for", "10.0.0.2")]);
+    assert_eq!(forwarded_client_ip(&headers, ip("10.0.0.1"), is_trusted), ip("1.2.3.4"));
+}
+
+#[test]
+fn forwarded_client_ip_without_header_or_with_garbage_is_the_peer() {
+    assert_eq!(forwarded_client_ip(&HeaderMap::new(), ip("10.0.0.1"), is_trusted), ip("10.0.0.1"));
+    let headers = map(&[("x-forwarded-for", "1.2.3.4, not-an-ip")]);
+    assert_eq!(forwarded_client_ip(&headers, ip("10.0.0.1"), is_trusted), ip("10.0.0.1"));
+}
+
+#[test]
+fn forwarded_client_ip_all_trusted_is_the_leftmost() {
+    let headers = map(&[("x-forwarded-for", "10.1.1.1, 10.2.2.2")]);
+    assert_eq!(forwarded_client_ip(&headers, ip("10.0.0.1"), is_trusted), ip("10.1.1.1"));
+}
+
+#[test]
+fn whole_seconds_rounds_up() {
+    use std::time::Duration;
+    assert_eq!(whole_seconds(Duration::ZERO), 0);
+    assert_eq!(whole_seconds(Duration::from_millis(1)), 1);
+    assert_eq!(whole_seconds(Duration::from_secs(20)), 20);
+    assert_eq!(whole_seconds(Duration::from_millis(20_001)), 21);
+}
+
+#[test]
+fn set_rate_limit_writes_the_three_headers() {
+    use std::time::Duration;
+    let mut headers = HeaderMap::new();
+    let decision =
+        Decision { allowed: true, limit: 100, remaining: 41, reset: Duration::from_millis(1500), retry_after: Duration::ZERO };
+    set_rate_limit(&mut headers, &decision);
+    assert_eq!(get(&headers, "ratelimit-limit"), Some("100"));
+    assert_eq!(get(&headers, "ratelimit-remaining"), Some("41"));
+    assert_eq!(get(&headers, "ratelimit-reset"), Some("2"));
+}

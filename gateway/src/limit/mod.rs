@@ -1,0 +1,173 @@
+//! Rate limits: a sliding-window budget per key, counted in Redis when configured (shared by every
+//! gateway instance) and in-process otherwise or while Redis is unreachable.
+
+mod local;
+mod redis;
+#[cfg(test)]
+mod redis_server;
+mod window;
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+pub use self::local::LocalLimiter;
+pub use self::redis::RedisStore;
+use crate::auth::Claims;
+use crate::config::{self, RateLimitKey};
+
+/// One rate-limit decision, with what the `RateLimit-*` response headers report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    /// The budget: requests per window.
+    pub limit: u32,
+    /// Requests left in the budget after this one (0 when denied).
+    pub remaining: u32,
+    /// Until the budget is whole again (`RateLimit-Reset`).
+    pub reset: Duration,
+    /// When denied: until a request would be allowed (`Retry-After`); zero when allowed.
+    pub retry_after: Duration,
+}
+
+/// A route's budget, ready to decide: counted in Redis when configured and reachable, otherwise
+/// by the in-process limiter (per gateway instance, same requests per window).
+#[derive(Debug)]
+pub struct RateLimit {
+    /// What it was built from: a reload compares against it to decide what to carry over.
+    config: config::RateLimit,
+    /// Kept across reloads while `requests` and `window` are unchanged, so a reload never hands
+    /// out a fresh budget.
+    local: Arc<LocalLimiter>,
+    redis: Option<Arc<RedisStore>>,
+    /// Decisions the in-process limiter made because Redis could not answer.
+    fallbacks: AtomicU64,
+}
+
+impl RateLimit {
+    /// Builds a limit, carrying over from `previous` (the running one of the same name): all of it
+    /// when nothing changed, else its in-process counts when the budget itself is unchanged.
+    pub fn build(
+        config: &config::RateLimit,
+        redis: Option<&Arc<RedisStore>>,
+        previous: Option<&Arc<RateLimit>>,
+    ) -> Arc<RateLimit> {
+        let same_redis = |p: &RateLimit| match (&p.redis, redis) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        if let Some(previous) = previous.filter(|p| p.config == *config && same_redis(p)) {
+            return previous.clone();
+        }
+        let local = match previous.filter(|p| p.config.requests == config.requests && p.config.window == config.window)
+        {
+            Some(previous) => previous.local.clone(),
+            None => Arc::new(LocalLimiter::new(config.requests, config.window)),
+        };
+        Arc::new(RateLimit { config: config.clone(), local, redis: redis.cloned(), fallbacks: AtomicU64::new(0) })
+    }
+
+    /// What this request is counted as: its client address, a claim of its verified token (the
+    /// client address when there is no token or no such claim), or one shared budget.
+    pub fn key(&self, client_ip: IpAddr, claims: Option<&Claims>) -> String {
+        let claim = |name: &str| match claims?.get(name)? {
+            Value::String(text) => Some(text.clone()),
+            Value::Number(number) => Some(number.to_string()),
+            _ => None,
+        };
+        match &self.config.key {
+            RateLimitKey::Global => String::new(),
+            RateLimitKey::ClientIp => format!("ip:{}", client_ip.to_canonical()),
+            RateLimitKey::Claim(name) => match claim(name) {
+                Some(value) => format!("jwt:{value}"),
+                None => format!("ip:{}", client_ip.to_canonical()),
+            },
+        }
+    }
+
+    /// Decides one request for `key`, and counts it when allowed.
+    pub async fn check(&self, key: &str) -> Decision {
+        if let Some(redis) = &self.redis {
+            match redis.check(&format!("{}:{key}", self.config.name), self.config.requests, self.config.window).await {
+                Ok(decision) => return decision,
+                Err(error) => {
+                    self.fallbacks.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(limit = %self.config.name, %error, "rate limit decided in-process");
+                }
+            }
+        }
+        self.local.check(key)
+    }
+
+    /// For `GET /admin/ratelimit`.
+    pub fn status(&self) -> Value {
+        json!({
+            "name": self.config.name,
+            "requests": self.config.requests,
+            "window": match self.config.window.subsec_millis() {
+                0 => format!("{}s", self.config.window.as_secs()),
+                _ => format!("{}ms", self.config.window.as_millis()),
+            },
+            "key": match &self.config.key {
+                RateLimitKey::ClientIp => "client_ip".to_owned(),
+                RateLimitKey::Global => "global".to_owned(),
+                RateLimitKey::Claim(claim) => format!("jwt.{claim}"),
+            },
+            "local_keys": self.local.keys(),
+            "fallback_decisions": self.fallbacks.load(Ordering::Relaxed),
+        })
+    }
+}
+
+/// The shared Redis store, carried over from `previous` while its settings are unchanged (so a
+/// reload keeps the connection).
+pub fn redis_store(config: Option<&config::Redis>, previous: Option<&Arc<RedisStore>>) -> Option<Arc<RedisStore>> {
+    let config = config?;
+    match previous.filter(|p| p.config() == config) {
+        Some(previous) => Some(previous.clone()),
+        None => Some(RedisStore::start(config)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limit(requests: u32, key: RateLimitKey) -> config::RateLimit {
+        config::RateLimit { name: "l".into(), requests, window: Duration::from_secs(60), key }
+    }
+
+    #[test]
+    fn key_by_client_ip_claim_or_global() {
+        let mapped: IpAddr = "::ffff:1.2.3.4".parse().unwrap();
+        let claims: Claims = serde_json::from_str(r#"{"sub":"alice","org":42,"roles":["a"]}"#).unwrap();
+        let key = |key, claims| RateLimit::build(&limit(1, key), None, None).key(mapped, claims);
+        assert_eq!(key(RateLimitKey::ClientIp, Some(&claims)), "ip:1.2.3.4");
+        assert_eq!(key(RateLimitKey::Claim("sub".into()), Some(&claims)), "jwt:alice");
+        assert_eq!(key(RateLimitKey::Claim("org".into()), Some(&claims)), "jwt:42");
+        // No usable claim, or no token: counted per client address instead.
+        assert_eq!(key(RateLimitKey::Claim("roles".into()), Some(&claims)), "ip:1.2.3.4");
+        assert_eq!(key(RateLimitKey::Claim("sub".into()), None), "ip:1.2.3.4");
+        assert_eq!(key(RateLimitKey::Global, Some(&claims)), "");
+    }
+
+    #[tokio::test]
+    async fn build_carries_over_counts_while_the_budget_is_unchanged() {
+        let first = RateLimit::build(&limit(1, RateLimitKey::Global), None, None);
+        assert!(first.check("").await.allowed);
+        assert!(Arc::ptr_eq(&first, &RateLimit::build(&limit(1, RateLimitKey::Global), None, Some(&first))));
+
+        // Another key source, same budget: a new limit that still remembers what was spent.
+        let rekeyed = RateLimit::build(&limit(1, RateLimitKey::ClientIp), None, Some(&first));
+        assert!(!Arc::ptr_eq(&first, &rekeyed));
+        assert!(!rekeyed.check("").await.allowed);
+
+        // A new budget starts afresh.
+        let raised = RateLimit::build(&limit(2, RateLimitKey::ClientIp), None, Some(&rekeyed));
+        assert!(raised.check("").await.allowed);
+    }
+}

@@ -1,0 +1,624 @@
+//! Shared sliding-window counters in Redis: one script call per decision over one multiplexed
+//! connection, kept up by a background task that reconnects with backoff.
+//!
+//! Counters live at `gw:rl:{<key>}:<window index>`, the index picked by this gateway's clock
+//! (instances should run NTP). The `{..}` hash tag keeps a key's two counters in one Redis Cluster
+//! slot; inside it `%`, `{` and `}` are percent-encoded (see [`hash_tag`]).
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwapOption;
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Client, RedisError, Script};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use super::{window, Decision};
+use crate::config::Redis;
+
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Timed-out calls in a row (no reply in between) that condemn the connection: one slow call is
+/// only slow, but a connection into a black hole (host gone, no reset) would otherwise cost every
+/// request the full timeout forever.
+const TIMEOUTS_IN_A_ROW: u32 = 3;
+
+/// KEYS[1] = current window's counter, KEYS[2] = previous one; ARGV = limit, window_ms,
+/// elapsed_ms. Returns `{allowed (0|1), previous, current}`, `current` counting this request when
+/// allowed. The rule is window.rs's, multiplied out by the window so it stays in integers:
+/// `previous * (window - elapsed) + (current + 1) * window <= limit * window`.
+const SCRIPT: &str = r"
+local previous = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
+local current = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+local limit, window, elapsed = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+if previous * (window - elapsed) + (current + 1) * window > limit * window then
+  return {0, previous, current}
+end
+current = redis.call('INCR', KEYS[1])
+if current == 1 then
+  redis.call('PEXPIRE', KEYS[1], 2 * window)
+end
+return {1, previous, current}
+";
+
+/// Why Redis could not decide; the caller then decides in-process. Never holds the password.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unavailable {
+    /// No connection: not made yet, lost and not back yet, or never to be made (no tokio runtime
+    /// when the store started, or an invalid URL: see `status()`).
+    #[error("not connected to Redis")]
+    NotConnected,
+    /// No answer within `timeout`; the connection is kept (the call may still be counted).
+    #[error("Redis timed out after {}ms", .0.as_millis())]
+    TimedOut(Duration),
+    /// What Redis (or the connection) said.
+    #[error("Redis error: {0}")]
+    Redis(String),
+}
+
+/// The connection to the Redis server every gateway instance counts through.
+pub struct RedisStore {
+    config: Redis,
+    /// `config.url` with the password replaced by `***`: the only form logs and status show.
+    shown_url: String,
+    /// Password forms to scrub from error texts (they should never be there; defence in depth).
+    secrets: Vec<String>,
+    script: Script,
+    /// `None` while disconnected. Cloned per call: the clones share one socket and one driver
+    /// task (on the runtime `start` ran on), reached through channels from any runtime.
+    connection: ArcSwapOption<MultiplexedConnection>,
+    last_error: Mutex<Option<String>>,
+    /// Calls timed out since the last reply.
+    timeouts_in_a_row: AtomicU32,
+    /// Wakes the connection task to reconnect; dropping it (with the store) ends the task.
+    reconnect: mpsc::Sender<()>,
+}
+
+impl RedisStore {
+    /// Never blocks, never fails: connects in the background on the current tokio runtime,
+    /// reconnecting with backoff (100 ms doubling to 5 s). Without a runtime it never connects and
+    /// every check is [`Unavailable::NotConnected`]. That runtime must keep running: it drives the
+    /// connection for callers on every runtime. The task ends when the store is dropped.
+    pub fn start(config: &Redis) -> Arc<RedisStore> {
+        let (reconnect, reconnect_requests) = mpsc::channel(1);
+        let client = Client::open(config.url.as_str());
+        let mut secrets: Vec<String> = password_in_url(&config.url).into_iter().map(str::to_owned).collect();
+        if let Some(password) = client.as_ref().ok().and_then(|c| c.get_connection_info().redis_settings().password()) {
+            secrets.push(password.to_owned());
+        }
+        secrets.retain(|secret| !secret.is_empty());
+        let store = Arc::new(RedisStore {
+            config: config.clone(),
+            shown_url: redact_url(&config.url),
+            secrets,
+            script: Script::new(SCRIPT),
+            connection: ArcSwapOption::empty(),
+            last_error: Mutex::new(None),
+            timeouts_in_a_row: AtomicU32::new(0),
+            reconnect,
+        });
+        let never = match (client, tokio::runtime::Handle::try_current()) {
+            (Ok(client), Ok(runtime)) => {
+                let settings = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(config.connect_timeout))
+                    .set_response_timeout(Some(config.timeout));
+                runtime.spawn(keep_connected(Arc::downgrade(&store), client, settings, reconnect_requests));
+                None
+            }
+            (Err(error), _) => Some(format!("invalid Redis URL: {}", store.scrub(&error.to_string()))),
+            (Ok(_), Err(_)) => Some("no tokio runtime where the store started".to_owned()),
+        };
+        if let Some(reason) = never {
+            tracing::warn!(url = %store.shown_url, %reason, "Redis is never used: rate limits are counted in-process");
+            store.set_last_error(Some(reason));
+        }
+        store
+    }
+
+    pub fn config(&self) -> &Redis {
+        &self.config
+    }
+
+    /// One decision for `key` (e.g. "per_user:alice", any text), counted in Redis when allowed,
+    /// within `config.timeout`. A connection-level failure drops the connection and wakes the
+    /// reconnecting task, and so do [`TIMEOUTS_IN_A_ROW`] timeouts; one timeout or a Redis error
+    /// only fails this call.
+    pub async fn check(&self, key: &str, limit: u32, window: Duration) -> Result<Decision, Unavailable> {
+        let Some(connection) = self.connection.load_full() else {
+            return Err(Unavailable::NotConnected);
+        };
+        let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX).max(1);
+        let now_ms = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX));
+        let (index, elapsed_ms) = window::position(now_ms, window_ms);
+        let tag = hash_tag(key);
+        let keys = [format!("gw:rl:{{{tag}}}:{index}"), format!("gw:rl:{{{tag}}}:{}", index.wrapping_sub(1))];
+        let mut call = (*connection).clone();
+        let reply = run_script(&self.script, &mut call, &keys, limit, window_ms, elapsed_ms);
+        let error = match tokio::time::timeout(self.config.timeout, reply).await {
+            Ok(Ok((allowed, previous, current))) => {
+                self.timeouts_in_a_row.store(0, Ordering::Relaxed);
+                let count = |n: i64| u64::try_from(n).unwrap_or(0);
+                return Ok(window::decide(limit, window_ms, elapsed_ms, count(previous), count(current), allowed == 1));
+            }
+            Ok(Err(error)) if !error.is_timeout() => error,
+            Ok(Err(_)) | Err(_) => {
+                let error = Unavailable::TimedOut(self.config.timeout);
+                self.set_last_error(Some(error.to_string()));
+                if self.timeouts_in_a_row.fetch_add(1, Ordering::Relaxed) + 1 >= TIMEOUTS_IN_A_ROW {
+                    self.drop_connection(&connection);
+                }
+                return Err(error);
+            }
+        };
+        self.timeouts_in_a_row.store(0, Ordering::Relaxed);
+        let text = self.scrub(&error.to_string());
+        self.set_last_error(Some(text.clone()));
+        if is_connection_level(&error) {
+            self.drop_connection(&connection);
+        }
+        Err(Unavailable::Redis(text))
+    }
+
+    /// For `GET /admin/ratelimit`. `connected` turns false when a call finds the connection
+    /// broken; `last_error` is the latest failure since the last connect (`null`: none).
+    pub fn status(&self) -> Value {
+        let last_error = self.last_error.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        json!({ "url": self.shown_url, "connected": self.connection.load().is_some(), "last_error": last_error })
+    }
+
+    /// Drops `broken` unless it was replaced already, and wakes the task to reconnect.
+    fn drop_connection(&self, broken: &Arc<MultiplexedConnection>) {
+        let was = self.connection.compare_and_swap(broken, None);
+        if was.as_ref().is_some_and(|was| Arc::ptr_eq(was, broken)) {
+            self.timeouts_in_a_row.store(0, Ordering::Relaxed);
+            // Full: a wake is pending already.
+            let _ = self.reconnect.try_send(());
+        }
+    }
+
+    fn set_last_error(&self, error: Option<String>) {
+        *self.last_error.lock().unwrap_or_else(PoisonError::into_inner) = error;
+    }
+
+    fn last_error(&self) -> String {
+        self.last_error.lock().unwrap_or_else(PoisonError::into_inner).clone().unwrap_or_default()
+    }
+
+    fn scrub(&self, text: &str) -> String {
+        self.secrets.iter().fold(text.to_owned(), |text, secret| text.replace(secret.as_str(), "***"))
+    }
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("url", &self.shown_url)
+            .field("timeout", &self.config.timeout)
+            .field("connect_timeout", &self.config.connect_timeout)
+            .field("connected", &self.connection.load().is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Connects, then waits for a check to report the connection broken, and connects again; backs
+/// off (100 ms doubling to 5 s) after failed attempts and after connections that broke within 5 s.
+/// Logs transitions only: WARN once per outage, INFO when connected.
+async fn keep_connected(
+    store: Weak<RedisStore>,
+    client: Client,
+    settings: AsyncConnectionConfig,
+    mut reconnect_requests: mpsc::Receiver<()>,
+) {
+    let mut backoff = MIN_BACKOFF;
+    let mut outage_logged = false;
+    loop {
+        let attempt = client.get_multiplexed_async_connection_with_config(&settings).await;
+        let Some(live) = store.upgrade() else { return };
+        match attempt {
+            Ok(connection) => {
+                tracing::info!(url = %live.shown_url, "connected to Redis");
+                live.set_last_error(None);
+                live.connection.store(Some(Arc::new(connection)));
+                drop(live);
+                let connected_at = tokio::time::Instant::now();
+                if reconnect_requests.recv().await.is_none() {
+                    return;
+                }
+                let Some(live) = store.upgrade() else { return };
+                let error = live.last_error();
+                tracing::warn!(url = %live.shown_url, %error, "lost the connection to Redis: counting in-process");
+                outage_logged = true;
+                drop(live);
+                if connected_at.elapsed() >= MAX_BACKOFF {
+                    backoff = MIN_BACKOFF;
+                    continue;
+                }
+            }
+            Err(error) => {
+                let error = live.scrub(&error.to_string());
+                if outage_logged {
+                    tracing::debug!(url = %live.shown_url, %error, "cannot connect to Redis yet");
+                } else {
+                    tracing::warn!(url = %live.shown_url, %error, "cannot connect to Redis: counting in-process");
+                    outage_logged = true;
+                }
+                live.set_last_error(Some(error));
+                drop(live);
+            }
+        }
+        // Wake-ups while waiting carry nothing new (there is no connection to lose).
+        let sleep = tokio::time::sleep(backoff);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                () = &mut sleep => break,
+                request = reconnect_requests.recv() => if request.is_none() { return },
+            }
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// One script call: `keys` = [current, previous] counters.
+async fn run_script(
+    script: &Script,
+    connection: &mut MultiplexedConnection,
+    keys: &[String; 2],
+    limit: u32,
+    window_ms: u64,
+    elapsed_ms: u64,
+) -> Result<(i64, i64, i64), RedisError> {
+    let mut invocation = script.prepare_invoke();
+    invocation.key(&keys[0]).key(&keys[1]).arg(limit).arg(window_ms).arg(elapsed_ms);
+    invocation.invoke_async(connection).await
+}
+
+/// Whether the connection itself is broken (I/O, dropped, protocol out of step): a new one is
+/// needed. A response timeout is not: the server may only be slow.
+fn is_connection_level(error: &RedisError) -> bool {
+    !error.is_timeout() && (error.is_io_error() || error.is_connection_dropped() || error.is_unrecoverable_error())
+}
+
+/// `key` as it goes inside the `{..}` hash tag: `%`, `{` and `}` percent-encoded, so a `}` cannot
+/// end the tag early and distinct keys stay distinct. The empty key becomes `%` (which no encoding
+/// yields): an empty tag `{}` would hash the whole name and split a key's two counters across slots.
+fn hash_tag(key: &str) -> Cow<'_, str> {
+    if key.is_empty() {
+        return Cow::Borrowed("%");
+    }
+    if !key.contains(['%', '{', '}']) {
+        return Cow::Borrowed(key);
+    }
+    let mut tag = String::with_capacity(key.len() + 8);
+    for c in key.chars() {
+        match c {
+            '%' => tag.push_str("%25"),
+            '{' => tag.push_str("%7B"),
+            '}' => tag.push_str("%7D"),
+            c => tag.push(c),
+        }
+    }
+    Cow::Owned(tag)
+}
+
+/// Where the user information of `url` ends: its last `@` (a password may hold `@`, `/` or `?`
+/// unencoded; cutting at the last `@` redacts too much rather than too little).
+fn userinfo(url: &str) -> Option<(usize, usize)> {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let end = start + url[start..].rfind('@')?;
+    Some((start, end))
+}
+
+/// The password in `user:password@`, as written.
+fn password_in_url(url: &str) -> Option<&str> {
+    let (start, end) = userinfo(url)?;
+    url[start..end].split_once(':').map(|(_, password)| password)
+}
+
+/// `url` with the password of `user:password@` and of `?pass=` (unix sockets) replaced by `***`.
+fn redact_url(url: &str) -> String {
+    let mut shown = match userinfo(url) {
+        Some((start, end)) => match url[start..end].find(':') {
+            Some(colon) => format!("{}***{}", &url[..start + colon + 1], &url[end..]),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    };
+    if let Some(query) = shown.find('?') {
+        let params: Vec<String> = shown[query + 1..]
+            .split('&')
+            .map(|param| match param.split_once('=') {
+                Some((name, _)) if name == "pass" || name == "password" => format!("{name}=***"),
+                _ => param.to_owned(),
+            })
+            .collect();
+        shown = format!("{}?{}", &shown[..query], params.join("&"));
+    }
+    shown
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::limit::redis_server::RedisServer;
+
+    const MINUTE: Duration = Duration::from_secs(60);
+    /// Bound for "did not hang": far above any timeout configured here.
+    const HANG: Duration = Duration::from_secs(10);
+
+    fn config(url: &str) -> Redis {
+        Redis { url: url.to_owned(), timeout: Duration::from_millis(200), connect_timeout: Duration::from_millis(500) }
+    }
+
+    /// Polls until `ready` holds, failing the test after 15 s.
+    async fn eventually<F: std::future::Future<Output = bool>>(what: &str, mut ready: impl FnMut() -> F) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !ready().await {
+            assert!(Instant::now() < deadline, "timed out waiting: {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn connected(store: &RedisStore) {
+        eventually("connected", || async { store.status()["connected"] == true }).await;
+    }
+
+    #[test]
+    fn hash_tag_encodes_braces_and_percent_only() {
+        assert_eq!(hash_tag("per_user:alice"), "per_user:alice");
+        assert!(matches!(hash_tag("per_user:alice"), Cow::Borrowed(_)));
+        assert_eq!(hash_tag("a}b{c%d"), "a%7Db%7Bc%25d");
+        assert_eq!(hash_tag("x%7D"), "x%257D");
+        assert_ne!(hash_tag("x}"), hash_tag("x%7D"));
+        assert_eq!(hash_tag(""), "%");
+    }
+
+    #[test]
+    fn redact_url_hides_passwords() {
+        assert_eq!(redact_url("redis://:s3cret@127.0.0.1:6379/0"), "redis://:***@127.0.0.1:6379/0");
+        assert_eq!(redact_url("rediss://user:p%40ss@host:6380"), "rediss://user:***@host:6380");
+        assert_eq!(redact_url("redis://user:a@b/c@host"), "redis://user:***@host");
+        assert_eq!(redact_url("redis://user@host"), "redis://user@host");
+        assert_eq!(redact_url("redis://host:6379"), "redis://host:6379");
+        assert_eq!(
+            redact_url("redis+unix:///run/redis.sock?db=1&pass=secret"),
+            "redis+unix:///run/redis.sock?db=1&pass=***"
+        );
+        assert_eq!(password_in_url("redis://user:a@b/c@host"), Some("a@b/c"));
+        assert_eq!(password_in_url("redis://host"), None);
+    }
+
+    #[test]
+    fn start_without_runtime_never_connects() {
+        let store = RedisStore::start(&config("redis://:pw123@127.0.0.1:1"));
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let outcome = runtime.block_on(store.check("k", 1, MINUTE));
+        assert_eq!(outcome, Err(Unavailable::NotConnected));
+        let status = store.status();
+        assert_eq!(status["connected"], false);
+        assert!(status["last_error"].as_str().unwrap().contains("no tokio runtime"));
+        assert!(!format!("{status} {store:?}").contains("pw123"));
+    }
+
+    #[tokio::test]
+    async fn start_invalid_url_reports_why() {
+        let store = RedisStore::start(&config("http://:pw123@host"));
+        assert_eq!(store.check("k", 1, MINUTE).await, Err(Unavailable::NotConnected));
+        let last_error = store.status()["last_error"].as_str().unwrap().to_owned();
+        assert!(last_error.contains("invalid Redis URL"), "{last_error}");
+        assert!(!last_error.contains("pw123"));
+    }
+
+    #[tokio::test]
+    async fn check_allows_up_to_limit_then_denies() {
+        let server = RedisServer::start();
+        let store = RedisStore::start(&config(&server.url()));
+        connected(&store).await;
+        for remaining in [2, 1, 0] {
+            let decision = store.check("per_user:alice", 3, MINUTE).await.unwrap();
+            assert!(decision.allowed);
+            assert_eq!((decision.limit, decision.remaining), (3, remaining));
+        }
+        let denied = store.check("per_user:alice", 3, MINUTE).await.unwrap();
+        assert!(!denied.allowed);
+        assert_eq!(denied.remaining, 0);
+        assert!(denied.retry_after > Duration::ZERO);
+        assert!(denied.retry_after <= 2 * MINUTE);
+        assert!(store.check("per_user:bob", 3, MINUTE).await.unwrap().allowed);
+    }
+
+    #[tokio::test]
+    async fn check_two_stores_share_a_budget() {
+        let server = RedisServer::start();
+        let (one, two) = (RedisStore::start(&config(&server.url())), RedisStore::start(&config(&server.url())));
+        connected(&one).await;
+        connected(&two).await;
+        for store in [&one, &two, &one, &two] {
+            assert!(store.check("shared", 4, MINUTE).await.unwrap().allowed);
+        }
+        assert!(!one.check("shared", 4, MINUTE).await.unwrap().allowed);
+        assert!(!two.check("shared", 4, MINUTE).await.unwrap().allowed);
+    }
+
+    #[tokio::test]
+    async fn check_keys_with_braces_stay_distinct() {
+        let server = RedisServer::start();
+        let store = RedisStore::start(&config(&server.url()));
+        connected(&store).await;
+        for key in ["jwt:}", "jwt:%7D", "jwt:{", "jwt:", ""] {
+            assert!(store.check(key, 1, MINUTE).await.unwrap().allowed, "{key:?}");
+        }
+        assert!(!store.check("jwt:}", 1, MINUTE).await.unwrap().allowed);
+    }
+
+    #[tokio::test]
+    async fn check_server_killed_unavailable_then_reconnects() {
+        let mut server = RedisServer::start();
+        let store = RedisStore::start(&config(&server.url()));
+        connected(&store).await;
+        assert!(store.check("k", 100, MINUTE).await.is_ok());
+
+        server.stop();
+        let outcome = tokio::time::timeout(HANG, store.check("k", 100, MINUTE)).await.expect("check hung");
+        assert!(outcome.is_err(), "{outcome:?}");
+        let outcome = tokio::time::timeout(HANG, store.check("k", 100, MINUTE)).await.expect("check hung");
+        assert!(outcome.is_err(), "{outcome:?}");
+        eventually("disconnected", || async { store.status()["connected"] == false }).await;
+        assert!(store.status()["last_error"].is_string());
+
+        server.restart();
+        eventually("checks succeed again", || async { store.check("k", 100, MINUTE).await.is_ok() }).await;
+        assert_eq!(store.status()["last_error"], Value::Null);
+    }
+
+    #[tokio::test]
+    async fn check_slow_server_times_out_and_keeps_connection() {
+        let server = RedisServer::start();
+        let store = RedisStore::start(&config(&server.url()));
+        connected(&store).await;
+        let mut admin = Client::open(server.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+        redis::cmd("CLIENT").arg("PAUSE").arg(1500).arg("ALL").query_async::<()>(&mut admin).await.unwrap();
+
+        let outcome = tokio::time::timeout(HANG, store.check("k", 5, MINUTE)).await.expect("check hung");
+        assert_eq!(outcome, Err(Unavailable::TimedOut(Duration::from_millis(200))));
+        assert_eq!(store.status()["connected"], true);
+        eventually("checks succeed after the pause", || async { store.check("k", 5, MINUTE).await.is_ok() }).await;
+    }
+
+    #[tokio::test]
+    async fn check_timeouts_in_a_row_drop_connection_then_reconnects() {
+        let server = RedisServer::start();
+        let store = RedisStore::start(&config(&server.url()));
+        connected(&store).await;
+        let mut admin = Client::open(server.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+        redis::cmd("CLIENT").arg("PAUSE").arg(2000).arg("ALL").query_async::<()>(&mut admin).await.unwrap();
+
+        for _ in 0..TIMEOUTS_IN_A_ROW {
+            let outcome = tokio::time::timeout(HANG, store.check("k", 5, MINUTE)).await.expect("check hung");
+            assert_eq!(outcome, Err(Unavailable::TimedOut(Duration::from_millis(200))));
+        }
+        assert_eq!(store.status()["connected"], false);
+        assert_eq!(store.check("k", 5, MINUTE).await, Err(Unavailable::NotConnected));
+        eventually("checks succeed after the pause", || async { store.check("k", 5, MINUTE).await.is_ok() }).await;
+    }
+
+    #[test]
+    fn check_future_is_send() {
+        fn assert_send<T: Send>(_: &T) {}
+        let store = RedisStore::start(&config("redis://127.0.0.1:1"));
+        assert_send(&store.check("k", 1, MINUTE));
+    }
+
+    #[tokio::test]
+    async fn status_redacts_password() {
+        let server = RedisServer::with_password("s3cret-pw");
+        let store = RedisStore::start(&config(&server.url()));
+        connected(&store).await;
+        let status = store.status();
+        assert_eq!(status["url"], format!("redis://:***@127.0.0.1:{}", server.port()));
+        assert!(!format!("{status} {store:?}").contains("s3cret"));
+        assert!(store.check("k", 1, MINUTE).await.unwrap().allowed);
+
+        let wrong = RedisStore::start(&config(&format!("redis://:wrong-pw@127.0.0.1:{}", server.port())));
+        eventually("auth failure reported", || async { wrong.status()["last_error"].is_string() }).await;
+        let status = wrong.status();
+        assert_eq!(status["connected"], false);
+        assert!(!status.to_string().contains("wrong-pw"), "{status}");
+        assert_eq!(wrong.check("k", 1, MINUTE).await, Err(Unavailable::NotConnected));
+    }
+
+    #[test]
+    fn check_works_from_another_runtime() {
+        let server = RedisServer::start();
+        let home = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let store = home.block_on(async {
+            let store = RedisStore::start(&config(&server.url()));
+            connected(&store).await;
+            store
+        });
+        let worker = Arc::clone(&store);
+        let decision = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(worker.check("k", 2, MINUTE))
+        })
+        .join()
+        .unwrap()
+        .unwrap();
+        assert!(decision.allowed);
+        assert_eq!(decision.remaining, 1);
+    }
+
+    #[tokio::test]
+    async fn start_task_ends_when_store_dropped() {
+        let server = RedisServer::start();
+        let metrics = tokio::runtime::Handle::current().metrics();
+        let before = metrics.num_alive_tasks();
+        let store = RedisStore::start(&config(&server.url()));
+        connected(&store).await;
+        assert!(metrics.num_alive_tasks() > before);
+        let weak = Arc::downgrade(&store);
+        drop(store);
+        assert_eq!(weak.strong_count(), 0, "the task holds no strong reference while it waits");
+        eventually("tasks gone", || async { metrics.num_alive_tasks() == before }).await;
+    }
+
+    #[tokio::test]
+    async fn start_task_ends_when_store_dropped_while_backing_off() {
+        let port = RedisServer::start().port(); // stopped at once: nothing listens there
+        let metrics = tokio::runtime::Handle::current().metrics();
+        let before = metrics.num_alive_tasks();
+        let store = RedisStore::start(&config(&format!("redis://127.0.0.1:{port}")));
+        eventually("connect failure reported", || async { store.status()["last_error"].is_string() }).await;
+        assert_eq!(metrics.num_alive_tasks(), before + 1);
+        let weak = Arc::downgrade(&store);
+        drop(store);
+        assert_eq!(weak.strong_count(), 0, "the task holds no strong reference while it waits");
+        eventually("task gone", || async { metrics.num_alive_tasks() == before }).await;
+    }
+
+    #[tokio::test]
+    async fn script_applies_window_rule_and_counts_only_allowed() {
+        let server = RedisServer::start();
+        let mut connection = Client::open(server.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+        let script = Script::new(SCRIPT);
+        let keys = ["gw:rl:{t}:1".to_owned(), "gw:rl:{t}:0".to_owned()];
+        let window = 4;
+        for limit in 1..=4 {
+            for elapsed in 0..window {
+                for previous in 0..=5u64 {
+                    for current in 0..=5u64 {
+                        let mut reset = redis::pipe();
+                        reset.del(&keys[0]).del(&keys[1]).set(&keys[0], current).set(&keys[1], previous);
+                        reset.query_async::<()>(&mut connection).await.unwrap();
+                        let got = run_script(&script, &mut connection, &keys, limit, window, elapsed).await.unwrap();
+                        let allowed = window::allows(limit, window, elapsed, previous, current);
+                        let after = current + u64::from(allowed);
+                        let want = (i64::from(allowed), previous as i64, after as i64);
+                        assert_eq!(got, want, "limit {limit} elapsed {elapsed} previous {previous} current {current}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn script_first_count_expires_after_two_windows() {
+        let server = RedisServer::start();
+        let mut connection = Client::open(server.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+        let keys = ["gw:rl:{e}:1".to_owned(), "gw:rl:{e}:0".to_owned()];
+        let got = run_script(&Script::new(SCRIPT), &mut connection, &keys, 5, 60_000, 0).await.unwrap();
+        assert_eq!(got, (1, 0, 1));
+        let ttl: i64 = redis::cmd("PTTL").arg(&keys[0]).query_async(&mut connection).await.unwrap();
+        assert!(ttl > 0 && ttl <= 120_000, "{ttl}");
+        let previous_exists: bool = redis::cmd("EXISTS").arg(&keys[1]).query_async(&mut connection).await.unwrap();
+        assert!(!previous_exists, "a read must not create the previous counter");
+    }
+}
