@@ -28,6 +28,7 @@ fn routes(n: usize) -> Vec<Route> {
             preserve_host: true,
             max_body_size: 1 << 20,
             auth: None,
+            rate_limit: None,
         })
         .collect()
 }

@@ -556,6 +556,7 @@ mod tests {
                 .collect(),
             proxy_cpu_us_per_req: None,
             backend_cpu_us_per_req: 0.0,
+            redis_cpu_us_per_req: None,
             client_cpu_us_per_req: 0.0,
             client_cpu_pct: 0.0,
             proxy_peak_rss_kib: None,

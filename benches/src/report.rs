@@ -39,6 +39,9 @@ pub struct RunResult {
     pub proxy_cpu_us_per_req: Option<f64>,
     /// Echo backend CPU per 2xx response, microseconds.
     pub backend_cpu_us_per_req: f64,
+    /// redis-server CPU per 2xx response, microseconds, in scenarios whose limit is counted in
+    /// Redis (not part of the proxy's CPU; part of the total).
+    pub redis_cpu_us_per_req: Option<f64>,
     /// Load generator CPU per 2xx response, microseconds.
     pub client_cpu_us_per_req: f64,
     /// Load generator CPU use in % of one core (100% per thread = client saturated).
@@ -55,9 +58,13 @@ pub struct RunResult {
 }
 
 impl RunResult {
-    /// CPU of every process involved (client + proxy + backend) per 2xx response, microseconds.
+    /// CPU of every process involved (client + proxy + backend + redis-server) per 2xx response,
+    /// microseconds.
     pub fn total_cpu_us_per_req(&self) -> f64 {
-        self.client_cpu_us_per_req + self.proxy_cpu_us_per_req.unwrap_or(0.0) + self.backend_cpu_us_per_req
+        self.client_cpu_us_per_req
+            + self.proxy_cpu_us_per_req.unwrap_or(0.0)
+            + self.backend_cpu_us_per_req
+            + self.redis_cpu_us_per_req.unwrap_or(0.0)
     }
 }
 
@@ -73,6 +80,7 @@ pub struct Summary {
     pub missed: u64,
     pub proxy_cpu_us_per_req: Option<f64>,
     pub backend_cpu_us_per_req: f64,
+    pub redis_cpu_us_per_req: Option<f64>,
     pub client_cpu_us_per_req: f64,
     pub total_cpu_us_per_req: f64,
     pub client_cpu_pct: f64,
@@ -86,6 +94,7 @@ impl Summary {
     pub fn of(runs: &[RunResult]) -> Summary {
         let m = |f: &dyn Fn(&RunResult) -> f64| median(runs.iter().map(f).collect());
         let proxy_cpu: Vec<f64> = runs.iter().filter_map(|r| r.proxy_cpu_us_per_req).collect();
+        let redis_cpu: Vec<f64> = runs.iter().filter_map(|r| r.redis_cpu_us_per_req).collect();
         Summary {
             requests_per_sec: m(&|r| r.requests_per_sec),
             p50_us: m(&|r| f64::from(r.latency.p50_us)),
@@ -96,6 +105,7 @@ impl Summary {
             missed: runs.iter().map(|r| r.missed).sum(),
             proxy_cpu_us_per_req: (!proxy_cpu.is_empty()).then(|| median(proxy_cpu)),
             backend_cpu_us_per_req: m(&|r| r.backend_cpu_us_per_req),
+            redis_cpu_us_per_req: (!redis_cpu.is_empty()).then(|| median(redis_cpu)),
             client_cpu_us_per_req: m(&|r| r.client_cpu_us_per_req),
             total_cpu_us_per_req: m(&|r| r.total_cpu_us_per_req()),
             client_cpu_pct: m(&|r| r.client_cpu_pct),
@@ -143,7 +153,7 @@ pub struct Ratio {
     pub p99: f64,
     /// Proxy CPU per request (only when both sides are proxies).
     pub proxy_cpu_per_req: Option<f64>,
-    /// CPU of all processes per request (client + proxy + backend).
+    /// CPU of all processes per request (client + proxy + backend + redis-server).
     pub total_cpu_per_req: f64,
 }
 
@@ -163,9 +173,9 @@ impl Ratio {
 }
 
 /// The ratios the bench reports (a, b), when both scenarios ran: the proxies against direct
-/// and each other, every TLS, JWT and HTTP/2 scenario against plain gateway, and HTTP/2 against
-/// HTTP/1.1.
-pub const RATIOS: [(&str, &str); 11] = [
+/// and each other, every TLS, JWT, rate-limit and HTTP/2 scenario against plain gateway, Redis
+/// against in-process counting, and HTTP/2 against HTTP/1.1.
+pub const RATIOS: [(&str, &str); 14] = [
     ("gateway", "direct"),
     ("nginx", "direct"),
     ("gateway", "nginx"),
@@ -176,6 +186,9 @@ pub const RATIOS: [(&str, &str); 11] = [
     ("gateway-jwt", "gateway"),
     // The cost of the check alone: the same requests, with and without it.
     ("gateway-jwt", "gateway-bearer"),
+    ("gateway-local-limit", "gateway"),
+    ("gateway-redis-limit", "gateway"),
+    ("gateway-redis-limit", "gateway-local-limit"),
     ("gateway-all", "gateway"),
     ("gateway-https-h2", "gateway-https"),
 ];
@@ -281,6 +294,9 @@ pub fn round_line(name: &str, width: usize, r: &RunResult) -> String {
         r.irq_cpu_pct,
         r.other_cpu_pct,
     );
+    if let Some(redis) = r.redis_cpu_us_per_req {
+        let _ = write!(line, "  redis CPU/req {redis:.1}µs");
+    }
     if r.missed > 0 {
         let _ = write!(line, "  missed {}", r.missed);
     }
@@ -350,6 +366,14 @@ pub fn table(report: &Report) -> String {
             m.irq_cpu_pct,
             m.other_cpu_pct,
         );
+    }
+    if report.scenarios.iter().any(|s| s.median.redis_cpu_us_per_req.is_some()) {
+        let _ = writeln!(out, "redis-server CPU/req (in total CPU/req, not in proxy CPU/req):");
+        for s in &report.scenarios {
+            if let Some(redis) = s.median.redis_cpu_us_per_req {
+                let _ = writeln!(out, "  {:<w$} {}", s.name, fmt_opt_us(Some(redis)));
+            }
+        }
     }
     if report.scenarios.iter().any(|s| s.median.missed > 0) {
         let _ = writeln!(out, "missed (open loop, scheduled but never sent, sum over rounds):");
@@ -423,6 +447,33 @@ mod tests {
                 "gateway-jwt/gateway"
             ]
         );
+    }
+
+    #[test]
+    fn ratios_limits_against_plain_and_redis_against_local() {
+        let names = ["gateway", "gateway-local-limit", "gateway-redis-limit"];
+        let scenarios: Vec<_> = names.iter().map(|n| scenario(n, 1000.0)).collect();
+        let got: Vec<String> = ratios(&scenarios).into_iter().map(|r| r.name).collect();
+        assert_eq!(
+            got,
+            ["gateway-local-limit/gateway", "gateway-redis-limit/gateway", "gateway-redis-limit/gateway-local-limit"]
+        );
+    }
+
+    #[test]
+    fn table_lists_redis_cpu_of_redis_scenarios_only() {
+        let mut redis = scenario("gateway-redis-limit", 1.0);
+        redis.median.redis_cpu_us_per_req = Some(12.34);
+        let report = Report {
+            settings: serde_json::Value::Null,
+            scenarios: vec![scenario("gateway", 1.0), redis],
+            ratios: Vec::new(),
+            notes: Vec::new(),
+        };
+        let text = table(&report);
+        let listed: Vec<&str> = text.lines().filter(|l| l.starts_with("  ")).collect();
+        assert_eq!(listed, ["  gateway-redis-limit 12.3µs"], "{text}");
+        assert!(!table(&Report { scenarios: vec![scenario("gateway", 1.0)], ..report }).contains("redis"));
     }
 
     #[test]

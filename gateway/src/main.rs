@@ -108,8 +108,14 @@ fn check(path: &std::path::Path) -> ExitCode {
                 0 => String::new(),
                 n => format!(", {n} JWT providers, {protected} routes checking tokens"),
             };
+            let limited = c.routes.iter().filter(|r| r.rate_limit.is_some()).count();
+            let limits = match (c.rate_limits.len(), &c.redis) {
+                (0, _) => String::new(),
+                (n, Some(_)) => format!(", {n} rate limits counted in Redis on {limited} routes"),
+                (n, None) => format!(", {n} rate limits counted in-process on {limited} routes"),
+            };
             println!(
-                "{}: OK ({} listeners, {} upstreams, {} routes{jwt})",
+                "{}: OK ({} listeners, {} upstreams, {} routes{jwt}{limits})",
                 path.display(),
                 c.listeners.len(),
                 c.upstreams.len(),

@@ -6,7 +6,8 @@
 //!
 //! Modules: `binaries` (build and locate the executables), `process` (children and the echo backend),
 //! `gateway` (the gateway process), `configs` (YAML and config files), [`client`], [`raw`], [`load`],
-//! [`tls`] (test certificates, TLS clients, HTTP over TLS), [`jwks`] (a JWKS endpoint for JWT tests).
+//! [`tls`] (test certificates, TLS clients, HTTP over TLS), [`jwks`] (a JWKS endpoint for JWT tests),
+//! [`redis`] (a real `redis-server` for the shared rate-limit tests).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -20,6 +21,7 @@ pub mod jwks;
 pub mod load;
 mod process;
 pub mod raw;
+pub mod redis;
 pub mod tls;
 pub mod tls_site;
 pub mod upstream_tls;

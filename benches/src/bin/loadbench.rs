@@ -6,10 +6,14 @@
 //!     [--rounds 3] [--rate N] [--json FILE] [--svg FILE] [--scenarios direct,gateway,gateway-https,...]
 //! ```
 //!
-//! One gateway process serves every `gateway*` scenario: a cleartext listener (HTTP/1.1, and
+//! One gateway process serves the `gateway*` scenarios: a cleartext listener (HTTP/1.1, and
 //! HTTP/2 by prior knowledge) and a TLS listener with `gateway certs dev` certificates, a
-//! catch-all route and, for the JWT scenarios, a route that requires a token (RS256, a key
-//! generated at start; the client sends tokens of `--jwt-users` users in turn).
+//! catch-all route (no limit, no auth), a route with a rate limit that never limits (counted
+//! in-process) and, for the JWT scenarios, a route that requires a token (RS256, a key generated
+//! at start; the client sends tokens of `--jwt-users` users in turn). A second one, the same
+//! config plus `redis:` pointing at a `redis-server` the bench starts, counts its limits in Redis:
+//! it serves `gateway-redis-limit` and `gateway-all` (without redis-server the first is skipped
+//! and the second runs on the first gateway, its limit counted in-process).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -20,10 +24,11 @@ use anyhow::{bail, Context as _};
 use benches::client::{self, Protocol, Tls};
 use benches::jwt::{self, Tokens};
 use benches::load::{self, LoadSpec};
-use benches::plot;
 use benches::procs::{self, TempDir};
+use benches::redis::{self, RedisServer};
 use benches::report::{self, Report, RunResult, ScenarioReport, Summary};
-use benches::stack::{self, Backend, Proxy};
+use benches::stack::{self, Backend, GatewayOptions, Proxy};
+use benches::{nginx, plot};
 use clap::{Parser, ValueEnum};
 use serde_json::json;
 
@@ -70,13 +75,14 @@ struct Args {
     /// Load generator OS threads (each a current-thread tokio runtime).
     #[arg(long, default_value_t = 1)]
     client_threads: usize,
-    /// Scenarios to run, in this order within each round.
+    /// Scenarios to run, in this order within each round. `nginx` needs nginx and
+    /// `gateway-redis-limit` redis-server installed; each is skipped, with a message, without.
     #[arg(
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "direct,gateway,gateway-bearer,gateway-jwt,gateway-h2,gateway-https,gateway-https-h2,gateway-https-new-conn,\
-                         gateway-all,nginx"
+        default_value = "direct,gateway,gateway-bearer,gateway-jwt,gateway-local-limit,gateway-redis-limit,gateway-h2,\
+                         gateway-https,gateway-https-h2,gateway-https-new-conn,gateway-all,nginx"
     )]
     scenarios: Vec<Scenario>,
     /// nginx worker processes [default: the gateway's worker threads = available CPUs].
@@ -104,6 +110,12 @@ enum Scenario {
     GatewayBearer,
     /// HTTP/1.1 keep-alive through the gateway to a route that checks a JWT (RS256) per request.
     GatewayJwt,
+    /// HTTP/1.1 keep-alive through the gateway to a route with a rate limit that never limits,
+    /// counted in-process: the cost of the decision.
+    GatewayLocalLimit,
+    /// Like `gateway-local-limit`, counted in Redis (one EVALSHA per request) by a second gateway
+    /// with `redis:` and a redis-server the bench starts.
+    GatewayRedisLimit,
     /// HTTP/2 cleartext (prior knowledge) through the gateway.
     GatewayH2,
     /// HTTP/1.1 keep-alive over TLS 1.3 through the gateway.
@@ -112,7 +124,8 @@ enum Scenario {
     GatewayHttpsH2,
     /// A new TLS 1.3 connection (full handshake) per HTTP/1.1 request through the gateway.
     GatewayHttpsNewConn,
-    /// Every gateway feature built so far: HTTPS keep-alive to the JWT route.
+    /// Every gateway feature built so far: HTTPS keep-alive to a route that checks a JWT and then
+    /// a rate limit per token subject, counted in Redis (in-process without redis-server).
     GatewayAll,
     /// HTTP/1.1 keep-alive through nginx.
     Nginx,
@@ -137,6 +150,8 @@ impl Scenario {
             Scenario::GatewayHttpsNewConn => "gateway-https-new-conn",
             Scenario::GatewayBearer => "gateway-bearer",
             Scenario::GatewayJwt => "gateway-jwt",
+            Scenario::GatewayLocalLimit => "gateway-local-limit",
+            Scenario::GatewayRedisLimit => "gateway-redis-limit",
             Scenario::GatewayAll => "gateway-all",
             Scenario::Nginx => "nginx",
         }
@@ -153,6 +168,8 @@ impl Scenario {
             | Scenario::GatewayHttpsNewConn
             | Scenario::GatewayBearer
             | Scenario::GatewayJwt
+            | Scenario::GatewayLocalLimit
+            | Scenario::GatewayRedisLimit
             | Scenario::GatewayAll => Server::Gateway,
         }
     }
@@ -169,11 +186,22 @@ impl Scenario {
         matches!(self, Scenario::GatewayBearer | Scenario::GatewayJwt | Scenario::GatewayAll)
     }
 
-    /// The request path: `path`, under the prefix of the route the tokens go to.
+    /// Served by the gateway that counts its limits in Redis, given whether redis-server runs.
+    fn on_redis_gateway(self, redis_running: bool) -> bool {
+        match self {
+            Scenario::GatewayRedisLimit => true,
+            Scenario::GatewayAll => redis_running,
+            _ => false,
+        }
+    }
+
+    /// The request path: `path`, under the prefix of the scenario's route (the gateway strips it).
     fn path(self, path: &str) -> String {
         match self {
             Scenario::GatewayBearer => format!("{}{path}", jwt::UNCHECKED_PATH_PREFIX),
-            Scenario::GatewayJwt | Scenario::GatewayAll => format!("{}{path}", jwt::PATH_PREFIX),
+            Scenario::GatewayJwt => format!("{}{path}", jwt::PATH_PREFIX),
+            Scenario::GatewayLocalLimit | Scenario::GatewayRedisLimit => format!("{}{path}", stack::LIMIT_PATH_PREFIX),
+            Scenario::GatewayAll => format!("{}{path}", stack::ALL_PATH_PREFIX),
             _ => path.to_owned(),
         }
     }
@@ -201,6 +229,10 @@ impl Scenario {
     fn description(self, setup: &Setup, h2_streams: usize) -> String {
         let path = match self.server() {
             Server::Echo => "client -> echo".to_owned(),
+            Server::Gateway if self.on_redis_gateway(setup.redis) => format!(
+                "client -> gateway ({} worker threads, limits counted in redis-server) -> echo",
+                setup.gateway_workers
+            ),
             Server::Gateway => format!("client -> gateway ({} worker threads) -> echo", setup.gateway_workers),
             Server::Nginx => format!("client -> nginx ({} workers) -> echo", setup.nginx_workers),
         };
@@ -218,10 +250,16 @@ impl Scenario {
                 "HTTP/1.1 keep-alive; the gateway-jwt requests to a route without auth".to_owned()
             }
             Scenario::GatewayJwt => format!("HTTP/1.1 keep-alive; {}", token_pool(setup.jwt_users)),
+            Scenario::GatewayLocalLimit => format!("HTTP/1.1 keep-alive; {} in-process", per_ip_limit()),
+            Scenario::GatewayRedisLimit => {
+                format!("HTTP/1.1 keep-alive; {} in Redis (one EVALSHA per request)", per_ip_limit())
+            }
             Scenario::GatewayAll => format!(
-                "all features built so far: HTTP/1.1 over TLS 1.3 keep-alive + {}; rate limits, metrics and \
-                 access log not built yet",
-                token_pool(setup.jwt_users)
+                "all features built so far: HTTP/1.1 over TLS 1.3 keep-alive + {} + a rate limit per token \
+                 subject ({}) counted {}; metrics and access log not built yet",
+                token_pool(setup.jwt_users),
+                budget(),
+                if setup.redis { "in Redis" } else { "in-process (redis-server not installed)" }
             ),
         };
         format!("{path}; {wire}")
@@ -234,6 +272,23 @@ fn token_pool(users: usize) -> String {
         "JWT route, `Authorization: Bearer` in turn from {} RS256 tokens of as many users (the gateway caches \
          up to 16,384 verified tokens)",
         report::fmt_int(users as f64)
+    )
+}
+
+/// Every limit's budget, never reached.
+fn budget() -> String {
+    format!(
+        "{} requests per {} per key, never reached",
+        report::fmt_int(stack::LIMIT_REQUESTS.into()),
+        stack::LIMIT_WINDOW
+    )
+}
+
+/// What the limit scenarios' route does, for their descriptions.
+fn per_ip_limit() -> String {
+    format!(
+        "route with a rate limit per client address ({}; every connection is from 127.0.0.1, so one key), counted",
+        budget()
     )
 }
 
@@ -296,10 +351,14 @@ fn bench(args: &Args) -> anyhow::Result<()> {
     })
 }
 
-/// Everything started for the bench. Field order is drop order: proxies, backend, temp dir.
+/// Everything started for the bench. Field order is drop order: proxies, redis-server, backend,
+/// temp dir.
 struct Stack {
     gateway: Option<Proxy>,
+    /// The gateway whose limits are counted in Redis (when redis-server runs).
+    gateway_redis: Option<Proxy>,
     nginx: Option<Proxy>,
+    redis: Option<RedisServer>,
     backend: Backend,
     /// Client configs for the gateway's TLS listener (when a TLS scenario runs).
     tls: Option<TlsClients>,
@@ -310,16 +369,32 @@ struct Stack {
 
 impl Stack {
     fn proxies_mut(&mut self) -> impl Iterator<Item = &mut Proxy> {
-        self.gateway.iter_mut().chain(self.nginx.iter_mut())
+        self.gateway.iter_mut().chain(self.gateway_redis.iter_mut()).chain(self.nginx.iter_mut())
     }
 
     /// The proxy `scenario`'s client talks to (`None`: the echo itself).
     fn proxy(&self, scenario: Scenario) -> Option<&Proxy> {
         match scenario.server() {
             Server::Echo => None,
+            Server::Gateway if self.counts_in_redis(scenario) => self.gateway_redis.as_ref(),
             Server::Gateway => self.gateway.as_ref(),
             Server::Nginx => self.nginx.as_ref(),
         }
+    }
+
+    /// Whether `scenario`'s limit is counted in the redis-server the bench runs.
+    fn counts_in_redis(&self, scenario: Scenario) -> bool {
+        scenario.on_redis_gateway(self.redis.is_some())
+    }
+
+    /// For a scenario counted in Redis: how many decisions its gateway has made in-process so far
+    /// because Redis did not answer (within `redis.timeout`). `None` for the other scenarios.
+    fn redis_fallbacks(&self, scenario: Scenario) -> anyhow::Result<Option<u64>> {
+        let Some(admin) = self.proxy(scenario).filter(|_| self.counts_in_redis(scenario)).and_then(|p| p.admin_addr)
+        else {
+            return Ok(None);
+        };
+        Ok(Some(redis::fallback_decisions(&redis::rate_limit_status(admin)?)))
     }
 }
 
@@ -336,7 +411,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         }
     }
     let nginx = if scenarios.contains(&Scenario::Nginx) {
-        let found = stack::find_nginx();
+        let found = nginx::find_nginx();
         if found.is_none() {
             println!("nginx is not installed: skipping the nginx scenario (install it with `apt-get install nginx`)");
             scenarios.retain(|s| *s != Scenario::Nginx);
@@ -345,11 +420,12 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     } else {
         None
     };
+    let redis_server = find_redis_server(&mut scenarios);
 
-    let (mut stack, setup) = start_stack(args, &bins, &scenarios, nginx.as_deref())?;
+    let (mut stack, setup) = start_stack(args, &bins, &scenarios, nginx.as_deref(), redis_server.as_deref())?;
     let mut tls_handshake = None;
-    if let (Some(gateway), Some(tls)) = (&stack.gateway, &stack.tls) {
-        let addr = gateway.tls_addr.context("the gateway has no TLS listener")?;
+    let tls_gateway = stack.gateway.iter().chain(&stack.gateway_redis).find_map(|g| g.tls_addr);
+    if let (Some(addr), Some(tls)) = (tls_gateway, &stack.tls) {
         let negotiated = client::describe_handshake(addr, &tls.h2).await?;
         println!("TLS handshake with the gateway: {negotiated}");
         tls_handshake = Some(negotiated);
@@ -374,11 +450,25 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     // Interleaved: round 1 runs every scenario, then round 2, ..., so drift hits all alike.
     let ticks_per_sec = procs::clock_ticks_per_sec();
     let mut results: Vec<Vec<RunResult>> = vec![Vec::new(); scenarios.len()];
+    let mut fallback_notes = Vec::new();
     for round in 1..=args.rounds {
         for (i, &scenario) in scenarios.iter().enumerate() {
+            let fallbacks_before = stack.redis_fallbacks(scenario)?;
             let result = measure(args, &mut stack, scenario, round, ticks_per_sec).await?;
             println!("{}", report::round_line(scenario.name(), width, &result));
             results[i].push(result);
+            if let (Some(before), Some(after)) = (fallbacks_before, stack.redis_fallbacks(scenario)?) {
+                if after > before {
+                    let note = format!(
+                        "{} round {round}: {} rate-limit decisions were made in-process because Redis did not \
+                         answer in time: that round measured a mix",
+                        scenario.name(),
+                        after - before
+                    );
+                    eprintln!("loadbench: {note}");
+                    fallback_notes.push(note);
+                }
+            }
         }
     }
 
@@ -393,10 +483,13 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         })
         .collect();
     let client_cpu_limit = 100.0 * args.client_threads.min(args.connections) as f64;
+    let mut notes = report::notes(&scenario_reports, client_cpu_limit, setup.cpus);
+    notes.extend(fallback_notes);
+    let redis_server = redis_server.as_deref().filter(|_| setup.redis);
     let report = Report {
-        settings: settings(args, &bins, &setup, nginx.as_deref(), tls_handshake.as_deref()),
+        settings: settings(args, &bins, &setup, nginx.as_deref(), redis_server, tls_handshake.as_deref()),
         ratios: report::ratios(&scenario_reports),
-        notes: report::notes(&scenario_reports, client_cpu_limit, setup.cpus),
+        notes,
         scenarios: scenario_reports,
     };
     println!();
@@ -449,27 +542,55 @@ struct Setup {
     nginx_workers: usize,
     /// Tokens (and users) in the JWT scenarios' pool.
     jwt_users: usize,
+    /// redis-server runs, and the gateway that counts limits in it.
+    redis: bool,
 }
 
-/// Starts the echo backend, then the gateway (with its TLS listener if a TLS scenario runs),
-/// then nginx (as selected). nginx gets as many workers as the gateway has worker
-/// threads, unless `--nginx-workers` says otherwise.
+/// redis-server, when a selected scenario wants it; without it, drops `gateway-redis-limit`
+/// and says so (`gateway-all` then counts its limit in-process).
+fn find_redis_server(scenarios: &mut Vec<Scenario>) -> Option<PathBuf> {
+    if !scenarios.iter().any(|s| s.on_redis_gateway(true)) {
+        return None;
+    }
+    let found = redis::find_redis_server();
+    if found.is_none() {
+        let mut consequences = Vec::new();
+        if scenarios.contains(&Scenario::GatewayRedisLimit) {
+            consequences.push("skipping the gateway-redis-limit scenario");
+        }
+        if scenarios.contains(&Scenario::GatewayAll) {
+            consequences.push("gateway-all counts its rate limit in-process");
+        }
+        println!("{}; {}", redis::NOT_FOUND, consequences.join("; "));
+        scenarios.retain(|s| *s != Scenario::GatewayRedisLimit);
+    }
+    found
+}
+
+/// Starts the echo backend, then redis-server (when a scenario counts in Redis and it is
+/// installed), then the gateways: the one without `redis:` for the scenarios counted in-process
+/// or unlimited, the one with it for those counted in Redis, each with the TLS listener and JWT
+/// routes only if a scenario it serves needs them; then nginx (as selected). nginx gets as many
+/// workers as the gateway has worker threads, unless `--nginx-workers` says otherwise.
 fn start_stack(
     args: &Args,
     bins: &Binaries,
     scenarios: &[Scenario],
     nginx: Option<&Path>,
+    redis_server: Option<&Path>,
 ) -> anyhow::Result<(Stack, Setup)> {
     let cpus = std::thread::available_parallelism().map_or(1, usize::from);
     let tmp = TempDir::new(args.keep_tmp)?;
     let backend = stack::start_echo(&bins.echo, tmp.path())?;
-    let mut stack = Stack { gateway: None, nginx: None, backend, tls: None, tokens: None, tmp };
+    let mut stack =
+        Stack { gateway: None, gateway_redis: None, nginx: None, redis: None, backend, tls: None, tokens: None, tmp };
     println!("echo backend  pid {:<7} {}", stack.backend.proc.pid(), stack.backend.addr);
     let mut setup = Setup {
         cpus,
         gateway_workers: cpus,
         nginx_workers: args.nginx_workers.unwrap_or(cpus),
         jwt_users: args.jwt_users,
+        redis: false,
     };
     if scenarios.iter().any(|s| s.jwt()) {
         let t0 = Instant::now();
@@ -480,28 +601,51 @@ fn start_stack(
             t0.elapsed()
         );
     }
-    if scenarios.iter().any(|s| s.server() == Server::Gateway) {
-        let tls = scenarios.iter().any(|s| s.tls());
-        let proxy =
-            stack::start_gateway(&bins.gateway, stack.tmp.path(), stack.backend.addr, tls, stack.tokens.as_ref())?;
+    if let Some(bin) = redis_server.filter(|_| scenarios.iter().any(|s| s.on_redis_gateway(true))) {
+        let server = redis::start_redis(bin, stack.tmp.path())?;
+        println!("redis-server  pid {:<7} {}", server.proc.pid(), server.addr);
+        stack.redis = Some(server);
+        setup.redis = true;
+    }
+    for on_redis in [false, true] {
+        let served: Vec<Scenario> = (scenarios.iter().copied())
+            .filter(|s| s.server() == Server::Gateway && s.on_redis_gateway(setup.redis) == on_redis)
+            .collect();
+        if served.is_empty() {
+            continue;
+        }
+        let options = GatewayOptions {
+            tls: served.iter().any(|s| s.tls()),
+            jwt: served.iter().any(|s| s.jwt()),
+            redis: stack.redis.as_ref().map(|r| r.addr).filter(|_| on_redis),
+        };
+        let name = if on_redis { "gateway-redis" } else { "gateway" };
+        let tokens = stack.tokens.as_ref().filter(|_| options.jwt);
+        let proxy = stack::start_gateway(&bins.gateway, stack.tmp.path(), name, stack.backend.addr, options, tokens)?;
         setup.gateway_workers = procs::count_threads(proxy.proc.pid(), &procs::WORKER_THREAD_NAMES);
         let tls_addr = proxy.tls_addr.map(|a| format!(", TLS {a}")).unwrap_or_default();
+        let admin_addr = proxy.admin_addr.map(|a| format!(", admin {a}")).unwrap_or_default();
+        let counted = if on_redis { "; limits counted in Redis, connected" } else { "" };
         println!(
-            "gateway       pid {:<7} {}{tls_addr}  ({} worker threads)",
+            "{name:<13} pid {:<7} {}{tls_addr}{admin_addr}  ({} worker threads{counted})",
             proxy.proc.pid(),
             proxy.addr,
             setup.gateway_workers
         );
-        if args.nginx_workers.is_none() && setup.gateway_workers > 0 {
-            setup.nginx_workers = setup.gateway_workers;
+        if on_redis {
+            stack.gateway_redis = Some(proxy);
+        } else {
+            stack.gateway = Some(proxy);
         }
-        if tls {
-            stack.tls = Some(TlsClients::new(&stack.tmp.path().join(stack::DEV_CA_FILE))?);
-        }
-        stack.gateway = Some(proxy);
+    }
+    if args.nginx_workers.is_none() && setup.gateway_workers > 0 {
+        setup.nginx_workers = setup.gateway_workers;
+    }
+    if scenarios.iter().any(|s| s.tls()) {
+        stack.tls = Some(TlsClients::new(&stack.tmp.path().join(stack::DEV_CA_FILE))?);
     }
     if let (true, Some(bin)) = (scenarios.contains(&Scenario::Nginx), nginx) {
-        let proxy = stack::start_nginx(bin, stack.tmp.path(), stack.backend.addr, setup.nginx_workers)?;
+        let proxy = nginx::start_nginx(bin, stack.tmp.path(), stack.backend.addr, setup.nginx_workers)?;
         println!("nginx         pid {:<7} {}  (workers {:?})", proxy.proc.pid(), proxy.addr, &proxy.pids()[1..]);
         stack.nginx = Some(proxy);
     }
@@ -514,6 +658,7 @@ fn settings(
     bins: &Binaries,
     setup: &Setup,
     nginx: Option<&Path>,
+    redis_server: Option<&Path>,
     tls_handshake: Option<&str>,
 ) -> serde_json::Value {
     json!({
@@ -532,7 +677,15 @@ fn settings(
         "gateway_tokio_workers": setup.gateway_workers,
         "nginx_workers": setup.nginx_workers,
         "jwt": { "algorithm": "RS256", "users": setup.jwt_users, "path_prefix": jwt::PATH_PREFIX },
+        "rate_limit": {
+            "requests": stack::LIMIT_REQUESTS,
+            "window": stack::LIMIT_WINDOW,
+            "key": { "gateway-local-limit": "client_ip", "gateway-redis-limit": "client_ip", "gateway-all": "jwt.sub" },
+            "path_prefix": { "limit": stack::LIMIT_PATH_PREFIX, "all": stack::ALL_PATH_PREFIX },
+            "gateway_all_counted_in": if setup.redis { "redis" } else { "process" },
+        },
         "nginx_version": nginx.and_then(nginx_version),
+        "redis_version": redis_server.and_then(redis::version),
         "gateway_bin": bins.gateway.display().to_string(),
         "echo_bin": bins.echo.display().to_string(),
         "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").ok().map(|s| s.trim().to_owned()),
@@ -593,14 +746,19 @@ async fn measure(
     let proxy_pids = proxy.map(Proxy::pids).unwrap_or_default();
     let backend_pid = [stack.backend.proc.pid()];
     let me = [std::process::id()];
+    // Charged to its own column, only in the scenarios that use it (else its idle ticks are "other").
+    let redis_pid: Vec<u32> =
+        stack.redis.iter().filter(|_| stack.counts_in_redis(scenario)).map(|r| r.proc.pid()).collect();
 
     tokio::time::sleep_until(window.measure_start.into()).await;
     let machine_before = procs::machine_ticks();
     let before = (procs::cpu_ticks(&proxy_pids), procs::cpu_ticks(&backend_pid), procs::cpu_ticks(&me));
+    let redis_before = procs::cpu_ticks(&redis_pid).0;
     let t0 = Instant::now();
     tokio::time::sleep_until(window.end.into()).await;
     let machine_after = procs::machine_ticks();
     let after = (procs::cpu_ticks(&proxy_pids), procs::cpu_ticks(&backend_pid), procs::cpu_ticks(&me));
+    let redis_after = procs::cpu_ticks(&redis_pid).0;
     let secs = t0.elapsed().as_secs_f64();
     let outcome = running.finish().await?;
 
@@ -636,11 +794,12 @@ async fn measure(
     let proxy_cpu = cpu_us(before.0 .0, after.0 .0);
     let client_cpu = cpu_us(before.2 .0, after.2 .0);
     let backend_cpu = cpu_us(before.1 .0, after.1 .0);
+    let redis_cpu = cpu_us(redis_before, redis_after);
     let (machine_tasks_cpu, irq_cpu) = match (machine_before, machine_after) {
         (Some(b), Some(a)) => (cpu_us(b.tasks, a.tasks), cpu_us(b.irq, a.irq)),
         _ => (0.0, 0.0),
     };
-    let other_cpu = (machine_tasks_cpu - proxy_cpu - client_cpu - backend_cpu).max(0.0);
+    let other_cpu = (machine_tasks_cpu - proxy_cpu - client_cpu - backend_cpu - redis_cpu).max(0.0);
     let mut samples = outcome.samples;
     let latency_curve = samples.curve();
     let latency = samples.percentiles();
@@ -661,6 +820,7 @@ async fn measure(
         latency_curve,
         proxy_cpu_us_per_req: is_proxy.then(|| proxy_cpu / ok),
         backend_cpu_us_per_req: backend_cpu / ok,
+        redis_cpu_us_per_req: (!redis_pid.is_empty()).then(|| redis_cpu / ok),
         client_cpu_us_per_req: client_cpu / ok,
         client_cpu_pct: client_cpu / 1e4 / secs,
         proxy_peak_rss_kib: is_proxy.then(|| proxy_pids.iter().filter_map(|&p| procs::peak_rss_kib(p)).sum()),
@@ -772,9 +932,23 @@ mod tests {
         assert!(!protocol.http2 && protocol.tls.is_none() && !protocol.new_conn_per_request);
         assert!(Scenario::GatewayAll.tls() && !Scenario::GatewayAll.http2() && Scenario::GatewayAll.jwt());
         assert_eq!(Scenario::GatewayJwt.path("/"), "/jwt/");
-        assert_eq!(Scenario::GatewayAll.path("/a?b"), "/jwt/a?b");
+        assert_eq!(Scenario::GatewayAll.path("/a?b"), "/all/a?b");
         assert_eq!(Scenario::Gateway.path("/"), "/");
         assert!(!Scenario::GatewayHttps.jwt());
+    }
+
+    #[test]
+    fn limit_scenarios_go_to_the_limit_route_of_their_gateway() {
+        for s in [Scenario::GatewayLocalLimit, Scenario::GatewayRedisLimit] {
+            assert_eq!(s.path("/"), "/limit/");
+            assert!(!s.tls() && !s.http2() && !s.jwt());
+        }
+        assert!(!Scenario::GatewayLocalLimit.on_redis_gateway(true));
+        assert!(Scenario::GatewayRedisLimit.on_redis_gateway(false));
+        assert!(Scenario::GatewayAll.on_redis_gateway(true) && !Scenario::GatewayAll.on_redis_gateway(false));
+        // The baseline every ratio divides by stays on the gateway without Redis, and unlimited.
+        assert!(!Scenario::Gateway.on_redis_gateway(true));
+        assert_eq!(Scenario::Gateway.path("/"), "/");
     }
 
     #[test]

@@ -43,12 +43,21 @@ impl Changes {
     }
 }
 
-/// The one-line summary a successful reload logs: `routes: +a ~b; upstreams: unchanged; jwt providers: ~main`.
+/// The one-line summary a successful reload logs:
+/// `routes: +a ~b; upstreams: unchanged; jwt providers: ~main; rate limits: unchanged`.
 pub(super) fn summary(old: &Config, new: &Config) -> String {
     let routes = Changes::between(&old.routes, &new.routes, |r| &r.name);
     let upstreams = Changes::between(&old.upstreams, &new.upstreams, |u| &u.name);
     let providers = Changes::between(&old.jwt_providers, &new.jwt_providers, |p| &p.name);
-    format!("routes: {}; upstreams: {}; jwt providers: {}", routes.summary(), upstreams.summary(), providers.summary())
+    let limits = Changes::between(&old.rate_limits, &new.rate_limits, |l| &l.name);
+    let redis = if old.redis == new.redis { "" } else { "; redis: changed" };
+    format!(
+        "routes: {}; upstreams: {}; jwt providers: {}; rate limits: {}{redis}",
+        routes.summary(),
+        upstreams.summary(),
+        providers.summary(),
+        limits.summary()
+    )
 }
 
 /// Why the new config cannot be applied in full: sockets are bound once, at start.

@@ -199,8 +199,13 @@ fn whole_seconds_rounds_up() {
 fn set_rate_limit_writes_the_three_headers() {
     use std::time::Duration;
     let mut headers = HeaderMap::new();
-    let decision =
-        Decision { allowed: true, limit: 100, remaining: 41, reset: Duration::from_millis(1500), retry_after: Duration::ZERO };
+    let decision = Decision {
+        allowed: true,
+        limit: 100,
+        remaining: 41,
+        reset: Duration::from_millis(1500),
+        retry_after: Duration::ZERO,
+    };
     set_rate_limit(&mut headers, &decision);
     assert_eq!(get(&headers, "ratelimit-limit"), Some("100"));
     assert_eq!(get(&headers, "ratelimit-remaining"), Some("41"));
