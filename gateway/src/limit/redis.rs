@@ -26,6 +26,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// only slow, but a connection into a black hole (host gone, no reset) would otherwise cost every
 /// request the full timeout forever.
 const TIMEOUTS_IN_A_ROW: u32 = 3;
+/// How often an established connection is checked with PING, and how long the answer may take.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// KEYS[1] = current window's counter, KEYS[2] = previous one; ARGV = limit, window_ms,
 /// elapsed_ms. Returns `{allowed (0|1), previous, current}`, `current` counting this request when
@@ -165,8 +168,8 @@ impl RedisStore {
         Err(Unavailable::Redis(text))
     }
 
-    /// For `GET /admin/ratelimit`. `connected` turns false when a call finds the connection
-    /// broken; `last_error` is the latest failure since the last connect (`null`: none).
+    /// For `GET /admin/ratelimit`. `connected` turns false when a call or the PING every second
+    /// finds the connection broken; `last_error` is the latest failure since the last connect (`null`: none).
     pub fn status(&self) -> Value {
         let last_error = self.last_error.lock().unwrap_or_else(PoisonError::into_inner).clone();
         json!({ "url": self.shown_url, "connected": self.connection.load().is_some(), "last_error": last_error })
@@ -206,7 +209,7 @@ impl fmt::Debug for RedisStore {
     }
 }
 
-/// Connects, then waits for a check to report the connection broken, and connects again; backs
+/// Connects, then waits for the connection to break (see [`watch`]), and connects again; backs
 /// off (100 ms doubling to 5 s) after failed attempts and after connections that broke within 5 s.
 /// Logs transitions only: WARN once per outage, INFO when connected.
 async fn keep_connected(
@@ -227,7 +230,7 @@ async fn keep_connected(
                 live.connection.store(Some(Arc::new(connection)));
                 drop(live);
                 let connected_at = tokio::time::Instant::now();
-                if reconnect_requests.recv().await.is_none() {
+                if !watch(&store, &mut reconnect_requests).await {
                     return;
                 }
                 let Some(live) = store.upgrade() else { return };
@@ -262,6 +265,37 @@ async fn keep_connected(
             }
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Waits until a check reports the connection broken, or a PING every [`HEALTH_INTERVAL`] finds
+/// it so: an idle gateway must notice an outage too, or its first request after one would meet a
+/// dead socket. False when the store is gone.
+async fn watch(store: &Weak<RedisStore>, reconnect_requests: &mut mpsc::Receiver<()>) -> bool {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + HEALTH_INTERVAL, HEALTH_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            request = reconnect_requests.recv() => return request.is_some(),
+            _ = ticks.tick() => {
+                let Some(live) = store.upgrade() else { return false };
+                let Some(connection) = live.connection.load_full() else { continue };
+                let mut ping = (*connection).clone();
+                // Generous: only a server that is gone, not one that is busy, should cost the connection.
+                let patience = live.config.timeout.max(HEALTH_TIMEOUT);
+                match tokio::time::timeout(patience, redis::cmd("PING").query_async::<String>(&mut ping)).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(error)) => {
+                        live.set_last_error(Some(live.scrub(&error.to_string())));
+                        live.drop_connection(&connection);
+                    }
+                    Err(_) => {
+                        live.set_last_error(Some(format!("no answer to PING within {}ms", patience.as_millis())));
+                        live.drop_connection(&connection);
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -1,0 +1,187 @@
+//! A real `redis-server` on a free loopback port, for the shared rate-limit tests: started, stopped
+//! and restarted on the same port, with a minimal RESP client to inspect it.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::process::Proc;
+use crate::TIMEOUT;
+
+/// How often a free port is tried when another process takes the one picked first.
+const START_ATTEMPTS: usize = 3;
+
+/// Longest a single PING (connect, write, read) may take while waiting for the server.
+const PING_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// A running `redis-server --port P --bind 127.0.0.1 --save "" --appendonly no` (nothing persisted:
+/// a restart comes back empty). Killed on drop.
+pub struct RedisServer {
+    port: u16,
+    proc: Option<Proc>,
+}
+
+impl RedisServer {
+    /// Starts a server on a free loopback port and waits (up to [`TIMEOUT`]) until it answers PING.
+    ///
+    /// # Panics
+    /// If `redis-server` is not on `PATH` (with how to install it), or it does not come up; the
+    /// message then holds what it printed.
+    pub fn start() -> RedisServer {
+        let binary = redis_server_binary();
+        let mut last_failure = String::new();
+        for _ in 0..START_ATTEMPTS {
+            let port = crate::closed_port_addr().port();
+            match spawn_and_wait(&binary, port) {
+                Ok(proc) => return RedisServer { port, proc: Some(proc) },
+                // Most likely the port was taken between picking it and the server binding it.
+                Err(failure) => last_failure = failure,
+            }
+        }
+        panic!("redis-server did not start in {START_ATTEMPTS} attempts; last:\n{last_failure}");
+    }
+
+    /// `redis://127.0.0.1:P`, the gateway's `redis.url`.
+    pub fn url(&self) -> String {
+        format!("redis://{}", self.addr())
+    }
+
+    /// `127.0.0.1:P`.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// True while the server process runs (between [`RedisServer::start`] or
+    /// [`RedisServer::restart`] and [`RedisServer::stop`]).
+    pub fn is_running(&self) -> bool {
+        self.proc.is_some()
+    }
+
+    /// Kills the server (SIGKILL, like a crash or a lost host) and waits for it to exit. Clients'
+    /// connections are reset; the port is free afterwards.
+    pub fn stop(&mut self) {
+        // Proc's drop kills and reaps the child.
+        self.proc = None;
+    }
+
+    /// Starts the server again on the same port (stopping it first if it runs) and waits until it
+    /// answers PING. It comes back with no keys.
+    ///
+    /// # Panics
+    /// If it does not come up within [`TIMEOUT`] (say, another process took the port meanwhile).
+    pub fn restart(&mut self) {
+        self.stop();
+        let proc = spawn_and_wait(&redis_server_binary(), self.port)
+            .unwrap_or_else(|failure| panic!("redis-server did not restart on port {}:\n{failure}", self.port));
+        self.proc = Some(proc);
+    }
+
+    /// Sends one command (each argument a bulk string) on a new connection and returns its reply:
+    /// the text of a simple string (`+OK` -> `OK`) or integer (`:3` -> `3`), a bulk string's content,
+    /// or `nil`. Panics on an error reply, an array reply, or no reply within [`TIMEOUT`].
+    pub fn command(&self, args: &[&str]) -> String {
+        let what = args.join(" ");
+        let mut stream = connect(self.addr(), TIMEOUT).unwrap_or_else(|e| panic!("redis {what}: connecting: {e}"));
+        let mut request = format!("*{}\r\n", args.len());
+        for arg in args {
+            request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+        }
+        stream.write_all(request.as_bytes()).unwrap_or_else(|e| panic!("redis {what}: writing: {e}"));
+        read_reply(&mut BufReader::new(stream)).unwrap_or_else(|e| panic!("redis {what}: {e}"))
+    }
+
+    /// How many keys the database holds (`DBSIZE`).
+    pub fn key_count(&self) -> u64 {
+        let reply = self.command(&["DBSIZE"]);
+        reply.parse().unwrap_or_else(|e| panic!("DBSIZE answered {reply:?}: {e}"))
+    }
+
+    /// Removes every key (`FLUSHALL`).
+    pub fn flush_all(&self) {
+        let reply = self.command(&["FLUSHALL"]);
+        assert_eq!(reply, "OK", "FLUSHALL answered {reply:?}");
+    }
+}
+
+/// Finds `redis-server` on `PATH`, or panics saying how to install it.
+fn redis_server_binary() -> PathBuf {
+    let found = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).map(|dir| dir.join("redis-server")).find(|p| is_executable(p)));
+    match found.flatten() {
+        Some(path) => path,
+        None => panic!("redis-server not found on PATH: install it (Debian: apt-get install redis-server)"),
+    }
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// Spawns the server on `port` and waits until it answers PING; on failure it is killed and the
+/// error holds its output.
+fn spawn_and_wait(binary: &Path, port: u16) -> Result<Proc, String> {
+    let mut command = Command::new(binary);
+    command
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        // Whatever it might write lands in the temp dir, never in the source tree.
+        .args(["--dir", &std::env::temp_dir().to_string_lossy()]);
+    let mut proc = Proc::spawn(format!("redis-server (port {port})"), command);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        if let Ok(Some(_)) = proc.child.try_wait() {
+            // Let the reader threads catch its last words.
+            thread::sleep(Duration::from_millis(50));
+            return Err(proc.failure("exited before answering PING"));
+        }
+        if ping(addr) {
+            return Ok(proc);
+        }
+        if Instant::now() > deadline {
+            return Err(proc.failure(&format!("did not answer PING within {TIMEOUT:?}")));
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// True if a server at `addr` answers `PING` with `+PONG`.
+fn ping(addr: SocketAddr) -> bool {
+    let Ok(mut stream) = connect(addr, PING_TIMEOUT) else { return false };
+    if stream.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).is_ok() && line.trim_end() == "+PONG"
+}
+
+fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+    let stream = TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    Ok(stream)
+}
+
+/// Reads one RESP reply that is not an array.
+fn read_reply(reader: &mut impl BufRead) -> Result<String, String> {
+    let mut line = String::new();
+    reader.read_line(&mut line).map_err(|e| format!("reading the reply: {e}"))?;
+    let line = line.trim_end_matches("\r\n");
+    let (kind, rest) = line.split_at(line.len().min(1));
+    match kind {
+        "+" | ":" => Ok(rest.to_owned()),
+        "-" => Err(format!("error reply: {rest}")),
+        "$" if rest == "-1" => Ok("nil".to_owned()),
+        "$" => {
+            let length: usize = rest.parse().map_err(|e| format!("bad bulk length {rest:?}: {e}"))?;
+            let mut bytes = vec![0; length + 2];
+            reader.read_exact(&mut bytes).map_err(|e| format!("reading a bulk string: {e}"))?;
+            bytes.truncate(length);
+            Ok(String::from_utf8_lossy(&bytes).into_owned())
+        }
+        _ => Err(format!("unsupported reply {line:?} (arrays are not read by this helper)")),
+    }
+}
