@@ -3,10 +3,12 @@
 //! The `gateway` binary (main.rs) is a thin CLI over this library.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+pub mod access_log;
 pub mod auth;
 pub mod config;
 pub mod dev_certs;
 pub mod limit;
+pub mod metrics;
 pub mod proxy;
 mod random;
 pub mod reload;

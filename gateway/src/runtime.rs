@@ -4,15 +4,16 @@
 //! loads it once and uses it to the end, so a later swap never changes a request midway.
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
+use crate::access_log::{self, AccessLog};
 use crate::auth::{self, Provider};
 use crate::config::{self, Config, PathMatch, Rewrite};
 use crate::limit::{self, RateLimit, RedisStore};
+use crate::metrics::{self, RouteMetrics};
 use crate::router::Router;
 use crate::tls;
 use crate::upstream::Upstream;
@@ -38,6 +39,10 @@ pub struct Snapshot {
     pub redis: Option<Arc<RedisStore>>,
     /// By name: what the next reload carries over from (in-process counts).
     pub rate_limits: HashMap<String, Arc<RateLimit>>,
+    /// `/metrics` series of requests no route matched.
+    pub unmatched: RouteMetrics,
+    /// Present when access logging is on; carried over while its target is unchanged.
+    pub access_log: Option<AccessLog>,
     /// What each listener does with a connection, by listener name.
     pub listeners: HashMap<String, Arc<ListenerRuntime>>,
 }
@@ -65,8 +70,8 @@ pub struct RouteRuntime {
     pub auth: Option<auth::RouteAuth>,
     /// Present when the route draws from a request budget.
     pub rate_limit: Option<Arc<RateLimit>>,
-    /// Client-sent identity headers removed from this route's requests (for the metrics issue).
-    pub identity_headers_stripped: AtomicU64,
+    /// Its series in `/metrics`, resolved once per snapshot.
+    pub metrics: RouteMetrics,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +82,8 @@ pub enum BuildError {
     Tls { listener: String, source: rustls::Error },
     #[error("route {route:?} names JWT provider {provider:?}, which does not exist")]
     UnknownProvider { route: String, provider: String },
+    #[error("cannot open the access log {path}: {source}")]
+    AccessLog { path: String, source: std::io::Error },
     #[error("route {route:?} names rate limit {limit:?}, which does not exist")]
     UnknownRateLimit { route: String, limit: String },
     #[error("JWT provider {provider:?}: cannot set up the JWKS client: {reason}")]
@@ -105,6 +112,17 @@ impl Snapshot {
                 Ok((p.name.clone(), provider))
             })
             .collect::<Result<HashMap<_, _>, BuildError>>()?;
+        let access_log = match (&config.access_log, previous.and_then(|p| p.access_log.as_ref())) {
+            (None, _) => None,
+            (Some(target), Some(running)) if running.target() == target => Some(running.clone()),
+            (Some(target), _) => Some(AccessLog::open(target).map_err(|source| {
+                let path = match target {
+                    access_log::Target::Stdout => "stdout".to_owned(),
+                    access_log::Target::File(path) => path.display().to_string(),
+                };
+                BuildError::AccessLog { path, source }
+            })?),
+        };
         let redis = limit::redis_store(config.redis.as_ref(), previous.and_then(|p| p.redis.as_ref()));
         let rate_limits: HashMap<String, Arc<RateLimit>> = (config.rate_limits.iter())
             .map(|l| {
@@ -125,7 +143,7 @@ impl Snapshot {
                         let provider = jwt_providers.get(&auth.provider).cloned().ok_or_else(|| {
                             BuildError::UnknownProvider { route: route.name.clone(), provider: auth.provider.clone() }
                         })?;
-                        Ok(auth::RouteAuth { provider, optional: auth.optional, require: auth.require.clone() })
+                        Ok(auth::RouteAuth::new(provider, auth.optional, auth.require.clone()))
                     })
                     .transpose()?;
                 let rate_limit = (route.rate_limit.as_ref())
@@ -146,7 +164,7 @@ impl Snapshot {
                     max_body_size: route.max_body_size,
                     auth,
                     rate_limit,
-                    identity_headers_stripped: AtomicU64::new(0),
+                    metrics: metrics::global().route(&route.name),
                 })
             })
             .collect::<Result<Vec<_>, BuildError>>()?;
@@ -168,6 +186,8 @@ impl Snapshot {
             jwt_providers,
             redis,
             rate_limits,
+            unmatched: metrics::global().route(""),
+            access_log,
             server: config.server.clone(),
             drain_timeout: config.shutdown.drain_timeout,
             identity_headers: config.identity_headers.clone(),

@@ -17,6 +17,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use http::HeaderMap;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use prometheus::IntCounter;
 
 use crate::config::{self, ClaimRule, JwtKeys};
 use cache::TokenCache;
@@ -219,12 +220,62 @@ pub struct RouteAuth {
     pub provider: Arc<Provider>,
     pub optional: bool,
     pub require: Vec<ClaimRule>,
+    /// `gateway_jwt_checks_total` of the provider, by [`CheckResult`].
+    results: [IntCounter; CheckResult::COUNT],
+}
+
+/// How a token check ended, for the metrics.
+#[derive(Debug, Clone, Copy)]
+enum CheckResult {
+    Valid,
+    /// No token on an `optional` route.
+    Absent,
+    Missing,
+    Malformed,
+    Invalid,
+    Insufficient,
+    Unavailable,
+}
+
+impl CheckResult {
+    const COUNT: usize = 7;
+    const LABELS: [&'static str; CheckResult::COUNT] =
+        ["valid", "absent", "missing", "malformed", "invalid", "insufficient", "unavailable"];
+
+    fn of(error: &AuthError) -> CheckResult {
+        match error {
+            AuthError::Missing => CheckResult::Missing,
+            AuthError::Malformed(_) => CheckResult::Malformed,
+            AuthError::Invalid(_) => CheckResult::Invalid,
+            AuthError::InsufficientClaims(_) => CheckResult::Insufficient,
+            AuthError::KeysUnavailable => CheckResult::Unavailable,
+        }
+    }
 }
 
 impl RouteAuth {
+    pub fn new(provider: Arc<Provider>, optional: bool, require: Vec<ClaimRule>) -> RouteAuth {
+        let metrics = crate::metrics::global();
+        let results = CheckResult::LABELS.map(|label| metrics.jwt_check(&provider.config.name, label));
+        RouteAuth { provider, optional, require, results }
+    }
+
     /// Passes the request with its verified claims (none when an optional token is absent), or
     /// says why not.
     pub async fn check(&self, headers: &HeaderMap) -> Result<Option<Arc<Claims>>, Rejection> {
+        let result = self.decide(headers).await;
+        let outcome = match &result {
+            Ok(Some(_)) => CheckResult::Valid,
+            Ok(None) => CheckResult::Absent,
+            Err(rejection) => CheckResult::of(&rejection.error),
+        };
+        if let Some(counter) = self.results.get(outcome as usize) {
+            counter.inc();
+        }
+        result
+    }
+
+    async fn decide(&self, headers: &HeaderMap) -> Result<Option<Arc<Claims>>, Rejection> {
         let reject = |error| Rejection { realm: self.provider.realm.clone(), error, scope: None };
         let token = match bearer::token(headers).map_err(reject)? {
             Some(token) => token,

@@ -133,7 +133,7 @@ fn route(optional: bool, require: &[(&str, &[&str])]) -> RouteAuth {
             values: values.iter().map(|v| v.to_string()).collect(),
         })
         .collect();
-    RouteAuth { provider: provider(), optional, require }
+    RouteAuth::new(provider(), optional, require)
 }
 
 fn bearer(token: &str) -> HeaderMap {

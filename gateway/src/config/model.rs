@@ -31,6 +31,8 @@ pub struct Config {
     pub redis: Option<Redis>,
     /// Request budgets routes may draw from, in file order; names are unique.
     pub rate_limits: Vec<RateLimit>,
+    /// Where the JSON access log goes; `None`: no access log.
+    pub access_log: Option<crate::access_log::Target>,
 }
 
 /// The Redis server every gateway instance shares its rate-limit counters through.

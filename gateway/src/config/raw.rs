@@ -23,6 +23,13 @@ pub(crate) struct RawConfig {
     pub jwt: Option<RawJwt>,
     pub redis: Option<Spanned<RawRedis>>,
     pub rate_limits: Option<Spanned<OrderedMap<Spanned<RawRateLimit>>>>,
+    pub access_log: Option<Spanned<RawAccessLog>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAccessLog {
+    pub path: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]

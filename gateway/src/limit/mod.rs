@@ -18,6 +18,7 @@ pub use self::local::LocalLimiter;
 pub use self::redis::RedisStore;
 use crate::auth::Claims;
 use crate::config::{self, RateLimitKey};
+use crate::metrics::{self, RateLimitMetrics};
 
 /// One rate-limit decision, with what the `RateLimit-*` response headers report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +46,7 @@ pub struct RateLimit {
     redis: Option<Arc<RedisStore>>,
     /// Decisions the in-process limiter made because Redis could not answer.
     fallbacks: AtomicU64,
+    metrics: RateLimitMetrics,
 }
 
 impl RateLimit {
@@ -68,7 +70,13 @@ impl RateLimit {
             Some(previous) => previous.local.clone(),
             None => Arc::new(LocalLimiter::new(config.requests, config.window)),
         };
-        Arc::new(RateLimit { config: config.clone(), local, redis: redis.cloned(), fallbacks: AtomicU64::new(0) })
+        Arc::new(RateLimit {
+            config: config.clone(),
+            local,
+            redis: redis.cloned(),
+            fallbacks: AtomicU64::new(0),
+            metrics: metrics::global().rate_limit(&config.name),
+        })
     }
 
     /// What this request is counted as: its client address, a claim of its verified token (the
@@ -93,14 +101,22 @@ impl RateLimit {
     pub async fn check(&self, key: &str) -> Decision {
         if let Some(redis) = &self.redis {
             match redis.check(&format!("{}:{key}", self.config.name), self.config.requests, self.config.window).await {
-                Ok(decision) => return decision,
+                Ok(decision) => {
+                    let counter =
+                        if decision.allowed { &self.metrics.allowed_redis } else { &self.metrics.denied_redis };
+                    counter.inc();
+                    return decision;
+                }
                 Err(error) => {
                     self.fallbacks.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(limit = %self.config.name, %error, "rate limit decided in-process");
                 }
             }
         }
-        self.local.check(key)
+        let decision = self.local.check(key);
+        let counter = if decision.allowed { &self.metrics.allowed_local } else { &self.metrics.denied_local };
+        counter.inc();
+        decision
     }
 
     /// For `GET /admin/ratelimit`.

@@ -1,18 +1,20 @@
 //! The request path: one function, `handle`, runs the phases in a fixed, visible order.
 //!
 //! request id -> identity headers out -> route -> auth -> rate limit -> body limit -> pick endpoint
-//! -> rewrite + headers -> forward -> response headers. Breakers slot in as their issue lands.
+//! -> rewrite + headers -> forward -> response headers -> record (metrics, access log, when the
+//! response body ends). Breakers slot in as their issue lands.
 
 mod body;
 mod error;
 mod headers;
 mod path;
+mod record;
 mod redirect;
 mod upgrade;
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
@@ -23,6 +25,8 @@ use hyper::body::Incoming;
 pub use body::ProxyBody;
 pub use error::ProxyError;
 pub use headers::{remove_hop_by_hop, request_id, set_forwarding, Client};
+pub use record::Record;
+use record::{Seen, Trace};
 
 use crate::runtime::{RouteRuntime, Snapshot};
 use crate::upstream::{Endpoint, InFlight};
@@ -44,14 +48,17 @@ pub struct Connection {
 
 /// Proxies one request with the given snapshot. Never fails: errors become JSON responses.
 pub async fn handle(snapshot: Arc<Snapshot>, conn: Connection, request: Request<Incoming>) -> Response<ProxyBody> {
+    let started = Instant::now();
     let request_id = headers::request_id(request.headers());
     let method = request.method().clone();
+    let seen = snapshot.access_log.as_ref().map(|_| Box::new(Seen::of(&request, &conn)));
+    let mut trace = Trace::default();
     let result = match conn.redirect_https {
         Some(port) => redirect::to_https(&request, port),
-        None => proxy(&snapshot, &conn, request, &request_id).await,
+        None => proxy(&snapshot, &conn, request, &request_id, &mut trace).await,
     };
-    let mut response = match result {
-        Ok(response) => response,
+    let (mut response, error) = match result {
+        Ok(response) => (response, None),
         Err(error) => {
             let (status, code) = error.status_and_code();
             let request_id_text = request_id.to_str().unwrap_or("");
@@ -64,14 +71,16 @@ pub async fn handle(snapshot: Arc<Snapshot>, conn: Connection, request: Request<
             } else {
                 tracing::debug!(request_id = request_id_text, %method, status = status.as_u16(), code, %error, "request refused");
             }
-            error.into_response(&request_id)
+            (error.into_response(&request_id), Some(code))
         }
     };
-    response.headers_mut().insert(&headers::X_REQUEST_ID, request_id);
+    response.headers_mut().insert(&headers::X_REQUEST_ID, request_id.clone());
     if let Some(hsts) = conn.hsts {
         response.headers_mut().insert(header::STRICT_TRANSPORT_SECURITY, hsts);
     }
-    response
+    // record: when the body ends, whoever drops it
+    let record = Record::new(snapshot, started, response.status().as_u16(), trace, request_id, seen, error);
+    response.map(|body| body.recorded(record))
 }
 
 async fn proxy(
@@ -79,6 +88,7 @@ async fn proxy(
     conn: &Connection,
     mut request: Request<Incoming>,
     request_id: &HeaderValue,
+    trace: &mut Trace,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     // identity: a client must never tell an upstream who it is; only a checked token may
     let stripped = headers::remove_identity(request.headers_mut(), &snapshot.identity_headers);
@@ -96,8 +106,9 @@ async fn proxy(
     }
     let index = snapshot.router.find(host, path, request.method(), request.headers()).ok_or(ProxyError::NoRoute)?;
     let route = snapshot.routes.get(index).ok_or(ProxyError::NoRoute)?;
+    trace.route = Some(index);
     if stripped > 0 {
-        route.identity_headers_stripped.fetch_add(stripped, Ordering::Relaxed);
+        route.metrics.identity_headers_stripped.inc_by(stripped);
         tracing::debug!(route = &*route.name, stripped, "removed client-sent identity headers");
     }
 
@@ -138,7 +149,9 @@ async fn proxy(
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
     let client = Client { ip: conn.peer.ip(), trusted, proto: conn.proto, host };
     let upstream_request = upstream_request(request, route, in_flight.endpoint(), client, upgrade, request_id)?;
-    let mut response = send(route, &in_flight, upstream_request).await?;
+    trace.endpoint = Some(in_flight.endpoint().authority.clone());
+    let (mut response, upstream_time) = send(route, &in_flight, upstream_request).await?;
+    trace.upstream_time = Some(upstream_time);
 
     // response
     if let Some(client_upgrade) = client_upgrade.filter(|_| response.status() == http::StatusCode::SWITCHING_PROTOCOLS)
@@ -208,26 +221,42 @@ fn upstream_request(
     Ok(Request::from_parts(parts, Limited::new(body, usize::try_from(route.max_body_size).unwrap_or(usize::MAX))))
 }
 
-/// Sends the request within the route's timeout and classifies failures.
+/// Sends the request within the route's timeout and classifies failures; with the response, how
+/// long its head took.
 async fn send(
     route: &RouteRuntime,
     in_flight: &InFlight,
     request: Request<UpstreamRequestBody>,
-) -> Result<Response<Incoming>, ProxyError> {
+) -> Result<(Response<Incoming>, Duration), ProxyError> {
     let upstream = || route.upstream.name.to_string();
+    let metrics = &route.upstream.metrics;
+    let started = Instant::now();
     let result = tokio::time::timeout(route.timeout, route.upstream.client().request(request)).await;
     match result {
-        Err(_elapsed) => Err(ProxyError::UpstreamTimeout { upstream: upstream(), timeout: route.timeout }),
-        Ok(Ok(response)) => Ok(response),
+        Err(_elapsed) => {
+            metrics.timeouts.inc();
+            Err(ProxyError::UpstreamTimeout { upstream: upstream(), timeout: route.timeout })
+        }
+        Ok(Ok(response)) => {
+            let elapsed = started.elapsed();
+            metrics.response_time.observe(elapsed.as_secs_f64());
+            Ok((response, elapsed))
+        }
         Ok(Err(error)) if caused_by::<http_body_util::LengthLimitError>(&error) => {
             Err(ProxyError::PayloadTooLarge { limit: route.max_body_size })
         }
-        Ok(Err(error)) if error.is_connect() => Err(ProxyError::UpstreamConnect {
-            upstream: upstream(),
-            endpoint: in_flight.endpoint().authority.to_string(),
-            source: Box::new(error),
-        }),
-        Ok(Err(error)) => Err(ProxyError::Upstream { upstream: upstream(), source: Box::new(error) }),
+        Ok(Err(error)) if error.is_connect() => {
+            metrics.connect_errors.inc();
+            Err(ProxyError::UpstreamConnect {
+                upstream: upstream(),
+                endpoint: in_flight.endpoint().authority.to_string(),
+                source: Box::new(error),
+            })
+        }
+        Ok(Err(error)) => {
+            metrics.errors.inc();
+            Err(ProxyError::Upstream { upstream: upstream(), source: Box::new(error) })
+        }
     }
 }
 

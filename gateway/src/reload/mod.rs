@@ -109,8 +109,14 @@ impl Reloader {
 
     /// One reload attempt. It reads the file and builds the new snapshot, so it blocks: call it
     /// from `spawn_blocking`. A file-triggered attempt does nothing when the file would fail as it
-    /// last did, or holds the bytes already serving; SIGHUP always tries.
+    /// last did, or holds the bytes already serving; SIGHUP always tries (and reopens the access log).
     pub fn reload(&self, trigger: Trigger) {
+        if trigger == Trigger::Sighup {
+            // logrotate's `postrotate` convention: SIGHUP makes the gateway write to a new file.
+            if let Some(log) = &self.runtime.load().access_log {
+                log.reopen();
+            }
+        }
         let mut active = match self.active.lock() {
             Ok(active) => active,
             Err(poisoned) => poisoned.into_inner(),

@@ -111,6 +111,7 @@ impl Status {
         report.loaded_at = now;
         report.restart_required = restart_required;
         report.reloads.ok += 1;
+        crate::metrics::global().reload(true);
     }
 
     /// The file is again identical to the serving config after a failed attempt: nothing to apply,
@@ -128,6 +129,7 @@ impl Status {
             report.last_reload = Some(Attempt { at, trigger, ok: false, version, error: Some(error) });
             report.reloads.failed += 1;
         }
+        crate::metrics::global().reload(false);
     }
 
     /// The report as pretty JSON, for `/admin/config`.

@@ -1,5 +1,5 @@
-//! The admin listener: liveness, readiness, the config status, the JWT providers' key state and
-//! the rate limits' Redis connection; metrics as their issue lands.
+//! The admin listener: liveness, readiness, Prometheus metrics, the config status, the JWT
+//! providers' key state and the rate limits' Redis connection.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -64,13 +64,14 @@ fn respond(
             None => (StatusCode::NOT_FOUND, text, "this gateway was started without a config file\n".to_string()),
         },
         (&Method::GET | &Method::HEAD, "/admin/jwt") => (StatusCode::OK, "application/json", jwt_status(runtime)),
+        (&Method::GET | &Method::HEAD, "/metrics") => (StatusCode::OK, PROMETHEUS_TEXT, metrics(runtime)),
         (&Method::GET | &Method::HEAD, "/admin/ratelimit") => {
             (StatusCode::OK, "application/json", rate_limit_status(runtime))
         }
         _ => (
             StatusCode::NOT_FOUND,
             text,
-            "not found: try /healthz, /readyz, /admin/config, /admin/jwt or /admin/ratelimit\n".to_string(),
+            "not found: try /healthz, /readyz, /metrics, /admin/config, /admin/jwt or /admin/ratelimit\n".to_string(),
         ),
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));
@@ -85,6 +86,17 @@ fn jwt_status(runtime: &Runtime) -> String {
     let providers: std::collections::BTreeMap<&str, serde_json::Value> =
         snapshot.jwt_providers.iter().map(|(name, provider)| (name.as_str(), provider.status())).collect();
     serde_json::json!({ "providers": providers }).to_string()
+}
+
+/// The Prometheus text exposition format.
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Every series, with the gauges read off the running snapshot.
+fn metrics(runtime: &Runtime) -> String {
+    let snapshot = runtime.load();
+    let redis_connected = snapshot.redis.as_ref().map(|redis| redis.status()["connected"].as_bool() == Some(true));
+    let dropped = snapshot.access_log.as_ref().map_or(0, |log| log.dropped());
+    crate::metrics::global().render(redis_connected, dropped)
 }
 
 /// Where rate limits are counted (the Redis connection, if configured) and every limit, by name,

@@ -14,6 +14,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::{Builder, Client, ResponseFuture};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use crate::metrics::{self, UpstreamMetrics};
 use crate::proxy::UpstreamRequestBody;
 use crate::{config, worker};
 use balancer::Balancer;
@@ -52,6 +53,8 @@ pub struct Upstream {
     /// One pool per worker thread, so pooled connections never cross threads.
     clients: Arc<[HttpClient]>,
     pub request_timeout: Duration,
+    /// Its series in `/metrics`.
+    pub metrics: UpstreamMetrics,
 }
 
 /// One endpoint of an upstream and the requests currently in flight to it.
@@ -121,6 +124,7 @@ impl Upstream {
             endpoints,
             balancer: Balancer::new(config.load_balancing),
             request_timeout: config.request_timeout,
+            metrics: metrics::global().upstream(&config.name),
         })
     }
 

@@ -51,6 +51,7 @@ pub(crate) fn validate(file: &str, raw: &RawConfig) -> Result<(Config, Vec<Probl
     rate_limits::warn_unused(&mut report, raw.rate_limits.as_ref(), &routes);
     tls::host_coverage(&mut report, &raw.listeners.value, &listeners, &routes);
     let identity_headers = identity_headers(&mut report, raw.identity_headers.as_deref());
+    let access_log = server::access_log(&mut report, raw.access_log.as_ref());
 
     let (errors, warnings): (Vec<Problem>, Vec<Problem>) =
         report.problems.into_iter().partition(|p| p.severity == Severity::Error);
@@ -68,6 +69,7 @@ pub(crate) fn validate(file: &str, raw: &RawConfig) -> Result<(Config, Vec<Probl
                 jwt_providers,
                 redis,
                 rate_limits,
+                access_log,
             },
             warnings,
         )),

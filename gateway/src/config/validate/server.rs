@@ -6,8 +6,9 @@ use ipnet::IpNet;
 use serde_saphyr::{Location, Spanned};
 
 use super::{check_name, duration, size, Report};
+use crate::access_log::Target;
 use crate::config::model::{defaults, Admin, Listener, Server, Shutdown};
-use crate::config::raw::{RawAdmin, RawListener, RawServer, RawShutdown};
+use crate::config::raw::{RawAccessLog, RawAdmin, RawListener, RawServer, RawShutdown};
 
 /// A listener that parsed, with what is needed to report clashes against it.
 struct Bound<'r> {
@@ -182,6 +183,28 @@ pub(super) fn shutdown(report: &mut Report<'_>, raw: Option<&RawShutdown>) -> Sh
     let drain = raw.and_then(|s| s.drain_timeout.as_ref());
     Shutdown { drain_timeout: duration(report, drain, "shutdown.drain_timeout", defaults::DRAIN_TIMEOUT) }
 }
+
+/// `access_log.path`: `stdout`, or a file (relative to the config file) in a directory that exists.
+pub(super) fn access_log(report: &mut Report<'_>, raw: Option<&Spanned<RawAccessLog>>) -> Option<Target> {
+    let path = &raw?.value.path;
+    if path.value == "stdout" {
+        return Some(Target::Stdout);
+    }
+    if path.value.trim().is_empty() {
+        report.error(path.referenced, "access_log.path", "path must not be empty").hint(ACCESS_LOG_HINT);
+        return None;
+    }
+    let file = crate::config::resolve(report.file, &path.value);
+    let dir = file.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    if !dir.is_dir() {
+        (report.error(path.referenced, "access_log.path", format!("directory {} does not exist", dir.display())))
+            .hint(ACCESS_LOG_HINT);
+        return None;
+    }
+    Some(Target::File(file))
+}
+
+const ACCESS_LOG_HINT: &str = "write `stdout`, or a file in an existing directory, e.g. /var/log/gateway/access.log";
 
 #[cfg(test)]
 mod tests {

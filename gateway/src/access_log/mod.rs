@@ -1,0 +1,381 @@
+//! The JSON access log: one line per request, queued without blocking and written by one thread.
+//!
+//! The request path formats a line and hands it to a bounded queue (`try_send`); a dedicated
+//! writer thread drains the queue into a buffered sink and flushes whenever the queue is
+//! momentarily empty, so a quiet gateway's lines appear promptly and a busy one writes in large
+//! chunks. A full queue drops the line and counts it: a slow disk never slows a request.
+
+use std::fmt::{self, Write as _};
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::{Method, Version};
+
+use crate::timefmt;
+
+/// Lines the queue holds before new ones are dropped (about 2 MiB of typical lines).
+const QUEUE_CAPACITY: usize = 8192;
+/// The writer's buffer: large enough that a burst is written in few system calls.
+const WRITE_BUFFER: usize = 64 * 1024;
+/// Typical line length, so formatting allocates once.
+const LINE_CAPACITY: usize = 256;
+
+/// Where lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Stdout,
+    File(PathBuf),
+}
+
+/// A running access log: a bounded queue and one writer thread. Cloning shares it.
+///
+/// Dropping the last clone closes the queue and waits for the writer thread to write and flush
+/// every queued line, so nothing is lost at shutdown.
+#[derive(Clone)]
+pub struct AccessLog {
+    shared: Arc<Shared>,
+}
+
+/// One request, as the access log line records it. Borrowed so nothing is copied unless the
+/// log is on.
+#[derive(Debug, Clone, Copy)]
+pub struct Entry<'a> {
+    /// When the request arrived.
+    pub time: SystemTime,
+    pub request_id: &'a str,
+    pub client_ip: IpAddr,
+    pub method: &'a Method,
+    pub host: Option<&'a str>,
+    /// The path only: the query string may hold secrets and is never logged (anything from a
+    /// `?` on is cut off here too).
+    pub path: &'a str,
+    /// Logged as `"HTTP/1.1"`, `"HTTP/2.0"`...
+    pub protocol: Version,
+    pub tls: bool,
+    pub status: u16,
+    pub route: Option<&'a str>,
+    pub upstream: Option<&'a str>,
+    /// The `host:port` the request went to.
+    pub endpoint: Option<&'a str>,
+    /// The gateway's error code (`rate_limited`, `no_route`...) when it answered itself.
+    pub error: Option<&'a str>,
+    /// From arrival to the last byte of the response body sent (or the client gone).
+    pub duration: Duration,
+    /// Until the upstream's response head arrived.
+    pub upstream_duration: Option<Duration>,
+    /// Response body bytes handed to the connection.
+    pub bytes_sent: u64,
+    /// False when the client went away before the body ended.
+    pub completed: bool,
+    pub user_agent: Option<&'a str>,
+}
+
+/// State shared by every clone; dropping it stops the writer thread.
+struct Shared {
+    target: Target,
+    /// `None` only while dropping, so the channel disconnects before the join.
+    sender: Option<SyncSender<String>>,
+    dropped: AtomicU64,
+    reopen: Arc<AtomicBool>,
+    writer: Option<JoinHandle<()>>,
+}
+
+impl AccessLog {
+    /// Opens the target (files: created if missing, appended to, parent must exist) and starts
+    /// the writer thread (named "access-log"). Errors say which file and why.
+    pub fn open(target: &Target) -> io::Result<AccessLog> {
+        Self::open_with_capacity(target, QUEUE_CAPACITY)
+    }
+
+    fn open_with_capacity(target: &Target, capacity: usize) -> io::Result<AccessLog> {
+        Self::start(target, capacity, None)
+    }
+
+    /// `gate`: tests hold the writer back until they send on (or drop) its sender.
+    fn start(target: &Target, capacity: usize, gate: Option<Receiver<()>>) -> io::Result<AccessLog> {
+        let sink = open_sink(target)?;
+        let (sender, receiver) = mpsc::sync_channel::<String>(capacity);
+        let reopen = Arc::new(AtomicBool::new(false));
+        let mut writer = Writer { target: target.clone(), sink, reopen: reopen.clone(), failing: false };
+        let handle = std::thread::Builder::new()
+            .name("access-log".to_owned())
+            .spawn(move || {
+                if let Some(gate) = gate {
+                    // Either a message or a disconnect opens the gate.
+                    let _ = gate.recv();
+                }
+                writer.run(&receiver);
+            })
+            .map_err(|err| io::Error::new(err.kind(), format!("starting the access log writer thread: {err}")))?;
+        Ok(AccessLog {
+            shared: Arc::new(Shared {
+                target: target.clone(),
+                sender: Some(sender),
+                dropped: AtomicU64::new(0),
+                reopen,
+                writer: Some(handle),
+            }),
+        })
+    }
+
+    pub fn target(&self) -> &Target {
+        &self.shared.target
+    }
+
+    /// Formats one line and queues it without blocking (the request path calls this). When the
+    /// queue is full (the writer cannot keep up) the line is dropped and counted, never blocking
+    /// a request.
+    pub fn log(&self, entry: &Entry<'_>) {
+        let Some(sender) = &self.shared.sender else { return };
+        match sender.try_send(format_line(entry)) {
+            Ok(()) => {}
+            // Disconnected means the writer thread is gone (it only ends once every handle is
+            // dropped, so in practice never): the line is lost all the same.
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Lines dropped so far because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.shared.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Reopens a file target (for logrotate's `postrotate` via SIGHUP); no-op for stdout.
+    /// Asynchronous: the writer thread reopens the file before its next write.
+    pub fn reopen(&self) {
+        if matches!(self.shared.target, Target::File(_)) {
+            self.shared.reopen.store(true, Ordering::Release);
+        }
+    }
+}
+
+impl fmt::Debug for AccessLog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AccessLog").field("target", &self.shared.target).field("dropped", &self.dropped()).finish()
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // Disconnect first so the writer drains the queue, flushes and returns.
+        drop(self.sender.take());
+        if let Some(handle) = self.writer.take() {
+            // The writer does not panic; if it somehow did, there is nothing left to flush.
+            let _ = handle.join();
+        }
+    }
+}
+
+/// The writer thread's state.
+struct Writer {
+    target: Target,
+    sink: BufWriter<Box<dyn Write + Send>>,
+    reopen: Arc<AtomicBool>,
+    /// Set after the first write error is reported; cleared by a reopen, so one failing disk
+    /// produces one warning per file opening, not one per line.
+    failing: bool,
+}
+
+impl Writer {
+    fn run(&mut self, receiver: &Receiver<String>) {
+        loop {
+            let line = match receiver.try_recv() {
+                Ok(line) => line,
+                Err(TryRecvError::Empty) => {
+                    // Momentarily idle: make what was written visible before waiting.
+                    self.flush();
+                    match receiver.recv() {
+                        Ok(line) => line,
+                        Err(mpsc::RecvError) => break,
+                    }
+                }
+                Err(TryRecvError::Disconnected) => break,
+            };
+            if self.reopen.load(Ordering::Relaxed) && self.reopen.swap(false, Ordering::Acquire) {
+                self.reopen_file();
+            }
+            if let Err(err) = self.sink.write_all(line.as_bytes()) {
+                self.report("writing", &err);
+            }
+        }
+        self.flush();
+    }
+
+    fn flush(&mut self) {
+        if let Err(err) = self.sink.flush() {
+            self.report("flushing", &err);
+        }
+    }
+
+    /// Opens the path afresh (logrotate moved the old file away); on failure keeps writing to
+    /// the old file rather than losing lines.
+    fn reopen_file(&mut self) {
+        match open_sink(&self.target) {
+            Ok(sink) => {
+                self.flush();
+                self.sink = sink;
+                self.failing = false;
+            }
+            Err(err) => tracing::warn!(error = %err, "access log: reopen failed; still writing to the old file"),
+        }
+    }
+
+    fn report(&mut self, action: &str, err: &io::Error) {
+        if !self.failing {
+            self.failing = true;
+            tracing::warn!(
+                target_file = %TargetName(&self.target),
+                error = %err,
+                "access log: {action} failed; lines are being lost (reported once until the next reopen)"
+            );
+        }
+    }
+}
+
+/// Displays a target as its path, or `stdout`.
+struct TargetName<'a>(&'a Target);
+
+impl fmt::Display for TargetName<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Target::Stdout => f.write_str("stdout"),
+            Target::File(path) => path.display().fmt(f),
+        }
+    }
+}
+
+fn open_sink(target: &Target) -> io::Result<BufWriter<Box<dyn Write + Send>>> {
+    let sink: Box<dyn Write + Send> = match target {
+        Target::Stdout => Box::new(io::stdout()),
+        Target::File(path) => Box::new(open_file(path)?),
+    };
+    Ok(BufWriter::with_capacity(WRITE_BUFFER, sink))
+}
+
+fn open_file(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|err| io::Error::new(err.kind(), format!("access log {}: {err}", path.display())))
+}
+
+/// One JSON object and its newline; keys in a fixed order, absent options omitted.
+fn format_line(entry: &Entry<'_>) -> String {
+    let mut out = String::with_capacity(LINE_CAPACITY);
+    out.push_str("{\"time\":\"");
+    push_time(&mut out, entry.time);
+    out.push_str("\",\"request_id\":");
+    push_str(&mut out, entry.request_id);
+    // Addresses are digits, hex, `.` and `:`: nothing to escape.
+    let _ = write!(out, ",\"client_ip\":\"{}\",\"method\":", entry.client_ip);
+    push_str(&mut out, entry.method.as_str());
+    push_opt_str(&mut out, "host", entry.host);
+    out.push_str(",\"path\":");
+    push_str(&mut out, entry.path.split_once('?').map_or(entry.path, |(path, _query)| path));
+    out.push_str(",\"protocol\":\"");
+    push_version(&mut out, entry.protocol);
+    let _ = write!(out, "\",\"tls\":{},\"status\":{}", entry.tls, entry.status);
+    push_opt_str(&mut out, "route", entry.route);
+    push_opt_str(&mut out, "upstream", entry.upstream);
+    push_opt_str(&mut out, "endpoint", entry.endpoint);
+    push_opt_str(&mut out, "error", entry.error);
+    out.push_str(",\"duration_ms\":");
+    push_millis(&mut out, entry.duration);
+    if let Some(upstream) = entry.upstream_duration {
+        out.push_str(",\"upstream_ms\":");
+        push_millis(&mut out, upstream);
+    }
+    let _ = write!(out, ",\"bytes_sent\":{},\"completed\":{}", entry.bytes_sent, entry.completed);
+    push_opt_str(&mut out, "user_agent", entry.user_agent);
+    out.push_str("}\n");
+    out
+}
+
+/// `2026-11-21T17:45:05.123Z`, the same text as [`timefmt::rfc3339`] without its allocation.
+fn push_time(out: &mut String, time: SystemTime) {
+    let since_epoch = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since_epoch.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = timefmt::civil_from_days(i64::try_from(days).unwrap_or(i64::MAX / 2));
+    let _ = write!(
+        out,
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3_600,
+        rem % 3_600 / 60,
+        rem % 60,
+        since_epoch.subsec_millis()
+    );
+}
+
+/// Milliseconds with exactly three decimals (truncated to the microsecond), from integers so
+/// no float rounding shows (`1.000`, not `1.0` or `0.9999999`).
+fn push_millis(out: &mut String, duration: Duration) {
+    let micros = duration.as_micros();
+    let _ = write!(out, "{}.{:03}", micros / 1_000, micros % 1_000);
+}
+
+fn push_version(out: &mut String, version: Version) {
+    let text = match version {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_11 => "HTTP/1.1",
+        Version::HTTP_2 => "HTTP/2.0",
+        Version::HTTP_3 => "HTTP/3.0",
+        // `Version` is non-exhaustive; its Debug text is the same `HTTP/x.y` form.
+        other => {
+            let _ = write!(out, "{other:?}");
+            return;
+        }
+    };
+    out.push_str(text);
+}
+
+fn push_opt_str(out: &mut String, key: &str, value: Option<&str>) {
+    if let Some(value) = value {
+        out.push_str(",\"");
+        out.push_str(key);
+        out.push_str("\":");
+        push_str(out, value);
+    }
+}
+
+/// A JSON string (RFC 8259 section 7): `"` and `\` escaped, control characters as `\u00XX`,
+/// everything else (non-ASCII included) copied as UTF-8.
+fn push_str(out: &mut String, value: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push('"');
+    let mut start = 0;
+    for (index, byte) in value.bytes().enumerate() {
+        let escaped = match byte {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            0x00..=0x1f => "",
+            _ => continue,
+        };
+        // Every escaped byte is ASCII, so `start..index` falls on character boundaries.
+        out.push_str(&value[start..index]);
+        if escaped.is_empty() {
+            out.push_str("\\u00");
+            out.push(char::from(HEX[usize::from(byte >> 4)]));
+            out.push(char::from(HEX[usize::from(byte & 0xf)]));
+        } else {
+            out.push_str(escaped);
+        }
+        start = index + 1;
+    }
+    out.push_str(&value[start..]);
+    out.push('"');
+}
+
+#[cfg(test)]
+mod tests;

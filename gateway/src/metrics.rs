@@ -1,0 +1,265 @@
+//! Prometheus metrics, served on the admin listener at `/metrics`.
+//!
+//! One registry for the process, so series outlive reloads. Label lookups (a hash and a lock) happen
+//! when a snapshot is built: the request path only bumps the atomics of handles resolved then.
+//! Labels are names from the config (routes, upstreams, limits, providers) and small fixed sets,
+//! never anything a client sends, so the number of series stays bounded.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
+
+/// Seconds: from a cached-token check through a slow upstream.
+const LATENCY_BUCKETS: &[f64] =
+    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+/// Every metric of the process.
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    identity_headers_stripped: IntCounterVec,
+    upstream_errors: IntCounterVec,
+    upstream_duration: HistogramVec,
+    rate_limit_decisions: IntCounterVec,
+    jwt_checks: IntCounterVec,
+    reloads: IntCounterVec,
+    redis_connected: IntGauge,
+    access_log_dropped: IntGauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+/// The process's metrics.
+pub fn global() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let counter = IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| misdefined(name, &e));
+    register(registry, name, Box::new(counter.clone()));
+    counter
+}
+
+fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+    let histogram = HistogramVec::new(opts, labels).unwrap_or_else(|e| misdefined(name, &e));
+    register(registry, name, Box::new(histogram.clone()));
+    histogram
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let gauge = IntGauge::new(name, help).unwrap_or_else(|e| misdefined(name, &e));
+    register(registry, name, Box::new(gauge.clone()));
+    gauge
+}
+
+fn register(registry: &Registry, name: &str, collector: Box<dyn prometheus::core::Collector>) {
+    if let Err(error) = registry.register(collector) {
+        misdefined(name, &error);
+    }
+}
+
+/// Metric definitions are constants, so this can only be a bug, and the first test that touches
+/// metrics (every e2e test does) catches it: never a runtime condition.
+#[allow(clippy::panic)]
+fn misdefined(name: &str, error: &prometheus::Error) -> ! {
+    panic!("metric {name} is misdefined: {error}")
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let r = Registry::new();
+        let reloads =
+            counter(&r, "gateway_config_reloads_total", "Config reloads by result (ok, failed).", &["result"]);
+        // Present from the start, so `increase()` sees the first reload and alerts can match on 0.
+        for result in ["ok", "failed"] {
+            reloads.with_label_values(&[result]);
+        }
+        Metrics {
+            requests: counter(
+                &r,
+                "gateway_requests_total",
+                "Responses by route (empty: no route matched) and status class (2xx, 4xx...).",
+                &["route", "status"],
+            ),
+            duration: histogram(
+                &r,
+                "gateway_request_duration_seconds",
+                "From the request's arrival to its response body's end, by route.",
+                &["route"],
+            ),
+            identity_headers_stripped: counter(
+                &r,
+                "gateway_identity_headers_stripped_total",
+                "Client-sent identity headers removed (zero trust), by route.",
+                &["route"],
+            ),
+            upstream_errors: counter(
+                &r,
+                "gateway_upstream_errors_total",
+                "Failed upstream requests by upstream and kind (connect, timeout, error).",
+                &["upstream", "kind"],
+            ),
+            upstream_duration: histogram(
+                &r,
+                "gateway_upstream_response_seconds",
+                "From sending the request upstream to its response head, by upstream.",
+                &["upstream"],
+            ),
+            rate_limit_decisions: counter(
+                &r,
+                "gateway_rate_limit_decisions_total",
+                "Rate-limit decisions by limit, decision (allowed, denied) and where counted (redis, local).",
+                &["limit", "decision", "counted_in"],
+            ),
+            jwt_checks: counter(
+                &r,
+                "gateway_jwt_checks_total",
+                "Token checks by provider and result (valid, absent, missing, malformed, invalid, insufficient, unavailable).",
+                &["provider", "result"],
+            ),
+            reloads,
+            redis_connected: gauge(&r, "gateway_redis_connected", "1 while the rate-limit Redis connection is up."),
+            access_log_dropped: gauge(
+                &r,
+                "gateway_access_log_dropped_lines",
+                "Access log lines dropped because the writer could not keep up.",
+            ),
+            registry: r,
+        }
+    }
+
+    pub fn route(&self, route: &str) -> RouteMetrics {
+        let status = |class: &str| self.requests.with_label_values(&[route, class]);
+        RouteMetrics {
+            responses: [status("1xx"), status("2xx"), status("3xx"), status("4xx"), status("5xx")],
+            duration: self.duration.with_label_values(&[route]),
+            identity_headers_stripped: self.identity_headers_stripped.with_label_values(&[route]),
+        }
+    }
+
+    pub fn upstream(&self, upstream: &str) -> UpstreamMetrics {
+        let errors = |kind: &str| self.upstream_errors.with_label_values(&[upstream, kind]);
+        UpstreamMetrics {
+            connect_errors: errors("connect"),
+            timeouts: errors("timeout"),
+            errors: errors("error"),
+            response_time: self.upstream_duration.with_label_values(&[upstream]),
+        }
+    }
+
+    pub fn rate_limit(&self, limit: &str) -> RateLimitMetrics {
+        let decisions =
+            |decision: &str, store: &str| self.rate_limit_decisions.with_label_values(&[limit, decision, store]);
+        RateLimitMetrics {
+            allowed_redis: decisions("allowed", "redis"),
+            denied_redis: decisions("denied", "redis"),
+            allowed_local: decisions("allowed", "local"),
+            denied_local: decisions("denied", "local"),
+        }
+    }
+
+    /// The counter for one token check result of `provider`.
+    pub fn jwt_check(&self, provider: &str, result: &str) -> IntCounter {
+        self.jwt_checks.with_label_values(&[provider, result])
+    }
+
+    pub fn reload(&self, ok: bool) {
+        self.reloads.with_label_values(&[if ok { "ok" } else { "failed" }]).inc();
+    }
+
+    /// The text exposition, with the gauges that are read off the running state set first.
+    pub fn render(&self, redis_connected: Option<bool>, access_log_dropped: u64) -> String {
+        self.redis_connected.set(i64::from(redis_connected.unwrap_or(false)));
+        self.access_log_dropped.set(i64::try_from(access_log_dropped).unwrap_or(i64::MAX));
+        let mut out = Vec::with_capacity(16 * 1024);
+        if let Err(error) = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::warn!(%error, "cannot encode metrics");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// A route's handles.
+#[derive(Clone)]
+pub struct RouteMetrics {
+    responses: [IntCounter; 5],
+    duration: Histogram,
+    pub identity_headers_stripped: IntCounter,
+}
+
+impl RouteMetrics {
+    /// One finished request.
+    pub fn record(&self, status: u16, duration: Duration) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        if let Some(counter) = self.responses.get(class) {
+            counter.inc();
+        }
+        self.duration.observe(duration.as_secs_f64());
+    }
+}
+
+impl std::fmt::Debug for RouteMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteMetrics").finish_non_exhaustive()
+    }
+}
+
+/// An upstream's handles.
+#[derive(Clone)]
+pub struct UpstreamMetrics {
+    pub connect_errors: IntCounter,
+    pub timeouts: IntCounter,
+    pub errors: IntCounter,
+    pub response_time: Histogram,
+}
+
+impl std::fmt::Debug for UpstreamMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamMetrics").finish_non_exhaustive()
+    }
+}
+
+/// A rate limit's handles.
+#[derive(Clone)]
+pub struct RateLimitMetrics {
+    pub allowed_redis: IntCounter,
+    pub denied_redis: IntCounter,
+    pub allowed_local: IntCounter,
+    pub denied_local: IntCounter,
+}
+
+impl std::fmt::Debug for RateLimitMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimitMetrics").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_record_counts_by_status_class_and_observes_duration() {
+        let metrics = global();
+        let route = metrics.route("metrics-test-route");
+        route.record(204, Duration::from_millis(3));
+        route.record(503, Duration::from_millis(40));
+        route.record(99, Duration::ZERO); // out of range: counted as 1xx, never a panic
+        let text = metrics.render(None, 0);
+        assert!(text.contains("gateway_requests_total{route=\"metrics-test-route\",status=\"2xx\"} 1"), "{text}");
+        assert!(text.contains("gateway_requests_total{route=\"metrics-test-route\",status=\"5xx\"} 1"), "{text}");
+        assert!(text.contains("gateway_requests_total{route=\"metrics-test-route\",status=\"1xx\"} 1"), "{text}");
+        assert!(text.contains("gateway_request_duration_seconds_count{route=\"metrics-test-route\"} 3"), "{text}");
+        assert!(text.contains("gateway_redis_connected 0"), "{text}");
+    }
+}

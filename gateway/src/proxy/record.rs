@@ -1,0 +1,111 @@
+//! The record phase: when a response body ends (or the client goes away), the route's metrics and
+//! the access log line.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use http::uri::Authority;
+use http::{header, HeaderValue, Method, Request, Version};
+
+use super::Connection;
+use crate::access_log::Entry;
+use crate::runtime::Snapshot;
+
+/// What the request path learned along the way.
+#[derive(Debug, Default)]
+pub(super) struct Trace {
+    /// Index into the snapshot's routes, once one matched.
+    pub route: Option<usize>,
+    pub endpoint: Option<Authority>,
+    /// Until the upstream's response head arrived.
+    pub upstream_time: Option<Duration>,
+}
+
+/// What the access log needs of the request, taken before the request moves on (only when the
+/// log is on: otherwise nothing is copied).
+#[derive(Debug)]
+pub(super) struct Seen {
+    time: SystemTime,
+    client_ip: IpAddr,
+    tls: bool,
+    method: Method,
+    host: Option<HeaderValue>,
+    path: String,
+    version: Version,
+    user_agent: Option<HeaderValue>,
+}
+
+impl Seen {
+    pub fn of<B>(request: &Request<B>, conn: &Connection) -> Seen {
+        Seen {
+            time: SystemTime::now(),
+            client_ip: conn.peer.ip().to_canonical(),
+            tls: conn.proto == "https",
+            method: request.method().clone(),
+            host: super::request_host(request),
+            path: request.uri().path().to_owned(),
+            version: request.version(),
+            user_agent: request.headers().get(header::USER_AGENT).cloned(),
+        }
+    }
+}
+
+/// Everything the record phase needs, carried by the response body until it ends.
+#[derive(Debug)]
+pub struct Record {
+    snapshot: Arc<Snapshot>,
+    started: Instant,
+    status: u16,
+    trace: Trace,
+    request_id: HeaderValue,
+    seen: Option<Box<Seen>>,
+    /// The gateway's error code when it answered itself.
+    error: Option<&'static str>,
+}
+
+impl Record {
+    pub(super) fn new(
+        snapshot: Arc<Snapshot>,
+        started: Instant,
+        status: u16,
+        trace: Trace,
+        request_id: HeaderValue,
+        seen: Option<Box<Seen>>,
+        error: Option<&'static str>,
+    ) -> Record {
+        Record { snapshot, started, status, trace, request_id, seen, error }
+    }
+
+    /// Called once, when the body is dropped: `completed` is false when the client went away first.
+    pub fn finish(self, bytes_sent: u64, completed: bool) {
+        let duration = self.started.elapsed();
+        let route = self.trace.route.and_then(|index| self.snapshot.routes.get(index));
+        match route {
+            Some(route) => route.metrics.record(self.status, duration),
+            None => self.snapshot.unmatched.record(self.status, duration),
+        }
+        let (Some(log), Some(seen)) = (&self.snapshot.access_log, &self.seen) else { return };
+        let endpoint = self.trace.endpoint.as_ref().map(Authority::as_str);
+        log.log(&Entry {
+            time: seen.time,
+            request_id: self.request_id.to_str().unwrap_or(""),
+            client_ip: seen.client_ip,
+            method: &seen.method,
+            host: seen.host.as_ref().and_then(|h| h.to_str().ok()),
+            path: &seen.path,
+            protocol: seen.version,
+            tls: seen.tls,
+            status: self.status,
+            route: route.map(|r| &*r.name),
+            upstream: route.filter(|_| endpoint.is_some()).map(|r| &*r.upstream.name),
+            endpoint,
+            error: self.error,
+            duration,
+            upstream_duration: self.trace.upstream_time,
+            bytes_sent,
+            completed,
+            user_agent: seen.user_agent.as_ref().and_then(|ua| ua.to_str().ok()),
+        });
+    }
+}
