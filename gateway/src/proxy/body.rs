@@ -16,9 +16,8 @@ use crate::upstream::InFlight;
 pub struct ProxyBody {
     kind: Kind,
     _in_flight: Option<InFlight>,
+    /// Dropped with the body: that records the request (metrics, access log).
     record: Option<Record>,
-    bytes_sent: u64,
-    ended: bool,
 }
 
 #[derive(Debug)]
@@ -41,11 +40,14 @@ impl ProxyBody {
     }
 
     fn new(kind: Kind, in_flight: Option<InFlight>) -> ProxyBody {
-        ProxyBody { kind, _in_flight: in_flight, record: None, bytes_sent: 0, ended: false }
+        ProxyBody { kind, _in_flight: in_flight, record: None }
     }
 
-    /// Runs `record` when this body is dropped.
-    pub(super) fn recorded(mut self, record: Record) -> ProxyBody {
+    /// Records the request when this body is dropped; an empty body has ended already.
+    pub(super) fn recorded(mut self, mut record: Record) -> ProxyBody {
+        if self.is_end_stream() {
+            record.completed();
+        }
         self.record = Some(record);
         self
     }
@@ -61,21 +63,24 @@ impl Body for ProxyBody {
             Kind::Upstream(body) => Pin::new(body).poll_frame(cx),
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
         };
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                this.bytes_sent += frame.data_ref().map_or(0, |data| data.remaining() as u64);
+        if let Some(record) = &mut this.record {
+            match &polled {
+                Poll::Ready(Some(Ok(frame))) => {
+                    record.sent(frame.data_ref().map_or(0, |data| data.remaining() as u64));
+                    // hyper stops polling once `is_end_stream` says so.
+                    if this.kind.is_end_stream() {
+                        record.completed();
+                    }
+                }
+                Poll::Ready(None) => record.completed(),
+                _ => {}
             }
-            Poll::Ready(None) => this.ended = true,
-            _ => {}
         }
         polled
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.kind {
-            Kind::Upstream(body) => body.is_end_stream(),
-            Kind::Full(bytes) => bytes.is_none(),
-        }
+        self.kind.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -86,12 +91,11 @@ impl Body for ProxyBody {
     }
 }
 
-impl Drop for ProxyBody {
-    fn drop(&mut self) {
-        if let Some(record) = self.record.take() {
-            // hyper stops polling once `is_end_stream` says so, so that counts as ended too.
-            let completed = self.ended || self.is_end_stream();
-            record.finish(self.bytes_sent, completed);
+impl Kind {
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Kind::Upstream(body) => body.is_end_stream(),
+            Kind::Full(bytes) => bytes.is_none(),
         }
     }
 }

@@ -25,8 +25,7 @@ use hyper::body::Incoming;
 pub use body::ProxyBody;
 pub use error::ProxyError;
 pub use headers::{remove_hop_by_hop, request_id, set_forwarding, Client};
-pub use record::Record;
-use record::{Seen, Trace};
+use record::{Record, Seen, Trace};
 
 use crate::runtime::{RouteRuntime, Snapshot};
 use crate::upstream::{Endpoint, InFlight};
@@ -52,10 +51,12 @@ pub async fn handle(snapshot: Arc<Snapshot>, conn: Connection, request: Request<
     let request_id = headers::request_id(request.headers());
     let method = request.method().clone();
     let seen = snapshot.access_log.as_ref().map(|_| Box::new(Seen::of(&request, &conn)));
-    let mut trace = Trace::default();
+    // Records the request when dropped: with the response body, or here if the client leaves first.
+    let mut record = Record::start(snapshot, started, request_id.clone(), seen);
+    let (snapshot, trace) = record.parts();
     let result = match conn.redirect_https {
         Some(port) => redirect::to_https(&request, port),
-        None => proxy(&snapshot, &conn, request, &request_id, &mut trace).await,
+        None => proxy(snapshot, &conn, request, &request_id, trace).await,
     };
     let (mut response, error) = match result {
         Ok(response) => (response, None),
@@ -74,12 +75,11 @@ pub async fn handle(snapshot: Arc<Snapshot>, conn: Connection, request: Request<
             (error.into_response(&request_id), Some(code))
         }
     };
-    response.headers_mut().insert(&headers::X_REQUEST_ID, request_id.clone());
+    response.headers_mut().insert(&headers::X_REQUEST_ID, request_id);
     if let Some(hsts) = conn.hsts {
         response.headers_mut().insert(header::STRICT_TRANSPORT_SECURITY, hsts);
     }
-    // record: when the body ends, whoever drops it
-    let record = Record::new(snapshot, started, response.status().as_u16(), trace, request_id, seen, error);
+    record.responded(response.status().as_u16(), error);
     response.map(|body| body.recorded(record))
 }
 

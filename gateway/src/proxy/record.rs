@@ -51,34 +51,70 @@ impl Seen {
     }
 }
 
-/// Everything the record phase needs, carried by the response body until it ends.
+/// Everything the record phase needs. Made when the request arrives and handed to the response
+/// body; whoever drops it last records: the body when it ends or the client goes away, or the
+/// request path itself when the client left before the response (status 499, as nginx logs it).
 #[derive(Debug)]
-pub struct Record {
+pub(super) struct Record {
     snapshot: Arc<Snapshot>,
     started: Instant,
-    status: u16,
     trace: Trace,
     request_id: HeaderValue,
     seen: Option<Box<Seen>>,
+    status: u16,
     /// The gateway's error code when it answered itself.
     error: Option<&'static str>,
+    bytes_sent: u64,
+    completed: bool,
 }
 
+/// Status recorded for a request whose client went away before the response was ready.
+const CLIENT_CLOSED_REQUEST: u16 = 499;
+
 impl Record {
-    pub(super) fn new(
+    pub(super) fn start(
         snapshot: Arc<Snapshot>,
         started: Instant,
-        status: u16,
-        trace: Trace,
         request_id: HeaderValue,
         seen: Option<Box<Seen>>,
-        error: Option<&'static str>,
     ) -> Record {
-        Record { snapshot, started, status, trace, request_id, seen, error }
+        Record {
+            snapshot,
+            started,
+            trace: Trace::default(),
+            request_id,
+            seen,
+            status: CLIENT_CLOSED_REQUEST,
+            error: Some("client_closed_request"),
+            bytes_sent: 0,
+            completed: false,
+        }
     }
 
-    /// Called once, when the body is dropped: `completed` is false when the client went away first.
-    pub fn finish(self, bytes_sent: u64, completed: bool) {
+    /// The snapshot this request uses throughout, and the trace the request path fills in.
+    pub(super) fn parts(&mut self) -> (&Snapshot, &mut Trace) {
+        (&self.snapshot, &mut self.trace)
+    }
+
+    /// The response is ready: what to record unless the body says otherwise.
+    pub(super) fn responded(&mut self, status: u16, error: Option<&'static str>) {
+        self.status = status;
+        self.error = error;
+    }
+
+    /// Body bytes handed to the connection.
+    pub(super) fn sent(&mut self, bytes: u64) {
+        self.bytes_sent += bytes;
+    }
+
+    /// The body reached its end.
+    pub(super) fn completed(&mut self) {
+        self.completed = true;
+    }
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
         let duration = self.started.elapsed();
         let route = self.trace.route.and_then(|index| self.snapshot.routes.get(index));
         match route {
@@ -103,8 +139,8 @@ impl Record {
             error: self.error,
             duration,
             upstream_duration: self.trace.upstream_time,
-            bytes_sent,
-            completed,
+            bytes_sent: self.bytes_sent,
+            completed: self.completed,
             user_agent: seen.user_agent.as_ref().and_then(|ua| ua.to_str().ok()),
         });
     }
