@@ -233,8 +233,13 @@ pub fn notes(scenarios: &[ScenarioReport], client_cpu_limit_pct: f64, cpus: usiz
         }
     }
     if cpus <= 4 {
+        let processes = if scenarios.iter().any(|s| s.median.redis_cpu_us_per_req.is_some()) {
+            "client, proxy, backend and redis-server"
+        } else {
+            "client, proxy and backend"
+        };
         notes.push(format!(
-            "client, proxy and backend share {cpus} CPUs: req/s is a property of the whole box; \
+            "{processes} share {cpus} CPUs: req/s is a property of the whole box; \
              proxy CPU/req is the fairer proxy comparison"
         ));
     }
@@ -471,7 +476,12 @@ mod tests {
             notes: Vec::new(),
         };
         let text = table(&report);
-        let listed: Vec<&str> = text.lines().filter(|l| l.starts_with("  ")).collect();
+        let listed: Vec<&str> = text
+            .lines()
+            .skip_while(|l| !l.starts_with("redis-server"))
+            .skip(1)
+            .take_while(|l| l.starts_with("  "))
+            .collect();
         assert_eq!(listed, ["  gateway-redis-limit 12.3µs"], "{text}");
         assert!(!table(&Report { scenarios: vec![scenario("gateway", 1.0)], ..report }).contains("redis"));
     }

@@ -1,0 +1,273 @@
+//! The scenarios: what each sends, to which gateway route, and how the report describes it.
+
+use std::path::Path;
+
+use anyhow::bail;
+use benches::client::{self, Protocol, Tls};
+use benches::{jwt, report, stack};
+use clap::ValueEnum;
+
+use super::Setup;
+
+/// A way to send the load, as `--scenarios` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Scenario {
+    /// HTTP/1.1 keep-alive straight to the echo.
+    Direct,
+    /// HTTP/1.1 keep-alive through the gateway.
+    Gateway,
+    /// Like `gateway-jwt` (same tokens, same bytes) to a route that checks nothing: the baseline
+    /// that isolates what the JWT check costs.
+    GatewayBearer,
+    /// HTTP/1.1 keep-alive through the gateway to a route that checks a JWT (RS256) per request.
+    GatewayJwt,
+    /// HTTP/1.1 keep-alive through the gateway to a route with a rate limit that never limits,
+    /// counted in-process: the cost of the decision.
+    GatewayLocalLimit,
+    /// Like `gateway-local-limit`, counted in Redis (one EVALSHA per request) by a second gateway
+    /// with `redis:` and a redis-server the bench starts.
+    GatewayRedisLimit,
+    /// HTTP/2 cleartext (prior knowledge) through the gateway.
+    GatewayH2,
+    /// HTTP/1.1 keep-alive over TLS 1.3 through the gateway.
+    GatewayHttps,
+    /// HTTP/2 over TLS 1.3 (ALPN h2) through the gateway.
+    GatewayHttpsH2,
+    /// A new TLS 1.3 connection (full handshake) per HTTP/1.1 request through the gateway.
+    GatewayHttpsNewConn,
+    /// Every gateway feature built so far: HTTPS keep-alive to a route that checks a JWT and then
+    /// a rate limit per token subject, counted in Redis (in-process without redis-server).
+    GatewayAll,
+    /// HTTP/1.1 keep-alive through nginx.
+    Nginx,
+}
+
+/// The process a scenario's client talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Server {
+    Echo,
+    Gateway,
+    Nginx,
+}
+
+impl Scenario {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Scenario::Direct => "direct",
+            Scenario::Gateway => "gateway",
+            Scenario::GatewayH2 => "gateway-h2",
+            Scenario::GatewayHttps => "gateway-https",
+            Scenario::GatewayHttpsH2 => "gateway-https-h2",
+            Scenario::GatewayHttpsNewConn => "gateway-https-new-conn",
+            Scenario::GatewayBearer => "gateway-bearer",
+            Scenario::GatewayJwt => "gateway-jwt",
+            Scenario::GatewayLocalLimit => "gateway-local-limit",
+            Scenario::GatewayRedisLimit => "gateway-redis-limit",
+            Scenario::GatewayAll => "gateway-all",
+            Scenario::Nginx => "nginx",
+        }
+    }
+
+    pub(crate) fn server(self) -> Server {
+        match self {
+            Scenario::Direct => Server::Echo,
+            Scenario::Nginx => Server::Nginx,
+            Scenario::Gateway
+            | Scenario::GatewayH2
+            | Scenario::GatewayHttps
+            | Scenario::GatewayHttpsH2
+            | Scenario::GatewayHttpsNewConn
+            | Scenario::GatewayBearer
+            | Scenario::GatewayJwt
+            | Scenario::GatewayLocalLimit
+            | Scenario::GatewayRedisLimit
+            | Scenario::GatewayAll => Server::Gateway,
+        }
+    }
+
+    pub(crate) fn tls(self) -> bool {
+        matches!(
+            self,
+            Scenario::GatewayHttps | Scenario::GatewayHttpsH2 | Scenario::GatewayHttpsNewConn | Scenario::GatewayAll
+        )
+    }
+
+    /// Sends a token with every request.
+    pub(crate) fn jwt(self) -> bool {
+        matches!(self, Scenario::GatewayBearer | Scenario::GatewayJwt | Scenario::GatewayAll)
+    }
+
+    /// Served by the gateway that counts its limits in Redis, given whether redis-server runs.
+    pub(crate) fn on_redis_gateway(self, redis_running: bool) -> bool {
+        match self {
+            Scenario::GatewayRedisLimit => true,
+            Scenario::GatewayAll => redis_running,
+            _ => false,
+        }
+    }
+
+    /// The request path: `path`, under the prefix of the scenario's route (the gateway strips it).
+    pub(crate) fn path(self, path: &str) -> String {
+        match self {
+            Scenario::GatewayBearer => format!("{}{path}", jwt::UNCHECKED_PATH_PREFIX),
+            Scenario::GatewayJwt => format!("{}{path}", jwt::PATH_PREFIX),
+            Scenario::GatewayLocalLimit | Scenario::GatewayRedisLimit => format!("{}{path}", stack::LIMIT_PATH_PREFIX),
+            Scenario::GatewayAll => format!("{}{path}", stack::ALL_PATH_PREFIX),
+            _ => path.to_owned(),
+        }
+    }
+
+    pub(crate) fn http2(self) -> bool {
+        matches!(self, Scenario::GatewayH2 | Scenario::GatewayHttpsH2)
+    }
+
+    /// How the client speaks; `tls` holds the client configs (needed by TLS scenarios).
+    pub(crate) fn protocol(self, tls: Option<&TlsClients>, h2_streams: usize) -> anyhow::Result<Protocol> {
+        let tls = match (self.tls(), tls) {
+            (false, _) => None,
+            (true, Some(t)) => Some(if self.http2() { t.h2.clone() } else { t.http1.clone() }),
+            (true, None) => bail!("{}: no TLS client config (the gateway was started without TLS)", self.name()),
+        };
+        Ok(Protocol {
+            http2: self.http2(),
+            streams: h2_streams,
+            tls,
+            new_conn_per_request: self == Scenario::GatewayHttpsNewConn,
+        })
+    }
+
+    /// What the client talked to, and how.
+    pub(crate) fn description(self, setup: &Setup, h2_streams: usize) -> String {
+        let path = match self.server() {
+            Server::Echo => "client -> echo".to_owned(),
+            Server::Gateway if self.on_redis_gateway(setup.redis) => format!(
+                "client -> gateway ({} worker threads, limits counted in redis-server) -> echo",
+                setup.gateway_workers
+            ),
+            Server::Gateway => format!("client -> gateway ({} worker threads) -> echo", setup.gateway_workers),
+            Server::Nginx => format!("client -> nginx ({} workers) -> echo", setup.nginx_workers),
+        };
+        let wire = match self {
+            Scenario::Direct | Scenario::Gateway | Scenario::Nginx => "HTTP/1.1 keep-alive".to_owned(),
+            Scenario::GatewayH2 => format!("HTTP/2 cleartext (prior knowledge), {h2_streams} stream(s) per connection"),
+            Scenario::GatewayHttps => "HTTP/1.1 over TLS 1.3 (ALPN http/1.1), keep-alive".to_owned(),
+            Scenario::GatewayHttpsH2 => format!("HTTP/2 over TLS 1.3 (ALPN h2), {h2_streams} stream(s) per connection"),
+            Scenario::GatewayHttpsNewConn => {
+                "HTTP/1.1 over TLS 1.3, per request a new TCP connection + full handshake (no resumption), \
+                 `Connection: close`"
+                    .to_owned()
+            }
+            Scenario::GatewayBearer => {
+                "HTTP/1.1 keep-alive; the gateway-jwt requests to a route without auth".to_owned()
+            }
+            Scenario::GatewayJwt => format!("HTTP/1.1 keep-alive; {}", token_pool(setup.jwt_users)),
+            Scenario::GatewayLocalLimit => format!("HTTP/1.1 keep-alive; {} in-process", per_ip_limit()),
+            Scenario::GatewayRedisLimit => {
+                format!("HTTP/1.1 keep-alive; {} in Redis (one EVALSHA per request)", per_ip_limit())
+            }
+            Scenario::GatewayAll => format!(
+                "all features built so far: HTTP/1.1 over TLS 1.3 keep-alive + {} + a rate limit per token \
+                 subject ({}) counted {}; metrics recorded, as in every gateway scenario; access log off",
+                token_pool(setup.jwt_users),
+                budget(),
+                if setup.redis { "in Redis" } else { "in-process (redis-server not installed)" }
+            ),
+        };
+        format!("{path}; {wire}")
+    }
+}
+
+/// What the JWT scenarios send, for their descriptions.
+fn token_pool(users: usize) -> String {
+    format!(
+        "JWT route, `Authorization: Bearer` in turn from {} RS256 tokens of as many users (the gateway caches \
+         up to 16,384 verified tokens)",
+        report::fmt_int(users as f64)
+    )
+}
+
+/// Every limit's budget, never reached.
+fn budget() -> String {
+    format!(
+        "{} requests per {} per key, never reached",
+        report::fmt_int(stack::LIMIT_REQUESTS.into()),
+        stack::LIMIT_WINDOW
+    )
+}
+
+/// What the limit scenarios' route does, for their descriptions.
+fn per_ip_limit() -> String {
+    format!(
+        "route with a rate limit per client address ({}; every connection is from 127.0.0.1, so one key), counted",
+        budget()
+    )
+}
+
+/// TLS client configs for the gateway's TLS listener, one per ALPN id.
+pub(crate) struct TlsClients {
+    pub(crate) http1: Tls,
+    pub(crate) h2: Tls,
+}
+
+impl TlsClients {
+    /// Trusts `ca` and sends SNI `localhost`, the name on the dev certificate.
+    pub(crate) fn new(ca: &Path) -> anyhow::Result<TlsClients> {
+        let tls = |alpn: &[u8]| -> anyhow::Result<Tls> {
+            Ok(Tls { config: client::tls_client_config(ca, alpn)?, server_name: "localhost".try_into()? })
+        };
+        Ok(TlsClients { http1: tls(client::ALPN_HTTP1)?, h2: tls(client::ALPN_H2)? })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scenario_name_is_its_command_line_value() {
+        for s in Scenario::value_variants() {
+            let value = s.to_possible_value().expect("not skipped");
+            assert_eq!(value.get_name(), s.name());
+        }
+    }
+
+    #[test]
+    fn scenario_protocol_matches_name() {
+        let none = None;
+        let plain = Scenario::Gateway.protocol(none, 4).expect("plain");
+        assert!(!plain.http2 && plain.tls.is_none() && !plain.new_conn_per_request);
+        let h2 = Scenario::GatewayH2.protocol(none, 4).expect("h2");
+        assert!(h2.http2 && h2.tls.is_none());
+        assert_eq!(h2.streams_per_connection(), 4);
+        assert!(Scenario::GatewayHttps.protocol(none, 1).is_err(), "TLS needs client configs");
+        assert!(Scenario::GatewayHttpsNewConn.tls() && !Scenario::GatewayHttpsNewConn.http2());
+        assert!(Scenario::GatewayHttpsH2.tls() && Scenario::GatewayHttpsH2.http2());
+        assert_eq!(Scenario::Nginx.server(), Server::Nginx);
+        assert_eq!(Scenario::Direct.server(), Server::Echo);
+    }
+
+    #[test]
+    fn jwt_scenarios_send_tokens_under_the_token_route() {
+        let protocol = Scenario::GatewayJwt.protocol(None, 1).expect("jwt");
+        assert!(!protocol.http2 && protocol.tls.is_none() && !protocol.new_conn_per_request);
+        assert!(Scenario::GatewayAll.tls() && !Scenario::GatewayAll.http2() && Scenario::GatewayAll.jwt());
+        assert_eq!(Scenario::GatewayJwt.path("/"), "/jwt/");
+        assert_eq!(Scenario::GatewayAll.path("/a?b"), "/all/a?b");
+        assert_eq!(Scenario::Gateway.path("/"), "/");
+        assert!(!Scenario::GatewayHttps.jwt());
+    }
+
+    #[test]
+    fn limit_scenarios_go_to_the_limit_route_of_their_gateway() {
+        for s in [Scenario::GatewayLocalLimit, Scenario::GatewayRedisLimit] {
+            assert_eq!(s.path("/"), "/limit/");
+            assert!(!s.tls() && !s.http2() && !s.jwt());
+        }
+        assert!(!Scenario::GatewayLocalLimit.on_redis_gateway(true));
+        assert!(Scenario::GatewayRedisLimit.on_redis_gateway(false));
+        assert!(Scenario::GatewayAll.on_redis_gateway(true) && !Scenario::GatewayAll.on_redis_gateway(false));
+        // The baseline every ratio divides by stays on the gateway without Redis, and unlimited.
+        assert!(!Scenario::Gateway.on_redis_gateway(true));
+        assert_eq!(Scenario::Gateway.path("/"), "/");
+    }
+}
