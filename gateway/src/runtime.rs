@@ -123,7 +123,7 @@ impl Snapshot {
                 BuildError::AccessLog { path, source }
             })?),
         };
-        let redis = limit::redis_store(config.redis.as_ref(), previous.and_then(|p| p.redis.as_ref()));
+        let redis = limit::redis_store(config.redis.as_ref(), workers, previous.and_then(|p| p.redis.as_ref()));
         let rate_limits: HashMap<String, Arc<RateLimit>> = (config.rate_limits.iter())
             .map(|l| {
                 let previous = previous.and_then(|p| p.rate_limits.get(&l.name));

@@ -139,13 +139,17 @@ impl RateLimit {
     }
 }
 
-/// The shared Redis store, carried over from `previous` while its settings are unchanged (so a
-/// reload keeps the connection).
-pub fn redis_store(config: Option<&config::Redis>, previous: Option<&Arc<RedisStore>>) -> Option<Arc<RedisStore>> {
+/// The shared Redis store (with a connection per worker thread), carried over from `previous`
+/// while its settings are unchanged (so a reload keeps the connections).
+pub fn redis_store(
+    config: Option<&config::Redis>,
+    workers: usize,
+    previous: Option<&Arc<RedisStore>>,
+) -> Option<Arc<RedisStore>> {
     let config = config?;
     match previous.filter(|p| p.config() == config) {
         Some(previous) => Some(previous.clone()),
-        None => Some(RedisStore::start(config)),
+        None => Some(RedisStore::start(config, workers)),
     }
 }
 

@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 
 use super::{window, Decision};
 use crate::config::Redis;
+use crate::worker;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -63,6 +64,14 @@ pub enum Unavailable {
     Redis(String),
 }
 
+/// A worker thread's own connection.
+#[derive(Default)]
+struct WorkerConnection {
+    connection: ArcSwapOption<MultiplexedConnection>,
+    /// Held while connecting, so the worker's concurrent requests wait for one connection.
+    connecting: tokio::sync::Mutex<()>,
+}
+
 /// The connection to the Redis server every gateway instance counts through.
 pub struct RedisStore {
     config: Redis,
@@ -71,9 +80,17 @@ pub struct RedisStore {
     /// Password forms to scrub from error texts (they should never be there; defence in depth).
     secrets: Vec<String>,
     script: Script,
-    /// `None` while disconnected. Cloned per call: the clones share one socket and one driver
-    /// task (on the runtime `start` ran on), reached through channels from any runtime.
+    /// The control connection: `None` while disconnected, which sends every decision in-process.
+    /// Its driver task runs on the runtime `start` ran on; it is health-checked and backs
+    /// `status()`, and serves decisions on threads that are not workers.
     connection: ArcSwapOption<MultiplexedConnection>,
+    /// One connection per worker thread, made on the worker's first decision, so its driver runs
+    /// on that worker's runtime and a decision never leaves the request's thread (a hop to
+    /// another thread and back costs more than the round trip to Redis). Dropped with the control
+    /// connection.
+    workers: Box<[WorkerConnection]>,
+    /// What the worker connections are made with; `None` when the URL is invalid.
+    client: Option<(Client, AsyncConnectionConfig)>,
     last_error: Mutex<Option<String>>,
     /// Calls timed out since the last reply.
     timeouts_in_a_row: AtomicU32,
@@ -86,9 +103,12 @@ impl RedisStore {
     /// reconnecting with backoff (100 ms doubling to 5 s). Without a runtime it never connects and
     /// every check is [`Unavailable::NotConnected`]. That runtime must keep running: it drives the
     /// connection for callers on every runtime. The task ends when the store is dropped.
-    pub fn start(config: &Redis) -> Arc<RedisStore> {
+    pub fn start(config: &Redis, workers: usize) -> Arc<RedisStore> {
         let (reconnect, reconnect_requests) = mpsc::channel(1);
         let client = Client::open(config.url.as_str());
+        let settings = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(config.connect_timeout))
+            .set_response_timeout(Some(config.timeout));
         let mut secrets: Vec<String> = password_in_url(&config.url).into_iter().map(str::to_owned).collect();
         if let Some(password) = client.as_ref().ok().and_then(|c| c.get_connection_info().redis_settings().password()) {
             secrets.push(password.to_owned());
@@ -100,15 +120,14 @@ impl RedisStore {
             secrets,
             script: Script::new(SCRIPT),
             connection: ArcSwapOption::empty(),
+            workers: (0..workers.max(1)).map(|_| WorkerConnection::default()).collect(),
+            client: client.as_ref().ok().map(|client| (client.clone(), settings.clone())),
             last_error: Mutex::new(None),
             timeouts_in_a_row: AtomicU32::new(0),
             reconnect,
         });
         let never = match (client, tokio::runtime::Handle::try_current()) {
             (Ok(client), Ok(runtime)) => {
-                let settings = AsyncConnectionConfig::new()
-                    .set_connection_timeout(Some(config.connect_timeout))
-                    .set_response_timeout(Some(config.timeout));
                 runtime.spawn(keep_connected(Arc::downgrade(&store), client, settings, reconnect_requests));
                 None
             }
@@ -131,9 +150,10 @@ impl RedisStore {
     /// reconnecting task, and so do [`TIMEOUTS_IN_A_ROW`] timeouts; one timeout or a Redis error
     /// only fails this call.
     pub async fn check(&self, key: &str, limit: u32, window: Duration) -> Result<Decision, Unavailable> {
-        let Some(connection) = self.connection.load_full() else {
+        let Some(control) = self.connection.load_full() else {
             return Err(Unavailable::NotConnected);
         };
+        let connection = self.worker_connection().await.unwrap_or(control);
         let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX).max(1);
         let now_ms = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -168,6 +188,24 @@ impl RedisStore {
         Err(Unavailable::Redis(text))
     }
 
+    /// The calling worker's connection, made now if it has none (within `config.timeout`);
+    /// `None` off worker threads or when it cannot be made (the control connection serves then).
+    async fn worker_connection(&self) -> Option<Arc<MultiplexedConnection>> {
+        let slot = self.workers.get(worker::index())?;
+        if let Some(connection) = slot.connection.load_full() {
+            return Some(connection);
+        }
+        let _connecting = slot.connecting.lock().await;
+        if let Some(connection) = slot.connection.load_full() {
+            return Some(connection);
+        }
+        let (client, settings) = self.client.as_ref()?;
+        let connect = client.get_multiplexed_async_connection_with_config(settings);
+        let connection = Arc::new(tokio::time::timeout(self.config.timeout, connect).await.ok()?.ok()?);
+        slot.connection.store(Some(connection.clone()));
+        Some(connection)
+    }
+
     /// For `GET /admin/ratelimit`. `connected` turns false when a call or the PING every second
     /// finds the connection broken; `last_error` is the latest failure since the last connect (`null`: none).
     pub fn status(&self) -> Value {
@@ -175,14 +213,22 @@ impl RedisStore {
         json!({ "url": self.shown_url, "connected": self.connection.load().is_some(), "last_error": last_error })
     }
 
-    /// Drops `broken` unless it was replaced already, and wakes the task to reconnect.
+    /// Condemns `broken` (the control connection or a worker's), unless it was replaced already:
+    /// Redis counts as unreachable until the task has reconnected, so every connection goes and
+    /// decisions are made in-process meanwhile.
     fn drop_connection(&self, broken: &Arc<MultiplexedConnection>) {
-        let was = self.connection.compare_and_swap(broken, None);
-        if was.as_ref().is_some_and(|was| Arc::ptr_eq(was, broken)) {
-            self.timeouts_in_a_row.store(0, Ordering::Relaxed);
-            // Full: a wake is pending already.
-            let _ = self.reconnect.try_send(());
+        let is =
+            |slot: &ArcSwapOption<MultiplexedConnection>| slot.load().as_ref().is_some_and(|c| Arc::ptr_eq(c, broken));
+        if !(is(&self.connection) || self.workers.iter().any(|worker| is(&worker.connection))) {
+            return;
         }
+        self.connection.store(None);
+        for worker in self.workers.iter() {
+            worker.connection.store(None);
+        }
+        self.timeouts_in_a_row.store(0, Ordering::Relaxed);
+        // Full: a wake is pending already.
+        let _ = self.reconnect.try_send(());
     }
 
     fn set_last_error(&self, error: Option<String>) {
@@ -432,7 +478,7 @@ mod tests {
 
     #[test]
     fn start_without_runtime_never_connects() {
-        let store = RedisStore::start(&config("redis://:pw123@127.0.0.1:1"));
+        let store = RedisStore::start(&config("redis://:pw123@127.0.0.1:1"), 1);
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let outcome = runtime.block_on(store.check("k", 1, MINUTE));
         assert_eq!(outcome, Err(Unavailable::NotConnected));
@@ -444,7 +490,7 @@ mod tests {
 
     #[tokio::test]
     async fn start_invalid_url_reports_why() {
-        let store = RedisStore::start(&config("http://:pw123@host"));
+        let store = RedisStore::start(&config("http://:pw123@host"), 1);
         assert_eq!(store.check("k", 1, MINUTE).await, Err(Unavailable::NotConnected));
         let last_error = store.status()["last_error"].as_str().unwrap().to_owned();
         assert!(last_error.contains("invalid Redis URL"), "{last_error}");
@@ -454,7 +500,7 @@ mod tests {
     #[tokio::test]
     async fn check_allows_up_to_limit_then_denies() {
         let server = RedisServer::start();
-        let store = RedisStore::start(&config(&server.url()));
+        let store = RedisStore::start(&config(&server.url()), 1);
         connected(&store).await;
         for remaining in [2, 1, 0] {
             let decision = store.check("per_user:alice", 3, MINUTE).await.unwrap();
@@ -472,7 +518,7 @@ mod tests {
     #[tokio::test]
     async fn check_two_stores_share_a_budget() {
         let server = RedisServer::start();
-        let (one, two) = (RedisStore::start(&config(&server.url())), RedisStore::start(&config(&server.url())));
+        let (one, two) = (RedisStore::start(&config(&server.url()), 1), RedisStore::start(&config(&server.url()), 1));
         connected(&one).await;
         connected(&two).await;
         for store in [&one, &two, &one, &two] {
@@ -485,7 +531,7 @@ mod tests {
     #[tokio::test]
     async fn check_keys_with_braces_stay_distinct() {
         let server = RedisServer::start();
-        let store = RedisStore::start(&config(&server.url()));
+        let store = RedisStore::start(&config(&server.url()), 1);
         connected(&store).await;
         for key in ["jwt:}", "jwt:%7D", "jwt:{", "jwt:", ""] {
             assert!(store.check(key, 1, MINUTE).await.unwrap().allowed, "{key:?}");
@@ -496,7 +542,7 @@ mod tests {
     #[tokio::test]
     async fn check_server_killed_unavailable_then_reconnects() {
         let mut server = RedisServer::start();
-        let store = RedisStore::start(&config(&server.url()));
+        let store = RedisStore::start(&config(&server.url()), 1);
         connected(&store).await;
         assert!(store.check("k", 100, MINUTE).await.is_ok());
 
@@ -516,7 +562,7 @@ mod tests {
     #[tokio::test]
     async fn check_slow_server_times_out_and_keeps_connection() {
         let server = RedisServer::start();
-        let store = RedisStore::start(&config(&server.url()));
+        let store = RedisStore::start(&config(&server.url()), 1);
         connected(&store).await;
         let mut admin = Client::open(server.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
         redis::cmd("CLIENT").arg("PAUSE").arg(1500).arg("ALL").query_async::<()>(&mut admin).await.unwrap();
@@ -530,7 +576,7 @@ mod tests {
     #[tokio::test]
     async fn check_timeouts_in_a_row_drop_connection_then_reconnects() {
         let server = RedisServer::start();
-        let store = RedisStore::start(&config(&server.url()));
+        let store = RedisStore::start(&config(&server.url()), 1);
         connected(&store).await;
         let mut admin = Client::open(server.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
         redis::cmd("CLIENT").arg("PAUSE").arg(2000).arg("ALL").query_async::<()>(&mut admin).await.unwrap();
@@ -547,21 +593,21 @@ mod tests {
     #[test]
     fn check_future_is_send() {
         fn assert_send<T: Send>(_: &T) {}
-        let store = RedisStore::start(&config("redis://127.0.0.1:1"));
+        let store = RedisStore::start(&config("redis://127.0.0.1:1"), 1);
         assert_send(&store.check("k", 1, MINUTE));
     }
 
     #[tokio::test]
     async fn status_redacts_password() {
         let server = RedisServer::with_password("s3cret-pw");
-        let store = RedisStore::start(&config(&server.url()));
+        let store = RedisStore::start(&config(&server.url()), 1);
         connected(&store).await;
         let status = store.status();
         assert_eq!(status["url"], format!("redis://:***@127.0.0.1:{}", server.port()));
         assert!(!format!("{status} {store:?}").contains("s3cret"));
         assert!(store.check("k", 1, MINUTE).await.unwrap().allowed);
 
-        let wrong = RedisStore::start(&config(&format!("redis://:wrong-pw@127.0.0.1:{}", server.port())));
+        let wrong = RedisStore::start(&config(&format!("redis://:wrong-pw@127.0.0.1:{}", server.port())), 1);
         eventually("auth failure reported", || async { wrong.status()["last_error"].is_string() }).await;
         let status = wrong.status();
         assert_eq!(status["connected"], false);
@@ -574,7 +620,7 @@ mod tests {
         let server = RedisServer::start();
         let home = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
         let store = home.block_on(async {
-            let store = RedisStore::start(&config(&server.url()));
+            let store = RedisStore::start(&config(&server.url()), 1);
             connected(&store).await;
             store
         });
@@ -595,7 +641,7 @@ mod tests {
         let server = RedisServer::start();
         let metrics = tokio::runtime::Handle::current().metrics();
         let before = metrics.num_alive_tasks();
-        let store = RedisStore::start(&config(&server.url()));
+        let store = RedisStore::start(&config(&server.url()), 1);
         connected(&store).await;
         assert!(metrics.num_alive_tasks() > before);
         let weak = Arc::downgrade(&store);
@@ -609,7 +655,7 @@ mod tests {
         let port = RedisServer::start().port(); // stopped at once: nothing listens there
         let metrics = tokio::runtime::Handle::current().metrics();
         let before = metrics.num_alive_tasks();
-        let store = RedisStore::start(&config(&format!("redis://127.0.0.1:{port}")));
+        let store = RedisStore::start(&config(&format!("redis://127.0.0.1:{port}")), 1);
         eventually("connect failure reported", || async { store.status()["last_error"].is_string() }).await;
         assert_eq!(metrics.num_alive_tasks(), before + 1);
         let weak = Arc::downgrade(&store);
