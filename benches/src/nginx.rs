@@ -85,7 +85,14 @@ pub fn start_nginx(bin: &Path, dir: &Path, backend: SocketAddr, workers: usize) 
         match probe(&mut proc, listen) {
             Ok(()) => {
                 proc.also_kill = procs::children_of(proc.pid());
-                return Ok(Proxy { addr: listen, tls_addr: None, admin_addr: None, proc, has_workers: true });
+                return Ok(Proxy {
+                    addr: listen,
+                    tls_addr: None,
+                    admin_addr: None,
+                    access_log: None,
+                    proc,
+                    has_workers: true,
+                });
             }
             Err(e) => {
                 last_err = Some(e.context(procs::tail_of(&dir.join("error.log"), 10)));

@@ -6,15 +6,19 @@
 //!     [--rounds 3] [--rate N] [--json FILE] [--svg FILE] [--scenarios direct,gateway,gateway-https,...]
 //! ```
 //!
-//! One gateway process serves the `gateway*` scenarios: a cleartext listener (HTTP/1.1, and
-//! HTTP/2 by prior knowledge) and a TLS listener with `gateway certs dev` certificates, a
-//! catch-all route (no limit, no auth), a route with a rate limit that never limits (counted
-//! in-process) and, for the JWT scenarios, a route that requires a token (RS256, a key generated
-//! at start; the client sends tokens of `--jwt-users` users in turn). A second one, the same
-//! config plus `redis:` pointing at a `redis-server` the bench starts, counts its limits in Redis:
-//! it serves `gateway-redis-limit` and `gateway-all` (without redis-server the first is skipped
-//! and the second runs on the first gateway, its limit counted in-process).
+//! One gateway process, `gateway`, serves the `gateway*` scenarios: a cleartext listener
+//! (HTTP/1.1, and HTTP/2 by prior knowledge) and a TLS listener with `gateway certs dev`
+//! certificates, a catch-all route (no limit, no auth), a route with a rate limit that never
+//! limits (counted in-process) and, for the JWT scenarios, a route that requires a token (RS256, a
+//! key generated at start; the client sends tokens of `--jwt-users` users in turn). Two more, each
+//! serving one scenario so that its features cost nothing in the others: `gateway-redis`, the
+//! same config plus `redis:` pointing at a `redis-server` the bench starts, serves
+//! `gateway-redis-limit` (skipped without redis-server); `gateway-all` serves `gateway-all` with
+//! every feature on: TLS, JWT, limits counted in Redis (in-process without redis-server) and a
+//! JSON access log to a file, whose lines and drops are reported after the run. Each gateway is
+//! started only when one of its scenarios is selected.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::sync::Arc;
@@ -27,7 +31,7 @@ use benches::load::{self, LoadSpec};
 use benches::procs::{self, TempDir};
 use benches::redis::{self, RedisServer};
 use benches::report::{self, Report, RunResult, ScenarioReport, Summary};
-use benches::stack::{self, Backend, GatewayOptions, Proxy};
+use benches::stack::{self, AccessLogStats, Backend, GatewayOptions, Proxy};
 use benches::{nginx, plot};
 use clap::Parser;
 use serde_json::json;
@@ -36,7 +40,7 @@ use serde_json::json;
 #[path = "loadbench/scenario.rs"]
 mod scenario;
 
-use scenario::{Scenario, Server, TlsClients};
+use scenario::{Gateway, Scenario, Server, TlsClients};
 
 /// Load bench: direct-to-backend vs gateway vs nginx, same backend, same load.
 #[derive(Debug, Parser)]
@@ -151,9 +155,8 @@ fn bench(args: &Args) -> anyhow::Result<()> {
 /// Everything started for the bench. Field order is drop order: proxies, redis-server, backend,
 /// temp dir.
 struct Stack {
-    gateway: Option<Proxy>,
-    /// The gateway whose limits are counted in Redis (when redis-server runs).
-    gateway_redis: Option<Proxy>,
+    /// The gateways a selected scenario needs, in [`Gateway::EVERY`] order.
+    gateways: Vec<(Gateway, Proxy)>,
     nginx: Option<Proxy>,
     redis: Option<RedisServer>,
     backend: Backend,
@@ -165,23 +168,26 @@ struct Stack {
 }
 
 impl Stack {
+    fn gateways(&self) -> impl Iterator<Item = &Proxy> {
+        self.gateways.iter().map(|(_, proxy)| proxy)
+    }
+
     fn proxies_mut(&mut self) -> impl Iterator<Item = &mut Proxy> {
-        self.gateway.iter_mut().chain(self.gateway_redis.iter_mut()).chain(self.nginx.iter_mut())
+        self.gateways.iter_mut().map(|(_, proxy)| proxy).chain(self.nginx.iter_mut())
     }
 
     /// The proxy `scenario`'s client talks to (`None`: the echo itself).
     fn proxy(&self, scenario: Scenario) -> Option<&Proxy> {
         match scenario.server() {
             Server::Echo => None,
-            Server::Gateway if self.counts_in_redis(scenario) => self.gateway_redis.as_ref(),
-            Server::Gateway => self.gateway.as_ref(),
+            Server::Gateway(gateway) => self.gateways.iter().find(|(g, _)| *g == gateway).map(|(_, proxy)| proxy),
             Server::Nginx => self.nginx.as_ref(),
         }
     }
 
     /// Whether `scenario`'s limit is counted in the redis-server the bench runs.
     fn counts_in_redis(&self, scenario: Scenario) -> bool {
-        scenario.on_redis_gateway(self.redis.is_some())
+        scenario.counts_in_redis(self.redis.is_some())
     }
 
     /// For a scenario counted in Redis: how many decisions its gateway has made in-process so far
@@ -221,7 +227,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
 
     let (mut stack, setup) = start_stack(args, &bins, &scenarios, nginx.as_deref(), redis_server.as_deref())?;
     let mut tls_handshake = None;
-    let tls_gateway = stack.gateway.iter().chain(&stack.gateway_redis).find_map(|g| g.tls_addr);
+    let tls_gateway = stack.gateways().find_map(|g| g.tls_addr);
     if let (Some(addr), Some(tls)) = (tls_gateway, &stack.tls) {
         let negotiated = client::describe_handshake(addr, &tls.h2).await?;
         println!("TLS handshake with the gateway: {negotiated}");
@@ -279,12 +285,21 @@ async fn run(args: &Args) -> anyhow::Result<()> {
             rounds,
         })
         .collect();
+    let access_logs = check_access_logs(&stack)?;
     let client_cpu_limit = 100.0 * args.client_threads.min(args.connections) as f64;
     let mut notes = report::notes(&scenario_reports, client_cpu_limit, setup.cpus);
     notes.extend(fallback_notes);
+    notes.extend(access_logs.iter().filter(|(_, stats)| stats.dropped > 0).map(|(name, stats)| {
+        format!(
+            "{name}: the access log dropped {} lines (the writer could not keep up): the gateway logged \
+             fewer requests than it served, and paid for fewer writes",
+            report::fmt_int(stats.dropped as f64)
+        )
+    }));
     let redis_server = redis_server.as_deref().filter(|_| setup.redis);
+    let tls_handshake = tls_handshake.as_deref();
     let report = Report {
-        settings: settings(args, &bins, &setup, nginx.as_deref(), redis_server, tls_handshake.as_deref()),
+        settings: settings(args, &bins, &setup, nginx.as_deref(), redis_server, tls_handshake, &access_logs),
         ratios: report::ratios(&scenario_reports),
         notes,
         scenarios: scenario_reports,
@@ -304,6 +319,24 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     }
     drop(stack);
     Ok(())
+}
+
+/// Reads the access log of every gateway that writes one (`gateway-all`) and prints what it holds,
+/// so a reader sees the log was really written; what the writer dropped is a note, not an error.
+fn check_access_logs(stack: &Stack) -> anyhow::Result<Vec<(&'static str, AccessLogStats)>> {
+    let mut logs = Vec::new();
+    for (gateway, proxy) in &stack.gateways {
+        let Some(stats) = stack::access_log_stats(proxy)? else { continue };
+        println!(
+            "access log    {} wrote {} lines ({:.1} MiB), dropped {}",
+            gateway.name(),
+            report::fmt_int(stats.lines as f64),
+            stats.bytes as f64 / (1024.0 * 1024.0),
+            report::fmt_int(stats.dropped as f64)
+        );
+        logs.push((gateway.name(), stats));
+    }
+    Ok(logs)
 }
 
 /// The plot's title (the load) and subtitle (the rest of the setup, what a curve is).
@@ -346,7 +379,7 @@ struct Setup {
 /// redis-server, when a selected scenario wants it; without it, drops `gateway-redis-limit`
 /// and says so (`gateway-all` then counts its limit in-process).
 fn find_redis_server(scenarios: &mut Vec<Scenario>) -> Option<PathBuf> {
-    if !scenarios.iter().any(|s| s.on_redis_gateway(true)) {
+    if !scenarios.iter().any(|s| s.counts_in_redis(true)) {
         return None;
     }
     let found = redis::find_redis_server();
@@ -365,10 +398,10 @@ fn find_redis_server(scenarios: &mut Vec<Scenario>) -> Option<PathBuf> {
 }
 
 /// Starts the echo backend, then redis-server (when a scenario counts in Redis and it is
-/// installed), then the gateways: the one without `redis:` for the scenarios counted in-process
-/// or unlimited, the one with it for those counted in Redis, each with the TLS listener and JWT
-/// routes only if a scenario it serves needs them; then nginx (as selected). nginx gets as many
-/// workers as the gateway has worker threads, unless `--nginx-workers` says otherwise.
+/// installed), then each gateway that serves a selected scenario (see [`Gateway`]), with the TLS
+/// listener, JWT routes, `redis:` and access log only if a scenario it serves needs them; then
+/// nginx (as selected). nginx gets as many workers as the gateway has worker threads, unless
+/// `--nginx-workers` says otherwise.
 fn start_stack(
     args: &Args,
     bins: &Binaries,
@@ -379,8 +412,7 @@ fn start_stack(
     let cpus = std::thread::available_parallelism().map_or(1, usize::from);
     let tmp = TempDir::new(args.keep_tmp)?;
     let backend = stack::start_echo(&bins.echo, tmp.path())?;
-    let mut stack =
-        Stack { gateway: None, gateway_redis: None, nginx: None, redis: None, backend, tls: None, tokens: None, tmp };
+    let mut stack = Stack { gateways: Vec::new(), nginx: None, redis: None, backend, tls: None, tokens: None, tmp };
     println!("echo backend  pid {:<7} {}", stack.backend.proc.pid(), stack.backend.addr);
     let mut setup = Setup {
         cpus,
@@ -398,42 +430,40 @@ fn start_stack(
             t0.elapsed()
         );
     }
-    if let Some(bin) = redis_server.filter(|_| scenarios.iter().any(|s| s.on_redis_gateway(true))) {
+    if let Some(bin) = redis_server.filter(|_| scenarios.iter().any(|s| s.counts_in_redis(true))) {
         let server = redis::start_redis(bin, stack.tmp.path())?;
         println!("redis-server  pid {:<7} {}", server.proc.pid(), server.addr);
         stack.redis = Some(server);
         setup.redis = true;
     }
-    for on_redis in [false, true] {
-        let served: Vec<Scenario> = (scenarios.iter().copied())
-            .filter(|s| s.server() == Server::Gateway && s.on_redis_gateway(setup.redis) == on_redis)
-            .collect();
+    for gateway in Gateway::EVERY {
+        let served: Vec<Scenario> =
+            scenarios.iter().copied().filter(|s| s.server() == Server::Gateway(gateway)).collect();
         if served.is_empty() {
             continue;
         }
         let options = GatewayOptions {
             tls: served.iter().any(|s| s.tls()),
             jwt: served.iter().any(|s| s.jwt()),
-            redis: stack.redis.as_ref().map(|r| r.addr).filter(|_| on_redis),
+            redis: (stack.redis.as_ref().map(|r| r.addr))
+                .filter(|_| served.iter().any(|s| s.counts_in_redis(setup.redis))),
+            access_log: served.iter().any(|s| s.access_log()),
         };
-        let name = if on_redis { "gateway-redis" } else { "gateway" };
+        let name = gateway.name();
         let tokens = stack.tokens.as_ref().filter(|_| options.jwt);
         let proxy = stack::start_gateway(&bins.gateway, stack.tmp.path(), name, stack.backend.addr, options, tokens)?;
         setup.gateway_workers = procs::count_threads(proxy.proc.pid(), &procs::WORKER_THREAD_NAMES);
         let tls_addr = proxy.tls_addr.map(|a| format!(", TLS {a}")).unwrap_or_default();
         let admin_addr = proxy.admin_addr.map(|a| format!(", admin {a}")).unwrap_or_default();
-        let counted = if on_redis { "; limits counted in Redis, connected" } else { "" };
+        let counted = if options.redis.is_some() { "; limits counted in Redis, connected" } else { "" };
+        let logged = if options.access_log { "; access log to a file" } else { "" };
         println!(
-            "{name:<13} pid {:<7} {}{tls_addr}{admin_addr}  ({} worker threads{counted})",
+            "{name:<13} pid {:<7} {}{tls_addr}{admin_addr}  ({} worker threads{counted}{logged})",
             proxy.proc.pid(),
             proxy.addr,
             setup.gateway_workers
         );
-        if on_redis {
-            stack.gateway_redis = Some(proxy);
-        } else {
-            stack.gateway = Some(proxy);
-        }
+        stack.gateways.push((gateway, proxy));
     }
     if args.nginx_workers.is_none() && setup.gateway_workers > 0 {
         setup.nginx_workers = setup.gateway_workers;
@@ -457,7 +487,9 @@ fn settings(
     nginx: Option<&Path>,
     redis_server: Option<&Path>,
     tls_handshake: Option<&str>,
+    access_logs: &[(&str, AccessLogStats)],
 ) -> serde_json::Value {
+    let access_logs: BTreeMap<&str, &AccessLogStats> = access_logs.iter().map(|(name, stats)| (*name, stats)).collect();
     json!({
         "duration_secs": args.duration.as_secs_f64(),
         "warmup_secs": args.warmup.as_secs_f64(),
@@ -481,6 +513,7 @@ fn settings(
             "path_prefix": { "limit": stack::LIMIT_PATH_PREFIX, "all": stack::ALL_PATH_PREFIX },
             "gateway_all_counted_in": if setup.redis { "redis" } else { "process" },
         },
+        "access_logs": access_logs,
         "nginx_version": nginx.and_then(nginx_version),
         "redis_version": redis_server.and_then(redis::version),
         "gateway_bin": bins.gateway.display().to_string(),
@@ -642,7 +675,7 @@ fn binaries(args: &Args) -> anyhow::Result<Binaries> {
         None => std::env::current_exe()?.parent().context("executable has no directory")?.to_owned(),
     };
     let bins = Binaries { gateway: dir.join("gateway"), echo: dir.join("echo") };
-    let needs_gateway = args.scenarios.iter().any(|s| s.server() == Server::Gateway);
+    let needs_gateway = args.scenarios.iter().any(|s| matches!(s.server(), Server::Gateway(_)));
     let missing: Vec<&Path> = [(&bins.echo, true), (&bins.gateway, needs_gateway)]
         .into_iter()
         .filter(|(p, needed)| *needed && !p.is_file())

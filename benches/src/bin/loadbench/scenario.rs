@@ -24,8 +24,8 @@ pub(crate) enum Scenario {
     /// HTTP/1.1 keep-alive through the gateway to a route with a rate limit that never limits,
     /// counted in-process: the cost of the decision.
     GatewayLocalLimit,
-    /// Like `gateway-local-limit`, counted in Redis (one EVALSHA per request) by a second gateway
-    /// with `redis:` and a redis-server the bench starts.
+    /// Like `gateway-local-limit`, counted in Redis (one EVALSHA per request) by a gateway of its
+    /// own with `redis:` and a redis-server the bench starts.
     GatewayRedisLimit,
     /// HTTP/2 cleartext (prior knowledge) through the gateway.
     GatewayH2,
@@ -35,8 +35,9 @@ pub(crate) enum Scenario {
     GatewayHttpsH2,
     /// A new TLS 1.3 connection (full handshake) per HTTP/1.1 request through the gateway.
     GatewayHttpsNewConn,
-    /// Every gateway feature built so far: HTTPS keep-alive to a route that checks a JWT and then
-    /// a rate limit per token subject, counted in Redis (in-process without redis-server).
+    /// Every gateway feature on, in a gateway of its own: HTTPS keep-alive to a route that checks
+    /// a JWT and then a rate limit per token subject, counted in Redis (in-process without
+    /// redis-server), with metrics and a JSON access log to a file.
     GatewayAll,
     /// HTTP/1.1 keep-alive through nginx.
     Nginx,
@@ -46,8 +47,35 @@ pub(crate) enum Scenario {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Server {
     Echo,
-    Gateway,
+    Gateway(Gateway),
     Nginx,
+}
+
+/// The gateway process that serves a scenario. Each runs only the features its scenarios need,
+/// so that one scenario's feature (a Redis connection, an access log) costs nothing in the others
+/// and every ratio against `gateway` isolates what it names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Gateway {
+    /// `gateway`: every gateway scenario not below; the baseline the ratios divide by.
+    Plain,
+    /// `gateway-redis`: `gateway-redis-limit`, its limit counted in Redis.
+    Redis,
+    /// `gateway-all`: `gateway-all`, every feature on, the access log included.
+    All,
+}
+
+impl Gateway {
+    /// Every gateway, in the order the bench starts them.
+    pub(crate) const EVERY: [Gateway; 3] = [Gateway::Plain, Gateway::Redis, Gateway::All];
+
+    /// The process name: its config is `<name>.yaml`, its access log `access-<name>.log`.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Gateway::Plain => "gateway",
+            Gateway::Redis => "gateway-redis",
+            Gateway::All => "gateway-all",
+        }
+    }
 }
 
 impl Scenario {
@@ -79,9 +107,9 @@ impl Scenario {
             | Scenario::GatewayHttpsNewConn
             | Scenario::GatewayBearer
             | Scenario::GatewayJwt
-            | Scenario::GatewayLocalLimit
-            | Scenario::GatewayRedisLimit
-            | Scenario::GatewayAll => Server::Gateway,
+            | Scenario::GatewayLocalLimit => Server::Gateway(Gateway::Plain),
+            Scenario::GatewayRedisLimit => Server::Gateway(Gateway::Redis),
+            Scenario::GatewayAll => Server::Gateway(Gateway::All),
         }
     }
 
@@ -97,13 +125,19 @@ impl Scenario {
         matches!(self, Scenario::GatewayBearer | Scenario::GatewayJwt | Scenario::GatewayAll)
     }
 
-    /// Served by the gateway that counts its limits in Redis, given whether redis-server runs.
-    pub(crate) fn on_redis_gateway(self, redis_running: bool) -> bool {
+    /// Its gateway counts its rate limit in Redis, given whether redis-server runs (without it,
+    /// `gateway-redis-limit` is skipped and `gateway-all` counts in-process).
+    pub(crate) fn counts_in_redis(self, redis_running: bool) -> bool {
         match self {
             Scenario::GatewayRedisLimit => true,
             Scenario::GatewayAll => redis_running,
             _ => false,
         }
+    }
+
+    /// Its gateway writes a JSON access log to a file.
+    pub(crate) fn access_log(self) -> bool {
+        self == Scenario::GatewayAll
     }
 
     /// The request path: `path`, under the prefix of the scenario's route (the gateway strips it).
@@ -140,11 +174,10 @@ impl Scenario {
     pub(crate) fn description(self, setup: &Setup, h2_streams: usize) -> String {
         let path = match self.server() {
             Server::Echo => "client -> echo".to_owned(),
-            Server::Gateway if self.on_redis_gateway(setup.redis) => format!(
-                "client -> gateway ({} worker threads, limits counted in redis-server) -> echo",
-                setup.gateway_workers
-            ),
-            Server::Gateway => format!("client -> gateway ({} worker threads) -> echo", setup.gateway_workers),
+            Server::Gateway(gateway) => {
+                let counted = if self.counts_in_redis(setup.redis) { ", limits counted in redis-server" } else { "" };
+                format!("client -> {} ({} worker threads{counted}) -> echo", gateway.name(), setup.gateway_workers)
+            }
             Server::Nginx => format!("client -> nginx ({} workers) -> echo", setup.nginx_workers),
         };
         let wire = match self {
@@ -166,11 +199,12 @@ impl Scenario {
                 format!("HTTP/1.1 keep-alive; {} in Redis (one EVALSHA per request)", per_ip_limit())
             }
             Scenario::GatewayAll => format!(
-                "all features built so far: HTTP/1.1 over TLS 1.3 keep-alive + {} + a rate limit per token \
-                 subject ({}) counted {}; metrics recorded, as in every gateway scenario; access log off",
+                "all features on: HTTP/1.1 over TLS 1.3 keep-alive + {} + a per-subject rate limit ({}) counted \
+                 {} + metrics (recorded, as in every gateway scenario) + JSON access log to a file ({})",
                 token_pool(setup.jwt_users),
                 budget(),
-                if setup.redis { "in Redis" } else { "in-process (redis-server not installed)" }
+                if setup.redis { "in Redis" } else { "in-process (redis-server not installed)" },
+                stack::access_log_file(Gateway::All.name())
             ),
         };
         format!("{path}; {wire}")
@@ -263,11 +297,32 @@ mod tests {
             assert_eq!(s.path("/"), "/limit/");
             assert!(!s.tls() && !s.http2() && !s.jwt());
         }
-        assert!(!Scenario::GatewayLocalLimit.on_redis_gateway(true));
-        assert!(Scenario::GatewayRedisLimit.on_redis_gateway(false));
-        assert!(Scenario::GatewayAll.on_redis_gateway(true) && !Scenario::GatewayAll.on_redis_gateway(false));
+        assert!(!Scenario::GatewayLocalLimit.counts_in_redis(true));
+        assert!(Scenario::GatewayRedisLimit.counts_in_redis(false));
+        assert!(Scenario::GatewayAll.counts_in_redis(true) && !Scenario::GatewayAll.counts_in_redis(false));
         // The baseline every ratio divides by stays on the gateway without Redis, and unlimited.
-        assert!(!Scenario::Gateway.on_redis_gateway(true));
+        assert!(!Scenario::Gateway.counts_in_redis(true));
         assert_eq!(Scenario::Gateway.path("/"), "/");
+    }
+
+    /// The Redis and access-log gateways serve one scenario each, so neither feature is paid for
+    /// in another scenario; everything else shares the plain gateway.
+    #[test]
+    fn gateway_scenarios_served_by_their_own_gateway() {
+        let served_by = |gateway| {
+            let served = Scenario::value_variants().iter().filter(|s| s.server() == Server::Gateway(gateway));
+            served.map(|s| s.name()).collect::<Vec<_>>()
+        };
+        assert_eq!(served_by(Gateway::Redis), ["gateway-redis-limit"]);
+        assert_eq!(served_by(Gateway::All), ["gateway-all"]);
+        assert_eq!(served_by(Gateway::Plain).len(), Scenario::value_variants().len() - 4);
+        for s in Scenario::value_variants() {
+            assert_eq!(s.access_log(), s.server() == Server::Gateway(Gateway::All), "{}", s.name());
+            if s.counts_in_redis(false) {
+                assert_eq!(s.server(), Server::Gateway(Gateway::Redis), "{}", s.name());
+            }
+        }
+        let names: Vec<_> = Gateway::EVERY.iter().map(|g| g.name()).collect();
+        assert_eq!(names, ["gateway", "gateway-redis", "gateway-all"]);
     }
 }
