@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
 /// Seconds: from a cached-token check through a slow upstream.
@@ -24,6 +24,8 @@ pub struct Metrics {
     identity_headers_stripped: IntCounterVec,
     upstream_errors: IntCounterVec,
     upstream_duration: HistogramVec,
+    breaker_state: IntGaugeVec,
+    breaker_transitions: IntCounterVec,
     rate_limit_decisions: IntCounterVec,
     jwt_checks: IntCounterVec,
     reloads: IntCounterVec,
@@ -58,6 +60,12 @@ fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> Hi
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
     let gauge = IntGauge::new(name, help).unwrap_or_else(|e| misdefined(name, &e));
+    register(registry, name, Box::new(gauge.clone()));
+    gauge
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let gauge = IntGaugeVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| misdefined(name, &e));
     register(registry, name, Box::new(gauge.clone()));
     gauge
 }
@@ -115,6 +123,18 @@ impl Metrics {
                 "From sending the request upstream to its response head, by upstream.",
                 &["upstream"],
             ),
+            breaker_state: gauge_vec(
+                &r,
+                "gateway_circuit_breaker_state",
+                "Circuit breaker state by upstream: 0 closed, 1 open, 2 half-open.",
+                &["upstream"],
+            ),
+            breaker_transitions: counter(
+                &r,
+                "gateway_circuit_breaker_transitions_total",
+                "Circuit breaker transitions by upstream and the state entered (open, half_open, closed).",
+                &["upstream", "to"],
+            ),
             rate_limit_decisions: counter(
                 &r,
                 "gateway_rate_limit_decisions_total",
@@ -154,6 +174,10 @@ impl Metrics {
             timeouts: errors("timeout"),
             errors: errors("error"),
             response_time: self.upstream_duration.with_label_values(&[upstream]),
+            breaker_state: self.breaker_state.with_label_values(&[upstream]),
+            breaker_opened: self.breaker_transitions.with_label_values(&[upstream, "open"]),
+            breaker_half_opened: self.breaker_transitions.with_label_values(&[upstream, "half_open"]),
+            breaker_closed: self.breaker_transitions.with_label_values(&[upstream, "closed"]),
         }
     }
 
@@ -221,6 +245,24 @@ pub struct UpstreamMetrics {
     pub timeouts: IntCounter,
     pub errors: IntCounter,
     pub response_time: Histogram,
+    breaker_state: IntGauge,
+    breaker_opened: IntCounter,
+    breaker_half_opened: IntCounter,
+    breaker_closed: IntCounter,
+}
+
+impl UpstreamMetrics {
+    /// The breaker entered `state`.
+    pub fn breaker_entered(&self, state: crate::upstream::breaker::State) {
+        use crate::upstream::breaker::State;
+        let (gauge, counter) = match state {
+            State::Closed => (0, &self.breaker_closed),
+            State::Open => (1, &self.breaker_opened),
+            State::HalfOpen => (2, &self.breaker_half_opened),
+        };
+        self.breaker_state.set(gauge);
+        counter.inc();
+    }
 }
 
 impl std::fmt::Debug for UpstreamMetrics {

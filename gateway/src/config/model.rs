@@ -261,6 +261,20 @@ pub struct Upstream {
     pub pool: Pool,
     /// Present exactly when the endpoints are `https://` (an upstream never mixes schemes).
     pub tls: Option<UpstreamTls>,
+    /// Present when the upstream stops getting requests while most of them fail.
+    pub circuit_breaker: Option<CircuitBreaker>,
+}
+
+/// When to stop sending requests to a failing upstream, and for how long.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CircuitBreaker {
+    /// Failed share of the requests in `window` (0 < rate <= 1) that opens the breaker.
+    pub failure_rate: f64,
+    /// Fewer requests than this in `window` never open it.
+    pub min_requests: u32,
+    pub window: Duration,
+    /// How long it stays open before letting a probe through.
+    pub open_for: Duration,
 }
 
 /// How the gateway checks an `https://` upstream's certificate.
@@ -403,6 +417,10 @@ pub mod defaults {
     pub const JWKS_REFRESH_INTERVAL: Duration = Duration::from_secs(5 * 60);
     pub const JWKS_MIN_CACHE_AGE: Duration = Duration::from_secs(30);
     pub const JWKS_MAX_CACHE_AGE: Duration = Duration::from_secs(24 * 60 * 60);
+    pub const BREAKER_FAILURE_RATE: f64 = 0.5;
+    pub const BREAKER_MIN_REQUESTS: u32 = 20;
+    pub const BREAKER_WINDOW: Duration = Duration::from_secs(10);
+    pub const BREAKER_OPEN_FOR: Duration = Duration::from_secs(30);
     pub const REDIS_TIMEOUT: Duration = Duration::from_millis(100);
     pub const REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 }

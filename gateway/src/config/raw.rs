@@ -161,6 +161,16 @@ pub(crate) struct RawUpstream {
     pub request_timeout: Option<Spanned<String>>,
     pub pool: Option<RawPool>,
     pub tls: Option<Spanned<RawUpstreamTls>>,
+    pub circuit_breaker: Option<Spanned<RawCircuitBreaker>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCircuitBreaker {
+    pub failure_rate: Option<Spanned<f64>>,
+    pub min_requests: Option<Spanned<u64>>,
+    pub window: Option<Spanned<String>>,
+    pub open_for: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -23,6 +23,8 @@ pub enum ProxyError {
     PayloadTooLarge { limit: u64 },
     #[error("upstream {upstream:?} has no endpoint available")]
     NoEndpoint { upstream: String },
+    #[error("upstream {upstream:?} is failing; requests to it are paused (circuit breaker open)")]
+    CircuitOpen { upstream: String, retry_after: Duration },
     #[error("could not connect to upstream {upstream:?} at {endpoint}")]
     UpstreamConnect { upstream: String, endpoint: String, source: BoxError },
     #[error("upstream {upstream:?} did not answer within {timeout:?}")]
@@ -43,6 +45,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ProxyError::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ProxyError::NoEndpoint { .. } => (StatusCode::SERVICE_UNAVAILABLE, "no_endpoint"),
+            ProxyError::CircuitOpen { .. } => (StatusCode::SERVICE_UNAVAILABLE, "circuit_open"),
             ProxyError::UpstreamConnect { .. } => (StatusCode::BAD_GATEWAY, "upstream_connect_error"),
             ProxyError::UpstreamTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
             ProxyError::Upstream { .. } => (StatusCode::BAD_GATEWAY, "upstream_error"),
@@ -72,6 +75,9 @@ impl ProxyError {
         if let ProxyError::RateLimited(decision) = &self {
             super::headers::set_rate_limit(response.headers_mut(), decision);
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(whole_seconds(decision.retry_after)));
+        }
+        if let ProxyError::CircuitOpen { retry_after, .. } = &self {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(whole_seconds(*retry_after).max(1)));
         }
         if let ProxyError::Auth(rejection) = &self {
             let headers = response.headers_mut();

@@ -1,8 +1,8 @@
 //! The request path: one function, `handle`, runs the phases in a fixed, visible order.
 //!
-//! request id -> identity headers out -> route -> auth -> rate limit -> body limit -> pick endpoint
-//! -> rewrite + headers -> forward -> response headers -> record (metrics, access log, when the
-//! response body ends). Breakers slot in as their issue lands.
+//! request id -> identity headers out -> route -> auth -> rate limit -> body limit -> breaker permit
+//! -> pick endpoint -> rewrite + headers -> forward -> breaker outcome -> response headers -> record
+//! (metrics, access log, when the response body ends).
 
 mod body;
 mod error;
@@ -28,6 +28,7 @@ pub use headers::{remove_hop_by_hop, request_id, set_forwarding, Client};
 use record::{Record, Seen, Trace};
 
 use crate::runtime::{RouteRuntime, Snapshot};
+use crate::upstream::breaker::State;
 use crate::upstream::{Endpoint, InFlight};
 
 /// The body the gateway sends upstream: the client's body, streamed, capped at the route's limit.
@@ -140,9 +141,23 @@ async fn proxy(
         return Err(ProxyError::PayloadTooLarge { limit: route.max_body_size });
     }
 
-    // upstream endpoint
-    let in_flight =
-        route.upstream.pick().ok_or_else(|| ProxyError::NoEndpoint { upstream: route.upstream.name.to_string() })?;
+    // upstream: the breaker's permission, then an endpoint
+    let upstream = &route.upstream;
+    let permit = match &upstream.breaker {
+        Some(breaker) => {
+            let permit = breaker
+                .permit()
+                .map_err(|retry_after| ProxyError::CircuitOpen { upstream: upstream.name.to_string(), retry_after })?;
+            // The first request after `open_for` is the probe: that is when the breaker half-opened.
+            if permit.is_probe() {
+                upstream.metrics.breaker_entered(State::HalfOpen);
+                tracing::info!(upstream = &*upstream.name, "circuit breaker half-open: sending a probe");
+            }
+            Some(permit)
+        }
+        None => None,
+    };
+    let in_flight = upstream.pick().ok_or_else(|| ProxyError::NoEndpoint { upstream: upstream.name.to_string() })?;
 
     // forward
     let upgrade = headers::is_upgrade_request(request.headers()) && request.version() == Version::HTTP_11;
@@ -150,7 +165,23 @@ async fn proxy(
     let client = Client { ip: conn.peer.ip(), trusted, proto: conn.proto, host };
     let upstream_request = upstream_request(request, route, in_flight.endpoint(), client, upgrade, request_id)?;
     trace.endpoint = Some(in_flight.endpoint().authority.clone());
-    let (mut response, upstream_time) = send(route, &in_flight, upstream_request).await?;
+    let sent = send(route, &in_flight, upstream_request).await;
+    if let (Some(breaker), Some(permit)) = (&upstream.breaker, permit) {
+        if let Some(success) = upstream_succeeded(&sent) {
+            if let Some(state) = breaker.record(permit, success) {
+                upstream.metrics.breaker_entered(state);
+                match state {
+                    State::Open => tracing::warn!(upstream = &*upstream.name, "circuit breaker open: requests paused"),
+                    _ => tracing::info!(
+                        upstream = &*upstream.name,
+                        state = state.as_str(),
+                        "circuit breaker state changed"
+                    ),
+                }
+            }
+        }
+    }
+    let (mut response, upstream_time) = sent?;
     trace.upstream_time = Some(upstream_time);
 
     // response
@@ -257,6 +288,16 @@ async fn send(
             metrics.errors.inc();
             Err(ProxyError::Upstream { upstream: upstream(), source: Box::new(error) })
         }
+    }
+}
+
+/// Whether the upstream did its part, for its breaker: a gateway-side refusal (a body over the
+/// limit) says nothing about it (`None`); 502, 503 and 504 from it count as failures.
+fn upstream_succeeded(sent: &Result<(Response<Incoming>, Duration), ProxyError>) -> Option<bool> {
+    match sent {
+        Ok((response, _)) => Some(!matches!(response.status().as_u16(), 502..=504)),
+        Err(ProxyError::PayloadTooLarge { .. }) => None,
+        Err(_) => Some(false),
     }
 }
 

@@ -1,6 +1,8 @@
-//! Upstreams: their endpoints, the balancer that picks one, and the pooled HTTP client.
+//! Upstreams: their endpoints, the balancer that picks one, the circuit breaker, and the pooled
+//! HTTP client.
 
 mod balancer;
+pub mod breaker;
 mod tls;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,6 +20,7 @@ use crate::metrics::{self, UpstreamMetrics};
 use crate::proxy::UpstreamRequestBody;
 use crate::{config, worker};
 use balancer::Balancer;
+use breaker::Breaker;
 pub(crate) use tls::fetch_connector;
 
 /// Largest upstream response head accepted; larger is a 502, never unbounded memory.
@@ -55,6 +58,8 @@ pub struct Upstream {
     pub request_timeout: Duration,
     /// Its series in `/metrics`.
     pub metrics: UpstreamMetrics,
+    /// Present when configured; carried over by reloads that leave its settings unchanged.
+    pub breaker: Option<Arc<Breaker>>,
 }
 
 /// One endpoint of an upstream and the requests currently in flight to it.
@@ -125,6 +130,10 @@ impl Upstream {
             balancer: Balancer::new(config.load_balancing),
             request_timeout: config.request_timeout,
             metrics: metrics::global().upstream(&config.name),
+            breaker: config.circuit_breaker.as_ref().map(|settings| {
+                let kept = previous.and_then(|p| p.breaker.as_ref()).filter(|b| b.config() == settings);
+                kept.cloned().unwrap_or_else(|| Arc::new(Breaker::new(settings)))
+            }),
         })
     }
 
@@ -199,6 +208,7 @@ mod tests {
             request_timeout: Duration::from_secs(1),
             pool: config::Pool { idle_timeout: Duration::from_secs(1), max_idle_per_host: 1 },
             tls,
+            circuit_breaker: None,
         }
     }
 

@@ -1,13 +1,15 @@
-//! Checks `upstreams`: names, endpoint URLs, balancing, timeouts, pool and TLS settings.
+//! Checks `upstreams`: names, endpoint URLs, balancing, timeouts, pool, TLS and circuit breakers.
 
 pub(super) mod tls;
+
+use std::time::Duration;
 
 use http::Uri;
 use serde_saphyr::{Location, Spanned};
 
 use super::{check_name, duration, path_key, Report};
-use crate::config::model::{defaults, Endpoint, LoadBalancing, Pool, Upstream};
-use crate::config::raw::{OrderedMap, RawUpstream};
+use crate::config::model::{defaults, CircuitBreaker, Endpoint, LoadBalancing, Pool, Upstream};
+use crate::config::raw::{OrderedMap, RawCircuitBreaker, RawUpstream};
 use crate::config::suggest;
 
 const LOAD_BALANCING: [(&str, LoadBalancing); 2] =
@@ -88,7 +90,58 @@ fn upstream(report: &mut Report<'_>, name: &Spanned<String>, raw: &RawUpstream) 
             .map_or(defaults::POOL_MAX_IDLE_PER_HOST, |n| n.value),
     };
     let tls = tls::upstream_tls(report, &name.value, raw.tls.as_ref(), &endpoints, &located, &path);
-    Upstream { name: name.value.clone(), endpoints, load_balancing, connect_timeout, request_timeout, pool, tls }
+    let circuit_breaker = raw.circuit_breaker.as_ref().map(|raw| circuit_breaker(report, raw, &path));
+    Upstream {
+        name: name.value.clone(),
+        endpoints,
+        load_balancing,
+        connect_timeout,
+        request_timeout,
+        pool,
+        tls,
+        circuit_breaker,
+    }
+}
+
+/// `circuit_breaker`: every key optional (`circuit_breaker: {}` takes the defaults).
+fn circuit_breaker(report: &mut Report<'_>, raw: &Spanned<RawCircuitBreaker>, path: &str) -> CircuitBreaker {
+    let path = format!("{path}.circuit_breaker");
+    let raw = &raw.value;
+    let failure_rate = match &raw.failure_rate {
+        Some(rate) if rate.value > 0.0 && rate.value <= 1.0 => rate.value,
+        Some(rate) => {
+            (report.error(
+                rate.referenced,
+                &format!("{path}.failure_rate"),
+                "failure_rate must be above 0 and at most 1",
+            ))
+            .hint("the failed share of requests that opens the breaker, e.g. 0.5 for half");
+            defaults::BREAKER_FAILURE_RATE
+        }
+        None => defaults::BREAKER_FAILURE_RATE,
+    };
+    let min_requests = match &raw.min_requests {
+        Some(n) => u32::try_from(n.value).ok().filter(|n| *n > 0).unwrap_or_else(|| {
+            (report.error(n.referenced, &format!("{path}.min_requests"), "min_requests must be 1 to 4294967295"))
+                .hint("so a handful of failures on a quiet upstream does not open it, e.g. 20");
+            defaults::BREAKER_MIN_REQUESTS
+        }),
+        None => defaults::BREAKER_MIN_REQUESTS,
+    };
+    let at_least_a_second = |report: &mut Report<'_>, raw: Option<&Spanned<String>>, key: &str, default| {
+        let value = duration(report, raw, &format!("{path}.{key}"), default);
+        match raw {
+            Some(raw) if value < Duration::from_secs(1) => {
+                (report.error(raw.referenced, &format!("{path}.{key}"), format!("{key} must be at least 1s")))
+                    .hint(format!("e.g. `{key}: {}s`", default.as_secs()));
+                default
+            }
+            _ => value,
+        }
+    };
+    let window = at_least_a_second(report, raw.window.as_ref(), "window", defaults::BREAKER_WINDOW);
+    let open_for = at_least_a_second(report, raw.open_for.as_ref(), "open_for", defaults::BREAKER_OPEN_FOR);
+    CircuitBreaker { failure_rate, min_requests, window, open_for }
 }
 
 /// `http://host[:port][/]` or `https://host[:port][/]` and nothing else.

@@ -1,0 +1,276 @@
+use std::time::Instant;
+
+use super::*;
+use crate::limit::redis_server::RedisServer;
+
+const MINUTE: Duration = Duration::from_secs(60);
+/// Bound for "did not hang": far above any timeout configured here.
+const HANG: Duration = Duration::from_secs(10);
+
+fn config(url: &str) -> Redis {
+    Redis { url: url.to_owned(), timeout: Duration::from_millis(200), connect_timeout: Duration::from_millis(500) }
+}
+
+/// Polls until `ready` holds, failing the test after 15 s.
+async fn eventually<F: std::future::Future<Output = bool>>(what: &str, mut ready: impl FnMut() -> F) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !ready().await {
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn connected(store: &RedisStore) {
+    eventually("connected", || async { store.status()["connected"] == true }).await;
+}
+
+#[test]
+fn hash_tag_encodes_braces_and_percent_only() {
+    assert_eq!(hash_tag("per_user:alice"), "per_user:alice");
+    assert!(matches!(hash_tag("per_user:alice"), Cow::Borrowed(_)));
+    assert_eq!(hash_tag("a}b{c%d"), "a%7Db%7Bc%25d");
+    assert_eq!(hash_tag("x%7D"), "x%257D");
+    assert_ne!(hash_tag("x}"), hash_tag("x%7D"));
+    assert_eq!(hash_tag(""), "%");
+}
+
+#[test]
+fn redact_url_hides_passwords() {
+    assert_eq!(redact_url("redis://:s3cret@127.0.0.1:6379/0"), "redis://:***@127.0.0.1:6379/0");
+    assert_eq!(redact_url("rediss://user:p%40ss@host:6380"), "rediss://user:***@host:6380");
+    assert_eq!(redact_url("redis://user:a@b/c@host"), "redis://user:***@host");
+    assert_eq!(redact_url("redis://user@host"), "redis://user@host");
+    assert_eq!(redact_url("redis://host:6379"), "redis://host:6379");
+    assert_eq!(
+        redact_url("redis+unix:///run/redis.sock?db=1&pass=secret"),
+        "redis+unix:///run/redis.sock?db=1&pass=***"
+    );
+    assert_eq!(password_in_url("redis://user:a@b/c@host"), Some("a@b/c"));
+    assert_eq!(password_in_url("redis://host"), None);
+}
+
+#[test]
+fn start_without_runtime_never_connects() {
+    let store = RedisStore::start(&config("redis://:pw123@127.0.0.1:1"), 1);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let outcome = runtime.block_on(store.check("k", 1, MINUTE));
+    assert_eq!(outcome, Err(Unavailable::NotConnected));
+    let status = store.status();
+    assert_eq!(status["connected"], false);
+    assert!(status["last_error"].as_str().unwrap().contains("no tokio runtime"));
+    assert!(!format!("{status} {store:?}").contains("pw123"));
+}
+
+#[tokio::test]
+async fn start_invalid_url_reports_why() {
+    let store = RedisStore::start(&config("http://:pw123@host"), 1);
+    assert_eq!(store.check("k", 1, MINUTE).await, Err(Unavailable::NotConnected));
+    let last_error = store.status()["last_error"].as_str().unwrap().to_owned();
+    assert!(last_error.contains("invalid Redis URL"), "{last_error}");
+    assert!(!last_error.contains("pw123"));
+}
+
+#[tokio::test]
+async fn check_allows_up_to_limit_then_denies() {
+    let server = RedisServer::start();
+    let store = RedisStore::start(&config(&server.url()), 1);
+    connected(&store).await;
+    for remaining in [2, 1, 0] {
+        let decision = store.check("per_user:alice", 3, MINUTE).await.unwrap();
+        assert!(decision.allowed);
+        assert_eq!((decision.limit, decision.remaining), (3, remaining));
+    }
+    let denied = store.check("per_user:alice", 3, MINUTE).await.unwrap();
+    assert!(!denied.allowed);
+    assert_eq!(denied.remaining, 0);
+    assert!(denied.retry_after > Duration::ZERO);
+    assert!(denied.retry_after <= 2 * MINUTE);
+    assert!(store.check("per_user:bob", 3, MINUTE).await.unwrap().allowed);
+}
+
+#[tokio::test]
+async fn check_two_stores_share_a_budget() {
+    let server = RedisServer::start();
+    let (one, two) = (RedisStore::start(&config(&server.url()), 1), RedisStore::start(&config(&server.url()), 1));
+    connected(&one).await;
+    connected(&two).await;
+    for store in [&one, &two, &one, &two] {
+        assert!(store.check("shared", 4, MINUTE).await.unwrap().allowed);
+    }
+    assert!(!one.check("shared", 4, MINUTE).await.unwrap().allowed);
+    assert!(!two.check("shared", 4, MINUTE).await.unwrap().allowed);
+}
+
+#[tokio::test]
+async fn check_keys_with_braces_stay_distinct() {
+    let server = RedisServer::start();
+    let store = RedisStore::start(&config(&server.url()), 1);
+    connected(&store).await;
+    for key in ["jwt:}", "jwt:%7D", "jwt:{", "jwt:", ""] {
+        assert!(store.check(key, 1, MINUTE).await.unwrap().allowed, "{key:?}");
+    }
+    assert!(!store.check("jwt:}", 1, MINUTE).await.unwrap().allowed);
+}
+
+#[tokio::test]
+async fn check_server_killed_unavailable_then_reconnects() {
+    let mut server = RedisServer::start();
+    let store = RedisStore::start(&config(&server.url()), 1);
+    connected(&store).await;
+    assert!(store.check("k", 100, MINUTE).await.is_ok());
+
+    server.stop();
+    let outcome = tokio::time::timeout(HANG, store.check("k", 100, MINUTE)).await.expect("check hung");
+    assert!(outcome.is_err(), "{outcome:?}");
+    let outcome = tokio::time::timeout(HANG, store.check("k", 100, MINUTE)).await.expect("check hung");
+    assert!(outcome.is_err(), "{outcome:?}");
+    eventually("disconnected", || async { store.status()["connected"] == false }).await;
+    assert!(store.status()["last_error"].is_string());
+
+    server.restart();
+    eventually("checks succeed again", || async { store.check("k", 100, MINUTE).await.is_ok() }).await;
+    assert_eq!(store.status()["last_error"], Value::Null);
+}
+
+#[tokio::test]
+async fn check_slow_server_times_out_and_keeps_connection() {
+    let server = RedisServer::start();
+    let store = RedisStore::start(&config(&server.url()), 1);
+    connected(&store).await;
+    let mut admin = Client::open(server.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("CLIENT").arg("PAUSE").arg(1500).arg("ALL").query_async::<()>(&mut admin).await.unwrap();
+
+    let outcome = tokio::time::timeout(HANG, store.check("k", 5, MINUTE)).await.expect("check hung");
+    assert_eq!(outcome, Err(Unavailable::TimedOut(Duration::from_millis(200))));
+    assert_eq!(store.status()["connected"], true);
+    eventually("checks succeed after the pause", || async { store.check("k", 5, MINUTE).await.is_ok() }).await;
+}
+
+#[tokio::test]
+async fn check_timeouts_in_a_row_drop_connection_then_reconnects() {
+    let server = RedisServer::start();
+    let store = RedisStore::start(&config(&server.url()), 1);
+    connected(&store).await;
+    let mut admin = Client::open(server.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("CLIENT").arg("PAUSE").arg(2000).arg("ALL").query_async::<()>(&mut admin).await.unwrap();
+
+    for _ in 0..TIMEOUTS_IN_A_ROW {
+        let outcome = tokio::time::timeout(HANG, store.check("k", 5, MINUTE)).await.expect("check hung");
+        assert_eq!(outcome, Err(Unavailable::TimedOut(Duration::from_millis(200))));
+    }
+    assert_eq!(store.status()["connected"], false);
+    assert_eq!(store.check("k", 5, MINUTE).await, Err(Unavailable::NotConnected));
+    eventually("checks succeed after the pause", || async { store.check("k", 5, MINUTE).await.is_ok() }).await;
+}
+
+#[test]
+fn check_future_is_send() {
+    fn assert_send<T: Send>(_: &T) {}
+    let store = RedisStore::start(&config("redis://127.0.0.1:1"), 1);
+    assert_send(&store.check("k", 1, MINUTE));
+}
+
+#[tokio::test]
+async fn status_redacts_password() {
+    let server = RedisServer::with_password("s3cret-pw");
+    let store = RedisStore::start(&config(&server.url()), 1);
+    connected(&store).await;
+    let status = store.status();
+    assert_eq!(status["url"], format!("redis://:***@127.0.0.1:{}", server.port()));
+    assert!(!format!("{status} {store:?}").contains("s3cret"));
+    assert!(store.check("k", 1, MINUTE).await.unwrap().allowed);
+
+    let wrong = RedisStore::start(&config(&format!("redis://:wrong-pw@127.0.0.1:{}", server.port())), 1);
+    eventually("auth failure reported", || async { wrong.status()["last_error"].is_string() }).await;
+    let status = wrong.status();
+    assert_eq!(status["connected"], false);
+    assert!(!status.to_string().contains("wrong-pw"), "{status}");
+    assert_eq!(wrong.check("k", 1, MINUTE).await, Err(Unavailable::NotConnected));
+}
+
+#[test]
+fn check_works_from_another_runtime() {
+    let server = RedisServer::start();
+    let home = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let store = home.block_on(async {
+        let store = RedisStore::start(&config(&server.url()), 1);
+        connected(&store).await;
+        store
+    });
+    let worker = Arc::clone(&store);
+    let decision = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(worker.check("k", 2, MINUTE))
+    })
+    .join()
+    .unwrap()
+    .unwrap();
+    assert!(decision.allowed);
+    assert_eq!(decision.remaining, 1);
+}
+
+#[tokio::test]
+async fn start_task_ends_when_store_dropped() {
+    let server = RedisServer::start();
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let before = metrics.num_alive_tasks();
+    let store = RedisStore::start(&config(&server.url()), 1);
+    connected(&store).await;
+    assert!(metrics.num_alive_tasks() > before);
+    let weak = Arc::downgrade(&store);
+    drop(store);
+    assert_eq!(weak.strong_count(), 0, "the task holds no strong reference while it waits");
+    eventually("tasks gone", || async { metrics.num_alive_tasks() == before }).await;
+}
+
+#[tokio::test]
+async fn start_task_ends_when_store_dropped_while_backing_off() {
+    let port = RedisServer::start().port(); // stopped at once: nothing listens there
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let before = metrics.num_alive_tasks();
+    let store = RedisStore::start(&config(&format!("redis://127.0.0.1:{port}")), 1);
+    eventually("connect failure reported", || async { store.status()["last_error"].is_string() }).await;
+    assert_eq!(metrics.num_alive_tasks(), before + 1);
+    let weak = Arc::downgrade(&store);
+    drop(store);
+    assert_eq!(weak.strong_count(), 0, "the task holds no strong reference while it waits");
+    eventually("task gone", || async { metrics.num_alive_tasks() == before }).await;
+}
+
+#[tokio::test]
+async fn script_applies_window_rule_and_counts_only_allowed() {
+    let server = RedisServer::start();
+    let mut connection = Client::open(server.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let script = Script::new(SCRIPT);
+    let keys = ["gw:rl:{t}:1".to_owned(), "gw:rl:{t}:0".to_owned()];
+    let window = 4;
+    for limit in 1..=4 {
+        for elapsed in 0..window {
+            for previous in 0..=5u64 {
+                for current in 0..=5u64 {
+                    let mut reset = redis::pipe();
+                    reset.del(&keys[0]).del(&keys[1]).set(&keys[0], current).set(&keys[1], previous);
+                    reset.query_async::<()>(&mut connection).await.unwrap();
+                    let got = run_script(&script, &mut connection, &keys, limit, window, elapsed).await.unwrap();
+                    let allowed = window::allows(limit, window, elapsed, previous, current);
+                    let after = current + u64::from(allowed);
+                    let want = (i64::from(allowed), previous as i64, after as i64);
+                    assert_eq!(got, want, "limit {limit} elapsed {elapsed} previous {previous} current {current}");
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn script_first_count_expires_after_two_windows() {
+    let server = RedisServer::start();
+    let mut connection = Client::open(server.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let keys = ["gw:rl:{e}:1".to_owned(), "gw:rl:{e}:0".to_owned()];
+    let got = run_script(&Script::new(SCRIPT), &mut connection, &keys, 5, 60_000, 0).await.unwrap();
+    assert_eq!(got, (1, 0, 1));
+    let ttl: i64 = redis::cmd("PTTL").arg(&keys[0]).query_async(&mut connection).await.unwrap();
+    assert!(ttl > 0 && ttl <= 120_000, "{ttl}");
+    let previous_exists: bool = redis::cmd("EXISTS").arg(&keys[1]).query_async(&mut connection).await.unwrap();
+    assert!(!previous_exists, "a read must not create the previous counter");
+}

@@ -1,0 +1,135 @@
+//! Circuit breakers (`upstreams.*.circuit_breaker`): a failing upstream stops getting requests
+//! (503 `circuit_open` with `Retry-After`, nothing forwarded), a probe after `open_for` decides,
+//! other upstreams are unaffected, and `/metrics` shows the state.
+//!
+//! The echo fails on demand (`/status/503`), so "failing" is a path, not a dead process. Waits are
+//! bounded polls; nothing asserts wall-clock time (`open_for` is 1 s, the shortest allowed, and
+//! the probe test only waits for it to pass).
+
+use std::time::{Duration, Instant};
+
+use e2e::client::{self, Reply};
+use e2e::{config, Backend, Gateway, TIMEOUT};
+
+/// Opens after 3 requests in the window when at least half failed; probes after 1 s.
+fn breaker_config(flaky: &Backend, steady: &Backend) -> String {
+    config(
+        "upstreams:
+  flaky:
+    endpoints: [\"${flaky}\"]
+    circuit_breaker: { failure_rate: 0.5, min_requests: 3, window: 60s, open_for: 1s }
+  steady: { endpoints: [\"${steady}\"] }
+routes:
+  - { name: flaky, match: { path_prefix: /flaky }, upstream: flaky, strip_prefix: true }
+  - { name: steady, match: { path_prefix: /steady }, upstream: steady, strip_prefix: true }
+",
+        &[flaky, steady],
+    )
+}
+
+async fn get(gateway: &Gateway, path: &str) -> Reply {
+    client::get(gateway.addr(), path).await
+}
+
+fn assert_circuit_open(reply: &Reply, what: &str) {
+    assert_eq!(reply.status, 503, "{what}: {reply:?}");
+    let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert_eq!(body["error"], "circuit_open", "{what}: {body}");
+    let retry_after: u64 = (reply.header("retry-after"))
+        .unwrap_or_else(|| panic!("{what}: no Retry-After; {reply:?}"))
+        .parse()
+        .unwrap_or_else(|e| panic!("{what}: Retry-After is not seconds ({e})"));
+    assert_eq!(retry_after, 1, "{what}: Retry-After with open_for 1s");
+}
+
+async fn metrics(gateway: &Gateway) -> String {
+    client::get(gateway.admin_addr(), "/metrics").await.text()
+}
+
+/// Polls `/metrics` until it has `line`; panics with the exposition after [`TIMEOUT`].
+async fn wait_for_metric(gateway: &Gateway, line: &str) {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let text = metrics(gateway).await;
+        if text.lines().any(|l| l == line) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no `{line}` in /metrics within {TIMEOUT:?}:\n{text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Three failures open the breaker (3 requests, all failed >= 0.5).
+async fn open_it(gateway: &Gateway) {
+    for i in 0..3 {
+        assert_eq!(get(gateway, "/flaky/status/503").await.status, 503, "failure {i} reaches the echo");
+    }
+}
+
+#[tokio::test]
+async fn breaker_opens_after_failures_and_stops_forwarding() {
+    let (flaky, steady) = (Backend::spawn("flaky"), Backend::spawn("steady"));
+    let gateway = Gateway::start(&breaker_config(&flaky, &steady));
+    assert_eq!(get(&gateway, "/flaky/ok").await.status, 200, "a closed breaker forwards");
+    // One success and two failures: 2 of 3 failed, over half.
+    assert_eq!(get(&gateway, "/flaky/status/503").await.status, 503);
+    assert_eq!(get(&gateway, "/flaky/status/503").await.status, 503);
+    let forwarded = flaky.stats().await.requests;
+    assert_eq!(forwarded, 3);
+
+    let refused = get(&gateway, "/flaky/ok").await;
+    assert_circuit_open(&refused, "open breaker");
+    assert_eq!(flaky.stats().await.requests, forwarded, "an open breaker must not forward");
+    assert_eq!(get(&gateway, "/steady/ok").await.status, 200, "another upstream is unaffected");
+    wait_for_metric(&gateway, "gateway_circuit_breaker_state{upstream=\"flaky\"} 1").await;
+    wait_for_metric(&gateway, "gateway_circuit_breaker_transitions_total{to=\"open\",upstream=\"flaky\"} 1").await;
+    wait_for_metric(&gateway, "gateway_circuit_breaker_state{upstream=\"steady\"} 0").await;
+}
+
+#[tokio::test]
+async fn breaker_probe_success_closes_it() {
+    let (flaky, steady) = (Backend::spawn("flaky"), Backend::spawn("steady"));
+    let gateway = Gateway::start(&breaker_config(&flaky, &steady));
+    open_it(&gateway).await;
+    assert_circuit_open(&get(&gateway, "/flaky/ok").await, "just opened");
+
+    // After open_for the next request is the probe; it succeeds, and the breaker closes.
+    let deadline = Instant::now() + TIMEOUT;
+    let probe = loop {
+        let reply = get(&gateway, "/flaky/ok").await;
+        if reply.status != 503 {
+            break reply;
+        }
+        assert_circuit_open(&reply, "waiting for open_for to pass");
+        assert!(Instant::now() < deadline, "the breaker never let a probe through");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(probe.status, 200, "the probe: {probe:?}");
+    for i in 0..5 {
+        assert_eq!(get(&gateway, "/flaky/ok").await.status, 200, "request {i} after the breaker closed");
+    }
+    wait_for_metric(&gateway, "gateway_circuit_breaker_state{upstream=\"flaky\"} 0").await;
+    wait_for_metric(&gateway, "gateway_circuit_breaker_transitions_total{to=\"half_open\",upstream=\"flaky\"} 1").await;
+    wait_for_metric(&gateway, "gateway_circuit_breaker_transitions_total{to=\"closed\",upstream=\"flaky\"} 1").await;
+}
+
+#[tokio::test]
+async fn breaker_probe_failure_opens_it_again() {
+    let (flaky, steady) = (Backend::spawn("flaky"), Backend::spawn("steady"));
+    let gateway = Gateway::start(&breaker_config(&flaky, &steady));
+    open_it(&gateway).await;
+
+    let deadline = Instant::now() + TIMEOUT;
+    let probe = loop {
+        let reply = get(&gateway, "/flaky/status/503").await;
+        // The echo's own 503 has no `circuit_open` error: that is the probe, forwarded.
+        if !reply.text().contains("circuit_open") {
+            break reply;
+        }
+        assert!(Instant::now() < deadline, "the breaker never let a probe through");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(probe.status, 503, "the probe reached the failing echo: {probe:?}");
+    assert_circuit_open(&get(&gateway, "/flaky/ok").await, "a failed probe opens it again");
+    wait_for_metric(&gateway, "gateway_circuit_breaker_transitions_total{to=\"open\",upstream=\"flaky\"} 2").await;
+}
