@@ -59,6 +59,22 @@ async fn wait_for_metric(gateway: &Gateway, line: &str) {
     }
 }
 
+/// Sends `path` until the breaker lets it through after `open_for` (the probe) and returns that
+/// reply; every refusal before it must be the breaker's.
+async fn probe(gateway: &Gateway, path: &str) -> Reply {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let reply = get(gateway, path).await;
+        // The echo's own 503 has no `circuit_open` error: that would be the probe, forwarded.
+        if !reply.text().contains("circuit_open") {
+            return reply;
+        }
+        assert_circuit_open(&reply, "waiting for open_for to pass");
+        assert!(Instant::now() < deadline, "the breaker never let a probe through");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Three failures open the breaker (3 requests, all failed >= 0.5).
 async fn open_it(gateway: &Gateway) {
     for i in 0..3 {
@@ -94,16 +110,7 @@ async fn breaker_probe_success_closes_it() {
     assert_circuit_open(&get(&gateway, "/flaky/ok").await, "just opened");
 
     // After open_for the next request is the probe; it succeeds, and the breaker closes.
-    let deadline = Instant::now() + TIMEOUT;
-    let probe = loop {
-        let reply = get(&gateway, "/flaky/ok").await;
-        if reply.status != 503 {
-            break reply;
-        }
-        assert_circuit_open(&reply, "waiting for open_for to pass");
-        assert!(Instant::now() < deadline, "the breaker never let a probe through");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let probe = probe(&gateway, "/flaky/ok").await;
     assert_eq!(probe.status, 200, "the probe: {probe:?}");
     for i in 0..5 {
         assert_eq!(get(&gateway, "/flaky/ok").await.status, 200, "request {i} after the breaker closed");
@@ -119,16 +126,7 @@ async fn breaker_probe_failure_opens_it_again() {
     let gateway = Gateway::start(&breaker_config(&flaky, &steady));
     open_it(&gateway).await;
 
-    let deadline = Instant::now() + TIMEOUT;
-    let probe = loop {
-        let reply = get(&gateway, "/flaky/status/503").await;
-        // The echo's own 503 has no `circuit_open` error: that is the probe, forwarded.
-        if !reply.text().contains("circuit_open") {
-            break reply;
-        }
-        assert!(Instant::now() < deadline, "the breaker never let a probe through");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let probe = probe(&gateway, "/flaky/status/503").await;
     assert_eq!(probe.status, 503, "the probe reached the failing echo: {probe:?}");
     assert_circuit_open(&get(&gateway, "/flaky/ok").await, "a failed probe opens it again");
     wait_for_metric(&gateway, "gateway_circuit_breaker_transitions_total{to=\"open\",upstream=\"flaky\"} 2").await;

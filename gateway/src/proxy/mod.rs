@@ -28,7 +28,6 @@ pub use headers::{remove_hop_by_hop, request_id, set_forwarding, Client};
 use record::{Record, Seen, Trace};
 
 use crate::runtime::{RouteRuntime, Snapshot};
-use crate::upstream::breaker::State;
 use crate::upstream::{Endpoint, InFlight};
 
 /// The body the gateway sends upstream: the client's body, streamed, capped at the route's limit.
@@ -143,20 +142,8 @@ async fn proxy(
 
     // upstream: the breaker's permission, then an endpoint
     let upstream = &route.upstream;
-    let permit = match &upstream.breaker {
-        Some(breaker) => {
-            let permit = breaker
-                .permit()
-                .map_err(|retry_after| ProxyError::CircuitOpen { upstream: upstream.name.to_string(), retry_after })?;
-            // The first request after `open_for` is the probe: that is when the breaker half-opened.
-            if permit.is_probe() {
-                upstream.metrics.breaker_entered(State::HalfOpen);
-                tracing::info!(upstream = &*upstream.name, "circuit breaker half-open: sending a probe");
-            }
-            Some(permit)
-        }
-        None => None,
-    };
+    let permit = (upstream.permit())
+        .map_err(|retry_after| ProxyError::CircuitOpen { upstream: upstream.name.to_string(), retry_after })?;
     let in_flight = upstream.pick().ok_or_else(|| ProxyError::NoEndpoint { upstream: upstream.name.to_string() })?;
 
     // forward
@@ -166,20 +153,8 @@ async fn proxy(
     let upstream_request = upstream_request(request, route, in_flight.endpoint(), client, upgrade, request_id)?;
     trace.endpoint = Some(in_flight.endpoint().authority.clone());
     let sent = send(route, &in_flight, upstream_request).await;
-    if let (Some(breaker), Some(permit)) = (&upstream.breaker, permit) {
-        if let Some(success) = upstream_succeeded(&sent) {
-            if let Some(state) = breaker.record(permit, success) {
-                upstream.metrics.breaker_entered(state);
-                match state {
-                    State::Open => tracing::warn!(upstream = &*upstream.name, "circuit breaker open: requests paused"),
-                    _ => tracing::info!(
-                        upstream = &*upstream.name,
-                        state = state.as_str(),
-                        "circuit breaker state changed"
-                    ),
-                }
-            }
-        }
+    if let Some(success) = upstream_succeeded(&sent) {
+        upstream.record(permit, success);
     }
     let (mut response, upstream_time) = sent?;
     trace.upstream_time = Some(upstream_time);

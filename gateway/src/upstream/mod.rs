@@ -20,7 +20,7 @@ use crate::metrics::{self, UpstreamMetrics};
 use crate::proxy::UpstreamRequestBody;
 use crate::{config, worker};
 use balancer::Balancer;
-use breaker::Breaker;
+use breaker::{Breaker, Permit, State};
 pub(crate) use tls::fetch_connector;
 
 /// Largest upstream response head accepted; larger is a 502, never unbounded memory.
@@ -142,6 +142,30 @@ impl Upstream {
     pub(crate) fn shares_state_with(&self, other: &Upstream) -> bool {
         Arc::ptr_eq(&self.clients, &other.clients)
             && self.endpoints.iter().any(|e| other.endpoints.iter().any(|o| Arc::ptr_eq(e, o)))
+    }
+
+    /// The breaker's permission for one request (`None`: no breaker); `Err(retry_after)` while
+    /// it is open.
+    pub fn permit(&self) -> Result<Option<Permit>, Duration> {
+        let Some(breaker) = &self.breaker else { return Ok(None) };
+        let permit = breaker.permit()?;
+        // The first request after `open_for` is the probe: that is when the breaker half-opened.
+        if permit.is_probe() {
+            self.metrics.breaker_entered(State::HalfOpen);
+            tracing::info!(upstream = &*self.name, "circuit breaker half-open: sending a probe");
+        }
+        Ok(Some(permit))
+    }
+
+    /// Tells the breaker how a permitted request went.
+    pub fn record(&self, permit: Option<Permit>, success: bool) {
+        let (Some(breaker), Some(permit)) = (&self.breaker, permit) else { return };
+        let Some(state) = breaker.record(permit, success) else { return };
+        self.metrics.breaker_entered(state);
+        match state {
+            State::Open => tracing::warn!(upstream = &*self.name, "circuit breaker open: requests paused"),
+            _ => tracing::info!(upstream = &*self.name, state = state.as_str(), "circuit breaker state changed"),
+        }
     }
 
     /// The calling worker's client.
