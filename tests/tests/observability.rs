@@ -772,3 +772,20 @@ async fn access_log_client_gone_before_the_response_is_499() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn access_log_client_ip_is_the_forwarded_client_behind_a_trusted_proxy() {
+    let echo = Backend::spawn("echo");
+    let trusting = format!("{}server: {{ trusted_proxies: [127.0.0.1/32] }}\n", e2e::LISTENERS);
+    let dir = ConfigDir::new(&access_log_config(&echo, "logs/access.log").replacen(e2e::LISTENERS, &trusting, 1));
+    let logs = dir.path().parent().unwrap_or_else(|| panic!("{} has no parent", dir.path_text())).join("logs");
+    std::fs::create_dir(&logs).unwrap_or_else(|e| panic!("creating {}: {e}", logs.display()));
+    let gateway = Gateway::start_with_file(dir.path());
+
+    // The client wrote 6.6.6.6 itself; our trusted proxy (127.0.0.1) saw 203.0.113.9.
+    let headers = [("x-forwarded-for", "6.6.6.6, 203.0.113.9")];
+    let reply = client::get_with(gateway.addr(), "/api/x", &headers).await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let line = wait_for_line(&logs.join("access.log"), &request_id(&reply)).await;
+    assert_eq!(line["client_ip"], "203.0.113.9", "client_ip in {line}");
+}

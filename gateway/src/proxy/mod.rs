@@ -12,7 +12,7 @@ mod record;
 mod redirect;
 mod upgrade;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -50,7 +50,7 @@ pub async fn handle(snapshot: Arc<Snapshot>, conn: Connection, request: Request<
     let started = Instant::now();
     let request_id = headers::request_id(request.headers());
     let method = request.method().clone();
-    let seen = snapshot.access_log.as_ref().map(|_| Box::new(Seen::of(&request, &conn)));
+    let seen = snapshot.access_log.as_ref().map(|_| Box::new(Seen::of(&snapshot, &request, &conn)));
     // Records the request when dropped: with the response body, or here if the client leaves first.
     let mut record = Record::start(snapshot, started, request_id.clone(), seen);
     let (snapshot, trace) = record.parts();
@@ -122,10 +122,7 @@ async fn proxy(
     let trusted = snapshot.is_trusted(conn.peer.ip());
     let rate_limit = match &route.rate_limit {
         Some(limit) => {
-            let client_ip = match trusted {
-                true => headers::forwarded_client_ip(request.headers(), conn.peer.ip(), |ip| snapshot.is_trusted(ip)),
-                false => conn.peer.ip(),
-            };
+            let client_ip = client_ip(snapshot, conn, request.headers());
             let decision = limit.check(&limit.key(client_ip, claims.as_deref())).await;
             if !decision.allowed {
                 return Err(ProxyError::RateLimited(decision));
@@ -172,6 +169,15 @@ async fn proxy(
         headers::set_rate_limit(&mut parts.headers, decision);
     }
     Ok(Response::from_parts(parts, ProxyBody::upstream(body, in_flight)))
+}
+
+/// The client's address: the peer's, or when the peer is a trusted proxy, the one it forwarded.
+pub(crate) fn client_ip(snapshot: &Snapshot, conn: &Connection, headers: &http::HeaderMap) -> IpAddr {
+    let peer = conn.peer.ip();
+    match snapshot.is_trusted(peer) {
+        true => headers::forwarded_client_ip(headers, peer, |ip| snapshot.is_trusted(ip)),
+        false => peer,
+    }
 }
 
 /// The host the client asked for: the Host header (HTTP/1.1) or the URI authority (HTTP/2).
