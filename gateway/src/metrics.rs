@@ -23,6 +23,7 @@ pub struct Metrics {
     duration: HistogramVec,
     identity_headers_stripped: IntCounterVec,
     upstream_errors: IntCounterVec,
+    upstream_retries: IntCounterVec,
     upstream_duration: HistogramVec,
     breaker_state: IntGaugeVec,
     breaker_transitions: IntCounterVec,
@@ -117,6 +118,12 @@ impl Metrics {
                 "Failed upstream requests by upstream and kind (connect, timeout, error).",
                 &["upstream", "kind"],
             ),
+            upstream_retries: counter(
+                &r,
+                "gateway_upstream_retries_total",
+                "Requests sent again to another endpoint after the first could not be connected to, by upstream.",
+                &["upstream"],
+            ),
             upstream_duration: histogram(
                 &r,
                 "gateway_upstream_response_seconds",
@@ -170,6 +177,7 @@ impl Metrics {
     pub fn upstream(&self, upstream: &str) -> UpstreamMetrics {
         let errors = |kind: &str| self.upstream_errors.with_label_values(&[upstream, kind]);
         UpstreamMetrics {
+            retries: self.upstream_retries.with_label_values(&[upstream]),
             connect_errors: errors("connect"),
             timeouts: errors("timeout"),
             errors: errors("error"),
@@ -241,6 +249,7 @@ impl std::fmt::Debug for RouteMetrics {
 /// An upstream's handles.
 #[derive(Clone)]
 pub struct UpstreamMetrics {
+    pub retries: IntCounter,
     pub connect_errors: IntCounter,
     pub timeouts: IntCounter,
     pub errors: IntCounter,

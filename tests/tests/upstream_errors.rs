@@ -81,3 +81,54 @@ async fn upstream_error_status_passes_through_unchanged() {
         assert!(reply.header("x-request-id").is_some(), "x-request-id on a proxied response");
     }
 }
+
+/// Two endpoints, the first refusing connections; round robin alternates between them.
+fn half_dead_config(echo: &Backend, dead: std::net::SocketAddr, preserve_host: bool) -> String {
+    config(
+        &format!(
+            r#"
+upstreams:
+  pair: {{ endpoints: ["http://{dead}", "${{echo}}"] }}
+routes:
+  - {{ name: pair, upstream: pair, preserve_host: {preserve_host} }}
+"#
+        ),
+        &[echo],
+    )
+}
+
+#[tokio::test]
+async fn upstream_connect_failure_without_body_is_sent_to_the_next_endpoint() {
+    let echo = Backend::spawn("echo");
+    let gateway = Gateway::start(&half_dead_config(&echo, closed_port_addr(), false));
+
+    for i in 0..4 {
+        let reply = client::get(gateway.addr(), &format!("/item/{i}")).await;
+        assert_eq!(reply.status, 200, "request {i}: {}", reply.text());
+        let echoed = reply.echoed();
+        assert_eq!(echoed.path, format!("/item/{i}"));
+        // Host follows the endpoint the request went to (preserve_host: false).
+        let expected = echo.url().trim_start_matches("http://").to_owned();
+        assert_eq!(echoed.header("host"), Some(expected.as_str()), "request {i}: Host names the endpoint reached");
+    }
+    assert_eq!(echo.stats().await.requests, 4);
+    let metrics = client::get(gateway.admin_addr(), "/metrics").await.text();
+    assert!(metrics.lines().any(|l| l == "gateway_upstream_retries_total{upstream=\"pair\"} 2"), "{metrics}");
+}
+
+#[tokio::test]
+async fn upstream_connect_failure_with_a_body_is_not_sent_again() {
+    let echo = Backend::spawn("echo");
+    let gateway = Gateway::start(&half_dead_config(&echo, closed_port_addr(), true));
+
+    let mut statuses = Vec::new();
+    for i in 0..4 {
+        let request = client::request("POST", "/orders").body(client::full(format!("order {i}")));
+        let reply = client::send(gateway.addr(), request.unwrap_or_else(|e| panic!("bad request: {e}"))).await;
+        statuses.push(reply.status.as_u16());
+    }
+    statuses.sort_unstable();
+    // Round robin: half went to the dead endpoint and failed there; the body is not replayed.
+    assert_eq!(statuses, [200, 200, 502, 502]);
+    assert_eq!(echo.stats().await.requests, 2);
+}

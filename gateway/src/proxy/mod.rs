@@ -10,6 +10,7 @@ mod headers;
 mod path;
 mod record;
 mod redirect;
+mod request_body;
 mod upgrade;
 
 use std::net::{IpAddr, SocketAddr};
@@ -19,19 +20,18 @@ use std::time::{Duration, Instant};
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, Uri, Version};
-use http_body_util::Limited;
+use http_body::Body as _;
 use hyper::body::Incoming;
 
 pub use body::ProxyBody;
 pub use error::ProxyError;
 pub use headers::{remove_hop_by_hop, request_id, set_forwarding, Client};
 use record::{Record, Seen, Trace};
+pub use request_body::UpstreamRequestBody;
 
 use crate::runtime::{RouteRuntime, Snapshot};
+use crate::upstream::breaker::Permit;
 use crate::upstream::{Endpoint, InFlight};
-
-/// The body the gateway sends upstream: the client's body, streamed, capped at the route's limit.
-pub type UpstreamRequestBody = Limited<Incoming>;
 
 /// What the gateway knows about the connection a request arrived on, and its listener's rules.
 #[derive(Debug, Clone)]
@@ -148,13 +148,7 @@ async fn proxy(
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
     let client = Client { ip: conn.peer.ip(), trusted, proto: conn.proto, host };
     let upstream_request = upstream_request(request, route, in_flight.endpoint(), client, upgrade, request_id)?;
-    trace.endpoint = Some(in_flight.endpoint().authority.clone());
-    let sent = send(route, &in_flight, upstream_request).await;
-    if let Some(success) = upstream_succeeded(&sent) {
-        upstream.record(permit, success);
-    }
-    let (mut response, upstream_time) = sent?;
-    trace.upstream_time = Some(upstream_time);
+    let (mut response, in_flight) = forward(route, in_flight, upstream_request, permit, !upgrade, trace).await?;
 
     // response
     if let Some(client_upgrade) = client_upgrade.filter(|_| response.status() == http::StatusCode::SWITCHING_PROTOCOLS)
@@ -230,7 +224,80 @@ fn upstream_request(
     if let Ok(value) = HeaderValue::from_str(upstream_host) {
         parts.headers.insert(header::HOST, value);
     }
-    Ok(Request::from_parts(parts, Limited::new(body, usize::try_from(route.max_body_size).unwrap_or(usize::MAX))))
+    Ok(Request::from_parts(parts, UpstreamRequestBody::capped(body, route.max_body_size)))
+}
+
+/// Sends the request, and tells the breaker how it went. When the endpoint could not be connected
+/// to, a request without a body goes once more, to the upstream's next endpoint: the first never
+/// received it, so that is safe whatever the method. Returns the response and the endpoint's slot.
+async fn forward(
+    route: &RouteRuntime,
+    mut in_flight: InFlight,
+    request: Request<UpstreamRequestBody>,
+    permit: Option<Permit>,
+    may_resend: bool,
+    trace: &mut Trace,
+) -> Result<(Response<Incoming>, InFlight), ProxyError> {
+    let upstream = &route.upstream;
+    let spare = (may_resend && request.body().is_end_stream() && upstream.has_alternatives())
+        .then(|| copy_without_body(&request));
+    trace.endpoint = Some(in_flight.endpoint().authority.clone());
+    let mut sent = send(route, &in_flight, request).await;
+    tell_breaker(route, permit, &sent);
+    if let (Err(ProxyError::UpstreamConnect { .. }), Some(mut again)) = (&sent, spare) {
+        // The failure just counted may have opened the breaker: then the first error stands.
+        if let (Some(other), Ok(permit)) = (upstream.pick_other(in_flight.endpoint()), upstream.permit()) {
+            retarget(&mut again, in_flight.endpoint(), other.endpoint());
+            upstream.metrics.retries.inc();
+            tracing::debug!(upstream = &*upstream.name, from = %in_flight.endpoint().authority, to = %other.endpoint().authority, "connect failed; sending to another endpoint");
+            in_flight = other;
+            trace.endpoint = Some(in_flight.endpoint().authority.clone());
+            sent = send(route, &in_flight, again).await;
+            tell_breaker(route, permit, &sent);
+        }
+    }
+    let (response, upstream_time) = sent?;
+    trace.upstream_time = Some(upstream_time);
+    Ok((response, in_flight))
+}
+
+/// Tells the upstream's breaker (if any) how a permitted request went.
+fn tell_breaker(
+    route: &RouteRuntime,
+    permit: Option<Permit>,
+    sent: &Result<(Response<Incoming>, Duration), ProxyError>,
+) {
+    if let Some(success) = upstream_succeeded(sent) {
+        route.upstream.record(permit, success);
+    }
+}
+
+/// The same request with no body (only called for requests that have none).
+fn copy_without_body(request: &Request<UpstreamRequestBody>) -> Request<UpstreamRequestBody> {
+    let mut copy = Request::new(UpstreamRequestBody::Empty);
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    copy
+}
+
+/// Points a request built for endpoint `from` at endpoint `to`: the URI, and the Host header when
+/// it named `from` (routes that do not preserve the client's Host).
+fn retarget(request: &mut Request<UpstreamRequestBody>, from: &Endpoint, to: &Endpoint) {
+    let mut parts = request.uri().clone().into_parts();
+    parts.scheme = Some(to.scheme.clone());
+    parts.authority = Some(to.authority.clone());
+    if let Ok(uri) = Uri::from_parts(parts) {
+        *request.uri_mut() = uri;
+    }
+    let names_from =
+        request.headers().get(header::HOST).is_some_and(|host| host.as_bytes() == from.authority.as_str().as_bytes());
+    if names_from {
+        if let Ok(host) = HeaderValue::from_str(to.authority.as_str()) {
+            request.headers_mut().insert(header::HOST, host);
+        }
+    }
 }
 
 /// Sends the request within the route's timeout and classifies failures; with the response, how

@@ -144,6 +144,23 @@ impl Upstream {
             && self.endpoints.iter().any(|e| other.endpoints.iter().any(|o| Arc::ptr_eq(e, o)))
     }
 
+    /// Another endpoint than `failed` (the next in the list), with an in-flight slot taken on it;
+    /// `None` when there is no other.
+    pub fn pick_other(&self, failed: &Endpoint) -> Option<InFlight> {
+        let position = self.endpoints.iter().position(|e| std::ptr::eq(Arc::as_ptr(e), failed))?;
+        let endpoint = self
+            .endpoints
+            .get((position + 1) % self.endpoints.len())
+            .filter(|e| !std::ptr::eq(Arc::as_ptr(e), failed))?;
+        endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
+        Some(InFlight(endpoint.clone()))
+    }
+
+    /// Whether a request that failed on one endpoint has another to go to.
+    pub fn has_alternatives(&self) -> bool {
+        self.endpoints.len() > 1
+    }
+
     /// The breaker's permission for one request (`None`: no breaker); `Err(retry_after)` while
     /// it is open.
     pub fn permit(&self) -> Result<Option<Permit>, Duration> {
