@@ -222,7 +222,7 @@ impl Metrics {
 }
 
 /// A route's handles.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct RouteMetrics {
     responses: [IntCounter; 5],
     duration: Histogram,
@@ -240,14 +240,8 @@ impl RouteMetrics {
     }
 }
 
-impl std::fmt::Debug for RouteMetrics {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RouteMetrics").finish_non_exhaustive()
-    }
-}
-
 /// An upstream's handles.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct UpstreamMetrics {
     pub retries: IntCounter,
     pub connect_errors: IntCounter,
@@ -274,25 +268,13 @@ impl UpstreamMetrics {
     }
 }
 
-impl std::fmt::Debug for UpstreamMetrics {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UpstreamMetrics").finish_non_exhaustive()
-    }
-}
-
 /// A rate limit's handles.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct RateLimitMetrics {
     pub allowed_redis: IntCounter,
     pub denied_redis: IntCounter,
     pub allowed_local: IntCounter,
     pub denied_local: IntCounter,
-}
-
-impl std::fmt::Debug for RateLimitMetrics {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RateLimitMetrics").finish_non_exhaustive()
-    }
 }
 
 #[cfg(test)]

@@ -50,13 +50,14 @@ pub async fn handle(snapshot: Arc<Snapshot>, conn: Connection, request: Request<
     let started = Instant::now();
     let request_id = headers::request_id(request.headers());
     let method = request.method().clone();
-    let seen = snapshot.access_log.as_ref().map(|_| Box::new(Seen::of(&snapshot, &request, &conn)));
+    let client_ip = client_ip(&snapshot, &conn, request.headers());
+    let seen = snapshot.access_log.as_ref().map(|_| Box::new(Seen::of(&request, &conn, client_ip)));
     // Records the request when dropped: with the response body, or here if the client leaves first.
     let mut record = Record::start(snapshot, started, request_id.clone(), seen);
     let (snapshot, trace) = record.parts();
     let result = match conn.redirect_https {
         Some(port) => redirect::to_https(&request, port),
-        None => proxy(snapshot, &conn, request, &request_id, trace).await,
+        None => proxy(snapshot, &conn, client_ip, request, &request_id, trace).await,
     };
     let (mut response, error) = match result {
         Ok(response) => (response, None),
@@ -86,6 +87,7 @@ pub async fn handle(snapshot: Arc<Snapshot>, conn: Connection, request: Request<
 async fn proxy(
     snapshot: &Snapshot,
     conn: &Connection,
+    client_ip: IpAddr,
     mut request: Request<Incoming>,
     request_id: &HeaderValue,
     trace: &mut Trace,
@@ -122,7 +124,6 @@ async fn proxy(
     let trusted = snapshot.is_trusted(conn.peer.ip());
     let rate_limit = match &route.rate_limit {
         Some(limit) => {
-            let client_ip = client_ip(snapshot, conn, request.headers());
             let decision = limit.check(&limit.key(client_ip, claims.as_deref())).await;
             if !decision.allowed {
                 return Err(ProxyError::RateLimited(decision));
@@ -166,7 +167,7 @@ async fn proxy(
 }
 
 /// The client's address: the peer's, or when the peer is a trusted proxy, the one it forwarded.
-pub(crate) fn client_ip(snapshot: &Snapshot, conn: &Connection, headers: &http::HeaderMap) -> IpAddr {
+fn client_ip(snapshot: &Snapshot, conn: &Connection, headers: &http::HeaderMap) -> IpAddr {
     let peer = conn.peer.ip();
     match snapshot.is_trusted(peer) {
         true => headers::forwarded_client_ip(headers, peer, |ip| snapshot.is_trusted(ip)),

@@ -37,10 +37,10 @@ pub(super) struct Seen {
 }
 
 impl Seen {
-    pub fn of<B>(snapshot: &Snapshot, request: &Request<B>, conn: &Connection) -> Seen {
+    pub fn of<B>(request: &Request<B>, conn: &Connection, client_ip: IpAddr) -> Seen {
         Seen {
             time: SystemTime::now(),
-            client_ip: super::client_ip(snapshot, conn, request.headers()).to_canonical(),
+            client_ip: client_ip.to_canonical(),
             tls: conn.proto == "https",
             method: request.method().clone(),
             host: super::request_host(request),
