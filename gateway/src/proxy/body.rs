@@ -8,7 +8,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use super::record::Record;
-use crate::upstream::InFlight;
+use crate::upstream::{InFlight, Lease};
 
 /// Streams an upstream body through untouched, holding the endpoint's in-flight slot until it ends,
 /// and runs the record phase (metrics, access log) when it is dropped.
@@ -16,6 +16,8 @@ use crate::upstream::InFlight;
 pub struct ProxyBody {
     kind: Kind,
     _in_flight: Option<InFlight>,
+    /// The connection the body arrives on: driven as the body is read, pooled once it has ended.
+    lease: Option<Lease>,
     /// Dropped with the body: that records the request (metrics, access log).
     record: Option<Record>,
 }
@@ -27,8 +29,11 @@ enum Kind {
 }
 
 impl ProxyBody {
-    pub fn upstream(body: Incoming, in_flight: InFlight) -> ProxyBody {
-        ProxyBody::new(Kind::Upstream(body), Some(in_flight))
+    pub fn upstream(body: Incoming, in_flight: InFlight, lease: Option<Lease>) -> ProxyBody {
+        let mut body = ProxyBody::new(Kind::Upstream(body), Some(in_flight));
+        body.lease = lease;
+        body.release_if_ended();
+        body
     }
 
     pub fn full(bytes: Bytes) -> ProxyBody {
@@ -40,7 +45,7 @@ impl ProxyBody {
     }
 
     fn new(kind: Kind, in_flight: Option<InFlight>) -> ProxyBody {
-        ProxyBody { kind, _in_flight: in_flight, record: None }
+        ProxyBody { kind, _in_flight: in_flight, lease: None, record: None }
     }
 
     /// Records the request when this body is dropped; an empty body has ended already.
@@ -59,6 +64,9 @@ impl Body for ProxyBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
+        if let Some(lease) = &mut this.lease {
+            lease.poll_drive(cx);
+        }
         let polled = match &mut this.kind {
             Kind::Upstream(body) => Pin::new(body).poll_frame(cx),
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
@@ -76,6 +84,11 @@ impl Body for ProxyBody {
                 _ => {}
             }
         }
+        match &polled {
+            Poll::Ready(None) => this.release(),
+            Poll::Ready(Some(Ok(_))) => this.release_if_ended(),
+            _ => {}
+        }
         polled
     }
 
@@ -87,6 +100,22 @@ impl Body for ProxyBody {
         match &self.kind {
             Kind::Upstream(body) => body.size_hint(),
             Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+        }
+    }
+}
+
+impl ProxyBody {
+    /// Once the body has been read to the end (hyper polls no further then), its connection can
+    /// take the next request.
+    fn release_if_ended(&mut self) {
+        if self.kind.is_end_stream() {
+            self.release();
+        }
+    }
+
+    fn release(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            lease.release();
         }
     }
 }

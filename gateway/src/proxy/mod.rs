@@ -31,7 +31,7 @@ pub use request_body::UpstreamRequestBody;
 
 use crate::runtime::{RouteRuntime, Snapshot};
 use crate::upstream::breaker::Permit;
-use crate::upstream::{Endpoint, InFlight};
+use crate::upstream::{Endpoint, InFlight, Lease, SendError};
 
 /// What the gateway knows about the connection a request arrived on, and its listener's rules.
 #[derive(Debug, Clone)]
@@ -116,7 +116,7 @@ async fn proxy(
 
     // auth: check the token; the Authorization header itself travels on untouched
     let claims = match &route.auth {
-        Some(auth) => auth.check(request.headers()).await.map_err(ProxyError::Auth)?,
+        Some(auth) => Box::pin(auth.check(request.headers())).await.map_err(ProxyError::Auth)?,
         None => None,
     };
 
@@ -124,7 +124,7 @@ async fn proxy(
     let trusted = snapshot.is_trusted(conn.peer.ip());
     let rate_limit = match &route.rate_limit {
         Some(limit) => {
-            let decision = limit.check(&limit.key(client_ip, claims.as_deref())).await;
+            let decision = Box::pin(limit.check(&limit.key(client_ip, claims.as_deref()))).await;
             if !decision.allowed {
                 return Err(ProxyError::RateLimited(decision));
             }
@@ -149,7 +149,7 @@ async fn proxy(
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
     let client = Client { ip: conn.peer.ip(), trusted, proto: conn.proto, host };
     let upstream_request = upstream_request(request, route, in_flight.endpoint(), client, upgrade, request_id)?;
-    let (mut response, in_flight) = forward(route, in_flight, upstream_request, permit, !upgrade, trace).await?;
+    let (mut response, in_flight, lease) = forward(route, in_flight, upstream_request, permit, upgrade, trace).await?;
 
     // response
     if let Some(client_upgrade) = client_upgrade.filter(|_| response.status() == http::StatusCode::SWITCHING_PROTOCOLS)
@@ -163,7 +163,7 @@ async fn proxy(
     if let Some(decision) = &rate_limit {
         headers::set_rate_limit(&mut parts.headers, decision);
     }
-    Ok(Response::from_parts(parts, ProxyBody::upstream(body, in_flight)))
+    Ok(Response::from_parts(parts, ProxyBody::upstream(body, in_flight, lease)))
 }
 
 /// The client's address: the peer's, or when the peer is a trusted proxy, the one it forwarded.
@@ -187,7 +187,7 @@ fn declared_length<B>(request: &Request<B>) -> Option<u64> {
     request.headers().get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
-/// Turns the client's request into the upstream's: new URI, rewritten path, header rules applied.
+/// Turns the client's request into the upstream's: rewritten path, header rules applied.
 fn upstream_request(
     request: Request<Incoming>,
     route: &RouteRuntime,
@@ -203,12 +203,8 @@ fn upstream_request(
         None => PathAndQuery::try_from(path.as_ref()),
     }
     .map_err(|_| ProxyError::BadRequest("the rewritten path is not a valid URI path"))?;
-    parts.uri = Uri::builder()
-        .scheme(endpoint.scheme.clone())
-        .authority(endpoint.authority.clone())
-        .path_and_query(path_and_query)
-        .build()
-        .map_err(|_| ProxyError::BadRequest("the request URI cannot be forwarded"))?;
+    // Origin-form: the endpoint is the connection's, named again only in Host.
+    parts.uri = Uri::from(path_and_query);
     // Upstreams speak HTTP/1.1 whatever the client spoke.
     parts.version = Version::HTTP_11;
 
@@ -217,12 +213,12 @@ fn upstream_request(
     headers::remove_hop_by_hop(&mut parts.headers, upgrade);
     headers::set_forwarding(&mut parts.headers, client);
     parts.headers.insert(&headers::X_REQUEST_ID, request_id.clone());
-    let upstream_host = match client.host {
-        Some(host) if route.preserve_host => host,
-        _ => endpoint.authority.as_str(),
+    let upstream_host = match client.host.filter(|_| route.preserve_host) {
+        // The client's Host came from a header value, so this only guards the impossible.
+        Some(host) => HeaderValue::from_str(host).ok(),
+        None => Some(endpoint.host.clone()),
     };
-    // Both candidates came from a header value or a parsed authority, so this only guards the impossible.
-    if let Ok(value) = HeaderValue::from_str(upstream_host) {
+    if let Some(value) = upstream_host {
         parts.headers.insert(header::HOST, value);
     }
     Ok(Request::from_parts(parts, UpstreamRequestBody::capped(body, route.max_body_size)))
@@ -230,20 +226,21 @@ fn upstream_request(
 
 /// Sends the request, and tells the breaker how it went. When the endpoint could not be connected
 /// to, a request without a body goes once more, to the upstream's next endpoint: the first never
-/// received it, so that is safe whatever the method. Returns the response and the endpoint's slot.
+/// received it, so that is safe whatever the method. Returns the response, the endpoint's slot and
+/// the connection (none for an upgrade, whose connection becomes the tunnel).
 async fn forward(
     route: &RouteRuntime,
     mut in_flight: InFlight,
     request: Request<UpstreamRequestBody>,
     permit: Option<Permit>,
-    may_resend: bool,
+    upgrade: bool,
     trace: &mut Trace,
-) -> Result<(Response<Incoming>, InFlight), ProxyError> {
+) -> Result<(Response<Incoming>, InFlight, Option<Lease>), ProxyError> {
     let upstream = &route.upstream;
-    let spare = (may_resend && request.body().is_end_stream() && upstream.has_alternatives())
+    let spare = (!upgrade && request.body().is_end_stream() && upstream.has_alternatives())
         .then(|| copy_without_body(&request));
     trace.endpoint = Some(in_flight.endpoint().authority.clone());
-    let mut sent = send(route, &in_flight, request).await;
+    let mut sent = send(route, &in_flight, request, upgrade).await;
     tell_breaker(route, permit, &sent);
     if let (Err(ProxyError::UpstreamConnect { .. }), Some(mut again)) = (&sent, spare) {
         // The failure just counted may have opened the breaker: then the first error stands.
@@ -253,21 +250,25 @@ async fn forward(
             tracing::debug!(upstream = &*upstream.name, from = %in_flight.endpoint().authority, to = %other.endpoint().authority, "connect failed; sending to another endpoint");
             in_flight = other;
             trace.endpoint = Some(in_flight.endpoint().authority.clone());
-            sent = send(route, &in_flight, again).await;
+            // Boxed: the rare path keeps the common one's future small.
+            sent = Box::pin(send(route, &in_flight, again, false)).await;
             tell_breaker(route, permit, &sent);
         }
     }
-    let (response, upstream_time) = sent?;
+    let Sent { response, lease, upstream_time } = sent?;
     trace.upstream_time = Some(upstream_time);
-    Ok((response, in_flight))
+    Ok((response, in_flight, lease))
+}
+
+/// An upstream's answer: the response head, the connection it came on, how long it took.
+struct Sent {
+    response: Response<Incoming>,
+    lease: Option<Lease>,
+    upstream_time: Duration,
 }
 
 /// Tells the upstream's breaker (if any) how a permitted request went.
-fn tell_breaker(
-    route: &RouteRuntime,
-    permit: Option<Permit>,
-    sent: &Result<(Response<Incoming>, Duration), ProxyError>,
-) {
+fn tell_breaker(route: &RouteRuntime, permit: Option<Permit>, sent: &Result<Sent, ProxyError>) {
     if let Some(success) = upstream_succeeded(sent) {
         route.upstream.record(permit, success);
     }
@@ -283,57 +284,53 @@ fn copy_without_body(request: &Request<UpstreamRequestBody>) -> Request<Upstream
     copy
 }
 
-/// Points a request built for endpoint `from` at endpoint `to`: the URI, and the Host header when
-/// it named `from` (routes that do not preserve the client's Host).
+/// Points a request built for endpoint `from` at endpoint `to`: its Host header, when it named
+/// `from` (routes that do not preserve the client's Host).
 fn retarget(request: &mut Request<UpstreamRequestBody>, from: &Endpoint, to: &Endpoint) {
-    let mut parts = request.uri().clone().into_parts();
-    parts.scheme = Some(to.scheme.clone());
-    parts.authority = Some(to.authority.clone());
-    if let Ok(uri) = Uri::from_parts(parts) {
-        *request.uri_mut() = uri;
-    }
-    let names_from =
-        request.headers().get(header::HOST).is_some_and(|host| host.as_bytes() == from.authority.as_str().as_bytes());
-    if names_from {
-        if let Ok(host) = HeaderValue::from_str(to.authority.as_str()) {
-            request.headers_mut().insert(header::HOST, host);
-        }
+    if request.headers().get(header::HOST) == Some(&from.host) {
+        request.headers_mut().insert(header::HOST, to.host.clone());
     }
 }
 
-/// Sends the request within the route's timeout and classifies failures; with the response, how
-/// long its head took.
+/// Sends the request within the route's timeout and classifies failures.
 async fn send(
     route: &RouteRuntime,
     in_flight: &InFlight,
     request: Request<UpstreamRequestBody>,
-) -> Result<(Response<Incoming>, Duration), ProxyError> {
+    upgrade: bool,
+) -> Result<Sent, ProxyError> {
     let upstream = || route.upstream.name.to_string();
     let metrics = &route.upstream.metrics;
+    let endpoint = in_flight.endpoint();
     let started = Instant::now();
-    let result = tokio::time::timeout(route.timeout, route.upstream.client().request(request)).await;
-    match result {
+    let sent = tokio::time::timeout(route.timeout, async {
+        match upgrade {
+            true => Box::pin(route.upstream.send_upgrade(endpoint, request)).await.map(|response| (response, None)),
+            false => route.upstream.send(endpoint, request).await.map(|(response, lease)| (response, Some(lease))),
+        }
+    });
+    match sent.await {
         Err(_elapsed) => {
             metrics.timeouts.inc();
             Err(ProxyError::UpstreamTimeout { upstream: upstream(), timeout: route.timeout })
         }
-        Ok(Ok(response)) => {
-            let elapsed = started.elapsed();
-            metrics.response_time.observe(elapsed.as_secs_f64());
-            Ok((response, elapsed))
+        Ok(Ok((response, lease))) => {
+            let upstream_time = started.elapsed();
+            metrics.response_time.observe(upstream_time.as_secs_f64());
+            Ok(Sent { response, lease, upstream_time })
         }
-        Ok(Err(error)) if caused_by::<http_body_util::LengthLimitError>(&error) => {
-            Err(ProxyError::PayloadTooLarge { limit: route.max_body_size })
-        }
-        Ok(Err(error)) if error.is_connect() => {
+        Ok(Err(SendError::Connect(error))) => {
             metrics.connect_errors.inc();
             Err(ProxyError::UpstreamConnect {
                 upstream: upstream(),
-                endpoint: in_flight.endpoint().authority.to_string(),
-                source: Box::new(error),
+                endpoint: endpoint.authority.to_string(),
+                source: error,
             })
         }
-        Ok(Err(error)) => {
+        Ok(Err(SendError::Http(error))) if caused_by::<http_body_util::LengthLimitError>(&error) => {
+            Err(ProxyError::PayloadTooLarge { limit: route.max_body_size })
+        }
+        Ok(Err(SendError::Http(error))) => {
             metrics.errors.inc();
             Err(ProxyError::Upstream { upstream: upstream(), source: Box::new(error) })
         }
@@ -342,9 +339,9 @@ async fn send(
 
 /// Whether the upstream did its part, for its breaker: a gateway-side refusal (a body over the
 /// limit) says nothing about it (`None`); 502, 503 and 504 from it count as failures.
-fn upstream_succeeded(sent: &Result<(Response<Incoming>, Duration), ProxyError>) -> Option<bool> {
+fn upstream_succeeded(sent: &Result<Sent, ProxyError>) -> Option<bool> {
     match sent {
-        Ok((response, _)) => Some(!matches!(response.status().as_u16(), 502..=504)),
+        Ok(sent) => Some(!matches!(sent.response.status().as_u16(), 502..=504)),
         Err(ProxyError::PayloadTooLarge { .. }) => None,
         Err(_) => Some(false),
     }

@@ -1,8 +1,9 @@
-//! Upstreams: their endpoints, the balancer that picks one, the circuit breaker, and the pooled
-//! HTTP client.
+//! Upstreams: their endpoints, the balancer that picks one, the circuit breaker, and the
+//! connection pools.
 
 mod balancer;
 pub mod breaker;
+mod pool;
 mod tls;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -10,40 +11,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
+use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::{Builder, Client, ResponseFuture};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use crate::config;
 use crate::metrics::{self, UpstreamMetrics};
 use crate::proxy::UpstreamRequestBody;
-use crate::{config, worker};
 use balancer::Balancer;
 use breaker::{Breaker, Permit, State};
+use pool::{Connector, Pools};
+pub use pool::{Lease, SendError};
 pub(crate) use tls::fetch_connector;
 
 /// Largest upstream response head accepted; larger is a 502, never unbounded memory.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
-
-/// One worker's pooled client to an upstream. An upstream's endpoints are all `http://` or all
-/// `https://` (validation rejects a mix), so plain upstreams keep a plain connector: no TLS layer,
-/// no boxed connect future, nothing added to their path.
-#[derive(Debug)]
-pub enum HttpClient {
-    Plain(Client<HttpConnector, UpstreamRequestBody>),
-    Tls(Client<HttpsConnector<HttpConnector>, UpstreamRequestBody>),
-}
-
-impl HttpClient {
-    /// Sends `request` (absolute URI) on a pooled or new connection.
-    pub fn request(&self, request: http::Request<UpstreamRequestBody>) -> ResponseFuture {
-        match self {
-            HttpClient::Plain(client) => client.request(request),
-            HttpClient::Tls(client) => client.request(request),
-        }
-    }
-}
 
 /// A named upstream with its endpoints and connection pools.
 #[derive(Debug)]
@@ -53,8 +35,8 @@ pub struct Upstream {
     config: config::Upstream,
     endpoints: Vec<Arc<Endpoint>>,
     balancer: Balancer,
-    /// One pool per worker thread, so pooled connections never cross threads.
-    clients: Arc<[HttpClient]>,
+    /// Idle connections, one pool per worker thread.
+    pools: Arc<Pools>,
     pub request_timeout: Duration,
     /// Its series in `/metrics`.
     pub metrics: UpstreamMetrics,
@@ -67,6 +49,8 @@ pub struct Upstream {
 pub struct Endpoint {
     pub scheme: Scheme,
     pub authority: Authority,
+    /// The authority as a `Host` header value, made once.
+    pub host: http::HeaderValue,
     in_flight: AtomicUsize,
 }
 
@@ -92,11 +76,11 @@ impl Upstream {
     /// the connection pools when the connection settings are unchanged, and the state (in-flight
     /// counts) of endpoints that remain.
     pub fn build(config: &config::Upstream, workers: usize, previous: Option<&Arc<Upstream>>) -> Arc<Upstream> {
-        if let Some(previous) = previous.filter(|p| p.config == *config && p.clients.len() == workers.max(1)) {
+        if let Some(previous) = previous.filter(|p| p.config == *config && p.pools.workers() == workers.max(1)) {
             return previous.clone();
         }
         let reuse_pools = previous.filter(|p| {
-            p.clients.len() == workers.max(1)
+            p.pools.workers() == workers.max(1)
                 && p.config.connect_timeout == config.connect_timeout
                 && p.config.pool == config.pool
                 && p.config.tls == config.tls
@@ -109,20 +93,22 @@ impl Upstream {
                 let kept = previous
                     .and_then(|p| p.endpoints.iter().find(|old| old.scheme == *scheme && old.authority == *authority));
                 // Validation guarantees scheme and authority; an endpoint without them is skipped, not a panic.
-                Some(kept.cloned().unwrap_or_else(|| {
-                    Arc::new(Endpoint {
-                        scheme: scheme.clone(),
-                        authority: authority.clone(),
-                        in_flight: AtomicUsize::new(0),
-                    })
+                if let Some(kept) = kept {
+                    return Some(kept.clone());
+                }
+                Some(Arc::new(Endpoint {
+                    scheme: scheme.clone(),
+                    authority: authority.clone(),
+                    host: http::HeaderValue::from_str(authority.as_str()).ok()?,
+                    in_flight: AtomicUsize::new(0),
                 }))
             })
             .collect();
         let name: Arc<str> = Arc::from(config.name.as_str());
         Arc::new(Upstream {
-            clients: match reuse_pools {
-                Some(previous) => previous.clients.clone(),
-                None => build_clients(&name, config, workers.max(1)),
+            pools: match reuse_pools {
+                Some(previous) => previous.pools.clone(),
+                None => Pools::new(connector(&name, config), &config.pool, workers),
             },
             name,
             config: config.clone(),
@@ -140,7 +126,7 @@ impl Upstream {
     /// Whether this upstream shares its pools and at least one endpoint's state with `other`.
     #[cfg(test)]
     pub(crate) fn shares_state_with(&self, other: &Upstream) -> bool {
-        Arc::ptr_eq(&self.clients, &other.clients)
+        Arc::ptr_eq(&self.pools, &other.pools)
             && self.endpoints.iter().any(|e| other.endpoints.iter().any(|o| Arc::ptr_eq(e, o)))
     }
 
@@ -185,9 +171,23 @@ impl Upstream {
         }
     }
 
-    /// The calling worker's client.
-    pub fn client(&self) -> &HttpClient {
-        &self.clients[worker::index() % self.clients.len()]
+    /// Sends `request` (origin-form URI, Host set) to `endpoint`; with the response, the
+    /// connection it came on, which its body drives and then returns to the pool.
+    pub async fn send(
+        &self,
+        endpoint: &Endpoint,
+        request: Request<UpstreamRequestBody>,
+    ) -> Result<(Response<Incoming>, Lease), SendError> {
+        self.pools.send(endpoint, request).await
+    }
+
+    /// Sends a protocol upgrade request on a connection of its own (see `Pools::send_upgrade`).
+    pub async fn send_upgrade(
+        &self,
+        endpoint: &Endpoint,
+        request: Request<UpstreamRequestBody>,
+    ) -> Result<Response<Incoming>, SendError> {
+        self.pools.send_upgrade(endpoint, request).await
     }
 
     /// Picks an endpoint and takes an in-flight slot on it; `None` when there is none to pick.
@@ -199,42 +199,25 @@ impl Upstream {
     }
 }
 
-/// One client per worker. An upstream whose TLS client cannot be set up (not expected: it only
-/// depends on the built-in crypto provider) gets plain clients, which refuse its `https://` URIs:
-/// its requests fail as connect errors (502) instead of the whole reload failing.
-fn build_clients(name: &Arc<str>, config: &config::Upstream, workers: usize) -> Arc<[HttpClient]> {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(config.connect_timeout));
-    connector.set_nodelay(true);
-    let builder = client_builder(config);
+/// How the upstream's connections are made. An upstream whose TLS connector cannot be set up
+/// (not expected: it only depends on the built-in crypto provider) gets a plain one, which refuses
+/// its `https://` endpoints: its requests fail as connect errors (502) instead of the whole reload
+/// failing.
+fn connector(name: &Arc<str>, config: &config::Upstream) -> Connector {
+    let mut http = HttpConnector::new();
+    http.set_connect_timeout(Some(config.connect_timeout));
+    http.set_nodelay(true);
     if let Some(upstream_tls) = &config.tls {
         // The TLS connector hands the `https://` URI to the TCP connector.
-        connector.enforce_http(false);
-        match tls::connector(name, upstream_tls, connector.clone()) {
-            Ok(https) => return (0..workers).map(|_| HttpClient::Tls(builder.build(https.clone()))).collect(),
+        http.enforce_http(false);
+        match tls::connector(name, upstream_tls, http.clone()) {
+            Ok(https) => return Connector::Tls(https),
             Err(error) => tracing::error!(upstream = &**name, %error, "TLS to this upstream is unavailable"),
         }
-        connector.enforce_http(true);
+        http.enforce_http(true);
     }
-    (0..workers).map(|_| HttpClient::Plain(builder.build(connector.clone()))).collect()
+    Connector::Plain(http)
 }
-
-fn client_builder(config: &config::Upstream) -> Builder {
-    let mut builder = Client::builder(TokioExecutor::new());
-    builder
-        // Without a timer the pool never expires idle connections.
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .pool_idle_timeout(config.pool.idle_timeout)
-        .pool_max_idle_per_host(config.pool.max_idle_per_host)
-        .http1_max_buf_size(MAX_RESPONSE_HEAD)
-        // The gateway sets Host itself (preserve_host), so the client must not replace it.
-        .set_host(false);
-    builder
-}
-
-/// Response from an upstream, as handed back by the client.
-pub type UpstreamResponse = http::Response<Incoming>;
 
 #[cfg(test)]
 mod tests {
@@ -260,13 +243,13 @@ mod tests {
     #[test]
     fn build_plain_endpoints_plain_client() {
         let upstream = Upstream::build(&upstream_config("http://127.0.0.1:1", None), 2, None);
-        assert!(upstream.clients.iter().all(|c| matches!(c, HttpClient::Plain(_))));
+        assert!(!upstream.pools.is_tls());
     }
 
     #[test]
     fn build_https_endpoints_tls_client() {
         let upstream = Upstream::build(&upstream_config("https://127.0.0.1:1", tls(false)), 2, None);
-        assert!(upstream.clients.iter().all(|c| matches!(c, HttpClient::Tls(_))));
+        assert!(upstream.pools.is_tls());
         assert_eq!(upstream.endpoints[0].scheme, Scheme::HTTPS);
     }
 
@@ -281,7 +264,7 @@ mod tests {
     fn build_changed_tls_settings_new_pools() {
         let before = Upstream::build(&upstream_config("https://127.0.0.1:1", tls(false)), 2, None);
         let after = Upstream::build(&upstream_config("https://127.0.0.1:1", tls(true)), 2, Some(&before));
-        assert!(!Arc::ptr_eq(&before.clients, &after.clients));
+        assert!(!Arc::ptr_eq(&before.pools, &after.pools));
         // The endpoint itself (its in-flight count) carries over.
         assert!(Arc::ptr_eq(&before.endpoints[0], &after.endpoints[0]));
     }

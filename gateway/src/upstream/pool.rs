@@ -1,0 +1,302 @@
+//! Connections to an upstream's endpoints: made, lent to one request at a time, and kept idle per
+//! worker for the next.
+//!
+//! A connection is driven by the task of the request that holds it, as nginx does: while the
+//! request waits for the response head, and then by the response body as the client reads it. No
+//! task of its own, no channel to cross, no wake-up of another task per request. An idle
+//! connection is driven by nobody: a sweep every second closes those the upstream closed or that
+//! idled past `idle_timeout`. One the upstream closed since the last sweep reads that close before
+//! writing anything, hands the request back unsent, and the request goes on a new connection.
+
+use std::collections::VecDeque;
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use http::uri::Authority;
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, TrySendError};
+use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tower_service::Service;
+
+use super::{Endpoint, MAX_RESPONSE_HEAD};
+use crate::proxy::UpstreamRequestBody;
+use crate::{config, worker};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Io = MaybeHttpsStream<TokioIo<TcpStream>>;
+
+/// How often idle connections are checked for having been closed or having idled too long.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// Makes new connections. An upstream's endpoints are all `http://` or all `https://`
+/// (validation rejects a mix); the TLS connector refuses `http://`.
+#[derive(Debug, Clone)]
+pub(super) enum Connector {
+    Plain(HttpConnector),
+    Tls(HttpsConnector<HttpConnector>),
+}
+
+/// One upstream's connection pools, one per worker thread so that pooled connections never
+/// cross threads (the lock is only ever taken by its own worker).
+#[derive(Debug)]
+pub(super) struct Pools {
+    connector: Connector,
+    idle_timeout: Duration,
+    max_idle_per_endpoint: usize,
+    workers: Box<[Mutex<WorkerPool>]>,
+}
+
+#[derive(Debug, Default)]
+struct WorkerPool {
+    /// Oldest first: checkout takes the newest (warmest), the sweep and overflow drop the oldest.
+    idle: VecDeque<Idle>,
+    sweeping: bool,
+}
+
+#[derive(Debug)]
+struct Idle {
+    authority: Authority,
+    connection: Box<Connection>,
+    since: Instant,
+}
+
+/// An HTTP/1.1 connection to one endpoint: the handle requests go in by, and the connection
+/// itself, which must be polled for anything to happen on it.
+#[derive(Debug)]
+struct Connection {
+    sender: http1::SendRequest<UpstreamRequestBody>,
+    /// `None` once it finished (closed by either side, or failed). Dropping it then also answers
+    /// a request still queued on it: handed back unsent.
+    conn: Option<http1::Connection<Io, UpstreamRequestBody>>,
+}
+
+/// A connection lent to one request. Its response body drives it through [`Lease::poll_drive`]
+/// and hands it back with [`Lease::release`] once read to the end; dropped instead, it closes.
+#[derive(Debug)]
+pub struct Lease {
+    /// Boxed: a connection (TLS state, buffers) is kilobytes, and leases move with responses.
+    connection: Box<Connection>,
+    pools: Arc<Pools>,
+    authority: Authority,
+}
+
+/// Why a request got no response.
+#[derive(Debug)]
+pub enum SendError {
+    /// No connection could be made (nothing was sent).
+    Connect(BoxError),
+    /// The exchange failed on an open connection.
+    Http(hyper::Error),
+}
+
+impl Pools {
+    pub(super) fn new(connector: Connector, pool: &config::Pool, workers: usize) -> Arc<Pools> {
+        Arc::new(Pools {
+            connector,
+            idle_timeout: pool.idle_timeout,
+            max_idle_per_endpoint: pool.max_idle_per_host,
+            workers: (0..workers.max(1)).map(|_| Mutex::default()).collect(),
+        })
+    }
+
+    pub(super) fn workers(&self) -> usize {
+        self.workers.len()
+    }
+
+    #[cfg(test)]
+    pub(super) fn is_tls(&self) -> bool {
+        matches!(self.connector, Connector::Tls(_))
+    }
+
+    /// Sends `request` (origin-form URI, Host set) to `endpoint` on an idle connection, or a new
+    /// one. A request an idle connection turned out too stale to take (closed before a byte was
+    /// written) goes once more on a new connection: it never left, so that is safe for any method.
+    pub(super) async fn send(
+        self: &Arc<Pools>,
+        endpoint: &Endpoint,
+        mut request: Request<UpstreamRequestBody>,
+    ) -> Result<(Response<Incoming>, Lease), SendError> {
+        if let Some(connection) = self.checkout(&endpoint.authority) {
+            let mut lease = self.lease(connection, endpoint);
+            match lease.connection.exchange(request).await {
+                Ok(response) => return Ok((response, lease)),
+                Err(mut error) => match error.take_message() {
+                    Some(unsent) => request = unsent,
+                    None => return Err(SendError::Http(error.into_error())),
+                },
+            }
+        }
+        // Boxed: connecting is the rare path, and its future is large; the request's stays small.
+        let connection = Box::pin(self.connect(endpoint)).await.map_err(SendError::Connect)?;
+        let mut lease = self.lease(connection, endpoint);
+        let response = lease.connection.exchange(request).await.map_err(|e| SendError::Http(e.into_error()))?;
+        Ok((response, lease))
+    }
+
+    /// Sends a protocol upgrade request on a new connection that runs as a task of its own: after
+    /// a `101` it becomes the upstream half of a tunnel, and is never pooled.
+    pub(super) async fn send_upgrade(
+        &self,
+        endpoint: &Endpoint,
+        request: Request<UpstreamRequestBody>,
+    ) -> Result<Response<Incoming>, SendError> {
+        let Connection { mut sender, conn } = *self.connect(endpoint).await.map_err(SendError::Connect)?;
+        let Some(conn) = conn else { return Err(SendError::Connect("the new connection closed at once".into())) };
+        tokio::spawn(async move {
+            if let Err(error) = conn.with_upgrades().await {
+                tracing::debug!(%error, "upstream connection for an upgrade ended with an error");
+            }
+        });
+        sender.send_request(request).await.map_err(SendError::Http)
+    }
+
+    fn lease(self: &Arc<Pools>, connection: Box<Connection>, endpoint: &Endpoint) -> Lease {
+        Lease { connection, pools: self.clone(), authority: endpoint.authority.clone() }
+    }
+
+    async fn connect(&self, endpoint: &Endpoint) -> Result<Box<Connection>, BoxError> {
+        let uri = Uri::builder()
+            .scheme(endpoint.scheme.clone())
+            .authority(endpoint.authority.clone())
+            .path_and_query("/")
+            .build()?;
+        let io = match &self.connector {
+            Connector::Plain(http) => MaybeHttpsStream::Http(http.clone().call(uri).await?),
+            Connector::Tls(https) => https.clone().call(uri).await?,
+        };
+        let (sender, conn) = http1::Builder::new().max_buf_size(MAX_RESPONSE_HEAD).handshake(io).await?;
+        Ok(Box::new(Connection { sender, conn: Some(conn) }))
+    }
+
+    /// The newest idle connection to `authority` that has not idled too long; older ones met on
+    /// the way are closed. Whether the upstream closed it is not checked here: the connection
+    /// reads that close before it writes a request, and hands the request back unsent.
+    fn checkout(&self, authority: &Authority) -> Option<Box<Connection>> {
+        let mut pool = self.local();
+        let now = Instant::now();
+        while let Some(position) = pool.idle.iter().rposition(|idle| idle.authority == *authority) {
+            let idle = pool.idle.remove(position)?;
+            if now.duration_since(idle.since) < self.idle_timeout {
+                return Some(idle.connection);
+            }
+        }
+        None
+    }
+
+    /// Keeps a connection whose exchange ended cleanly for the next request to its endpoint.
+    fn checkin(self: &Arc<Pools>, authority: Authority, connection: Box<Connection>) {
+        let start_sweeping = {
+            let mut pool = self.local();
+            let full = pool.idle.len() >= self.max_idle_per_endpoint
+                && pool.idle.iter().filter(|idle| idle.authority == authority).count() >= self.max_idle_per_endpoint;
+            if full {
+                let oldest = pool.idle.iter().position(|idle| idle.authority == authority);
+                oldest.and_then(|position| pool.idle.remove(position));
+            }
+            if self.max_idle_per_endpoint > 0 {
+                pool.idle.push_back(Idle { authority, connection, since: Instant::now() });
+            }
+            !std::mem::replace(&mut pool.sweeping, true)
+        };
+        if start_sweeping {
+            self.start_sweeping(worker::index() % self.workers.len());
+        }
+    }
+
+    /// A task on this worker that closes its idle connections once stale, for as long as the
+    /// pools exist (a reload that changes connection settings drops them).
+    fn start_sweeping(self: &Arc<Pools>, worker: usize) {
+        let pools: Weak<Pools> = Arc::downgrade(self);
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        runtime.spawn(async move {
+            let mut every = tokio::time::interval(SWEEP_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                let Some(pools) = pools.upgrade() else { return };
+                let Some(slot) = pools.workers.get(worker) else { return };
+                let mut pool = slot.lock().unwrap_or_else(PoisonError::into_inner);
+                let now = Instant::now();
+                let idle = std::mem::take(&mut pool.idle);
+                pool.idle = idle
+                    .into_iter()
+                    .filter_map(|mut idle| idle.refresh(now, pools.idle_timeout).then_some(idle))
+                    .collect();
+            }
+        });
+    }
+
+    fn local(&self) -> MutexGuard<'_, WorkerPool> {
+        let slot = &self.workers[worker::index() % self.workers.len()];
+        // A panic while holding it leaves a list of connections, still consistent.
+        slot.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Idle {
+    /// Whether the connection is still worth keeping: not idle too long, not closed by the upstream.
+    fn refresh(&mut self, now: Instant, idle_timeout: Duration) -> bool {
+        now.duration_since(self.since) < idle_timeout && self.connection.poll_open()
+    }
+}
+
+impl Connection {
+    /// Sends the request and drives the connection until the response head arrives.
+    async fn exchange(
+        &mut self,
+        request: Request<UpstreamRequestBody>,
+    ) -> Result<Response<Incoming>, TrySendError<Request<UpstreamRequestBody>>> {
+        let mut response = std::pin::pin!(self.sender.try_send_request(request));
+        poll_fn(|cx| {
+            if let Poll::Ready(result) = response.as_mut().poll(cx) {
+                return Poll::Ready(result);
+            }
+            if self.poll_drive(cx) {
+                // Finished and dropped: every request it held has been answered.
+                return response.as_mut().poll(cx);
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Lets the connection make progress (read the response body, notice a close); true once it
+    /// has finished, when it is dropped.
+    fn poll_drive(&mut self, cx: &mut Context<'_>) -> bool {
+        let finished = self.conn.as_mut().is_some_and(|conn| Pin::new(conn).poll(cx).is_ready());
+        if finished {
+            self.conn = None;
+        }
+        finished
+    }
+
+    /// Whether the connection is open and idle, checked without waiting: an upstream's close
+    /// that has arrived is read here.
+    fn poll_open(&mut self) -> bool {
+        self.poll_drive(&mut Context::from_waker(Waker::noop()));
+        self.conn.is_some() && !self.sender.is_closed()
+    }
+}
+
+impl Lease {
+    /// Drives the connection: the response body only arrives while this is called.
+    pub fn poll_drive(&mut self, cx: &mut Context<'_>) {
+        self.connection.poll_drive(cx);
+    }
+
+    /// Hands the connection back once its response was read to the end, if it can take another
+    /// request; otherwise it is closed. The body that read to the end has just driven it.
+    pub fn release(self) {
+        let connection = &self.connection;
+        if connection.conn.is_some() && connection.sender.is_ready() {
+            self.pools.checkin(self.authority, self.connection);
+        }
+    }
+}

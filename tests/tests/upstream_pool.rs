@@ -1,0 +1,142 @@
+//! Pooled upstream connections: what the gateway does when the upstream closes one, and when one
+//! idles past the pool's `idle_timeout`. The upstream here is a hand-written HTTP/1.1 server, so
+//! each test decides exactly when it closes a connection and sees exactly when the gateway does.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use e2e::{client, config, eventually, Gateway};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+/// What the upstream does with a connection after answering a request on it.
+#[derive(Debug, Clone, Copy)]
+enum AfterReply {
+    /// Closes it, without having said `Connection: close` (as a server whose keep-alive timeout
+    /// just ran out would).
+    Close,
+    /// Keeps it open for more requests.
+    KeepOpen,
+}
+
+/// An upstream answering every request `200 ok`, counting the connections it accepted and
+/// reporting each connection the gateway closed.
+struct Upstream {
+    addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    closed_by_gateway: mpsc::UnboundedReceiver<()>,
+    closed_by_upstream: mpsc::UnboundedReceiver<()>,
+}
+
+impl Upstream {
+    async fn spawn(after_reply: AfterReply) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (gateway_tx, closed_by_gateway) = mpsc::unbounded_channel();
+        let (upstream_tx, closed_by_upstream) = mpsc::unbounded_channel();
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                counter.fetch_add(1, Ordering::SeqCst);
+                let (gateway_tx, upstream_tx) = (gateway_tx.clone(), upstream_tx.clone());
+                tokio::spawn(async move {
+                    match serve(stream, after_reply).await {
+                        Closed::ByGateway => gateway_tx.send(()),
+                        Closed::ByUpstream => upstream_tx.send(()),
+                    }
+                });
+            }
+        });
+        Upstream { addr, accepted, closed_by_gateway, closed_by_upstream }
+    }
+
+    fn config(&self, pool: &str) -> String {
+        config(
+            &format!(
+                "\nupstreams:\n  raw: {{ endpoints: [\"http://{}\"], pool: {{ {pool} }} }}\nroutes:\n  - {{ name: all, upstream: raw }}\n",
+                self.addr
+            ),
+            &[],
+        )
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+enum Closed {
+    ByGateway,
+    ByUpstream,
+}
+
+async fn serve(mut stream: TcpStream, after_reply: AfterReply) -> Closed {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return Closed::ByGateway,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+        // Requests here are GETs without a body: the head is the whole request.
+        while let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            head.drain(..end + 4);
+            stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.unwrap();
+            if let AfterReply::Close = after_reply {
+                return Closed::ByUpstream;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn pool_connection_closed_by_upstream_is_not_reused() {
+    let mut upstream = Upstream::spawn(AfterReply::Close).await;
+    let gateway = Gateway::start(&upstream.config("idle_timeout: 90s"));
+    let mut downstream = client::Connection::connect(gateway.addr()).await;
+
+    let first = downstream.get("/first").await;
+    assert_eq!((first.status.as_u16(), first.text().as_str()), (200, "ok"));
+    // The upstream has closed the pooled connection before the next request arrives.
+    upstream.closed_by_upstream.recv().await.unwrap();
+
+    let second = downstream.get("/second").await;
+    assert_eq!(
+        (second.status.as_u16(), second.text().as_str()),
+        (200, "ok"),
+        "a pooled connection the upstream closed must not be used: {}",
+        gateway.stderr()
+    );
+    assert_eq!(upstream.accepted(), 2, "the second request should have gone on a new connection");
+}
+
+#[tokio::test]
+async fn pool_reuses_one_connection_for_sequential_requests() {
+    let upstream = Upstream::spawn(AfterReply::KeepOpen).await;
+    let gateway = Gateway::start(&upstream.config("idle_timeout: 90s"));
+    let mut downstream = client::Connection::connect(gateway.addr()).await;
+
+    for path in ["/1", "/2", "/3"] {
+        assert_eq!(downstream.get(path).await.status, 200, "{path}");
+    }
+    assert_eq!(upstream.accepted(), 1, "one client connection's requests should share one upstream connection");
+}
+
+#[tokio::test]
+async fn pool_closes_connections_idle_past_idle_timeout() {
+    let mut upstream = Upstream::spawn(AfterReply::KeepOpen).await;
+    let gateway = Gateway::start(&upstream.config("idle_timeout: 1s"));
+
+    assert_eq!(client::get(gateway.addr(), "/").await.status, 200);
+    // Nothing else arrives: the idle connection must still be closed by the gateway's own sweep.
+    let closed = tokio::time::timeout(e2e::TIMEOUT, upstream.closed_by_gateway.recv()).await;
+    assert!(matches!(closed, Ok(Some(()))), "the gateway kept an idle upstream connection open past idle_timeout");
+
+    // And the next request simply opens a new one.
+    assert_eq!(client::get(gateway.addr(), "/again").await.status, 200);
+    eventually("a second upstream connection", || async { upstream.accepted() == 2 }).await;
+}
