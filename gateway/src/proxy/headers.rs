@@ -28,6 +28,10 @@ const MAX_REQUEST_ID_LEN: usize = 128;
 /// For a protocol upgrade pass `upgrade: true`: `Upgrade` is kept and `Connection: upgrade` set,
 /// since the upgrade handshake must reach the other side.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    // Most messages carry none: one pass over the names instead of six lookups.
+    if !upgrade && !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     // Decided first: a compliant sender lists TE in Connection (RFC 9110 section 10.1.4).
     let te_trailers = headers
         .get_all(header::TE)
@@ -56,12 +60,22 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    [header::CONNECTION, header::TRANSFER_ENCODING, header::TE, header::UPGRADE].contains(name)
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+}
+
 fn headers_named_in(value: &HeaderValue) -> impl Iterator<Item = HeaderName> + '_ {
     value.to_str().unwrap_or("").split(',').filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
 }
 
 /// Removes every header in `names`; returns how many values were removed.
 pub fn remove_identity(headers: &mut HeaderMap, names: &[HeaderName]) -> u64 {
+    // Clients rarely send any: comparing the few names present is cheaper than a lookup per name.
+    if !headers.keys().any(|present| names.contains(present)) {
+        return 0;
+    }
     names.iter().map(|name| headers.remove(name).map_or(0, |_| 1)).sum()
 }
 
@@ -92,14 +106,23 @@ pub struct Client<'a> {
 /// cannot forge the address an upstream sees.
 pub fn set_forwarding(headers: &mut HeaderMap, client: Client<'_>) {
     let ip = client.ip.to_canonical();
-    let xff = match client.trusted.then(|| joined(headers, &X_FORWARDED_FOR)).flatten() {
-        Some(earlier) => format!("{earlier}, {ip}"),
-        None => ip.to_string(),
+    let mut xff = match client.trusted.then(|| joined(headers, &X_FORWARDED_FOR)).flatten() {
+        Some(earlier) => earlier + ", ",
+        None => String::with_capacity(40),
     };
-    let mut forwarded_element = match ip {
-        IpAddr::V4(v4) => format!("for={v4}"),
-        IpAddr::V6(v6) => format!("for=\"[{v6}]\""),
-    };
+    push_ip(&mut xff, ip);
+    let mut forwarded_element = String::with_capacity(64);
+    match ip {
+        IpAddr::V4(_) => {
+            forwarded_element.push_str("for=");
+            push_ip(&mut forwarded_element, ip);
+        }
+        IpAddr::V6(_) => {
+            forwarded_element.push_str("for=\"[");
+            push_ip(&mut forwarded_element, ip);
+            forwarded_element.push_str("]\"");
+        }
+    }
     if let Some(host) = client.host.filter(|h| is_quotable(h)) {
         forwarded_element.push_str(";host=\"");
         forwarded_element.push_str(host);
@@ -127,6 +150,30 @@ pub fn set_forwarding(headers: &mut HeaderMap, client: Client<'_>) {
     }
     if let Some(value) = owned_value(forwarded) {
         headers.insert(header::FORWARDED, value);
+    }
+}
+
+/// Appends an address as text; IPv4, the common case, without the formatting machinery.
+fn push_ip(out: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                if octet >= 100 {
+                    out.push(char::from(b'0' + octet / 100));
+                }
+                if octet >= 10 {
+                    out.push(char::from(b'0' + octet / 10 % 10));
+                }
+                out.push(char::from(b'0' + octet % 10));
+            }
+        }
+        IpAddr::V6(v6) => {
+            use std::fmt::Write as _;
+            let _ = write!(out, "{v6}");
+        }
     }
 }
 
@@ -206,19 +253,22 @@ fn new_request_id() -> HeaderValue {
     let millis = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     let high = (millis << 16) | 0x7000 | (random::next_u64() & 0x0FFF);
     let low = (random::next_u64() & 0x3FFF_FFFF_FFFF_FFFF) | 0x8000_0000_0000_0000;
-    let value = (u128::from(high) << 64) | u128::from(low);
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut text = [0u8; 36];
-    let mut nibble = 32;
-    for (i, byte) in text.iter_mut().enumerate() {
-        if matches!(i, 8 | 13 | 18 | 23) {
-            *byte = b'-';
-        } else {
-            nibble -= 1;
-            *byte = HEX[((value >> (nibble * 4)) & 0xF) as usize];
-        }
-    }
+    // 8-4-4-4-12 hex digits: `high` fills the first three groups, `low` the last two.
+    let mut text = [b'-'; 36];
+    put_hex(&mut text[0..8], high >> 32);
+    put_hex(&mut text[9..13], high >> 16);
+    put_hex(&mut text[14..18], high);
+    put_hex(&mut text[19..23], low >> 48);
+    put_hex(&mut text[24..36], low);
     HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+/// Fills `out` with the lowest `out.len()` hex digits of `value`.
+fn put_hex(out: &mut [u8], value: u64) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (i, byte) in out.iter_mut().rev().enumerate() {
+        *byte = HEX[((value >> (4 * i)) & 0xF) as usize];
+    }
 }
 
 #[cfg(test)]

@@ -7,14 +7,22 @@ use crate::config::{PathMatch, Rewrite};
 /// Refuses `.` and `..` segments, also percent-encoded (`%2e`), which would let a request escape
 /// the prefix it was routed by once an upstream normalises the path.
 pub fn has_dot_segment(path: &str) -> bool {
-    path.split('/').any(|segment| {
-        let decoded_dots = segment.len() <= 6 && {
-            let lower = segment.to_ascii_lowercase();
-            let dots = lower.replace("%2e", ".");
-            dots == "." || dots == ".."
+    path.contains(['.', '%']) && path.split('/').any(is_dot_segment)
+}
+
+/// `.` or `..`, each dot possibly written `%2e` or `%2E`.
+fn is_dot_segment(segment: &str) -> bool {
+    let mut rest = segment.as_bytes();
+    let mut dots = 0;
+    while !rest.is_empty() {
+        rest = match rest {
+            [b'.', after @ ..] => after,
+            [b'%', b'2', b'e' | b'E', after @ ..] => after,
+            _ => return false,
         };
-        segment == "." || segment == ".." || decoded_dots
-    })
+        dots += 1;
+    }
+    matches!(dots, 1 | 2)
 }
 
 /// The path the upstream receives after the route's rewrite.
