@@ -147,8 +147,7 @@ impl Pools {
         endpoint: &Endpoint,
         request: Request<UpstreamRequestBody>,
     ) -> Result<Response<Incoming>, SendError> {
-        let Connection { mut sender, conn } = *self.connect(endpoint).await.map_err(SendError::Connect)?;
-        let Some(conn) = conn else { return Err(SendError::Connect("the new connection closed at once".into())) };
+        let (mut sender, conn) = self.handshake(endpoint).await.map_err(SendError::Connect)?;
         tokio::spawn(async move {
             if let Err(error) = conn.with_upgrades().await {
                 tracing::debug!(%error, "upstream connection for an upgrade ended with an error");
@@ -162,6 +161,15 @@ impl Pools {
     }
 
     async fn connect(&self, endpoint: &Endpoint) -> Result<Box<Connection>, BoxError> {
+        let (sender, conn) = self.handshake(endpoint).await?;
+        Ok(Box::new(Connection { sender, conn: Some(conn) }))
+    }
+
+    /// A new connection to `endpoint`, TLS included for `https://`, ready for HTTP/1.1.
+    async fn handshake(
+        &self,
+        endpoint: &Endpoint,
+    ) -> Result<(http1::SendRequest<UpstreamRequestBody>, http1::Connection<Io, UpstreamRequestBody>), BoxError> {
         let uri = Uri::builder()
             .scheme(endpoint.scheme.clone())
             .authority(endpoint.authority.clone())
@@ -171,8 +179,7 @@ impl Pools {
             Connector::Plain(http) => MaybeHttpsStream::Http(http.clone().call(uri).await?),
             Connector::Tls(https) => https.clone().call(uri).await?,
         };
-        let (sender, conn) = http1::Builder::new().max_buf_size(MAX_RESPONSE_HEAD).handshake(io).await?;
-        Ok(Box::new(Connection { sender, conn: Some(conn) }))
+        Ok(http1::Builder::new().max_buf_size(MAX_RESPONSE_HEAD).handshake(io).await?)
     }
 
     /// The newest idle connection to `authority` that has not idled too long; older ones met on
@@ -222,13 +229,9 @@ impl Pools {
                 every.tick().await;
                 let Some(pools) = pools.upgrade() else { return };
                 let Some(slot) = pools.workers.get(worker) else { return };
-                let mut pool = slot.lock().unwrap_or_else(PoisonError::into_inner);
                 let now = Instant::now();
-                let idle = std::mem::take(&mut pool.idle);
-                pool.idle = idle
-                    .into_iter()
-                    .filter_map(|mut idle| idle.refresh(now, pools.idle_timeout).then_some(idle))
-                    .collect();
+                let mut pool = slot.lock().unwrap_or_else(PoisonError::into_inner);
+                pool.idle.retain_mut(|idle| idle.worth_keeping(now, pools.idle_timeout));
             }
         });
     }
@@ -241,8 +244,8 @@ impl Pools {
 }
 
 impl Idle {
-    /// Whether the connection is still worth keeping: not idle too long, not closed by the upstream.
-    fn refresh(&mut self, now: Instant, idle_timeout: Duration) -> bool {
+    /// Not idle too long, and not closed by the upstream (a close that has arrived is read here).
+    fn worth_keeping(&mut self, now: Instant, idle_timeout: Duration) -> bool {
         now.duration_since(self.since) < idle_timeout && self.connection.poll_open()
     }
 }
