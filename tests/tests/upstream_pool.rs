@@ -21,7 +21,10 @@ enum AfterReply {
     KeepOpen,
 }
 
-/// An upstream answering every request `200 ok`, counting the connections it accepted and
+const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+const NO_CONTENT: &[u8] = b"HTTP/1.1 204 No Content\r\n\r\n";
+
+/// An upstream answering every request with one fixed response, counting the connections it accepted and
 /// reporting each connection the gateway closed.
 struct Upstream {
     addr: SocketAddr,
@@ -31,7 +34,7 @@ struct Upstream {
 }
 
 impl Upstream {
-    async fn spawn(after_reply: AfterReply) -> Upstream {
+    async fn spawn(reply: &'static [u8], after_reply: AfterReply) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -44,7 +47,7 @@ impl Upstream {
                 counter.fetch_add(1, Ordering::SeqCst);
                 let (gateway_tx, upstream_tx) = (gateway_tx.clone(), upstream_tx.clone());
                 tokio::spawn(async move {
-                    match serve(stream, after_reply).await {
+                    match serve(stream, reply, after_reply).await {
                         Closed::ByGateway => gateway_tx.send(()),
                         Closed::ByUpstream => upstream_tx.send(()),
                     }
@@ -74,7 +77,7 @@ enum Closed {
     ByUpstream,
 }
 
-async fn serve(mut stream: TcpStream, after_reply: AfterReply) -> Closed {
+async fn serve(mut stream: TcpStream, reply: &[u8], after_reply: AfterReply) -> Closed {
     let mut head = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
@@ -85,7 +88,7 @@ async fn serve(mut stream: TcpStream, after_reply: AfterReply) -> Closed {
         // Requests here are GETs without a body: the head is the whole request.
         while let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
             head.drain(..end + 4);
-            stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.unwrap();
+            stream.write_all(reply).await.unwrap();
             if let AfterReply::Close = after_reply {
                 return Closed::ByUpstream;
             }
@@ -95,7 +98,7 @@ async fn serve(mut stream: TcpStream, after_reply: AfterReply) -> Closed {
 
 #[tokio::test]
 async fn pool_connection_closed_by_upstream_is_not_reused() {
-    let mut upstream = Upstream::spawn(AfterReply::Close).await;
+    let mut upstream = Upstream::spawn(OK, AfterReply::Close).await;
     let gateway = Gateway::start(&upstream.config("idle_timeout: 90s"));
     let mut downstream = client::Connection::connect(gateway.addr()).await;
 
@@ -116,7 +119,7 @@ async fn pool_connection_closed_by_upstream_is_not_reused() {
 
 #[tokio::test]
 async fn pool_reuses_one_connection_for_sequential_requests() {
-    let upstream = Upstream::spawn(AfterReply::KeepOpen).await;
+    let upstream = Upstream::spawn(OK, AfterReply::KeepOpen).await;
     let gateway = Gateway::start(&upstream.config("idle_timeout: 90s"));
     let mut downstream = client::Connection::connect(gateway.addr()).await;
 
@@ -127,8 +130,24 @@ async fn pool_reuses_one_connection_for_sequential_requests() {
 }
 
 #[tokio::test]
+async fn pool_reuses_connection_after_responses_without_body() {
+    let upstream = Upstream::spawn(NO_CONTENT, AfterReply::KeepOpen).await;
+    let gateway = Gateway::start(&upstream.config("idle_timeout: 90s"));
+    let mut downstream = client::Connection::connect(gateway.addr()).await;
+
+    for path in ["/1", "/2", "/3"] {
+        assert_eq!(downstream.get(path).await.status, 204, "{path}");
+    }
+    assert_eq!(
+        upstream.accepted(),
+        1,
+        "a 204 ends its exchange at the head: the connection should go back to the pool"
+    );
+}
+
+#[tokio::test]
 async fn pool_closes_connections_idle_past_idle_timeout() {
-    let mut upstream = Upstream::spawn(AfterReply::KeepOpen).await;
+    let mut upstream = Upstream::spawn(OK, AfterReply::KeepOpen).await;
     let gateway = Gateway::start(&upstream.config("idle_timeout: 1s"));
 
     assert_eq!(client::get(gateway.addr(), "/").await.status, 200);

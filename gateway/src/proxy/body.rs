@@ -48,6 +48,20 @@ impl ProxyBody {
         ProxyBody { kind, _in_flight: in_flight, lease: None, record: None }
     }
 
+    /// Once the body has been read to the end (hyper polls no further then), its connection can
+    /// take the next request.
+    fn release_if_ended(&mut self) {
+        if self.kind.is_end_stream() {
+            self.release();
+        }
+    }
+
+    fn release(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            lease.release();
+        }
+    }
+
     /// Records the request when this body is dropped; an empty body has ended already.
     pub(super) fn recorded(mut self, mut record: Record) -> ProxyBody {
         if self.is_end_stream() {
@@ -100,22 +114,6 @@ impl Body for ProxyBody {
         match &self.kind {
             Kind::Upstream(body) => body.size_hint(),
             Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
-        }
-    }
-}
-
-impl ProxyBody {
-    /// Once the body has been read to the end (hyper polls no further then), its connection can
-    /// take the next request.
-    fn release_if_ended(&mut self) {
-        if self.kind.is_end_stream() {
-            self.release();
-        }
-    }
-
-    fn release(&mut self) {
-        if let Some(lease) = self.lease.take() {
-            lease.release();
         }
     }
 }
