@@ -135,19 +135,9 @@ impl Gateway {
 
     /// Polls `/admin/config` every 20 ms until `condition` holds and returns that document; panics
     /// naming `what`, with the last document seen, after [`TIMEOUT`].
-    pub async fn admin_config_until(&self, what: &str, mut condition: impl FnMut(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            let json = self.admin_config().await;
-            if condition(&json) {
-                return json;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out after {TIMEOUT:?} waiting for /admin/config to show {what}; last:\n{json:#}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    pub async fn admin_config_until(&self, what: &str, condition: impl FnMut(&Value) -> bool) -> Value {
+        let what = format!("/admin/config to show {what}");
+        crate::fetch_until(&what, || self.admin_config(), condition, |json| format!("{json:#}")).await
     }
 
     /// Waits until `/admin/config` reports `version` as the active config and returns the document.

@@ -60,6 +60,29 @@ where
     }
 }
 
+/// Fetches a value every 20 ms until `condition` holds for it, and returns that value; panics
+/// naming `what`, with the last value as `show` renders it, after [`TIMEOUT`].
+pub async fn fetch_until<T, F, Fut>(
+    what: &str,
+    mut fetch: F,
+    mut condition: impl FnMut(&T) -> bool,
+    show: impl Fn(&T) -> String,
+) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let value = fetch().await;
+        if condition(&value) {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {TIMEOUT:?} waiting for {what}; last:\n{}", show(&value));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// True for a UUID in canonical text form whose version nibble is 7.
 pub fn is_uuid_v7(text: &str) -> bool {
     let groups: Vec<&str> = text.split('-').collect();

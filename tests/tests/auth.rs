@@ -12,7 +12,7 @@ use e2e::client::{self, Reply};
 use e2e::jwks::JwksServer;
 use e2e::tls::TestCa;
 use e2e::upstream_tls::TlsUpstream;
-use e2e::{gateway_check, Backend, ConfigDir, Gateway, TIMEOUT};
+use e2e::{fetch_until, gateway_check, Backend, ConfigDir, Gateway, TIMEOUT};
 use futures_util::future::join_all;
 use http::HeaderValue;
 use serde_json::{json, Value};
@@ -639,15 +639,9 @@ async fn auth_jwks_over_https_verified_against_jwks_ca_only() {
 
     // Without the CA the issuer's certificate is unknown: no keys, however long it tries.
     let default_roots = Fixture::start(&format!("algorithms: [ES256]\njwks_url: {url}\nrealm: {REALM}"), &[], &[]);
-    let deadline = Instant::now() + TIMEOUT;
-    let failure = loop {
-        let status = jwt_status(&default_roots).await;
-        if let Some(error) = status["last_failure"]["error"].as_str() {
-            break error.to_owned();
-        }
-        assert!(Instant::now() < deadline, "no fetch failure reported: {status}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let has_failure = |status: &Value| status["last_failure"]["error"].is_string();
+    let status = fetch_until("a fetch failure reported", || jwt_status(&default_roots), has_failure, Value::to_string);
+    let failure = status.await["last_failure"]["error"].as_str().unwrap_or_default().to_owned();
     assert_eq!(jwt_status(&default_roots).await["keys"], Value::Null, "{failure}");
     default_roots.bearer("/account", &token).await.assert_error(503, "auth_unavailable");
 }

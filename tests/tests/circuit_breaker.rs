@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use e2e::client::{self, Reply};
-use e2e::{config, Backend, Gateway, TIMEOUT};
+use e2e::{config, fetch_until, Backend, Gateway, TIMEOUT};
 
 /// Opens after 3 requests in the window when at least half failed; probes after 1 s.
 fn breaker_config(flaky: &Backend, steady: &Backend) -> String {
@@ -48,15 +48,8 @@ async fn metrics(gateway: &Gateway) -> String {
 
 /// Polls `/metrics` until it has `line`; panics with the exposition after [`TIMEOUT`].
 async fn wait_for_metric(gateway: &Gateway, line: &str) {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let text = metrics(gateway).await;
-        if text.lines().any(|l| l == line) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "no `{line}` in /metrics within {TIMEOUT:?}:\n{text}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let what = format!("`{line}` in /metrics");
+    fetch_until(&what, || metrics(gateway), |text| text.lines().any(|l| l == line), String::clone).await;
 }
 
 /// Sends `path` until the breaker lets it through after `open_for` (the probe) and returns that

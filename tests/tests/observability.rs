@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use backends::token::{claims, Algorithm, SigningKey};
 use e2e::client::{self, Reply};
 use e2e::{
-    closed_port_addr, config, config_version, gateway_check, gateway_run_invalid, raw, Backend, ConfigDir, Gateway,
-    LISTENERS, TIMEOUT,
+    closed_port_addr, config, config_version, eventually, fetch_until, gateway_check, gateway_run_invalid, raw,
+    Backend, ConfigDir, Gateway, LISTENERS, TIMEOUT,
 };
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -217,19 +217,7 @@ async fn scrape(gateway: &Gateway) -> Exposition {
 /// Scrapes `/metrics` every 20 ms until `condition` holds and returns that scrape; panics naming
 /// `what`, with the last text, after [`TIMEOUT`].
 async fn scrape_until(gateway: &Gateway, what: &str, condition: impl Fn(&Exposition) -> bool) -> Exposition {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let metrics = scrape(gateway).await;
-        if condition(&metrics) {
-            return metrics;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {TIMEOUT:?} waiting for /metrics to show {what}; last:\n{}",
-            metrics.text
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    fetch_until(&format!("/metrics to show {what}"), || scrape(gateway), condition, |m| m.text.clone()).await
 }
 
 /// Labels as an owned map, for comparing with [`Exposition::non_zero`].
@@ -747,11 +735,7 @@ async fn access_log_client_gone_before_the_response_is_499() {
     let request = "GET /slow/20000 HTTP/1.1\r\nhost: impatient.test\r\nuser-agent: e2e-impatient\r\n\r\n";
     stream.write_all(request.as_bytes()).await.unwrap_or_else(|e| panic!("sending the request: {e}"));
     // Recorded only once the gateway sees the request, so wait until the echo has it.
-    let deadline = Instant::now() + TIMEOUT;
-    while fixture.echo.stats().await.requests == 0 {
-        assert!(Instant::now() < deadline, "the request never reached the echo");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("the request to reach the echo", || async { fixture.echo.stats().await.requests > 0 }).await;
     drop(stream);
 
     let deadline = Instant::now() + TIMEOUT;

@@ -7,12 +7,12 @@
 //! here is spent within a few seconds, so it is effectively `requests` for the test's duration.
 //! Waits go through `/admin/ratelimit`, bounded by [`TIMEOUT`]; nothing asserts wall-clock time.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use backends::token::{claims, Algorithm, SigningKey};
 use e2e::client::{self, Reply};
 use e2e::redis::RedisServer;
-use e2e::{closed_port_addr, config, config_version, Backend, ConfigDir, Gateway, TIMEOUT};
+use e2e::{closed_port_addr, config, config_version, fetch_until, Backend, ConfigDir, Gateway};
 use futures_util::future::join_all;
 use serde_json::Value;
 
@@ -180,18 +180,8 @@ async fn admin_ratelimit(gateway: &Gateway) -> Value {
 /// Polls `/admin/ratelimit` until `condition` holds and returns that document; panics naming
 /// `what`, with the last document, after [`TIMEOUT`].
 async fn admin_ratelimit_until(gateway: &Gateway, what: &str, condition: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let json = admin_ratelimit(gateway).await;
-        if condition(&json) {
-            return json;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {TIMEOUT:?} waiting for /admin/ratelimit to show {what}; last:\n{json:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let what = format!("/admin/ratelimit to show {what}");
+    fetch_until(&what, || admin_ratelimit(gateway), condition, |json| format!("{json:#}")).await
 }
 
 /// Waits until `/admin/ratelimit` reports Redis at `url` as connected (with no error).

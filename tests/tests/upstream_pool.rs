@@ -117,32 +117,28 @@ async fn pool_connection_closed_by_upstream_is_not_reused() {
     assert_eq!(upstream.accepted(), 2, "the second request should have gone on a new connection");
 }
 
-#[tokio::test]
-async fn pool_reuses_one_connection_for_sequential_requests() {
-    let upstream = Upstream::spawn(OK, AfterReply::KeepOpen).await;
+/// Sends three requests on one client connection to an upstream answering `reply` (status
+/// `status`) and returns how many upstream connections they took.
+async fn upstream_connections_for_three_requests(reply: &'static [u8], status: u16) -> usize {
+    let upstream = Upstream::spawn(reply, AfterReply::KeepOpen).await;
     let gateway = Gateway::start(&upstream.config("idle_timeout: 90s"));
     let mut downstream = client::Connection::connect(gateway.addr()).await;
-
     for path in ["/1", "/2", "/3"] {
-        assert_eq!(downstream.get(path).await.status, 200, "{path}");
+        assert_eq!(downstream.get(path).await.status, status, "{path}");
     }
-    assert_eq!(upstream.accepted(), 1, "one client connection's requests should share one upstream connection");
+    upstream.accepted()
+}
+
+#[tokio::test]
+async fn pool_reuses_one_connection_for_sequential_requests() {
+    let opened = upstream_connections_for_three_requests(OK, 200).await;
+    assert_eq!(opened, 1, "one client connection's requests should share one upstream connection");
 }
 
 #[tokio::test]
 async fn pool_reuses_connection_after_responses_without_body() {
-    let upstream = Upstream::spawn(NO_CONTENT, AfterReply::KeepOpen).await;
-    let gateway = Gateway::start(&upstream.config("idle_timeout: 90s"));
-    let mut downstream = client::Connection::connect(gateway.addr()).await;
-
-    for path in ["/1", "/2", "/3"] {
-        assert_eq!(downstream.get(path).await.status, 204, "{path}");
-    }
-    assert_eq!(
-        upstream.accepted(),
-        1,
-        "a 204 ends its exchange at the head: the connection should go back to the pool"
-    );
+    let opened = upstream_connections_for_three_requests(NO_CONTENT, 204).await;
+    assert_eq!(opened, 1, "a 204 ends its exchange at the head: the connection should go back to the pool");
 }
 
 #[tokio::test]
