@@ -129,8 +129,8 @@ pub fn wait_connected(proc: &mut ProcGuard, admin: SocketAddr) -> anyhow::Result
     )
 }
 
-/// Fails if the gateway has decided any request in-process although connected (say, the script
-/// failed): the Redis scenarios would then measure the fallback.
+/// Fails if the gateway has decided any request in-process although connected (say, a Redis
+/// command failed): the Redis scenarios would then measure the fallback.
 pub fn expect_no_fallbacks(proc: &ProcGuard, admin: SocketAddr) -> anyhow::Result<()> {
     let status = rate_limit_status(admin)?;
     match fallback_decisions(&status) {

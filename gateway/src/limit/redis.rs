@@ -1,9 +1,10 @@
-//! Shared sliding-window counters in Redis: one script call per decision over one multiplexed
-//! connection, kept up by a background task that reconnects with backoff.
+//! Shared sliding-window counters in Redis: decisions batched into pipelines over a multiplexed
+//! connection per worker, kept up by a background task that reconnects with backoff.
 //!
 //! Counters live at `gw:rl:{<key>}:<window index>`, the index picked by this gateway's clock
 //! (instances should run NTP). The `{..}` hash tag keeps a key's two counters in one Redis Cluster
-//! slot; inside it `%`, `{` and `}` are percent-encoded (see [`hash_tag`]).
+//! slot; inside it `%`, `{` and `}` are percent-encoded (see [`hash_tag`]). (A batch spans keys of
+//! any slot, so Cluster itself is not supported; the tags keep the key layout ready for it.)
 
 use std::borrow::Cow;
 use std::fmt;
@@ -13,11 +14,13 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwapOption;
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, RedisError, Script};
+use redis::{AsyncConnectionConfig, Client, RedisError};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use super::{window, Decision};
+use self::batch::{Batcher, Question};
+use self::count::{Outcome, Plan};
+use super::Decision;
 use crate::config::Redis;
 use crate::worker;
 
@@ -30,24 +33,6 @@ const TIMEOUTS_IN_A_ROW: u32 = 3;
 /// How often an established connection is checked with PING, and how long the answer may take.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// KEYS[1] = current window's counter, KEYS[2] = previous one; ARGV = limit, window_ms,
-/// elapsed_ms. Returns `{allowed (0|1), previous, current}`, `current` counting this request when
-/// allowed. The rule is window.rs's, multiplied out by the window so it stays in integers:
-/// `previous * (window - elapsed) + (current + 1) * window <= limit * window`.
-const SCRIPT: &str = r"
-local previous = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
-local current = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
-local limit, window, elapsed = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-if previous * (window - elapsed) + (current + 1) * window > limit * window then
-  return {0, previous, current}
-end
-current = redis.call('INCR', KEYS[1])
-if current == 1 then
-  redis.call('PEXPIRE', KEYS[1], 2 * window)
-end
-return {1, previous, current}
-";
 
 /// Why Redis could not decide; the caller then decides in-process. Never holds the password.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -64,22 +49,24 @@ pub enum Unavailable {
     Redis(String),
 }
 
-/// A worker thread's own connection.
+/// A worker thread's own connection, and the queue its decisions wait in for the next call.
 #[derive(Default)]
 struct WorkerConnection {
     connection: ArcSwapOption<MultiplexedConnection>,
     /// Held while connecting, so the worker's concurrent requests wait for one connection.
     connecting: tokio::sync::Mutex<()>,
+    batcher: Batcher,
 }
 
 /// The connection to the Redis server every gateway instance counts through.
 pub struct RedisStore {
+    /// Itself, for the batching tasks: they must not keep the store alive.
+    me: Weak<RedisStore>,
     config: Redis,
     /// `config.url` with the password replaced by `***`: the only form logs and status show.
     shown_url: String,
     /// Password forms to scrub from error texts (they should never be there; defence in depth).
     secrets: Vec<String>,
-    script: Script,
     /// The control connection: `None` while disconnected, which sends every decision in-process.
     /// Its driver task runs on the runtime `start` ran on; it is health-checked and backs
     /// `status()`, and serves decisions on threads that are not workers.
@@ -114,11 +101,11 @@ impl RedisStore {
             secrets.push(password.to_owned());
         }
         secrets.retain(|secret| !secret.is_empty());
-        let store = Arc::new(RedisStore {
+        let store = Arc::new_cyclic(|me| RedisStore {
+            me: me.clone(),
             config: config.clone(),
             shown_url: redact_url(&config.url),
             secrets,
-            script: Script::new(SCRIPT),
             connection: ArcSwapOption::empty(),
             workers: (0..workers.max(1)).map(|_| WorkerConnection::default()).collect(),
             client: client.as_ref().ok().map(|client| (client.clone(), settings.clone())),
@@ -146,28 +133,55 @@ impl RedisStore {
     }
 
     /// One decision for `key` (e.g. "per_user:alice", any text), counted in Redis when allowed,
-    /// within `config.timeout`. A connection-level failure drops the connection and wakes the
-    /// reconnecting task, and so do [`TIMEOUTS_IN_A_ROW`] timeouts; one timeout or a Redis error
-    /// only fails this call.
+    /// within `config.timeout`. It goes out in the next pipeline of the calling worker, along
+    /// with the other decisions asked for meanwhile (see `batch`). A connection-level failure drops
+    /// the connection and wakes the reconnecting task, and so do [`TIMEOUTS_IN_A_ROW`] calls timed
+    /// out; one timeout or a Redis error only fails the decisions of that call.
     pub async fn check(&self, key: &str, limit: u32, window: Duration) -> Result<Decision, Unavailable> {
+        if self.connection.load().is_none() {
+            return Err(Unavailable::NotConnected);
+        }
+        let batcher = &self.workers.get(worker::index()).unwrap_or(&self.workers[0]).batcher;
+        let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX).max(1);
+        batcher.decide(&self.me, hash_tag(key).into_owned(), limit, window_ms, self.config.timeout).await
+    }
+
+    /// Decides `batch` in order with one atomic pipeline (see `count`) on the calling worker's
+    /// connection: a decision per question, or why none could be made.
+    async fn decide_batch(&self, batch: &[Question]) -> Result<Vec<Decision>, Unavailable> {
         let Some(control) = self.connection.load_full() else {
             return Err(Unavailable::NotConnected);
         };
         let connection = self.worker_connection().await.unwrap_or(control);
-        let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX).max(1);
         let now_ms = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX));
-        let (index, elapsed_ms) = window::position(now_ms, window_ms);
-        let tag = hash_tag(key);
-        let keys = [format!("gw:rl:{{{tag}}}:{index}"), format!("gw:rl:{{{tag}}}:{}", index.wrapping_sub(1))];
+        let plan = Plan::new(batch, now_ms);
         let mut call = (*connection).clone();
-        let reply = run_script(&self.script, &mut call, &keys, limit, window_ms, elapsed_ms);
+        let pipeline = plan.pipeline();
+        let reply = pipeline.query_async::<Vec<redis::Value>>(&mut call);
         let error = match tokio::time::timeout(self.config.timeout, reply).await {
-            Ok(Ok((allowed, previous, current))) => {
+            Ok(Ok(reply)) => {
                 self.timeouts_in_a_row.store(0, Ordering::Relaxed);
-                let count = |n: i64| u64::try_from(n).unwrap_or(0);
-                return Ok(window::decide(limit, window_ms, elapsed_ms, count(previous), count(current), allowed == 1));
+                let Some(Outcome { decisions, take_back }) = plan.decide(batch, &reply) else {
+                    let error = format!("unexpected reply to a batch of {} decisions: {reply:?}", batch.len());
+                    self.set_last_error(Some(error.clone()));
+                    return Err(Unavailable::Redis(error));
+                };
+                if !take_back.is_empty() {
+                    let mut pipe = redis::pipe();
+                    for (counter, denied) in take_back {
+                        pipe.cmd("DECRBY").arg(counter).arg(denied).ignore();
+                    }
+                    // Not waited for: the answers need not wait for Redis to take back.
+                    let timeout = self.config.timeout;
+                    tokio::spawn(async move {
+                        if let Ok(Err(error)) = tokio::time::timeout(timeout, pipe.exec_async(&mut call)).await {
+                            tracing::debug!(%error, "cannot take back the counts of denied requests");
+                        }
+                    });
+                }
+                return Ok(decisions);
             }
             Ok(Err(error)) if !error.is_timeout() => error,
             Ok(Err(_)) | Err(_) => {
@@ -345,20 +359,6 @@ async fn watch(store: &Weak<RedisStore>, reconnect_requests: &mut mpsc::Receiver
     }
 }
 
-/// One script call: `keys` = [current, previous] counters.
-async fn run_script(
-    script: &Script,
-    connection: &mut MultiplexedConnection,
-    keys: &[String; 2],
-    limit: u32,
-    window_ms: u64,
-    elapsed_ms: u64,
-) -> Result<(i64, i64, i64), RedisError> {
-    let mut invocation = script.prepare_invoke();
-    invocation.key(&keys[0]).key(&keys[1]).arg(limit).arg(window_ms).arg(elapsed_ms);
-    invocation.invoke_async(connection).await
-}
-
 /// Whether the connection itself is broken (I/O, dropped, protocol out of step): a new one is
 /// needed. A response timeout is not: the server may only be slow.
 fn is_connection_level(error: &RedisError) -> bool {
@@ -423,5 +423,7 @@ fn redact_url(url: &str) -> String {
     shown
 }
 
+mod batch;
+mod count;
 #[cfg(test)]
 mod tests;

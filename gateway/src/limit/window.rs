@@ -17,9 +17,8 @@ pub(crate) fn position(now_ms: u64, window_ms: u64) -> (u64, u64) {
     (now_ms / window_ms, now_ms % window_ms)
 }
 
-/// The rule the store applies (the Redis script holds the same rule): one more request fits when
+/// The rule both stores apply: one more request fits when
 /// `previous * (window - elapsed) + (current + 1) * window <= limit * window`.
-#[cfg(test)]
 pub(super) fn allows(limit: u32, window_ms: u64, elapsed_ms: u64, previous: u64, current: u64) -> bool {
     let w = Window::new(window_ms, elapsed_ms);
     w.faded(previous).saturating_add(w.scaled(current.saturating_add(1))) <= w.scaled(limit.into())

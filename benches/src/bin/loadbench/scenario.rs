@@ -24,7 +24,7 @@ pub(crate) enum Scenario {
     /// HTTP/1.1 keep-alive through the gateway to a route with a rate limit that never limits,
     /// counted in-process: the cost of the decision.
     GatewayLocalLimit,
-    /// Like `gateway-local-limit`, counted in Redis (one EVALSHA per request) by a gateway of its
+    /// Like `gateway-local-limit`, counted in Redis (decisions batched per worker) by a gateway of its
     /// own with `redis:` and a redis-server the bench starts.
     GatewayRedisLimit,
     /// HTTP/2 cleartext (prior knowledge) through the gateway.
@@ -196,7 +196,7 @@ impl Scenario {
             Scenario::GatewayJwt => format!("HTTP/1.1 keep-alive; {}", token_pool(setup.jwt_users)),
             Scenario::GatewayLocalLimit => format!("HTTP/1.1 keep-alive; {} in-process", per_ip_limit()),
             Scenario::GatewayRedisLimit => {
-                format!("HTTP/1.1 keep-alive; {} in Redis (one EVALSHA per request)", per_ip_limit())
+                format!("HTTP/1.1 keep-alive; {} in Redis (each worker batches the decisions waiting on it into one MULTI/EXEC)", per_ip_limit())
             }
             Scenario::GatewayAll => format!(
                 "all features on: HTTP/1.1 over TLS 1.3 keep-alive + {} + a per-subject rate limit ({}) counted \

@@ -20,6 +20,16 @@ async fn eventually<F: std::future::Future<Output = bool>>(what: &str, mut ready
     }
 }
 
+/// How many batches (MULTI .. EXEC) the server has run since its stats were last reset.
+async fn batches(connection: &mut MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO").arg("commandstats").query_async(connection).await.unwrap();
+    let calls = |command: &str| {
+        let line = info.lines().find(|line| line.starts_with(&format!("cmdstat_{command}:")));
+        line.and_then(|line| line.split(['=', ',']).nth(1)?.parse::<u64>().ok()).unwrap_or(0)
+    };
+    calls("exec")
+}
+
 async fn connected(store: &RedisStore) {
     eventually("connected", || async { store.status()["connected"] == true }).await;
 }
@@ -158,9 +168,74 @@ async fn check_timeouts_in_a_row_drop_connection_then_reconnects() {
         let outcome = tokio::time::timeout(HANG, store.check("k", 5, MINUTE)).await.expect("check hung");
         assert_eq!(outcome, Err(Unavailable::TimedOut(Duration::from_millis(200))));
     }
-    assert_eq!(store.status()["connected"], false);
+    // The askers are answered at their deadline, the call's own timeout fires just after.
+    eventually("connection condemned", || async { store.status()["connected"] == false }).await;
     assert_eq!(store.check("k", 5, MINUTE).await, Err(Unavailable::NotConnected));
     eventually("checks succeed after the pause", || async { store.check("k", 5, MINUTE).await.is_ok() }).await;
+}
+
+#[tokio::test]
+async fn check_batches_concurrent_decisions_into_few_calls() {
+    let server = RedisServer::start();
+    let store = RedisStore::start(&config(&server.url()), 1);
+    connected(&store).await;
+    let mut admin = Client::open(server.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("CONFIG").arg("RESETSTAT").query_async::<()>(&mut admin).await.unwrap();
+
+    // 300 decisions asked at once on one worker, over two keys with budgets of their own; the
+    // queue holds more than one call's worth, and the same key comes many times in one call.
+    let mut asks = tokio::task::JoinSet::new();
+    for i in 0..300 {
+        let (key, limit) = if i % 3 == 0 { ("few", 40) } else { ("many", 150) };
+        let store = Arc::clone(&store);
+        asks.spawn(async move { (i, key, store.check(key, limit, MINUTE).await.unwrap()) });
+    }
+    let mut decisions: Vec<_> = asks.join_all().await;
+    // In the order asked (this runtime runs the tasks in the order spawned).
+    decisions.sort_by_key(|(i, _, _)| *i);
+    for (key, limit, asked) in [("few", 40, 100), ("many", 150, 200)] {
+        let mine: Vec<Decision> = decisions.iter().filter(|(_, k, _)| *k == key).map(|(_, _, d)| *d).collect();
+        assert_eq!(mine.len(), asked);
+        let allowed: Vec<u32> = mine.iter().filter(|d| d.allowed).map(|d| d.remaining).collect();
+        // Exactly the budget allowed, each seeing the count its predecessors left.
+        let expected: Vec<u32> = (0..limit).rev().collect();
+        assert_eq!(allowed, expected, "{key}");
+        assert!(mine.iter().filter(|d| !d.allowed).all(|d| d.remaining == 0 && d.retry_after > Duration::ZERO));
+    }
+    let calls = batches(&mut admin).await;
+    assert!((2..=6).contains(&calls), "300 decisions took {calls} batches");
+    // What the denied ones added is taken back.
+    let few = only_counter(&mut admin, "few").await;
+    eventually("denied counts taken back", || {
+        let mut admin = admin.clone();
+        let few = few.clone();
+        async move { redis::cmd("GET").arg(few).query_async::<u64>(&mut admin).await.unwrap() == 40 }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn check_given_up_while_queued_is_not_counted() {
+    let server = RedisServer::start();
+    let store = RedisStore::start(&config(&server.url()), 1);
+    connected(&store).await;
+    let mut admin = Client::open(server.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("CLIENT").arg("PAUSE").arg(300).arg("WRITE").query_async::<()>(&mut admin).await.unwrap();
+
+    // The first call waits out the pause; the second decision is asked meanwhile and its asker
+    // leaves before that call returns.
+    let first = store.check("k", 5, MINUTE);
+    let second = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::timeout(Duration::from_millis(10), store.check("k", 5, MINUTE)).await
+    };
+    let (first, second) = tokio::join!(first, second);
+    assert!(second.is_err(), "the second asker gave up");
+    assert_eq!(first, Err(Unavailable::TimedOut(Duration::from_millis(200))));
+    eventually("the pause is over", || async { store.check("other", 5, MINUTE).await.is_ok() }).await;
+    let counted: u64 =
+        redis::cmd("GET").arg(only_counter(&mut admin, "k").await).query_async(&mut admin).await.unwrap();
+    assert_eq!(counted, 1, "only the first call counts");
 }
 
 #[test]
@@ -238,39 +313,30 @@ async fn start_task_ends_when_store_dropped_while_backing_off() {
 }
 
 #[tokio::test]
-async fn script_applies_window_rule_and_counts_only_allowed() {
+async fn check_counts_previous_window_and_expires_after_two_windows() {
+    const HOUR: Duration = Duration::from_secs(3600);
     let server = RedisServer::start();
-    let mut connection = Client::open(server.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
-    let script = Script::new(SCRIPT);
-    let keys = ["gw:rl:{t}:1".to_owned(), "gw:rl:{t}:0".to_owned()];
-    let window = 4;
-    for limit in 1..=4 {
-        for elapsed in 0..window {
-            for previous in 0..=5u64 {
-                for current in 0..=5u64 {
-                    let mut reset = redis::pipe();
-                    reset.del(&keys[0]).del(&keys[1]).set(&keys[0], current).set(&keys[1], previous);
-                    reset.query_async::<()>(&mut connection).await.unwrap();
-                    let got = run_script(&script, &mut connection, &keys, limit, window, elapsed).await.unwrap();
-                    let allowed = window::allows(limit, window, elapsed, previous, current);
-                    let after = current + u64::from(allowed);
-                    let want = (i64::from(allowed), previous as i64, after as i64);
-                    assert_eq!(got, want, "limit {limit} elapsed {elapsed} previous {previous} current {current}");
-                }
-            }
-        }
-    }
+    let store = RedisStore::start(&config(&server.url()), 1);
+    connected(&store).await;
+    let mut admin = Client::open(server.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    assert!(store.check("e", 5, HOUR).await.unwrap().allowed);
+    let current = only_counter(&mut admin, "e").await;
+    let ttl: i64 = redis::cmd("PTTL").arg(&current).query_async(&mut admin).await.unwrap();
+    assert!(ttl > 3_600_000 && ttl <= 7_200_000, "{ttl}");
+
+    // The previous window's count weighs on this one: a huge one leaves no room (until the last
+    // milliseconds of the hour, when it has faded to almost nothing).
+    let (prefix, index) = current.rsplit_once(':').unwrap();
+    let previous = format!("{prefix}:{}", index.parse::<u64>().unwrap() - 1);
+    redis::cmd("SET").arg(&previous).arg(1_000_000).query_async::<()>(&mut admin).await.unwrap();
+    let denied = store.check("e", 5, HOUR).await.unwrap();
+    assert!(!denied.allowed && denied.retry_after > Duration::ZERO, "{denied:?}");
 }
 
-#[tokio::test]
-async fn script_first_count_expires_after_two_windows() {
-    let server = RedisServer::start();
-    let mut connection = Client::open(server.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
-    let keys = ["gw:rl:{e}:1".to_owned(), "gw:rl:{e}:0".to_owned()];
-    let got = run_script(&Script::new(SCRIPT), &mut connection, &keys, 5, 60_000, 0).await.unwrap();
-    assert_eq!(got, (1, 0, 1));
-    let ttl: i64 = redis::cmd("PTTL").arg(&keys[0]).query_async(&mut connection).await.unwrap();
-    assert!(ttl > 0 && ttl <= 120_000, "{ttl}");
-    let previous_exists: bool = redis::cmd("EXISTS").arg(&keys[1]).query_async(&mut connection).await.unwrap();
-    assert!(!previous_exists, "a read must not create the previous counter");
+/// The one counter of `key` (it must have exactly one).
+async fn only_counter(admin: &mut MultiplexedConnection, key: &str) -> String {
+    let mut counters: Vec<String> =
+        redis::cmd("KEYS").arg(format!("gw:rl:{{{key}}}:*")).query_async(admin).await.unwrap();
+    assert_eq!(counters.len(), 1, "{counters:?}");
+    counters.remove(0)
 }
