@@ -149,7 +149,10 @@ async fn proxy(
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
     let client = Client { ip: conn.peer.ip(), trusted, proto: conn.proto, host };
     let upstream_request = upstream_request(request, route, in_flight.endpoint(), client, upgrade, request_id)?;
-    let (mut response, in_flight, lease) = forward(route, in_flight, upstream_request, permit, upgrade, trace).await?;
+    // Boxed: hyper keeps a slot for the request future in every connection, idle or not (5.6 KB
+    // unboxed, 2.2 KB boxed, in a debug build); the upstream part lives only while a request is out.
+    let (mut response, in_flight, lease) =
+        Box::pin(forward(route, in_flight, upstream_request, permit, upgrade, trace)).await?;
 
     // response
     if let Some(client_upgrade) = client_upgrade.filter(|_| response.status() == http::StatusCode::SWITCHING_PROTOCOLS)
