@@ -306,13 +306,14 @@ async fn send(
     let metrics = &route.upstream.metrics;
     let endpoint = in_flight.endpoint();
     let started = Instant::now();
-    let sent = tokio::time::timeout(route.timeout, async {
+    // Pinned where it is: handing the exchange itself to `timeout` would copy it, twice.
+    let exchange = std::pin::pin!(async {
         match upgrade {
             true => Box::pin(route.upstream.send_upgrade(endpoint, request)).await.map(|response| (response, None)),
             false => route.upstream.send(endpoint, request).await.map(|(response, lease)| (response, Some(lease))),
         }
     });
-    match sent.await {
+    match tokio::time::timeout(route.timeout, exchange).await {
         Err(_elapsed) => {
             metrics.timeouts.inc();
             Err(ProxyError::UpstreamTimeout { upstream: upstream(), timeout: route.timeout })
