@@ -557,6 +557,7 @@ mod tests {
             proxy_cpu_us_per_req: None,
             backend_cpu_us_per_req: 0.0,
             redis_cpu_us_per_req: None,
+            requests_per_redis_call: None,
             client_cpu_us_per_req: 0.0,
             client_cpu_pct: 0.0,
             proxy_peak_rss_kib: None,

@@ -42,6 +42,9 @@ pub struct RunResult {
     /// redis-server CPU per 2xx response, microseconds, in scenarios whose limit is counted in
     /// Redis (not part of the proxy's CPU; part of the total).
     pub redis_cpu_us_per_req: Option<f64>,
+    /// In the same scenarios: 2xx responses per transaction (`EXEC`) redis-server ran, that is,
+    /// how many decisions the gateway's batches carried on average.
+    pub requests_per_redis_call: Option<f64>,
     /// Load generator CPU per 2xx response, microseconds.
     pub client_cpu_us_per_req: f64,
     /// Load generator CPU use in % of one core (100% per thread = client saturated).
@@ -81,6 +84,7 @@ pub struct Summary {
     pub proxy_cpu_us_per_req: Option<f64>,
     pub backend_cpu_us_per_req: f64,
     pub redis_cpu_us_per_req: Option<f64>,
+    pub requests_per_redis_call: Option<f64>,
     pub client_cpu_us_per_req: f64,
     pub total_cpu_us_per_req: f64,
     pub client_cpu_pct: f64,
@@ -95,6 +99,7 @@ impl Summary {
         let m = |f: &dyn Fn(&RunResult) -> f64| median(runs.iter().map(f).collect());
         let proxy_cpu: Vec<f64> = runs.iter().filter_map(|r| r.proxy_cpu_us_per_req).collect();
         let redis_cpu: Vec<f64> = runs.iter().filter_map(|r| r.redis_cpu_us_per_req).collect();
+        let per_call: Vec<f64> = runs.iter().filter_map(|r| r.requests_per_redis_call).collect();
         Summary {
             requests_per_sec: m(&|r| r.requests_per_sec),
             p50_us: m(&|r| f64::from(r.latency.p50_us)),
@@ -106,6 +111,7 @@ impl Summary {
             proxy_cpu_us_per_req: (!proxy_cpu.is_empty()).then(|| median(proxy_cpu)),
             backend_cpu_us_per_req: m(&|r| r.backend_cpu_us_per_req),
             redis_cpu_us_per_req: (!redis_cpu.is_empty()).then(|| median(redis_cpu)),
+            requests_per_redis_call: (!per_call.is_empty()).then(|| median(per_call)),
             client_cpu_us_per_req: m(&|r| r.client_cpu_us_per_req),
             total_cpu_us_per_req: m(&|r| r.total_cpu_us_per_req()),
             client_cpu_pct: m(&|r| r.client_cpu_pct),
@@ -302,6 +308,9 @@ pub fn round_line(name: &str, width: usize, r: &RunResult) -> String {
     if let Some(redis) = r.redis_cpu_us_per_req {
         let _ = write!(line, "  redis CPU/req {redis:.1}µs");
     }
+    if let Some(per_call) = r.requests_per_redis_call {
+        let _ = write!(line, "  req/Redis call {per_call:.1}");
+    }
     if r.missed > 0 {
         let _ = write!(line, "  missed {}", r.missed);
     }
@@ -376,7 +385,10 @@ pub fn table(report: &Report) -> String {
         let _ = writeln!(out, "redis-server CPU/req (in total CPU/req, not in proxy CPU/req):");
         for s in &report.scenarios {
             if let Some(redis) = s.median.redis_cpu_us_per_req {
-                let _ = writeln!(out, "  {:<w$} {}", s.name, fmt_opt_us(Some(redis)));
+                let per_call = s.median.requests_per_redis_call.map_or_else(String::new, |n| {
+                    format!(" ({n:.1} requests per Redis call: the gateway batches a worker's waiting decisions)")
+                });
+                let _ = writeln!(out, "  {:<w$} {}{per_call}", s.name, fmt_opt_us(Some(redis)));
             }
         }
     }
@@ -469,6 +481,7 @@ mod tests {
     fn table_lists_redis_cpu_of_redis_scenarios_only() {
         let mut redis = scenario("gateway-redis-limit", 1.0);
         redis.median.redis_cpu_us_per_req = Some(12.34);
+        redis.median.requests_per_redis_call = Some(8.26);
         let report = Report {
             settings: serde_json::Value::Null,
             scenarios: vec![scenario("gateway", 1.0), redis],
@@ -482,7 +495,11 @@ mod tests {
             .skip(1)
             .take_while(|l| l.starts_with("  "))
             .collect();
-        assert_eq!(listed, ["  gateway-redis-limit 12.3µs"], "{text}");
+        assert_eq!(
+            listed,
+            ["  gateway-redis-limit 12.3µs (8.3 requests per Redis call: the gateway batches a worker's waiting decisions)"],
+            "{text}"
+        );
         assert!(!table(&Report { scenarios: vec![scenario("gateway", 1.0)], ..report }).contains("redis"));
     }
 

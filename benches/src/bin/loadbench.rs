@@ -579,16 +579,20 @@ async fn measure(
     // Charged to its own column, only in the scenarios that use it (else its idle ticks are "other").
     let redis_pid: Vec<u32> =
         stack.redis.iter().filter(|_| stack.counts_in_redis(scenario)).map(|r| r.proc.pid()).collect();
+    let redis_addr = stack.redis.as_ref().filter(|_| stack.counts_in_redis(scenario)).map(|r| r.addr);
+    let transactions = || redis_addr.map(redis::transactions).transpose();
 
     tokio::time::sleep_until(window.measure_start.into()).await;
     let machine_before = procs::machine_ticks();
     let before = (procs::cpu_ticks(&proxy_pids), procs::cpu_ticks(&backend_pid), procs::cpu_ticks(&me));
     let redis_before = procs::cpu_ticks(&redis_pid).0;
+    let transactions_before = transactions()?;
     let t0 = Instant::now();
     tokio::time::sleep_until(window.end.into()).await;
     let machine_after = procs::machine_ticks();
     let after = (procs::cpu_ticks(&proxy_pids), procs::cpu_ticks(&backend_pid), procs::cpu_ticks(&me));
     let redis_after = procs::cpu_ticks(&redis_pid).0;
+    let transactions_after = transactions()?;
     let secs = t0.elapsed().as_secs_f64();
     let outcome = running.finish().await?;
 
@@ -651,6 +655,9 @@ async fn measure(
         proxy_cpu_us_per_req: is_proxy.then(|| proxy_cpu / ok),
         backend_cpu_us_per_req: backend_cpu / ok,
         redis_cpu_us_per_req: (!redis_pid.is_empty()).then(|| redis_cpu / ok),
+        requests_per_redis_call: transactions_before
+            .zip(transactions_after)
+            .map(|(before, after)| ok / after.saturating_sub(before).max(1) as f64),
         client_cpu_us_per_req: client_cpu / ok,
         client_cpu_pct: client_cpu / 1e4 / secs,
         proxy_peak_rss_kib: is_proxy.then(|| proxy_pids.iter().filter_map(|&p| procs::peak_rss_kib(p)).sum()),
