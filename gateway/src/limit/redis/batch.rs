@@ -13,9 +13,11 @@ use tokio::time::Instant;
 use super::{RedisStore, Unavailable};
 use crate::limit::Decision;
 
-/// Decisions per call at most. A larger queue is split over the following calls; this bounds how
-/// long one call holds Redis's single thread.
-pub(super) const MAX_BATCH: usize = 128;
+/// Decisions per call at most. A larger queue is split over the following calls. With one call out
+/// per worker, a worker decides at most `MAX_BATCH` per round trip (51,200/s at a 10 ms round
+/// trip); and one call holds Redis's single thread for about 1 ms at this size (measured 2.3 ms for
+/// 1,024 keys, all new).
+pub(super) const MAX_BATCH: usize = 512;
 
 /// One decision to make.
 pub(super) struct Question {
