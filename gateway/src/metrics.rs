@@ -16,6 +16,12 @@ use prometheus::{
 const LATENCY_BUCKETS: &[f64] =
     &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
+/// Seconds: a Redis round trip, from loopback up to `redis.timeout`.
+const REDIS_CALL_BUCKETS: &[f64] =
+    &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
+/// Rate-limit decisions per Redis call, up to the most a call carries.
+const REDIS_BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+
 /// Every metric of the process.
 pub struct Metrics {
     registry: Registry,
@@ -31,7 +37,17 @@ pub struct Metrics {
     jwt_checks: IntCounterVec,
     reloads: IntCounterVec,
     redis_connected: IntGauge,
+    pub redis: RedisMetrics,
     access_log_dropped: IntGauge,
+}
+
+/// The Redis rate-limit store's calls (one per batch of decisions).
+#[derive(Debug, Clone)]
+pub struct RedisMetrics {
+    /// From sending a call to its answer, for calls Redis answered.
+    pub call_time: Histogram,
+    /// Decisions the call carried.
+    pub batch_size: Histogram,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -55,6 +71,13 @@ fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntC
 fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
     let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
     let histogram = HistogramVec::new(opts, labels).unwrap_or_else(|e| misdefined(name, &e));
+    register(registry, name, Box::new(histogram.clone()));
+    histogram
+}
+
+fn plain_histogram(registry: &Registry, name: &str, help: &str, buckets: &[f64]) -> Histogram {
+    let histogram = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
+        .unwrap_or_else(|e| misdefined(name, &e));
     register(registry, name, Box::new(histogram.clone()));
     histogram
 }
@@ -156,6 +179,20 @@ impl Metrics {
             ),
             reloads,
             redis_connected: gauge(&r, "gateway_redis_connected", "1 while the rate-limit Redis connection is up."),
+            redis: RedisMetrics {
+                call_time: plain_histogram(
+                    &r,
+                    "gateway_redis_call_seconds",
+                    "Rate-limit calls to Redis (one per batch of decisions), from sending to the answer.",
+                    REDIS_CALL_BUCKETS,
+                ),
+                batch_size: plain_histogram(
+                    &r,
+                    "gateway_redis_batch_decisions",
+                    "Rate-limit decisions per Redis call: those a worker asked for while its previous call was out.",
+                    REDIS_BATCH_BUCKETS,
+                ),
+            },
             access_log_dropped: gauge(
                 &r,
                 "gateway_access_log_dropped_lines",

@@ -10,7 +10,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwapOption;
 use redis::aio::MultiplexedConnection;
@@ -22,6 +22,7 @@ use self::batch::{Batcher, Question};
 use self::count::{Outcome, Plan};
 use super::Decision;
 use crate::config::Redis;
+use crate::metrics;
 use crate::worker;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -160,9 +161,13 @@ impl RedisStore {
         let mut call = (*connection).clone();
         let pipeline = plan.pipeline();
         let reply = pipeline.query_async::<Vec<redis::Value>>(&mut call);
+        let sent = Instant::now();
         let error = match tokio::time::timeout(self.config.timeout, reply).await {
             Ok(Ok(reply)) => {
                 self.timeouts_in_a_row.store(0, Ordering::Relaxed);
+                let metrics = &metrics::global().redis;
+                metrics.call_time.observe(sent.elapsed().as_secs_f64());
+                metrics.batch_size.observe(batch.len() as f64);
                 let Some(Outcome { decisions, take_back }) = plan.decide(batch, &reply) else {
                     let error = format!("unexpected reply to a batch of {} decisions: {reply:?}", batch.len());
                     self.set_last_error(Some(error.clone()));

@@ -204,6 +204,14 @@ async fn check_batches_concurrent_decisions_into_few_calls() {
     }
     let calls = batches(&mut admin).await;
     assert!((2..=6).contains(&calls), "600 decisions took {calls} batches");
+    // Each call is in /metrics, with the decisions it carried.
+    let text = metrics::global().render(None, 0);
+    let sum = |name: &str| {
+        let line = text.lines().find(|line| line.starts_with(name)).unwrap_or_else(|| panic!("no {name} in {text}"));
+        line.rsplit(' ').next().unwrap().parse::<f64>().unwrap()
+    };
+    assert!(sum("gateway_redis_batch_decisions_sum") >= 600.0, "{text}");
+    assert!(sum("gateway_redis_call_seconds_count") >= calls as f64, "{text}");
     // What the denied ones added is taken back.
     let few = only_counter(&mut admin, "few").await;
     eventually("denied counts taken back", || {
