@@ -1,7 +1,8 @@
 //! Decisions waiting on one worker go to Redis together: each call carries every decision that was
 //! asked for while the previous call was out, so the per-call costs (a round trip, the framing and
-//! system calls on both ends) are paid once per batch, not once per request. Every decision is still counted in Redis before it is answered: batching changes when
-//! a request is counted by at most one round trip, never whether.
+//! system calls on both ends) are paid once per batch, not once per request. Every decision is
+//! still counted in Redis before it is answered: batching delays a decision by at most one round
+//! trip, and never skips Redis.
 
 use std::sync::Weak;
 use std::time::Duration;
@@ -17,7 +18,7 @@ use crate::limit::Decision;
 /// per worker, a worker decides at most `MAX_BATCH` per round trip (51,200/s at a 10 ms round
 /// trip); and one call holds Redis's single thread for about 1 ms at this size (measured 2.3 ms for
 /// 1,024 keys, all new).
-pub(super) const MAX_BATCH: usize = 512;
+const MAX_BATCH: usize = 512;
 
 /// One decision to make.
 pub(super) struct Question {
