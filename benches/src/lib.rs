@@ -5,7 +5,7 @@
 //! `stack` starts the echo and the gateways, `nginx` and `redis` the outside processes, `jwt`
 //! mints the tokens of the JWT scenarios, `load` generates the requests over `client`
 //! connections, `procs` measures the processes, `hist` turns samples into percentiles, `report`
-//! prints them and `plot` draws them.
+//! prints them, `plot` draws them and `wrk` cross-checks them.
 
 pub mod client;
 pub mod hist;
@@ -17,3 +17,4 @@ pub mod procs;
 pub mod redis;
 pub mod report;
 pub mod stack;
+pub mod wrk;

@@ -259,8 +259,52 @@ pub struct Report {
     pub settings: serde_json::Value,
     pub scenarios: Vec<ScenarioReport>,
     pub ratios: Vec<Ratio>,
+    /// `--cross-check`: what wrk measured against the same targets.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cross_check: Vec<CrossCheck>,
     /// Warnings worth reading next to the numbers.
     pub notes: Vec<String>,
+}
+
+/// One scenario measured by wrk after the rounds, beside loadbench's median.
+#[derive(Debug, Clone, Serialize)]
+pub struct CrossCheck {
+    pub scenario: String,
+    pub wrk: crate::wrk::WrkResult,
+    pub loadbench_requests_per_sec: f64,
+}
+
+/// The cross-check as text: per scenario, wrk's req/s, loadbench's, their ratio, wrk's p50 and p99.
+pub fn cross_check_table(checks: &[CrossCheck], settings: &str) -> String {
+    let w = checks.iter().map(|c| c.scenario.len()).max().unwrap_or(0).max("scenario".len());
+    let mut out = format!("cross-check with wrk ({settings}, one run each after the rounds):\n");
+    let _ = writeln!(
+        out,
+        "  {:<w$} {:>12} {:>16} {:>8} {:>8} {:>8}",
+        "scenario", "wrk req/s", "loadbench req/s", "ratio", "wrk p50", "wrk p99"
+    );
+    for c in checks {
+        let _ = writeln!(
+            out,
+            "  {:<w$} {:>12} {:>16} {:>7.2}x {:>8} {:>8}",
+            c.scenario,
+            fmt_int(c.wrk.requests_per_sec),
+            fmt_int(c.loadbench_requests_per_sec),
+            c.wrk.requests_per_sec / c.loadbench_requests_per_sec.max(f64::MIN_POSITIVE),
+            fmt_us(c.wrk.p50_us),
+            fmt_us(c.wrk.p99_us),
+        );
+    }
+    let find = |name: &str| checks.iter().find(|c| c.scenario == name);
+    if let (Some(gateway), Some(nginx)) = (find("gateway"), find("nginx")) {
+        let _ = writeln!(
+            out,
+            "  gateway/nginx throughput: {:.2}x by wrk, {:.2}x by loadbench",
+            gateway.wrk.requests_per_sec / nginx.wrk.requests_per_sec.max(f64::MIN_POSITIVE),
+            gateway.loadbench_requests_per_sec / nginx.loadbench_requests_per_sec.max(f64::MIN_POSITIVE),
+        );
+    }
+    out
 }
 
 /// `850µs` below a millisecond, `1.23ms` above.
@@ -486,6 +530,7 @@ mod tests {
             settings: serde_json::Value::Null,
             scenarios: vec![scenario("gateway", 1.0), redis],
             ratios: Vec::new(),
+            cross_check: Vec::new(),
             notes: Vec::new(),
         };
         let text = table(&report);
@@ -516,6 +561,7 @@ mod tests {
             settings: serde_json::Value::Null,
             scenarios: vec![scenario("gateway", 1.0), scenario("gateway-https-new-conn", 1.0)],
             ratios: Vec::new(),
+            cross_check: Vec::new(),
             notes: Vec::new(),
         };
         let text = table(&report);
@@ -523,6 +569,24 @@ mod tests {
         assert_eq!(rows.len(), 2);
         // Rows of equal length: every column starts after the longest name.
         assert_eq!(rows[0].len(), rows[1].len(), "{text}");
+    }
+
+    #[test]
+    fn cross_check_table_puts_wrk_beside_loadbench() {
+        let check = |scenario: &str, wrk_rps: f64, ours: f64| CrossCheck {
+            scenario: scenario.to_owned(),
+            wrk: crate::wrk::WrkResult { requests_per_sec: wrk_rps, p50_us: 713.0, p99_us: 1750.0 },
+            loadbench_requests_per_sec: ours,
+        };
+        let checks = [check("direct", 74_133.0, 75_443.0), check("gateway", 40_000.0, 38_039.0)];
+        let text = cross_check_table(&checks, "-t1 -c64");
+        let rows: Vec<Vec<&str>> = text.lines().skip(2).map(|l| l.split_whitespace().collect()).collect();
+        assert_eq!(rows[0], ["direct", "74,133", "75,443", "0.98x", "713µs", "1.75ms"], "{text}");
+        assert_eq!(rows[1], ["gateway", "40,000", "38,039", "1.05x", "713µs", "1.75ms"], "{text}");
+        assert!(text.starts_with("cross-check with wrk (-t1 -c64, "), "{text}");
+        assert!(!text.contains("gateway/nginx"), "no nginx, no ratio: {text}");
+        let with_nginx = cross_check_table(&[checks[1].clone(), check("nginx", 50_000.0, 40_000.0)], "-t1 -c64");
+        assert!(with_nginx.ends_with("gateway/nginx throughput: 0.80x by wrk, 0.95x by loadbench\n"), "{with_nginx}");
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! cargo run --release -p benches --bin loadbench -- [--duration 10s] [--connections 64]
-//!     [--rounds 3] [--rate N] [--json FILE] [--svg FILE] [--scenarios direct,gateway,gateway-https,...]
+//!     [--rounds 3] [--rate N] [--json FILE] [--svg FILE] [--cross-check]
+//!     [--scenarios direct,gateway,gateway-https,...]
 //! ```
 //!
 //! One gateway process, `gateway`, serves the `gateway*` scenarios: a cleartext listener
@@ -30,9 +31,9 @@ use benches::jwt::{self, Tokens};
 use benches::load::{self, LoadSpec};
 use benches::procs::{self, TempDir};
 use benches::redis::{self, RedisServer};
-use benches::report::{self, Report, RunResult, ScenarioReport, Summary};
+use benches::report::{self, CrossCheck, Report, RunResult, ScenarioReport, Summary};
 use benches::stack::{self, AccessLogStats, Backend, GatewayOptions, Proxy};
-use benches::{nginx, plot};
+use benches::{nginx, plot, wrk};
 use clap::Parser;
 use serde_json::json;
 
@@ -107,6 +108,11 @@ struct Args {
     /// Keep the temp dir (configs, stderr of every process) for inspection.
     #[arg(long)]
     keep_tmp: bool,
+    /// After the rounds, also load `direct`, `gateway` and `nginx` (those selected) with wrk, when
+    /// installed: same connections, client threads and duration, printed beside loadbench's
+    /// medians, so an independent client confirms the figures.
+    #[arg(long)]
+    cross_check: bool,
 }
 
 /// `250ms`, `10s`, `5m`, or a plain number of seconds.
@@ -298,14 +304,21 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     }));
     let redis_server = redis_server.as_deref().filter(|_| setup.redis);
     let tls_handshake = tls_handshake.as_deref();
+    let cross_check = if args.cross_check { cross_check(args, &stack, &scenario_reports)? } else { Vec::new() };
     let report = Report {
         settings: settings(args, &bins, &setup, nginx.as_deref(), redis_server, tls_handshake, &access_logs),
         ratios: report::ratios(&scenario_reports),
+        cross_check,
         notes,
         scenarios: scenario_reports,
     };
     println!();
     print!("{}", report::table(&report));
+    if !report.cross_check.is_empty() {
+        let settings =
+            format!("-t{} -c{} -d{}s", args.client_threads, args.connections, wrk::whole_seconds(args.duration));
+        print!("{}", report::cross_check_table(&report.cross_check, &settings));
+    }
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)
             .with_context(|| format!("writing {}", path.display()))?;
@@ -319,6 +332,29 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     }
     drop(stack);
     Ok(())
+}
+
+/// `--cross-check`: wrk against the plain HTTP/1.1 targets that ran (direct, gateway, nginx), one
+/// run each; empty, with a message, when wrk is not installed.
+fn cross_check(args: &Args, stack: &Stack, reports: &[ScenarioReport]) -> anyhow::Result<Vec<CrossCheck>> {
+    let Some(bin) = wrk::find() else {
+        println!("{}; skipping the cross-check", wrk::NOT_FOUND);
+        return Ok(Vec::new());
+    };
+    let mut checks = Vec::new();
+    for scenario in [Scenario::Direct, Scenario::Gateway, Scenario::Nginx] {
+        let Some(ours) = reports.iter().find(|r| r.name == scenario.name()) else { continue };
+        let spec = load_spec(args, stack, scenario)?;
+        println!("cross-check   wrk -> {} ({}s)", scenario.name(), wrk::whole_seconds(args.duration));
+        let wrk = wrk::run(&bin, spec.addr, &spec.path, args.client_threads, args.connections, args.duration)
+            .with_context(|| format!("cross-check of {}", scenario.name()))?;
+        checks.push(CrossCheck {
+            scenario: scenario.name().to_owned(),
+            wrk,
+            loadbench_requests_per_sec: ours.median.requests_per_sec,
+        });
+    }
+    Ok(checks)
 }
 
 /// Reads the access log of every gateway that writes one (`gateway-all`) and prints what it holds,
