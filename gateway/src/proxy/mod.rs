@@ -50,14 +50,14 @@ pub async fn handle(snapshot: Arc<Snapshot>, conn: Connection, request: Request<
     let started = Instant::now();
     let request_id = headers::request_id(request.headers());
     let method = request.method().clone();
-    let client_ip = client_ip(&snapshot, &conn, request.headers());
-    let seen = snapshot.access_log.as_ref().map(|_| Box::new(Seen::of(&request, &conn, client_ip)));
+    let caller = caller(&snapshot, &conn, request.headers());
+    let seen = snapshot.access_log.as_ref().map(|_| Box::new(Seen::of(&request, &conn, caller.ip)));
     // Records the request when dropped: with the response body, or here if the client leaves first.
     let mut record = Record::start(snapshot, started, request_id.clone(), seen);
     let (snapshot, trace) = record.parts();
     let result = match conn.redirect_https {
         Some(port) => redirect::to_https(&request, port),
-        None => proxy(snapshot, &conn, client_ip, request, &request_id, trace).await,
+        None => proxy(snapshot, &conn, caller, request, &request_id, trace).await,
     };
     let (mut response, error) = match result {
         Ok(response) => (response, None),
@@ -87,7 +87,7 @@ pub async fn handle(snapshot: Arc<Snapshot>, conn: Connection, request: Request<
 async fn proxy(
     snapshot: &Snapshot,
     conn: &Connection,
-    client_ip: IpAddr,
+    caller: Caller,
     mut request: Request<Incoming>,
     request_id: &HeaderValue,
     trace: &mut Trace,
@@ -121,10 +121,9 @@ async fn proxy(
     };
 
     // rate limit: after auth, so a budget per user counts verified users only
-    let trusted = snapshot.is_trusted(conn.peer.ip());
     let rate_limit = match &route.rate_limit {
         Some(limit) => {
-            let decision = Box::pin(limit.check(&limit.key(client_ip, claims.as_deref()))).await;
+            let decision = Box::pin(limit.check(&limit.key(caller.ip, claims.as_deref()))).await;
             if !decision.allowed {
                 return Err(ProxyError::RateLimited(decision));
             }
@@ -147,7 +146,7 @@ async fn proxy(
     // forward
     let upgrade = headers::is_upgrade_request(request.headers()) && request.version() == Version::HTTP_11;
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
-    let client = Client { ip: conn.peer.ip(), trusted, proto: conn.proto, host };
+    let client = Client { ip: conn.peer.ip(), trusted: caller.peer_trusted, proto: conn.proto, host };
     let upstream_request = upstream_request(request, route, in_flight.endpoint(), client, upgrade, request_id)?;
     let (mut response, in_flight, lease) = forward(route, in_flight, upstream_request, permit, upgrade, trace).await?;
 
@@ -166,13 +165,22 @@ async fn proxy(
     Ok(Response::from_parts(parts, ProxyBody::upstream(body, in_flight, lease)))
 }
 
-/// The client's address: the peer's, or when the peer is a trusted proxy, the one it forwarded.
-fn client_ip(snapshot: &Snapshot, conn: &Connection, headers: &http::HeaderMap) -> IpAddr {
+/// Who sent a request: the client's address, and whether the peer is a trusted proxy.
+#[derive(Debug, Clone, Copy)]
+struct Caller {
+    /// The peer's address, or when the peer is a trusted proxy, the one it forwarded.
+    ip: IpAddr,
+    peer_trusted: bool,
+}
+
+fn caller(snapshot: &Snapshot, conn: &Connection, headers: &http::HeaderMap) -> Caller {
     let peer = conn.peer.ip();
-    match snapshot.is_trusted(peer) {
+    let peer_trusted = snapshot.is_trusted(peer);
+    let ip = match peer_trusted {
         true => headers::forwarded_client_ip(headers, peer, |ip| snapshot.is_trusted(ip)),
         false => peer,
-    }
+    };
+    Caller { ip, peer_trusted }
 }
 
 /// The host the client asked for: the Host header (HTTP/1.1) or the URI authority (HTTP/2).
