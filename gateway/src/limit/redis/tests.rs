@@ -30,6 +30,19 @@ async fn batches(connection: &mut MultiplexedConnection) -> u64 {
     calls("exec")
 }
 
+/// A fresh server, and a store (one worker) connected to it.
+async fn connected_store() -> (RedisServer, Arc<RedisStore>) {
+    let server = RedisServer::start();
+    let store = RedisStore::start(&config(&server.url()), 1);
+    connected(&store).await;
+    (server, store)
+}
+
+/// A connection of the test's own to `server`, to set it up and look inside.
+async fn admin(server: &RedisServer) -> MultiplexedConnection {
+    Client::open(server.url()).unwrap().get_multiplexed_async_connection().await.unwrap()
+}
+
 async fn connected(store: &RedisStore) {
     eventually("connected", || async { store.status()["connected"] == true }).await;
 }
@@ -82,9 +95,7 @@ async fn start_invalid_url_reports_why() {
 
 #[tokio::test]
 async fn check_allows_up_to_limit_then_denies() {
-    let server = RedisServer::start();
-    let store = RedisStore::start(&config(&server.url()), 1);
-    connected(&store).await;
+    let (_server, store) = connected_store().await;
     for remaining in [2, 1, 0] {
         let decision = store.check("per_user:alice", 3, MINUTE).await.unwrap();
         assert!(decision.allowed);
@@ -113,9 +124,7 @@ async fn check_two_stores_share_a_budget() {
 
 #[tokio::test]
 async fn check_keys_with_braces_stay_distinct() {
-    let server = RedisServer::start();
-    let store = RedisStore::start(&config(&server.url()), 1);
-    connected(&store).await;
+    let (_server, store) = connected_store().await;
     for key in ["jwt:}", "jwt:%7D", "jwt:{", "jwt:", ""] {
         assert!(store.check(key, 1, MINUTE).await.unwrap().allowed, "{key:?}");
     }
@@ -144,10 +153,8 @@ async fn check_server_killed_unavailable_then_reconnects() {
 
 #[tokio::test]
 async fn check_slow_server_times_out_and_keeps_connection() {
-    let server = RedisServer::start();
-    let store = RedisStore::start(&config(&server.url()), 1);
-    connected(&store).await;
-    let mut admin = Client::open(server.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let (server, store) = connected_store().await;
+    let mut admin = admin(&server).await;
     redis::cmd("CLIENT").arg("PAUSE").arg(1500).arg("ALL").query_async::<()>(&mut admin).await.unwrap();
 
     let outcome = tokio::time::timeout(HANG, store.check("k", 5, MINUTE)).await.expect("check hung");
@@ -158,10 +165,8 @@ async fn check_slow_server_times_out_and_keeps_connection() {
 
 #[tokio::test]
 async fn check_timeouts_in_a_row_drop_connection_then_reconnects() {
-    let server = RedisServer::start();
-    let store = RedisStore::start(&config(&server.url()), 1);
-    connected(&store).await;
-    let mut admin = Client::open(server.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let (server, store) = connected_store().await;
+    let mut admin = admin(&server).await;
     redis::cmd("CLIENT").arg("PAUSE").arg(2000).arg("ALL").query_async::<()>(&mut admin).await.unwrap();
 
     for _ in 0..TIMEOUTS_IN_A_ROW {
@@ -176,10 +181,8 @@ async fn check_timeouts_in_a_row_drop_connection_then_reconnects() {
 
 #[tokio::test]
 async fn check_batches_concurrent_decisions_into_few_calls() {
-    let server = RedisServer::start();
-    let store = RedisStore::start(&config(&server.url()), 1);
-    connected(&store).await;
-    let mut admin = Client::open(server.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let (server, store) = connected_store().await;
+    let mut admin = admin(&server).await;
     redis::cmd("CONFIG").arg("RESETSTAT").query_async::<()>(&mut admin).await.unwrap();
 
     // 600 decisions asked at once on one worker, over two keys with budgets of their own; the
@@ -224,10 +227,8 @@ async fn check_batches_concurrent_decisions_into_few_calls() {
 
 #[tokio::test]
 async fn check_given_up_while_queued_is_not_counted() {
-    let server = RedisServer::start();
-    let store = RedisStore::start(&config(&server.url()), 1);
-    connected(&store).await;
-    let mut admin = Client::open(server.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let (server, store) = connected_store().await;
+    let mut admin = admin(&server).await;
     redis::cmd("CLIENT").arg("PAUSE").arg(300).arg("WRITE").query_async::<()>(&mut admin).await.unwrap();
 
     // The first call waits out the pause; the second decision is asked meanwhile and its asker
@@ -323,10 +324,8 @@ async fn start_task_ends_when_store_dropped_while_backing_off() {
 #[tokio::test]
 async fn check_counts_previous_window_and_expires_after_two_windows() {
     const HOUR: Duration = Duration::from_secs(3600);
-    let server = RedisServer::start();
-    let store = RedisStore::start(&config(&server.url()), 1);
-    connected(&store).await;
-    let mut admin = Client::open(server.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let (server, store) = connected_store().await;
+    let mut admin = admin(&server).await;
     assert!(store.check("e", 5, HOUR).await.unwrap().allowed);
     let current = only_counter(&mut admin, "e").await;
     let ttl: i64 = redis::cmd("PTTL").arg(&current).query_async(&mut admin).await.unwrap();
