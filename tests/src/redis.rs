@@ -21,6 +21,8 @@ const PING_TIMEOUT: Duration = Duration::from_millis(500);
 /// a restart comes back empty). Killed on drop.
 pub struct RedisServer {
     port: u16,
+    /// `--requirepass`, when started with one.
+    password: Option<String>,
     proc: Option<Proc>,
 }
 
@@ -31,12 +33,22 @@ impl RedisServer {
     /// If `redis-server` is not on `PATH` (with how to install it), or it does not come up; the
     /// message then holds what it printed.
     pub fn start() -> RedisServer {
+        RedisServer::start_with(None)
+    }
+
+    /// Like [`RedisServer::start`], for a server that requires `password` (`--requirepass`).
+    /// [`RedisServer::command`] does not authenticate, so it cannot be used on this one.
+    pub fn with_password(password: &str) -> RedisServer {
+        RedisServer::start_with(Some(password.to_owned()))
+    }
+
+    fn start_with(password: Option<String>) -> RedisServer {
         let binary = redis_server_binary();
         let mut last_failure = String::new();
         for _ in 0..START_ATTEMPTS {
             let port = crate::closed_port_addr().port();
-            match spawn_and_wait(&binary, port) {
-                Ok(proc) => return RedisServer { port, proc: Some(proc) },
+            match spawn_and_wait(&binary, port, password.as_deref()) {
+                Ok(proc) => return RedisServer { port, password, proc: Some(proc) },
                 // Most likely the port was taken between picking it and the server binding it.
                 Err(failure) => last_failure = failure,
             }
@@ -44,9 +56,16 @@ impl RedisServer {
         panic!("redis-server did not start in {START_ATTEMPTS} attempts; last:\n{last_failure}");
     }
 
-    /// `redis://127.0.0.1:P`, the gateway's `redis.url`.
+    /// `redis://[:password@]127.0.0.1:P`, the gateway's `redis.url`.
     pub fn url(&self) -> String {
-        format!("redis://{}", self.addr())
+        match &self.password {
+            Some(password) => format!("redis://:{password}@{}", self.addr()),
+            None => format!("redis://{}", self.addr()),
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// `127.0.0.1:P`.
@@ -74,7 +93,7 @@ impl RedisServer {
     /// If it does not come up within [`TIMEOUT`] (say, another process took the port meanwhile).
     pub fn restart(&mut self) {
         self.stop();
-        let proc = spawn_and_wait(&redis_server_binary(), self.port)
+        let proc = spawn_and_wait(&redis_server_binary(), self.port, self.password.as_deref())
             .unwrap_or_else(|failure| panic!("redis-server did not restart on port {}:\n{failure}", self.port));
         self.proc = Some(proc);
     }
@@ -123,12 +142,15 @@ fn is_executable(path: &Path) -> bool {
 
 /// Spawns the server on `port` and waits until it answers PING; on failure it is killed and the
 /// error holds its output.
-fn spawn_and_wait(binary: &Path, port: u16) -> Result<Proc, String> {
+fn spawn_and_wait(binary: &Path, port: u16, password: Option<&str>) -> Result<Proc, String> {
     let mut command = Command::new(binary);
     command
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
         // Whatever it might write lands in the temp dir, never in the source tree.
         .args(["--dir", &std::env::temp_dir().to_string_lossy()]);
+    if let Some(password) = password {
+        command.args(["--requirepass", password]);
+    }
     let mut proc = Proc::spawn(format!("redis-server (port {port})"), command);
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let deadline = Instant::now() + TIMEOUT;
@@ -148,14 +170,15 @@ fn spawn_and_wait(binary: &Path, port: u16) -> Result<Proc, String> {
     }
 }
 
-/// True if a server at `addr` answers `PING` with `+PONG`.
+/// True if a server at `addr` answers `PING` like Redis: `+PONG`, or `-NOAUTH` when it requires a
+/// password.
 fn ping(addr: SocketAddr) -> bool {
     let Ok(mut stream) = connect(addr, PING_TIMEOUT) else { return false };
     if stream.write_all(b"PING\r\n").is_err() {
         return false;
     }
     let mut line = String::new();
-    BufReader::new(stream).read_line(&mut line).is_ok() && line.trim_end() == "+PONG"
+    BufReader::new(stream).read_line(&mut line).is_ok() && (line.trim_end() == "+PONG" || line.starts_with("-NOAUTH"))
 }
 
 fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {

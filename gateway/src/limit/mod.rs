@@ -3,8 +3,6 @@
 
 mod local;
 mod redis;
-#[cfg(test)]
-mod redis_server;
 mod window;
 
 use std::net::IpAddr;

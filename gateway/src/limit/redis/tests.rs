@@ -1,7 +1,7 @@
 use std::time::Instant;
 
 use super::*;
-use crate::limit::redis_server::RedisServer;
+use e2e::redis::RedisServer;
 
 const MINUTE: Duration = Duration::from_secs(60);
 /// Bound for "did not hang": far above any timeout configured here.
