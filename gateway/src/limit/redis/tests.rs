@@ -1,6 +1,5 @@
-use std::time::Instant;
-
 use super::*;
+use e2e::eventually;
 use e2e::redis::RedisServer;
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -9,15 +8,6 @@ const HANG: Duration = Duration::from_secs(10);
 
 fn config(url: &str) -> Redis {
     Redis { url: url.to_owned(), timeout: Duration::from_millis(200), connect_timeout: Duration::from_millis(500) }
-}
-
-/// Polls until `ready` holds, failing the test after 15 s.
-async fn eventually<F: std::future::Future<Output = bool>>(what: &str, mut ready: impl FnMut() -> F) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !ready().await {
-        assert!(Instant::now() < deadline, "timed out waiting: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// How many batches (MULTI .. EXEC) the server has run since its stats were last reset.
