@@ -144,8 +144,9 @@ impl Metrics {
             upstream_retries: counter(
                 &r,
                 "gateway_upstream_retries_total",
-                "Requests sent again to another endpoint after the first could not be connected to, by upstream.",
-                &["upstream"],
+                "Requests sent again by upstream and reason: connect_failed (to another endpoint), \
+                 connection_closed (on a new connection, after a reused one closed unanswered).",
+                &["upstream", "reason"],
             ),
             upstream_duration: histogram(
                 &r,
@@ -214,7 +215,8 @@ impl Metrics {
     pub fn upstream(&self, upstream: &str) -> UpstreamMetrics {
         let errors = |kind: &str| self.upstream_errors.with_label_values(&[upstream, kind]);
         UpstreamMetrics {
-            retries: self.upstream_retries.with_label_values(&[upstream]),
+            retries_after_connect_failure: self.upstream_retries.with_label_values(&[upstream, "connect_failed"]),
+            retries_after_close: self.upstream_retries.with_label_values(&[upstream, "connection_closed"]),
             connect_errors: errors("connect"),
             timeouts: errors("timeout"),
             errors: errors("error"),
@@ -280,7 +282,8 @@ impl RouteMetrics {
 /// An upstream's handles.
 #[derive(Debug, Clone)]
 pub struct UpstreamMetrics {
-    pub retries: IntCounter,
+    pub retries_after_connect_failure: IntCounter,
+    pub retries_after_close: IntCounter,
     pub connect_errors: IntCounter,
     pub timeouts: IntCounter,
     pub errors: IntCounter,

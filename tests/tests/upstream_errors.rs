@@ -113,7 +113,10 @@ async fn upstream_connect_failure_without_body_is_sent_to_the_next_endpoint() {
     }
     assert_eq!(echo.stats().await.requests, 4);
     let metrics = client::get(gateway.admin_addr(), "/metrics").await.text();
-    assert!(metrics.lines().any(|l| l == "gateway_upstream_retries_total{upstream=\"pair\"} 2"), "{metrics}");
+    assert!(
+        metrics.lines().any(|l| l == r#"gateway_upstream_retries_total{reason="connect_failed",upstream="pair"} 2"#),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]

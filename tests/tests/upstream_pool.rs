@@ -19,6 +19,9 @@ enum AfterReply {
     Close,
     /// Keeps it open for more requests.
     KeepOpen,
+    /// Keeps it open, then closes it unanswered when the next request arrives (as a server does
+    /// whose keep-alive timeout runs out, or that restarts, just as the request goes out).
+    CloseOnNextRequest,
 }
 
 const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
@@ -80,14 +83,19 @@ enum Closed {
 async fn serve(mut stream: TcpStream, reply: &[u8], after_reply: AfterReply) -> Closed {
     let mut head = Vec::new();
     let mut buf = [0u8; 4096];
+    let mut answered = false;
     loop {
         match stream.read(&mut buf).await {
             Ok(0) | Err(_) => return Closed::ByGateway,
             Ok(n) => head.extend_from_slice(&buf[..n]),
         }
-        // Requests here are GETs without a body: the head is the whole request.
+        // Requests here have no body: the head is the whole request.
         while let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
             head.drain(..end + 4);
+            if answered && matches!(after_reply, AfterReply::CloseOnNextRequest) {
+                return Closed::ByUpstream;
+            }
+            answered = true;
             stream.write_all(reply).await.unwrap();
             if let AfterReply::Close = after_reply {
                 return Closed::ByUpstream;
@@ -154,4 +162,45 @@ async fn pool_closes_connections_idle_past_idle_timeout() {
     // And the next request simply opens a new one.
     assert_eq!(client::get(gateway.addr(), "/again").await.status, 200);
     eventually("a second upstream connection", || async { upstream.accepted() == 2 }).await;
+}
+
+/// Longer than the gateway's `KEEP_COPY_AFTER_IDLE` (100 ms).
+const IDLE_A_WHILE: std::time::Duration = std::time::Duration::from_millis(300);
+
+#[tokio::test]
+async fn pool_connection_closed_as_an_idempotent_request_goes_out_sends_it_again_on_a_new_one() {
+    let upstream = Upstream::spawn(OK, AfterReply::CloseOnNextRequest).await;
+    let gateway = Gateway::start(&upstream.config("idle_timeout: 90s"));
+    let mut downstream = client::Connection::connect(gateway.addr()).await;
+
+    assert_eq!(downstream.get("/first").await.status, 200);
+    for (i, method) in ["GET", "DELETE"].into_iter().enumerate() {
+        // The gateway keeps a copy to send again only of requests on connections idle a while.
+        tokio::time::sleep(IDLE_A_WHILE).await;
+        let reply =
+            downstream.try_send(client::request(method, "/again").body(client::empty()).unwrap()).await.unwrap();
+        assert_eq!(
+            (reply.status.as_u16(), reply.text().as_str()),
+            (200, "ok"),
+            "{method}: the upstream closed the reused connection unanswered; a new one should have answered"
+        );
+        assert_eq!(upstream.accepted(), i + 2, "{method} went again on a new connection");
+    }
+    let metrics = client::get(gateway.admin_addr(), "/metrics").await.text();
+    let retried = r#"gateway_upstream_retries_total{reason="connection_closed",upstream="raw"} 2"#;
+    assert!(metrics.lines().any(|l| l == retried), "{metrics}");
+}
+
+#[tokio::test]
+async fn pool_connection_closed_as_a_post_goes_out_is_not_sent_again() {
+    let upstream = Upstream::spawn(OK, AfterReply::CloseOnNextRequest).await;
+    let gateway = Gateway::start(&upstream.config("idle_timeout: 90s"));
+    let mut downstream = client::Connection::connect(gateway.addr()).await;
+
+    assert_eq!(downstream.get("/first").await.status, 200);
+    tokio::time::sleep(IDLE_A_WHILE).await;
+    // A POST may have had effects even unanswered: the client decides whether to send it again.
+    let reply = downstream.try_send(client::request("POST", "/orders").body(client::empty()).unwrap()).await.unwrap();
+    reply.assert_error(502, "upstream_error");
+    assert_eq!(upstream.accepted(), 1, "the POST was not sent again");
 }

@@ -27,7 +27,7 @@ pub use body::ProxyBody;
 pub use error::ProxyError;
 pub use headers::{remove_hop_by_hop, request_id, set_forwarding, Client};
 use record::{Record, Seen, Trace};
-pub use request_body::UpstreamRequestBody;
+pub use request_body::{copy_without_body, UpstreamRequestBody};
 
 use crate::runtime::{RouteRuntime, Snapshot};
 use crate::upstream::breaker::Permit;
@@ -254,7 +254,7 @@ async fn forward(
         // The failure just counted may have opened the breaker: then the first error stands.
         if let (Some(other), Ok(permit)) = (upstream.pick_other(in_flight.endpoint()), upstream.permit()) {
             retarget(&mut again, in_flight.endpoint(), other.endpoint());
-            upstream.metrics.retries.inc();
+            upstream.metrics.retries_after_connect_failure.inc();
             tracing::debug!(upstream = &*upstream.name, from = %in_flight.endpoint().authority, to = %other.endpoint().authority, "connect failed; sending to another endpoint");
             in_flight = other;
             trace.endpoint = Some(in_flight.endpoint().authority.clone());
@@ -280,16 +280,6 @@ fn tell_breaker(route: &RouteRuntime, permit: Option<Permit>, sent: &Result<Sent
     if let Some(success) = upstream_succeeded(sent) {
         route.upstream.record(permit, success);
     }
-}
-
-/// The same request with no body (only called for requests that have none).
-fn copy_without_body(request: &Request<UpstreamRequestBody>) -> Request<UpstreamRequestBody> {
-    let mut copy = Request::new(UpstreamRequestBody::Empty);
-    *copy.method_mut() = request.method().clone();
-    *copy.uri_mut() = request.uri().clone();
-    *copy.version_mut() = request.version();
-    *copy.headers_mut() = request.headers().clone();
-    copy
 }
 
 /// Points a request built for endpoint `from` at endpoint `to`: its Host header, when it named

@@ -4,6 +4,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use http::Request;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Limited;
 use hyper::body::Incoming;
@@ -11,7 +12,7 @@ use hyper::body::Incoming;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The client's body, streamed and capped at the route's limit; or none, for a request sent again
-/// to another endpoint (only requests without a body are).
+/// (only requests without a body are).
 #[derive(Debug)]
 pub enum UpstreamRequestBody {
     Client(Limited<Incoming>),
@@ -22,6 +23,17 @@ impl UpstreamRequestBody {
     pub fn capped(body: Incoming, limit: u64) -> UpstreamRequestBody {
         UpstreamRequestBody::Client(Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)))
     }
+}
+
+/// The same request with no body: what goes again when the first attempt provably did no harm.
+/// Only called for requests that have none.
+pub fn copy_without_body(request: &Request<UpstreamRequestBody>) -> Request<UpstreamRequestBody> {
+    let mut copy = Request::new(UpstreamRequestBody::Empty);
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    copy
 }
 
 impl Body for UpstreamRequestBody {

@@ -178,7 +178,7 @@ impl Upstream {
         endpoint: &Endpoint,
         request: Request<UpstreamRequestBody>,
     ) -> Result<(Response<Incoming>, Lease), SendError> {
-        self.pools.send(endpoint, request).await
+        self.pools.send(endpoint, request, &self.metrics.retries_after_close).await
     }
 
     /// Sends a protocol upgrade request on a connection of its own (see `Pools::send_upgrade`).
