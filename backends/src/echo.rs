@@ -3,6 +3,8 @@
 //! Routes (any method unless noted):
 //! - `/bytes/{n}`: streams `n` bytes, byte `i` being `i % 251`, in 64 KiB chunks, with `content-length`.
 //! - `/slow/{ms}`: waits `ms` milliseconds (at most 10 minutes), then answers like the echo.
+//! - `/drip/{n}/{ms}`: sends the head at once (`content-length: n`), then the body one byte `x`
+//!   every `ms` milliseconds (`n` at most 1,000; `ms` at most 10 minutes).
 //! - `/status/{code}`: answers `code` (200..=599) with the echo body (none for 204, 205 and 304).
 //! - `/ws` (GET): WebSocket echo; text and binary messages are sent back unchanged.
 //! - `/huge-headers`: the echo with a 128 KiB `x-huge` response header.
@@ -39,8 +41,10 @@ const CHUNK: usize = 64 * 1024;
 const PATTERN_PERIOD: usize = 251;
 /// Size of the `x-huge` header `/huge-headers` sends.
 const HUGE_HEADER: usize = 128 * 1024;
-/// Longest wait `/slow/{ms}` accepts.
+/// Longest wait `/slow/{ms}` and `/drip/{n}/{ms}` accept.
 const MAX_SLOW_MS: u64 = 600_000;
+/// Most bytes `/drip/{n}/{ms}` sends.
+const MAX_DRIP_BYTES: u64 = 1000;
 
 /// Counters reported by `GET /stats`, shared by the listener (connections) and the router (requests).
 #[derive(Debug, Default)]
@@ -76,6 +80,7 @@ pub fn app(name: &str, stats: Arc<Stats>) -> Router {
     Router::new()
         .route("/bytes/{n}", any(bytes))
         .route("/slow/{ms}", any(slow))
+        .route("/drip/{n}/{ms}", any(drip))
         .route("/status/{code}", any(status))
         .route("/ws", any(websocket))
         .route("/huge-headers", any(huge_headers))
@@ -180,6 +185,22 @@ async fn slow(State(echo): State<Echo>, Path(ms): Path<String>, req: Request) ->
     };
     tokio::time::sleep(Duration::from_millis(ms)).await;
     report(&echo, req, StatusCode::OK).await
+}
+
+async fn drip(Path((n, ms)): Path<(String, String)>) -> Response {
+    let n = n.parse::<u64>().ok().filter(|n| *n <= MAX_DRIP_BYTES);
+    let ms = ms.parse::<u64>().ok().filter(|ms| *ms <= MAX_SLOW_MS);
+    let (Some(n), Some(ms)) = (n, ms) else {
+        return error(StatusCode::BAD_REQUEST, "/drip/{n}/{ms} needs up to 1000 bytes and up to 600000 milliseconds");
+    };
+    let bytes = futures_util::stream::unfold(0u64, move |sent| async move {
+        if sent == n {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        Some((Ok::<_, Infallible>(Bytes::from_static(b"x")), sent + 1))
+    });
+    ([(CONTENT_LENGTH, n)], Body::from_stream(bytes)).into_response()
 }
 
 async fn status(State(echo): State<Echo>, Path(code): Path<String>, req: Request) -> Response {
@@ -382,6 +403,19 @@ mod tests {
     async fn bytes_not_a_number_returns_400() {
         let addr = start("alpha").await;
         for path in ["/bytes/x", "/bytes/-1", "/bytes/99999999999999999999999"] {
+            assert_eq!(exchange(addr, &get(path)).await.status, 400, "{path}");
+        }
+    }
+
+    #[tokio::test]
+    async fn drip_sends_n_bytes_with_content_length() {
+        let addr = start("alpha").await;
+        let reply = exchange(addr, &get("/drip/3/1")).await;
+        assert_eq!(
+            (reply.status, reply.header("content-length"), reply.body.as_slice()),
+            (200, Some("3"), &b"xxx"[..])
+        );
+        for path in ["/drip/1001/1", "/drip/1/600001", "/drip/x/1", "/drip/1/-1"] {
             assert_eq!(exchange(addr, &get(path)).await.status, 400, "{path}");
         }
     }

@@ -1,6 +1,8 @@
 //! Upstream failures map to 502 / 504 JSON errors, and the gateway keeps serving afterwards.
 
+use e2e::client::{empty, request};
 use e2e::{client, closed_port_addr, config, one_route_config, Backend, Gateway};
+use http_body_util::BodyExt;
 
 /// The gateway is still up and proxying: a plain request through it succeeds.
 async fn assert_still_serving(gateway: &Gateway, path: &str) {
@@ -58,6 +60,34 @@ routes:
 
     client::get(gateway.addr(), "/slow/3000").await.assert_error(504, "upstream_timeout");
     assert_still_serving(&gateway, "/after").await;
+}
+
+#[tokio::test]
+async fn upstream_body_stalling_past_route_timeout_ends_the_response_in_an_error() {
+    let echo = Backend::spawn("echo");
+    let gateway = Gateway::start(&one_route_config(&echo, "", "timeout: 300ms"));
+
+    // The head comes at once; the body's first byte would come ten minutes later.
+    let response = client::open(gateway.addr(), request("GET", "/drip/2/600000").body(empty()).unwrap()).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body = tokio::time::timeout(e2e::TIMEOUT, response.into_body().collect()).await;
+    let body = body.unwrap_or_else(|_| panic!("the gateway kept a stalled body open: {}", gateway.stderr()));
+    assert!(body.is_err(), "a cut-off body must not look complete to the client");
+
+    let metrics = client::get(gateway.admin_addr(), "/metrics").await.text();
+    let timeouts = r#"gateway_upstream_errors_total{kind="timeout",upstream="echo"} 1"#;
+    assert!(metrics.lines().any(|l| l == timeouts), "{metrics}");
+    assert_still_serving(&gateway, "/after").await;
+}
+
+#[tokio::test]
+async fn upstream_body_arriving_steadily_may_outlast_route_timeout() {
+    let echo = Backend::spawn("echo");
+    let gateway = Gateway::start(&one_route_config(&echo, "", "timeout: 1s"));
+
+    // 30 bytes 50 ms apart: 1.5 s in all, but never a second's wait.
+    let reply = client::get(gateway.addr(), "/drip/30/50").await;
+    assert_eq!((reply.status.as_u16(), reply.text()), (200, "x".repeat(30)));
 }
 
 #[tokio::test]

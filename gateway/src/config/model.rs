@@ -256,7 +256,7 @@ pub struct Upstream {
     pub endpoints: Vec<Endpoint>,
     pub load_balancing: LoadBalancing,
     pub connect_timeout: Duration,
-    /// Time allowed until the upstream's response head arrives (routes may override).
+    /// Longest wait for the upstream's response head, then for each piece of its body (routes may override).
     pub request_timeout: Duration,
     pub pool: Pool,
     /// Present exactly when the endpoints are `https://` (an upstream never mixes schemes).

@@ -1,14 +1,19 @@
 //! The response body the gateway sends: an upstream's streamed body or a small local one.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
 
 use super::record::Record;
 use crate::upstream::{InFlight, Lease};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Streams an upstream body through untouched, holding the endpoint's in-flight slot until it ends,
 /// and runs the record phase (metrics, access log) when it is dropped.
@@ -24,13 +29,32 @@ pub struct ProxyBody {
 
 #[derive(Debug)]
 enum Kind {
-    Upstream(Incoming),
+    Upstream(Incoming, Stall),
     Full(Option<Bytes>),
 }
 
+/// How long an upstream may keep the body waiting for its next piece (the route's `timeout`, as
+/// for the head): a timer armed only when a read finds nothing, so a body that arrives with its
+/// head, as most do, never sets one.
+#[derive(Debug)]
+struct Stall {
+    limit: Duration,
+    /// Made the first time the body waits; reset, not remade, for later waits.
+    timer: Option<Pin<Box<Sleep>>>,
+    /// Whether the timer runs for the current wait (polls while waiting must not extend it).
+    armed: bool,
+}
+
+/// The upstream left the response body waiting longer than the route's timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream sent nothing more of the response body for {0:?}")]
+pub struct BodyTimeout(Duration);
+
 impl ProxyBody {
-    pub fn upstream(body: Incoming, in_flight: InFlight, lease: Option<Lease>) -> ProxyBody {
-        let mut body = ProxyBody::new(Kind::Upstream(body), Some(in_flight));
+    /// `stall_limit`: the longest the upstream may keep the body waiting for its next piece.
+    pub fn upstream(body: Incoming, in_flight: InFlight, lease: Option<Lease>, stall_limit: Duration) -> ProxyBody {
+        let stall = Stall { limit: stall_limit, timer: None, armed: false };
+        let mut body = ProxyBody::new(Kind::Upstream(body, stall), Some(in_flight));
         body.lease = lease;
         body.release_if_ended();
         body
@@ -74,15 +98,24 @@ impl ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         if let Some(lease) = &mut this.lease {
             lease.poll_drive(cx);
         }
         let polled = match &mut this.kind {
-            Kind::Upstream(body) => Pin::new(body).poll_frame(cx),
+            Kind::Upstream(body, stall) => match Pin::new(body).poll_frame(cx) {
+                Poll::Pending => match stall.poll_expired(cx) {
+                    Poll::Ready(timeout) => Poll::Ready(Some(Err(timeout.into()))),
+                    Poll::Pending => Poll::Pending,
+                },
+                Poll::Ready(polled) => {
+                    stall.armed = false;
+                    Poll::Ready(polled.map(|frame| frame.map_err(BoxError::from)))
+                }
+            },
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
         };
         if let Some(record) = &mut this.record {
@@ -95,6 +128,7 @@ impl Body for ProxyBody {
                     }
                 }
                 Poll::Ready(None) => record.completed(),
+                Poll::Ready(Some(Err(error))) if error.is::<BodyTimeout>() => record.upstream_body_timed_out(),
                 _ => {}
             }
         }
@@ -112,7 +146,7 @@ impl Body for ProxyBody {
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
-            Kind::Upstream(body) => body.size_hint(),
+            Kind::Upstream(body, _) => body.size_hint(),
             Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
         }
     }
@@ -121,8 +155,25 @@ impl Body for ProxyBody {
 impl Kind {
     fn is_end_stream(&self) -> bool {
         match self {
-            Kind::Upstream(body) => body.is_end_stream(),
+            Kind::Upstream(body, _) => body.is_end_stream(),
             Kind::Full(bytes) => bytes.is_none(),
         }
+    }
+}
+
+impl Stall {
+    /// Called while the body waits: starts the timer on the first call of a wait, and tells
+    /// whether it has run out.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<BodyTimeout> {
+        let timer = match (&mut self.timer, self.armed) {
+            (Some(timer), true) => timer,
+            (Some(timer), false) => {
+                timer.as_mut().reset(Instant::now() + self.limit);
+                timer
+            }
+            (timer @ None, _) => timer.insert(Box::pin(tokio::time::sleep(self.limit))),
+        };
+        self.armed = true;
+        timer.as_mut().poll(cx).map(|()| BodyTimeout(self.limit))
     }
 }

@@ -162,7 +162,7 @@ async fn proxy(
     if let Some(decision) = &rate_limit {
         headers::set_rate_limit(&mut parts.headers, decision);
     }
-    Ok(Response::from_parts(parts, ProxyBody::upstream(body, in_flight, lease)))
+    Ok(Response::from_parts(parts, ProxyBody::upstream(body, in_flight, lease, route.timeout)))
 }
 
 /// Who sent a request: the client's address, and whether the peer is a trusted proxy.

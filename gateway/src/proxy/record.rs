@@ -107,6 +107,17 @@ impl Record {
         self.bytes_sent += bytes;
     }
 
+    /// The upstream left the body waiting past the route's timeout: counted as an upstream
+    /// timeout, and logged with that code (the status stays what was already sent).
+    pub(super) fn upstream_body_timed_out(&mut self) {
+        self.error = Some("upstream_timeout");
+        if let Some(route) = self.trace.route.and_then(|index| self.snapshot.routes.get(index)) {
+            route.upstream.metrics.timeouts.inc();
+            let request_id = self.request_id.to_str().unwrap_or("");
+            tracing::warn!(request_id, upstream = &*route.upstream.name, timeout = ?route.timeout, "the upstream stopped sending the response body; the response was cut off");
+        }
+    }
+
     /// The body reached its end.
     pub(super) fn completed(&mut self) {
         self.completed = true;
