@@ -15,6 +15,7 @@ pub mod reload;
 pub mod router;
 pub mod runtime;
 pub mod server;
+mod stall;
 pub mod telemetry;
 pub mod timefmt;
 pub mod tls;

@@ -1,4 +1,5 @@
-//! Size and time limits on the client side: 413, 431, 408, idle keep-alive connections.
+//! Size and time limits on the client side: 413, 431, 408, idle keep-alive connections, clients
+//! that stop reading.
 
 use e2e::client::Reply;
 use e2e::raw::{self, RawReply};
@@ -154,6 +155,22 @@ async fn limits_idle_keepalive_connection_closed_by_gateway() {
     // Then stay silent: the gateway must close the connection (EOF) with nothing more sent.
     let rest = raw::read_until_close(&mut stream).await;
     assert!(rest.is_empty(), "unexpected bytes before close: {:?}", String::from_utf8_lossy(&rest));
+}
+
+#[tokio::test]
+async fn limits_client_not_reading_its_response_is_disconnected_after_idle_timeout() {
+    const BODY: u64 = 200 * 1024 * 1024;
+    let echo = Backend::spawn("echo");
+    let gateway = Gateway::start(&one_route_config(&echo, "idle_timeout: 300ms", ""));
+
+    let mut stream = raw::connect(gateway.addr()).await;
+    // Far more than the socket buffers between the echo, the gateway and this client hold.
+    stream.write_all(format!("GET /bytes/{BODY} HTTP/1.1\r\nhost: gw.test\r\n\r\n").as_bytes()).await.unwrap();
+    // Take nothing for several idle timeouts: the gateway must give up on this client.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let received = raw::read_until_close(&mut stream).await;
+    assert_eq!(status_of(&received), 200);
+    assert!(received.len() < BODY as usize, "the gateway sent the whole body to a client that read nothing for 2 s");
 }
 
 #[tokio::test]

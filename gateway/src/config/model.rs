@@ -235,7 +235,8 @@ pub struct Server {
     pub max_headers: usize,
     /// A request head must arrive within this time once its first byte has; else 408.
     pub header_read_timeout: Duration,
-    /// A keep-alive connection with no request in flight is closed after this long.
+    /// A keep-alive connection with no request in flight is closed after this long; so is one
+    /// whose client takes nothing of a response for this long.
     pub idle_timeout: Duration,
     /// Default cap on request bodies for routes that set none.
     pub max_body_size: u64,

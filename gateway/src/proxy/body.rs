@@ -1,6 +1,5 @@
 //! The response body the gateway sends: an upstream's streamed body or a small local one.
 
-use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -8,9 +7,9 @@ use std::time::Duration;
 use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use tokio::time::{Instant, Sleep};
 
 use super::record::Record;
+use crate::stall::StallTimer;
 use crate::upstream::{InFlight, Lease};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -29,20 +28,9 @@ pub struct ProxyBody {
 
 #[derive(Debug)]
 enum Kind {
-    Upstream(Incoming, Stall),
+    /// The timer limits how long the upstream may keep the body waiting for its next piece.
+    Upstream(Incoming, StallTimer),
     Full(Option<Bytes>),
-}
-
-/// How long an upstream may keep the body waiting for its next piece (the route's `timeout`, as
-/// for the head): a timer armed only when a read finds nothing, so a body that arrives with its
-/// head, as most do, never sets one.
-#[derive(Debug)]
-struct Stall {
-    limit: Duration,
-    /// Made the first time the body waits; reset, not remade, for later waits.
-    timer: Option<Pin<Box<Sleep>>>,
-    /// Whether the timer runs for the current wait (polls while waiting must not extend it).
-    armed: bool,
 }
 
 /// The upstream left the response body waiting longer than the route's timeout.
@@ -53,8 +41,7 @@ pub struct BodyTimeout(Duration);
 impl ProxyBody {
     /// `stall_limit`: the longest the upstream may keep the body waiting for its next piece.
     pub fn upstream(body: Incoming, in_flight: InFlight, lease: Option<Lease>, stall_limit: Duration) -> ProxyBody {
-        let stall = Stall { limit: stall_limit, timer: None, armed: false };
-        let mut body = ProxyBody::new(Kind::Upstream(body, stall), Some(in_flight));
+        let mut body = ProxyBody::new(Kind::Upstream(body, StallTimer::new(stall_limit)), Some(in_flight));
         body.lease = lease;
         body.release_if_ended();
         body
@@ -108,11 +95,11 @@ impl Body for ProxyBody {
         let polled = match &mut this.kind {
             Kind::Upstream(body, stall) => match Pin::new(body).poll_frame(cx) {
                 Poll::Pending => match stall.poll_expired(cx) {
-                    Poll::Ready(timeout) => Poll::Ready(Some(Err(timeout.into()))),
+                    Poll::Ready(()) => Poll::Ready(Some(Err(BodyTimeout(stall.limit()).into()))),
                     Poll::Pending => Poll::Pending,
                 },
                 Poll::Ready(polled) => {
-                    stall.armed = false;
+                    stall.progressed();
                     Poll::Ready(polled.map(|frame| frame.map_err(BoxError::from)))
                 }
             },
@@ -158,22 +145,5 @@ impl Kind {
             Kind::Upstream(body, _) => body.is_end_stream(),
             Kind::Full(bytes) => bytes.is_none(),
         }
-    }
-}
-
-impl Stall {
-    /// Called while the body waits: starts the timer on the first call of a wait, and tells
-    /// whether it has run out.
-    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<BodyTimeout> {
-        let timer = match (&mut self.timer, self.armed) {
-            (Some(timer), true) => timer,
-            (Some(timer), false) => {
-                timer.as_mut().reset(Instant::now() + self.limit);
-                timer
-            }
-            (timer @ None, _) => timer.insert(Box::pin(tokio::time::sleep(self.limit))),
-        };
-        self.armed = true;
-        timer.as_mut().poll(cx).map(|()| BodyTimeout(self.limit))
     }
 }

@@ -4,7 +4,9 @@
 //! without a response. Here the two are separate: a connection with nothing in flight and no bytes
 //! waiting is closed after `idle_timeout`; once a new request head has started to arrive it must be
 //! complete within `header_read_timeout`, or the client gets `408 Request Timeout` and the
-//! connection is closed (slow-loris protection).
+//! connection is closed (slow-loris protection). A client that takes nothing of what is written
+//! to it for `idle_timeout` is disconnected too: otherwise a client that stops reading a
+//! response would hold its upstream connection for ever.
 
 use std::future::Future;
 use std::io;
@@ -16,6 +18,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
+
+use crate::stall::StallTimer;
 
 const REQUEST_TIMEOUT_RESPONSE: &[u8] =
     b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
@@ -101,6 +105,8 @@ pub(crate) struct TimedIo<S> {
     /// fires before `deadline`. In the common case a request's head arrives in one read and the
     /// timer wheel is not touched at all.
     timer: Pin<Box<Sleep>>,
+    /// Runs while a write waits for the client to take bytes.
+    write_stall: StallTimer,
 }
 
 impl<S> TimedIo<S> {
@@ -113,6 +119,7 @@ impl<S> TimedIo<S> {
             armed: None,
             deadline: Instant::now() + timeouts.idle,
             timer: Box::pin(tokio::time::sleep(timeouts.idle)),
+            write_stall: StallTimer::new(timeouts.idle),
         }
     }
 
@@ -204,9 +211,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TimedIo<S> {
     }
 }
 
+impl<S> TimedIo<S> {
+    /// A write (or flush) that would wait fails once the client has taken nothing for
+    /// `idle_timeout`; hyper then closes the connection.
+    fn watch_write<T>(&mut self, cx: &mut Context<'_>, polled: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        match polled {
+            Poll::Pending => match self.write_stall.poll_expired(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the client took nothing of the response for idle_timeout",
+                ))),
+                Poll::Pending => Poll::Pending,
+            },
+            ready => {
+                self.write_stall.progressed();
+                ready
+            }
+        }
+    }
+}
+
 impl<S: AsyncWrite + Unpin> AsyncWrite for TimedIo<S> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.watch_write(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -214,7 +243,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for TimedIo<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.watch_write(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -222,7 +253,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for TimedIo<S> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_flush(cx);
+        this.watch_write(cx, polled)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -85,3 +85,35 @@ async fn end_of_last_request_wakes_a_parked_reader_to_start_the_idle_timer() {
     assert_eq!(n, 0);
     assert_eq!(closed_at - ended, TIMEOUTS.idle);
 }
+
+#[tokio::test(start_paused = true)]
+async fn client_taking_nothing_of_a_response_is_cut_off_after_idle_timeout() {
+    let (_client, mut io, activity) = pair();
+    let _guard = activity.start_request();
+    let start = Instant::now();
+    // Twice what the pipe holds: the second half waits for a client that never reads.
+    let err = io.write_all(&[b'x'; 8192]).await.unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    assert_eq!(start.elapsed(), TIMEOUTS.idle);
+}
+
+#[tokio::test(start_paused = true)]
+async fn client_reading_slowly_but_steadily_is_never_cut_off() {
+    let (mut client, mut io, activity) = pair();
+    let _guard = activity.start_request();
+    let reader = tokio::spawn(async move {
+        let mut total = 0;
+        let mut buf = [0u8; 1024];
+        loop {
+            // Each read comes well within idle_timeout of the last, though the whole takes longer.
+            tokio::time::sleep(TIMEOUTS.idle / 2).await;
+            match client.read(&mut buf).await.unwrap() {
+                0 => return total,
+                n => total += n,
+            }
+        }
+    });
+    io.write_all(&[b'x'; 16 * 1024]).await.unwrap();
+    io.shutdown().await.unwrap();
+    assert_eq!(reader.await.unwrap(), 16 * 1024);
+}
