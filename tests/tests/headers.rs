@@ -1,4 +1,5 @@
-//! What the gateway does to request headers: hop-by-hop removal, forwarding headers, request ids, Host.
+//! What the gateway does to request headers: hop-by-hop removal, forwarding headers, request ids,
+//! trace context, Host.
 
 use e2e::client::{self, empty, request};
 use e2e::{is_uuid_v7, one_route_config, Backend, Gateway};
@@ -236,4 +237,45 @@ async fn headers_configured_identity_headers_replace_the_default_list() {
     let echoed = reply.echoed();
     assert_eq!((echoed.header("x-tenant"), echoed.header("x-user-id")), (None, None));
     assert_eq!(echoed.header("x-user-role"), Some("r"), "only the configured list is stripped");
+}
+
+/// `00-<32 hex>-<16 hex>-00`: a trace the gateway started (version 00, not sampled).
+fn started_by_gateway(traceparent: Option<&str>) -> bool {
+    let Some(value) = traceparent else { return false };
+    let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    let parts: Vec<&str> = value.split('-').collect();
+    matches!(parts.as_slice(), ["00", trace, parent, "00"] if hex(trace, 32) && hex(parent, 16))
+}
+
+#[tokio::test]
+async fn headers_valid_traceparent_and_tracestate_pass_untouched() {
+    let echo = Backend::spawn("echo");
+    let gateway = Gateway::start(&one_route_config(&echo, "", ""));
+
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let reply =
+        client::get_with(gateway.addr(), "/", &[("traceparent", traceparent), ("tracestate", "rojo=00f067aa0ba902b7")])
+            .await;
+    let echoed = reply.echoed();
+    assert_eq!(echoed.header_all("traceparent"), [traceparent]);
+    assert_eq!(echoed.header_all("tracestate"), ["rojo=00f067aa0ba902b7"]);
+}
+
+#[tokio::test]
+async fn headers_missing_or_invalid_traceparent_replaced_by_a_new_trace() {
+    let echo = Backend::spawn("echo");
+    let gateway = Gateway::start(&one_route_config(&echo, "", ""));
+
+    let first = client::get(gateway.addr(), "/").await.echoed();
+    let second = client::get(gateway.addr(), "/").await.echoed();
+    let (first, second) = (first.header("traceparent"), second.header("traceparent"));
+    assert!(started_by_gateway(first), "{first:?}");
+    assert!(started_by_gateway(second), "{second:?}");
+    assert_ne!(first.map(|t| &t[3..35]), second.map(|t| &t[3..35]), "each request starts its own trace");
+
+    let invalid = "00-00000000000000000000000000000000-00f067aa0ba902b7-01";
+    let reply = client::get_with(gateway.addr(), "/", &[("traceparent", invalid), ("tracestate", "rojo=1")]).await;
+    let echoed = reply.echoed();
+    assert!(started_by_gateway(echoed.header("traceparent")), "{:?}", echoed.header("traceparent"));
+    assert_eq!(echoed.header("tracestate"), None, "a tracestate of no valid trace is dropped");
 }

@@ -358,9 +358,10 @@ fn is_utc_millis_time(text: &str) -> bool {
 }
 
 /// The fields every line has, whatever answered the request.
-const COMMON_FIELDS: [&str; 12] = [
+const COMMON_FIELDS: [&str; 13] = [
     "time",
     "request_id",
+    "trace_id",
     "client_ip",
     "method",
     "host",
@@ -614,6 +615,9 @@ async fn access_log_lines_for_proxied_and_refused_requests() {
     );
     assert_eq!(line["bytes_sent"].as_u64(), Some(proxied.body.len() as u64), "bytes_sent vs the body in {line}");
     assert_eq!(line["completed"], true, "completed in {line}");
+    let traceparent = proxied.echoed().header("traceparent").map(str::to_owned);
+    let sent_trace_id = traceparent.as_deref().and_then(|t| t.get(3..35));
+    assert_eq!(line["trace_id"].as_str(), sent_trace_id, "trace_id vs the upstream's traceparent in {line}");
 
     let line = wait_for_line(&fixture.log, &request_id(&refused)).await;
     let mut expected: BTreeSet<&str> = COMMON_FIELDS.into_iter().collect();

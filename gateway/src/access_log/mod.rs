@@ -54,6 +54,8 @@ pub struct Entry<'a> {
     /// When the request arrived.
     pub time: SystemTime,
     pub request_id: &'a str,
+    /// The W3C trace id the upstream request carried (the client's, or one the gateway started).
+    pub trace_id: Option<&'a str>,
     pub client_ip: IpAddr,
     pub method: &'a Method,
     pub host: Option<&'a str>,
@@ -285,6 +287,7 @@ fn format_line(entry: &Entry<'_>) -> String {
     push_time(&mut out, entry.time);
     out.push_str("\",\"request_id\":");
     push_str(&mut out, entry.request_id);
+    push_opt_str(&mut out, "trace_id", entry.trace_id);
     // Addresses are digits, hex, `.` and `:`: nothing to escape.
     let _ = write!(out, ",\"client_ip\":\"{}\",\"method\":", entry.client_ip);
     push_str(&mut out, entry.method.as_str());

@@ -46,6 +46,7 @@ fn minimal() -> Entry<'static> {
     Entry {
         time: arrival(),
         request_id: "r1",
+        trace_id: None,
         client_ip: IpAddr::V4(Ipv4Addr::new(1, 2, 3, 4)),
         method: GET,
         host: None,
@@ -69,6 +70,7 @@ fn full() -> Entry<'static> {
     Entry {
         time: arrival(),
         request_id: "0af7651916cd43dd",
+        trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736"),
         client_ip: IpAddr::V6(Ipv6Addr::LOCALHOST),
         method: &Method::POST,
         host: Some("api.example.com"),
@@ -93,7 +95,8 @@ fn format_line_full_entry_has_every_key_in_order() {
     assert_eq!(
         format_line(&full()),
         concat!(
-            r#"{"time":"2026-11-21T17:45:05.123Z","request_id":"0af7651916cd43dd","client_ip":"::1","#,
+            r#"{"time":"2026-11-21T17:45:05.123Z","request_id":"0af7651916cd43dd","#,
+            r#""trace_id":"4bf92f3577b34da6a3ce929d0e0e4736","client_ip":"::1","#,
             r#""method":"POST","host":"api.example.com","path":"/orders/42","protocol":"HTTP/2.0","tls":true,"#,
             r#""status":502,"route":"api","upstream":"echo","endpoint":"127.0.0.1:9001","#,
             r#""error":"upstream_unavailable","duration_ms":1.234,"upstream_ms":2.000,"bytes_sent":123,"#,

@@ -263,11 +263,29 @@ fn new_request_id() -> HeaderValue {
     HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
+/// The two hex digits of every byte value: a u64 takes eight lookups, not sixteen shifts and masks.
+static HEX_PAIRS: [[u8; 2]; 256] = {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut table = [[0u8; 2]; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        table[byte] = [DIGITS[byte >> 4], DIGITS[byte & 0xF]];
+        byte += 1;
+    }
+    table
+};
+
 /// Fills `out` with the lowest `out.len()` hex digits of `value`.
-fn put_hex(out: &mut [u8], value: u64) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for (i, byte) in out.iter_mut().rev().enumerate() {
-        *byte = HEX[((value >> (4 * i)) & 0xF) as usize];
+pub(super) fn put_hex(out: &mut [u8], mut value: u64) {
+    for digits in out.rchunks_mut(2) {
+        let [high, low] = HEX_PAIRS[(value & 0xFF) as usize];
+        match digits {
+            [first, second] => (*first, *second) = (high, low),
+            // An odd-length `out` begins with a lone digit.
+            [only] => *only = low,
+            _ => {}
+        }
+        value >>= 8;
     }
 }
 

@@ -11,6 +11,7 @@ mod path;
 mod record;
 mod redirect;
 mod request_body;
+mod trace_context;
 mod upgrade;
 
 use std::net::{IpAddr, SocketAddr};
@@ -46,9 +47,10 @@ pub struct Connection {
 }
 
 /// Proxies one request with the given snapshot. Never fails: errors become JSON responses.
-pub async fn handle(snapshot: Arc<Snapshot>, conn: Connection, request: Request<Incoming>) -> Response<ProxyBody> {
+pub async fn handle(snapshot: Arc<Snapshot>, conn: Connection, mut request: Request<Incoming>) -> Response<ProxyBody> {
     let started = Instant::now();
     let request_id = headers::request_id(request.headers());
+    trace_context::ensure(request.headers_mut());
     let method = request.method().clone();
     let caller = caller(&snapshot, &conn, request.headers());
     let seen = snapshot.access_log.as_ref().map(|_| Box::new(Seen::of(&request, &conn, caller.ip)));

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 use http::uri::Authority;
 use http::{header, HeaderValue, Method, Request, Version};
 
-use super::Connection;
+use super::{trace_context, Connection};
 use crate::access_log::Entry;
 use crate::runtime::Snapshot;
 
@@ -34,6 +34,7 @@ pub(super) struct Seen {
     path: String,
     version: Version,
     user_agent: Option<HeaderValue>,
+    traceparent: Option<HeaderValue>,
 }
 
 impl Seen {
@@ -47,6 +48,7 @@ impl Seen {
             path: request.uri().path().to_owned(),
             version: request.version(),
             user_agent: request.headers().get(header::USER_AGENT).cloned(),
+            traceparent: request.headers().get(&trace_context::TRACEPARENT).cloned(),
         }
     }
 }
@@ -137,6 +139,7 @@ impl Drop for Record {
         log.log(&Entry {
             time: seen.time,
             request_id: self.request_id.to_str().unwrap_or(""),
+            trace_id: seen.traceparent.as_ref().and_then(trace_context::trace_id),
             client_ip: seen.client_ip,
             method: &seen.method,
             host: seen.host.as_ref().and_then(|h| h.to_str().ok()),
