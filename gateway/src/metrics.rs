@@ -5,6 +5,8 @@
 //! Labels are names from the config (routes, upstreams, limits, providers) and small fixed sets,
 //! never anything a client sends, so the number of series stays bounded.
 
+mod process;
+
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -31,6 +33,7 @@ pub struct Metrics {
     upstream_errors: IntCounterVec,
     upstream_retries: IntCounterVec,
     upstream_duration: HistogramVec,
+    upstream_in_flight: IntGaugeVec,
     breaker_state: IntGaugeVec,
     breaker_transitions: IntCounterVec,
     rate_limit_decisions: IntCounterVec,
@@ -39,6 +42,17 @@ pub struct Metrics {
     redis_connected: IntGauge,
     pub redis: RedisMetrics,
     access_log_dropped: IntGauge,
+    process: process::ProcessMetrics,
+}
+
+/// What `/metrics` reads off the running gateway when scraped.
+#[derive(Debug, Default)]
+pub struct Readings<'a> {
+    /// `None` when no Redis is configured.
+    pub redis_connected: Option<bool>,
+    pub access_log_dropped: u64,
+    /// Requests in flight to each upstream of the current config.
+    pub upstream_in_flight: Vec<(&'a str, usize)>,
 }
 
 /// The Redis rate-limit store's calls (one per batch of decisions).
@@ -154,6 +168,12 @@ impl Metrics {
                 "From sending the request upstream to its response head, by upstream.",
                 &["upstream"],
             ),
+            upstream_in_flight: gauge_vec(
+                &r,
+                "gateway_upstream_in_flight",
+                "Requests sent to an upstream whose response has not ended yet (body included), by upstream.",
+                &["upstream"],
+            ),
             breaker_state: gauge_vec(
                 &r,
                 "gateway_circuit_breaker_state",
@@ -199,6 +219,7 @@ impl Metrics {
                 "gateway_access_log_dropped_lines",
                 "Access log lines dropped because the writer could not keep up.",
             ),
+            process: process::ProcessMetrics::register(&r),
             registry: r,
         }
     }
@@ -249,9 +270,15 @@ impl Metrics {
     }
 
     /// The text exposition, with the gauges that are read off the running state set first.
-    pub fn render(&self, redis_connected: Option<bool>, access_log_dropped: u64) -> String {
-        self.redis_connected.set(i64::from(redis_connected.unwrap_or(false)));
-        self.access_log_dropped.set(i64::try_from(access_log_dropped).unwrap_or(i64::MAX));
+    pub fn render(&self, readings: &Readings<'_>) -> String {
+        self.redis_connected.set(i64::from(readings.redis_connected.unwrap_or(false)));
+        self.access_log_dropped.set(i64::try_from(readings.access_log_dropped).unwrap_or(i64::MAX));
+        // Upstreams a reload removed must not linger with their last count.
+        self.upstream_in_flight.reset();
+        for (upstream, in_flight) in &readings.upstream_in_flight {
+            self.upstream_in_flight.with_label_values(&[upstream]).set(i64::try_from(*in_flight).unwrap_or(i64::MAX));
+        }
+        self.process.update();
         let mut out = Vec::with_capacity(16 * 1024);
         if let Err(error) = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             tracing::warn!(%error, "cannot encode metrics");
@@ -328,7 +355,7 @@ mod tests {
         route.record(204, Duration::from_millis(3));
         route.record(503, Duration::from_millis(40));
         route.record(99, Duration::ZERO); // out of range: counted as 1xx, never a panic
-        let text = metrics.render(None, 0);
+        let text = metrics.render(&Readings::default());
         assert!(text.contains("gateway_requests_total{route=\"metrics-test-route\",status=\"2xx\"} 1"), "{text}");
         assert!(text.contains("gateway_requests_total{route=\"metrics-test-route\",status=\"5xx\"} 1"), "{text}");
         assert!(text.contains("gateway_requests_total{route=\"metrics-test-route\",status=\"1xx\"} 1"), "{text}");

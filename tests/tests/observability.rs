@@ -1,8 +1,9 @@
 //! Observability: the admin listener's `GET /metrics` (Prometheus text format) and the JSON access
 //! log (`access_log.path`): request counts by route and status class, the latency histograms,
-//! upstream errors, rate-limit decisions, token checks, stripped identity headers and reloads; one
-//! log line per request with the documented fields, never the query string or a token; reopening
-//! on SIGHUP (logrotate); a missing log directory refused by `gateway check`; a client gone mid-body.
+//! upstream errors and requests in flight, rate-limit decisions, token checks, stripped identity
+//! headers, reloads and the process's own resource use; one log line per request with the
+//! documented fields, never the query string or a token; reopening on SIGHUP (logrotate); a missing
+//! log directory refused by `gateway check`; a client gone mid-body.
 //!
 //! A request is recorded when its response body ends (or the client goes away), and log lines are
 //! written by a background thread: every check polls `/metrics` or the log file, bounded by
@@ -15,8 +16,8 @@ use std::time::{Duration, Instant};
 use backends::token::{claims, Algorithm, SigningKey};
 use e2e::client::{self, Reply};
 use e2e::{
-    closed_port_addr, config, config_version, eventually, fetch_until, gateway_check, gateway_run_invalid, raw,
-    Backend, ConfigDir, Gateway, LISTENERS, TIMEOUT,
+    closed_port_addr, config, config_version, eventually, fetch_until, gateway_check, gateway_run_invalid,
+    one_route_config, raw, Backend, ConfigDir, Gateway, LISTENERS, TIMEOUT,
 };
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -438,6 +439,39 @@ async fn metrics_count_requests_by_route_and_status_class() {
     metrics.assert_value("gateway_access_log_dropped_lines", &[], 0.0);
     metrics.assert_value("gateway_config_reloads_total", &[("result", "ok")], 0.0);
     metrics.assert_value("gateway_config_reloads_total", &[("result", "failed")], 0.0);
+}
+
+#[tokio::test]
+async fn metrics_upstream_in_flight_counts_requests_until_their_response_ends() {
+    let echo = Backend::spawn("echo");
+    let gateway = Gateway::start(&one_route_config(&echo, "", ""));
+
+    // Held at the upstream for 3 s: long enough to be seen in flight.
+    let slow = tokio::spawn(client::get(gateway.addr(), "/slow/3000"));
+    let in_flight = [("upstream", "echo")];
+    scrape_until(&gateway, "one request in flight", |m| m.get("gateway_upstream_in_flight", &in_flight) == Some(1.0))
+        .await;
+    assert_eq!(slow.await.unwrap().status, 200);
+    scrape_until(&gateway, "no request in flight", |m| m.get("gateway_upstream_in_flight", &in_flight) == Some(0.0))
+        .await;
+}
+
+#[tokio::test]
+async fn metrics_process_series_under_standard_names() {
+    let echo = Backend::spawn("echo");
+    let gateway = Gateway::start(&two_routes_config(&echo, ""));
+
+    let metrics = scrape(&gateway).await;
+    metrics.assert_well_formed();
+    for name in ["process_resident_memory_bytes", "process_virtual_memory_bytes", "process_open_fds", "process_max_fds"]
+    {
+        assert!(metrics.value(name, &[]) > 0.0, "{name}; /metrics:\n{}", metrics.text);
+    }
+    assert!(metrics.value("process_threads", &[]) >= 2.0, "a worker and the main thread at least");
+    let started = metrics.value("process_start_time_seconds", &[]);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    assert!((now - 600.0..=now + 1.0).contains(&started), "started {started}, now {now}");
+    assert_eq!(metrics.types.get("process_cpu_seconds_total").map(String::as_str), Some("counter"));
 }
 
 #[tokio::test]

@@ -94,9 +94,12 @@ const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// Every series, with the gauges read off the running snapshot.
 fn metrics(runtime: &Runtime) -> String {
     let snapshot = runtime.load();
-    let redis_connected = snapshot.redis.as_ref().map(|redis| redis.status()["connected"].as_bool() == Some(true));
-    let dropped = snapshot.access_log.as_ref().map_or(0, |log| log.dropped());
-    crate::metrics::global().render(redis_connected, dropped)
+    let readings = crate::metrics::Readings {
+        redis_connected: snapshot.redis.as_ref().map(|redis| redis.status()["connected"].as_bool() == Some(true)),
+        access_log_dropped: snapshot.access_log.as_ref().map_or(0, |log| log.dropped()),
+        upstream_in_flight: snapshot.upstreams.values().map(|u| (&*u.name, u.in_flight())).collect(),
+    };
+    crate::metrics::global().render(&readings)
 }
 
 /// Where rate limits are counted (the Redis connection, if configured) and every limit, by name,

@@ -190,6 +190,11 @@ impl Upstream {
         self.pools.send_upgrade(endpoint, request).await
     }
 
+    /// Requests in flight to all of its endpoints (each until its response body has ended).
+    pub fn in_flight(&self) -> usize {
+        self.endpoints.iter().map(|e| e.in_flight.load(Ordering::Relaxed)).sum()
+    }
+
     /// Picks an endpoint and takes an in-flight slot on it; `None` when there is none to pick.
     pub fn pick(&self) -> Option<InFlight> {
         let index = self.balancer.pick(&self.endpoints, |e| e.in_flight.load(Ordering::Relaxed))?;

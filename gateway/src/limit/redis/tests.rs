@@ -198,7 +198,7 @@ async fn check_batches_concurrent_decisions_into_few_calls() {
     let calls = batches(&mut admin).await;
     assert!((2..=6).contains(&calls), "600 decisions took {calls} batches");
     // Each call is in /metrics, with the decisions it carried.
-    let text = metrics::global().render(None, 0);
+    let text = metrics::global().render(&metrics::Readings::default());
     let sum = |name: &str| {
         let line = text.lines().find(|line| line.starts_with(name)).unwrap_or_else(|| panic!("no {name} in {text}"));
         line.rsplit(' ').next().unwrap().parse::<f64>().unwrap()
