@@ -167,18 +167,29 @@ async fn pool_closes_connections_idle_past_idle_timeout() {
 /// Longer than the gateway's `KEEP_COPY_AFTER_IDLE` (100 ms).
 const IDLE_A_WHILE: std::time::Duration = std::time::Duration::from_millis(300);
 
-#[tokio::test]
-async fn pool_connection_closed_as_an_idempotent_request_goes_out_sends_it_again_on_a_new_one() {
+/// An upstream that closes a reused connection unanswered, a gateway in front of it, and a client
+/// connection whose first request has put one upstream connection in the pool.
+async fn pooled_connection_about_to_close() -> (Upstream, Gateway, client::Connection) {
     let upstream = Upstream::spawn(OK, AfterReply::CloseOnNextRequest).await;
     let gateway = Gateway::start(&upstream.config("idle_timeout: 90s"));
     let mut downstream = client::Connection::connect(gateway.addr()).await;
-
     assert_eq!(downstream.get("/first").await.status, 200);
+    (upstream, gateway, downstream)
+}
+
+/// Sends a bodiless `method` request once the pooled connection has idled a while: the gateway
+/// keeps a copy to send again only of requests on such connections.
+async fn send_after_idling(downstream: &mut client::Connection, method: &str) -> client::Reply {
+    tokio::time::sleep(IDLE_A_WHILE).await;
+    downstream.try_send(client::request(method, "/again").body(client::empty()).unwrap()).await.unwrap()
+}
+
+#[tokio::test]
+async fn pool_connection_closed_as_an_idempotent_request_goes_out_sends_it_again_on_a_new_one() {
+    let (upstream, gateway, mut downstream) = pooled_connection_about_to_close().await;
+
     for (i, method) in ["GET", "DELETE"].into_iter().enumerate() {
-        // The gateway keeps a copy to send again only of requests on connections idle a while.
-        tokio::time::sleep(IDLE_A_WHILE).await;
-        let reply =
-            downstream.try_send(client::request(method, "/again").body(client::empty()).unwrap()).await.unwrap();
+        let reply = send_after_idling(&mut downstream, method).await;
         assert_eq!(
             (reply.status.as_u16(), reply.text().as_str()),
             (200, "ok"),
@@ -193,14 +204,9 @@ async fn pool_connection_closed_as_an_idempotent_request_goes_out_sends_it_again
 
 #[tokio::test]
 async fn pool_connection_closed_as_a_post_goes_out_is_not_sent_again() {
-    let upstream = Upstream::spawn(OK, AfterReply::CloseOnNextRequest).await;
-    let gateway = Gateway::start(&upstream.config("idle_timeout: 90s"));
-    let mut downstream = client::Connection::connect(gateway.addr()).await;
+    let (upstream, _gateway, mut downstream) = pooled_connection_about_to_close().await;
 
-    assert_eq!(downstream.get("/first").await.status, 200);
-    tokio::time::sleep(IDLE_A_WHILE).await;
     // A POST may have had effects even unanswered: the client decides whether to send it again.
-    let reply = downstream.try_send(client::request("POST", "/orders").body(client::empty()).unwrap()).await.unwrap();
-    reply.assert_error(502, "upstream_error");
+    send_after_idling(&mut downstream, "POST").await.assert_error(502, "upstream_error");
     assert_eq!(upstream.accepted(), 1, "the POST was not sent again");
 }
