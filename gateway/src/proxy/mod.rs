@@ -236,8 +236,9 @@ fn upstream_request(
 
 /// Sends the request, and tells the breaker how it went. When the endpoint could not be connected
 /// to, a request without a body goes once more, to the upstream's next endpoint: the first never
-/// received it, so that is safe whatever the method. Returns the response, the endpoint's slot and
-/// the connection (none for an upgrade, whose connection becomes the tunnel).
+/// received it, so that is safe whatever the method (and the request itself comes back, so
+/// nothing is copied up front). Returns the response, the endpoint's slot and the connection (none
+/// for an upgrade, whose connection becomes the tunnel).
 async fn forward(
     route: &RouteRuntime,
     mut in_flight: InFlight,
@@ -247,21 +248,22 @@ async fn forward(
     trace: &mut Trace,
 ) -> Result<(Response<Incoming>, InFlight, Option<Lease>), ProxyError> {
     let upstream = &route.upstream;
-    let spare = (!upgrade && request.body().is_end_stream() && upstream.has_alternatives())
-        .then(|| copy_without_body(&request));
     trace.endpoint = Some(in_flight.endpoint().authority.clone());
-    let mut sent = send(route, &in_flight, request, upgrade).await;
+    let (mut sent, unsent) = send(route, &in_flight, request, upgrade).await;
     tell_breaker(route, permit, &sent);
-    if let (Err(ProxyError::UpstreamConnect { .. }), Some(mut again)) = (&sent, spare) {
-        // The failure just counted may have opened the breaker: then the first error stands.
-        if let (Some(other), Ok(permit)) = (upstream.pick_other(in_flight.endpoint()), upstream.permit()) {
+    let again = unsent.filter(|request| !upgrade && request.body().is_end_stream());
+    // Asked in turn: only a request that can go again takes a slot on another endpoint, and only
+    // then a permit (the failure just counted may have opened the breaker: the first error stands).
+    let other = again.as_ref().and_then(|_| upstream.pick_other(in_flight.endpoint()));
+    if let (Some(mut again), Some(other)) = (again, other) {
+        if let Ok(permit) = upstream.permit() {
             retarget(&mut again, in_flight.endpoint(), other.endpoint());
             upstream.metrics.retries_after_connect_failure.inc();
             tracing::debug!(upstream = &*upstream.name, from = %in_flight.endpoint().authority, to = %other.endpoint().authority, "connect failed; sending to another endpoint");
             in_flight = other;
             trace.endpoint = Some(in_flight.endpoint().authority.clone());
             // Boxed: the rare path keeps the common one's future small.
-            sent = Box::pin(send(route, &in_flight, again, false)).await;
+            (sent, _) = Box::pin(send(route, &in_flight, *again, false)).await;
             tell_breaker(route, permit, &sent);
         }
     }
@@ -292,13 +294,14 @@ fn retarget(request: &mut Request<UpstreamRequestBody>, from: &Endpoint, to: &En
     }
 }
 
-/// Sends the request within the route's timeout and classifies failures.
+/// Sends the request within the route's timeout and classifies failures; with a connect failure,
+/// the request, which never left.
 async fn send(
     route: &RouteRuntime,
     in_flight: &InFlight,
     request: Request<UpstreamRequestBody>,
     upgrade: bool,
-) -> Result<Sent, ProxyError> {
+) -> (Result<Sent, ProxyError>, Option<Box<Request<UpstreamRequestBody>>>) {
     let upstream = || route.upstream.name.to_string();
     let metrics = &route.upstream.metrics;
     let endpoint = in_flight.endpoint();
@@ -309,7 +312,7 @@ async fn send(
             false => route.upstream.send(endpoint, request).await.map(|(response, lease)| (response, Some(lease))),
         }
     });
-    match sent.await {
+    let result = match sent.await {
         Err(_elapsed) => {
             metrics.timeouts.inc();
             Err(ProxyError::UpstreamTimeout { upstream: upstream(), timeout: route.timeout })
@@ -319,13 +322,14 @@ async fn send(
             metrics.response_time.observe(upstream_time.as_secs_f64());
             Ok(Sent { response, lease, upstream_time })
         }
-        Ok(Err(SendError::Connect(error))) => {
+        Ok(Err(SendError::Connect { error, unsent })) => {
             metrics.connect_errors.inc();
-            Err(ProxyError::UpstreamConnect {
+            let error = ProxyError::UpstreamConnect {
                 upstream: upstream(),
                 endpoint: endpoint.authority.to_string(),
                 source: error,
-            })
+            };
+            return (Err(error), Some(unsent));
         }
         Ok(Err(SendError::Http(error))) if caused_by::<http_body_util::LengthLimitError>(&error) => {
             Err(ProxyError::PayloadTooLarge { limit: route.max_body_size })
@@ -334,7 +338,8 @@ async fn send(
             metrics.errors.inc();
             Err(ProxyError::Upstream { upstream: upstream(), source: Box::new(error) })
         }
-    }
+    };
+    (result, None)
 }
 
 /// Whether the upstream did its part, for its breaker: a gateway-side refusal (a body over the

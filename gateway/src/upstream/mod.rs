@@ -142,11 +142,6 @@ impl Upstream {
         Some(InFlight(endpoint.clone()))
     }
 
-    /// Whether a request that failed on one endpoint has another to go to.
-    pub fn has_alternatives(&self) -> bool {
-        self.endpoints.len() > 1
-    }
-
     /// The breaker's permission for one request (`None`: no breaker); `Err(retry_after)` while
     /// it is open.
     pub fn permit(&self) -> Result<Option<Permit>, Duration> {

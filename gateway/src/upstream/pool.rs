@@ -97,8 +97,9 @@ pub struct Lease {
 /// Why a request got no response.
 #[derive(Debug)]
 pub enum SendError {
-    /// No connection could be made (nothing was sent).
-    Connect(BoxError),
+    /// No connection could be made: the request, never sent, comes back (boxed, so the common
+    /// result stays small).
+    Connect { error: BoxError, unsent: Box<Request<UpstreamRequestBody>> },
     /// The exchange failed on an open connection.
     Http(hyper::Error),
 }
@@ -151,7 +152,10 @@ impl Pools {
             }
         }
         // Boxed: connecting is the rare path, and its future is large; the request's stays small.
-        let connection = Box::pin(self.connect(endpoint)).await.map_err(SendError::Connect)?;
+        let connection = match Box::pin(self.connect(endpoint)).await {
+            Ok(connection) => connection,
+            Err(error) => return Err(SendError::Connect { error, unsent: Box::new(request) }),
+        };
         let mut lease = self.lease(connection, endpoint);
         let response = lease.connection.exchange(request).await.map_err(|e| SendError::Http(e.into_error()))?;
         Ok((response, lease))
@@ -164,7 +168,10 @@ impl Pools {
         endpoint: &Endpoint,
         request: Request<UpstreamRequestBody>,
     ) -> Result<Response<Incoming>, SendError> {
-        let (mut sender, conn) = self.handshake(endpoint).await.map_err(SendError::Connect)?;
+        let (mut sender, conn) = match self.handshake(endpoint).await {
+            Ok(handshake) => handshake,
+            Err(error) => return Err(SendError::Connect { error, unsent: Box::new(request) }),
+        };
         tokio::spawn(async move {
             if let Err(error) = conn.with_upgrades().await {
                 tracing::debug!(%error, "upstream connection for an upgrade ended with an error");
