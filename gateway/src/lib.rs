@@ -17,6 +17,7 @@ pub mod runtime;
 pub mod server;
 mod stall;
 pub mod telemetry;
+pub(crate) mod text;
 pub mod timefmt;
 pub mod tls;
 pub mod upstream;

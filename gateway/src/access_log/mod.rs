@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{Method, Version};
 
-use crate::timefmt;
+use crate::{text, timefmt};
 
 /// Lines the queue holds before new ones are dropped (about 2 MiB of typical lines).
 const QUEUE_CAPACITY: usize = 8192;
@@ -289,14 +289,17 @@ fn format_line(entry: &Entry<'_>) -> String {
     push_str(&mut out, entry.request_id);
     push_opt_str(&mut out, "trace_id", entry.trace_id);
     // Addresses are digits, hex, `.` and `:`: nothing to escape.
-    let _ = write!(out, ",\"client_ip\":\"{}\",\"method\":", entry.client_ip);
+    out.push_str(",\"client_ip\":\"");
+    text::push_ip(&mut out, entry.client_ip);
+    out.push_str("\",\"method\":");
     push_str(&mut out, entry.method.as_str());
     push_opt_str(&mut out, "host", entry.host);
     out.push_str(",\"path\":");
     push_str(&mut out, entry.path.split_once('?').map_or(entry.path, |(path, _query)| path));
     out.push_str(",\"protocol\":\"");
     push_version(&mut out, entry.protocol);
-    let _ = write!(out, "\",\"tls\":{},\"status\":{}", entry.tls, entry.status);
+    out.push_str(if entry.tls { "\",\"tls\":true,\"status\":" } else { "\",\"tls\":false,\"status\":" });
+    text::push_u64(&mut out, u64::from(entry.status));
     push_opt_str(&mut out, "route", entry.route);
     push_opt_str(&mut out, "upstream", entry.upstream);
     push_opt_str(&mut out, "endpoint", entry.endpoint);
@@ -307,7 +310,9 @@ fn format_line(entry: &Entry<'_>) -> String {
         out.push_str(",\"upstream_ms\":");
         push_millis(&mut out, upstream);
     }
-    let _ = write!(out, ",\"bytes_sent\":{},\"completed\":{}", entry.bytes_sent, entry.completed);
+    out.push_str(",\"bytes_sent\":");
+    text::push_u64(&mut out, entry.bytes_sent);
+    out.push_str(if entry.completed { ",\"completed\":true" } else { ",\"completed\":false" });
     push_opt_str(&mut out, "user_agent", entry.user_agent);
     out.push_str("}\n");
     out
@@ -319,21 +324,28 @@ fn push_time(out: &mut String, time: SystemTime) {
     let secs = since_epoch.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (year, month, day) = timefmt::civil_from_days(i64::try_from(days).unwrap_or(i64::MAX / 2));
-    let _ = write!(
-        out,
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3_600,
-        rem % 3_600 / 60,
-        rem % 60,
-        since_epoch.subsec_millis()
-    );
+    let year = u64::try_from(year).unwrap_or(0);
+    for (value, width, then) in [
+        (year, 4, '-'),
+        (u64::from(month), 2, '-'),
+        (u64::from(day), 2, 'T'),
+        (rem / 3_600, 2, ':'),
+        (rem % 3_600 / 60, 2, ':'),
+        (rem % 60, 2, '.'),
+        (u64::from(since_epoch.subsec_millis()), 3, 'Z'),
+    ] {
+        text::push_padded(out, value, width);
+        out.push(then);
+    }
 }
 
 /// Milliseconds with exactly three decimals (truncated to the microsecond), from integers so
 /// no float rounding shows (`1.000`, not `1.0` or `0.9999999`).
 fn push_millis(out: &mut String, duration: Duration) {
-    let micros = duration.as_micros();
-    let _ = write!(out, "{}.{:03}", micros / 1_000, micros % 1_000);
+    let micros = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
+    text::push_u64(out, micros / 1_000);
+    out.push('.');
+    text::push_padded(out, micros % 1_000, 3);
 }
 
 fn push_version(out: &mut String, version: Version) {
@@ -364,8 +376,18 @@ fn push_opt_str(out: &mut String, key: &str, value: Option<&str>) {
 /// A JSON string (RFC 8259 section 7): `"` and `\` escaped, control characters as `\u00XX`,
 /// everything else (non-ASCII included) copied as UTF-8.
 fn push_str(out: &mut String, value: &str) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push('"');
+    // Most values need no escaping; this pass has no early exit, so it compiles to vector compares.
+    let plain = !value.bytes().fold(false, |any, byte| any | (byte < 0x20) | (byte == b'"') | (byte == b'\\'));
+    match plain {
+        true => out.push_str(value),
+        false => push_escaped(out, value),
+    }
+    out.push('"');
+}
+
+fn push_escaped(out: &mut String, value: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut start = 0;
     for (index, byte) in value.bytes().enumerate() {
         let escaped = match byte {
@@ -386,7 +408,6 @@ fn push_str(out: &mut String, value: &str) {
         start = index + 1;
     }
     out.push_str(&value[start..]);
-    out.push('"');
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ mod local;
 mod redis;
 mod window;
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -17,6 +18,7 @@ pub use self::redis::RedisStore;
 use crate::auth::Claims;
 use crate::config::{self, RateLimitKey};
 use crate::metrics::{self, RateLimitMetrics};
+use crate::text;
 
 /// One rate-limit decision, with what the `RateLimit-*` response headers report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,24 +83,35 @@ impl RateLimit {
     /// client address when there is no token or no such claim), or one shared budget.
     pub fn key(&self, client_ip: IpAddr, claims: Option<&Claims>) -> String {
         let claim = |name: &str| match claims?.get(name)? {
-            Value::String(text) => Some(text.clone()),
-            Value::Number(number) => Some(number.to_string()),
+            Value::String(text) => Some(Cow::Borrowed(text.as_str())),
+            Value::Number(number) => Some(Cow::Owned(number.to_string())),
             _ => None,
         };
-        match &self.config.key {
-            RateLimitKey::Global => String::new(),
-            RateLimitKey::ClientIp => format!("ip:{}", client_ip.to_canonical()),
+        let (prefix, value) = match &self.config.key {
+            RateLimitKey::Global => return String::new(),
+            RateLimitKey::ClientIp => ("ip:", None),
             RateLimitKey::Claim(name) => match claim(name) {
-                Some(value) => format!("jwt:{value}"),
-                None => format!("ip:{}", client_ip.to_canonical()),
+                Some(value) => ("jwt:", Some(value)),
+                None => ("ip:", None),
             },
+        };
+        let mut key = String::with_capacity(prefix.len() + value.as_ref().map_or(39, |v| v.len()));
+        key.push_str(prefix);
+        match value {
+            Some(value) => key.push_str(&value),
+            None => text::push_ip(&mut key, client_ip.to_canonical()),
         }
+        key
     }
 
     /// Decides one request for `key`, and counts it when allowed.
     pub async fn check(&self, key: &str) -> Decision {
         if let Some(redis) = &self.redis {
-            match redis.check(&format!("{}:{key}", self.config.name), self.config.requests, self.config.window).await {
+            let mut counted_as = String::with_capacity(self.config.name.len() + 1 + key.len());
+            counted_as.push_str(&self.config.name);
+            counted_as.push(':');
+            counted_as.push_str(key);
+            match redis.check(&counted_as, self.config.requests, self.config.window).await {
                 Ok(decision) => {
                     let counter =
                         if decision.allowed { &self.metrics.allowed_redis } else { &self.metrics.denied_redis };

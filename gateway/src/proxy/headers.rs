@@ -7,6 +7,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use crate::limit::Decision;
 use crate::random;
+use crate::text::{push_ip, put_hex};
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -153,30 +154,6 @@ pub fn set_forwarding(headers: &mut HeaderMap, client: Client<'_>) {
     }
 }
 
-/// Appends an address as text; IPv4, the common case, without the formatting machinery.
-fn push_ip(out: &mut String, ip: IpAddr) {
-    match ip {
-        IpAddr::V4(v4) => {
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push('.');
-                }
-                if octet >= 100 {
-                    out.push(char::from(b'0' + octet / 100));
-                }
-                if octet >= 10 {
-                    out.push(char::from(b'0' + octet / 10 % 10));
-                }
-                out.push(char::from(b'0' + octet % 10));
-            }
-        }
-        IpAddr::V6(v6) => {
-            use std::fmt::Write as _;
-            let _ = write!(out, "{v6}");
-        }
-    }
-}
-
 /// The client's address when the peer is a trusted proxy: the nearest `X-Forwarded-For` entry
 /// that is not itself a trusted proxy (entries further left are the client's own claims, which
 /// anyone can forge). Falls back to the peer when the header is absent or unreadable.
@@ -261,32 +238,6 @@ fn new_request_id() -> HeaderValue {
     put_hex(&mut text[19..23], low >> 48);
     put_hex(&mut text[24..36], low);
     HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
-}
-
-/// The two hex digits of every byte value: a u64 takes eight lookups, not sixteen shifts and masks.
-static HEX_PAIRS: [[u8; 2]; 256] = {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut table = [[0u8; 2]; 256];
-    let mut byte = 0;
-    while byte < 256 {
-        table[byte] = [DIGITS[byte >> 4], DIGITS[byte & 0xF]];
-        byte += 1;
-    }
-    table
-};
-
-/// Fills `out` with the lowest `out.len()` hex digits of `value`.
-pub(super) fn put_hex(out: &mut [u8], mut value: u64) {
-    for digits in out.rchunks_mut(2) {
-        let [high, low] = HEX_PAIRS[(value & 0xFF) as usize];
-        match digits {
-            [first, second] => (*first, *second) = (high, low),
-            // An odd-length `out` begins with a lone digit.
-            [only] => *only = low,
-            _ => {}
-        }
-        value >>= 8;
-    }
 }
 
 #[cfg(test)]

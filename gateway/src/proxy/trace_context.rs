@@ -7,8 +7,8 @@
 
 use http::header::{Entry, HeaderMap, HeaderName, HeaderValue};
 
-use super::headers::put_hex;
 use crate::random;
+use crate::text::put_hex;
 
 pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");

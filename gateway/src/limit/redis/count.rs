@@ -13,6 +13,7 @@ use std::collections::HashMap;
 
 use super::batch::Question;
 use crate::limit::{window, Decision};
+use crate::text;
 
 /// One counter the batch adds to: a key in a window, with how many decisions of the batch ask it.
 #[derive(Debug)]
@@ -43,6 +44,16 @@ pub(super) struct Plan {
     counter_of: Vec<usize>,
 }
 
+/// `gw:rl:{<tag>}:<window index>`.
+fn counter_key(tag: &str, index: u64) -> String {
+    let mut key = String::with_capacity(tag.len() + 30);
+    key.push_str("gw:rl:{");
+    key.push_str(tag);
+    key.push_str("}:");
+    text::push_u64(&mut key, index);
+    key
+}
+
 impl Plan {
     /// `now_ms` places every question in its window.
     pub(super) fn new(batch: &[Question], now_ms: u64) -> Plan {
@@ -54,8 +65,8 @@ impl Plan {
                 let counter = *index_of.entry((question.tag.as_str(), question.window_ms)).or_insert_with(|| {
                     let (index, elapsed_ms) = window::position(now_ms, question.window_ms);
                     counters.push(Counter {
-                        current: format!("gw:rl:{{{}}}:{index}", question.tag),
-                        previous: format!("gw:rl:{{{}}}:{}", question.tag, index.wrapping_sub(1)),
+                        current: counter_key(&question.tag, index),
+                        previous: counter_key(&question.tag, index.wrapping_sub(1)),
                         window_ms: question.window_ms,
                         elapsed_ms,
                         asked: 0,

@@ -211,13 +211,3 @@ fn set_rate_limit_writes_the_three_headers() {
     assert_eq!(get(&headers, "ratelimit-remaining"), Some("41"));
     assert_eq!(get(&headers, "ratelimit-reset"), Some("2"));
 }
-
-#[test]
-fn put_hex_writes_the_lowest_digits_of_any_length() {
-    let mut out = [0u8; 16];
-    put_hex(&mut out, 0x0123_4567_89ab_cdef);
-    assert_eq!(&out, b"0123456789abcdef");
-    let mut odd = [0u8; 5];
-    put_hex(&mut odd, 0xfedc_ba98);
-    assert_eq!(&odd, b"cba98");
-}
