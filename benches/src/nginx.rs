@@ -20,7 +20,8 @@ pub fn find_nginx() -> Option<PathBuf> {
 }
 
 /// nginx.conf for a keep-alive reverse proxy that does the same per-request work as the
-/// gateway: forwards X-Forwarded-* / Forwarded, sets and returns X-Request-Id, no access log.
+/// gateway: forwards X-Forwarded-* / Forwarded, sets and returns X-Request-Id, sends a
+/// traceparent, no access log.
 pub fn nginx_conf(dir: &Path, listen: SocketAddr, backend: SocketAddr, workers: usize) -> String {
     let d = dir.display();
     let mut c = String::new();
@@ -61,6 +62,9 @@ pub fn nginx_conf(dir: &Path, listen: SocketAddr, backend: SocketAddr, workers: 
          \x20           proxy_set_header X-Forwarded-Host $http_host;\n\
          \x20           proxy_set_header Forwarded \"for=$remote_addr;host=\\\"$http_host\\\";proto=$scheme\";\n\
          \x20           proxy_set_header X-Request-Id $request_id;\n\
+         \x20           # The gateway starts a W3C trace for a request without one: the same bytes here\n\
+         \x20           # (nginx has no second random variable, so the parent id is fixed).\n\
+         \x20           proxy_set_header traceparent \"00-$request_id-00f067aa0ba902b7-00\";\n\
          \x20           add_header X-Request-Id $request_id always;\n\
          \x20       }}\n\
          \x20   }}\n\
@@ -119,6 +123,7 @@ mod tests {
             "proxy_http_version 1.1;",
             "proxy_set_header Connection \"\";",
             "access_log off;",
+            "proxy_set_header traceparent \"00-$request_id-00f067aa0ba902b7-00\";",
         ] {
             assert!(conf.contains(want), "missing {want:?} in\n{conf}");
         }
