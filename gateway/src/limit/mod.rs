@@ -83,7 +83,7 @@ impl RateLimit {
     /// client address when there is no token or no such claim), or one shared budget.
     pub fn key(&self, client_ip: IpAddr, claims: Option<&Claims>) -> String {
         let claim = |name: &str| match claims?.get(name)? {
-            Value::String(text) => Some(Cow::Borrowed(text.as_str())),
+            Value::String(string) => Some(Cow::Borrowed(string.as_str())),
             Value::Number(number) => Some(Cow::Owned(number.to_string())),
             _ => None,
         };
