@@ -111,7 +111,7 @@ impl RateLimit {
             counted_as.push_str(&self.config.name);
             counted_as.push(':');
             counted_as.push_str(key);
-            match redis.check(&counted_as, self.config.requests, self.config.window).await {
+            match redis.check(counted_as, self.config.requests, self.config.window).await {
                 Ok(decision) => {
                     let counter =
                         if decision.allowed { &self.metrics.allowed_redis } else { &self.metrics.denied_redis };

@@ -138,13 +138,19 @@ impl RedisStore {
     /// with the other decisions asked for meanwhile (see `batch`). A connection-level failure drops
     /// the connection and wakes the reconnecting task, and so do [`TIMEOUTS_IN_A_ROW`] calls timed
     /// out; one timeout or a Redis error only fails the decisions of that call.
-    pub async fn check(&self, key: &str, limit: u32, window: Duration) -> Result<Decision, Unavailable> {
+    pub async fn check(&self, key: impl Into<String>, limit: u32, window: Duration) -> Result<Decision, Unavailable> {
         if self.connection.load().is_none() {
             return Err(Unavailable::NotConnected);
         }
         let batcher = &self.workers.get(worker::index()).unwrap_or(&self.workers[0]).batcher;
         let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX).max(1);
-        batcher.decide(&self.me, hash_tag(key).into_owned(), limit, window_ms, self.config.timeout).await
+        // Keys rarely need escaping: then the key itself becomes the tag, not a copy of it.
+        let key = key.into();
+        let escaped = match hash_tag(&key) {
+            Cow::Owned(tag) => Some(tag),
+            Cow::Borrowed(_) => None,
+        };
+        batcher.decide(&self.me, escaped.unwrap_or(key), limit, window_ms, self.config.timeout).await
     }
 
     /// Decides `batch` in order with one atomic pipeline (see `count`) on the calling worker's
