@@ -12,11 +12,7 @@ use crate::stack::{probe, Proxy};
 
 /// The nginx binary: `nginx` on PATH, else /usr/sbin/nginx (not on a non-root PATH).
 pub fn find_nginx() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|dir| dir.join("nginx"))
-        .chain([PathBuf::from("/usr/sbin/nginx")])
-        .find(|p| p.is_file())
+    procs::on_path("nginx").or_else(|| Some(PathBuf::from("/usr/sbin/nginx")).filter(|p| p.is_file()))
 }
 
 /// nginx.conf for a keep-alive reverse proxy that does the same per-request work as the

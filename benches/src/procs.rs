@@ -102,6 +102,12 @@ impl ProcGuard {
     }
 }
 
+/// The program `name` in a directory of PATH.
+pub fn on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path).map(|dir| dir.join(name)).find(|p| p.is_file())
+}
+
 /// The last `n` lines of a file, as "\n--- path (last lines) ---\n..." or "" if empty.
 pub fn tail_of(path: &Path, n: usize) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use serde_json::Value;
 
-use crate::procs::ProcGuard;
+use crate::procs::{self, ProcGuard};
 use crate::stack::{self, STARTUP_TIMEOUT};
 
 /// What to print when `redis-server` is missing, before saying what is skipped.
@@ -24,8 +24,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The `redis-server` binary on PATH (Debian installs it in /usr/bin).
 pub fn find_redis_server() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path).map(|dir| dir.join("redis-server")).find(|p| p.is_file())
+    procs::on_path("redis-server")
 }
 
 /// A running `redis-server` that persists nothing.

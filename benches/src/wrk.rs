@@ -23,8 +23,7 @@ pub struct WrkResult {
 
 /// The `wrk` binary on PATH.
 pub fn find() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path).map(|dir| dir.join("wrk")).find(|p| p.is_file())
+    crate::procs::on_path("wrk")
 }
 
 /// `wrk -t<threads> -c<connections> -d<duration> --latency http://<addr><path>`: HTTP/1.1
