@@ -89,9 +89,9 @@ fn ping(addr: SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// How many transactions (`EXEC`) the server has run: the gateway sends each batch of rate-limit
-/// decisions as one. Read with an inline `INFO commandstats`.
-pub fn transactions(addr: SocketAddr) -> anyhow::Result<u64> {
+/// How many batches of rate-limit decisions the server has counted: the gateway reads the previous
+/// counts of each batch with one `MGET`. Read with an inline `INFO commandstats`.
+pub fn batches(addr: SocketAddr) -> anyhow::Result<u64> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
     s.set_read_timeout(Some(Duration::from_millis(500)))?;
     s.write_all(b"INFO commandstats\r\n")?;
@@ -109,12 +109,12 @@ pub fn transactions(addr: SocketAddr) -> anyhow::Result<u64> {
             break String::from_utf8_lossy(&reply[header_end + 2..header_end + 2 + len]).into_owned();
         }
     };
-    Ok(exec_calls(&text))
+    Ok(mget_calls(&text))
 }
 
-/// `calls` of the `cmdstat_exec` line of an `INFO commandstats` text; 0 before the first EXEC.
-fn exec_calls(info: &str) -> u64 {
-    let line = info.lines().find_map(|line| line.strip_prefix("cmdstat_exec:calls="));
+/// `calls` of the `cmdstat_mget` line of an `INFO commandstats` text; 0 before the first MGET.
+fn mget_calls(info: &str) -> u64 {
+    let line = info.lines().find_map(|line| line.strip_prefix("cmdstat_mget:calls="));
     line.and_then(|rest| rest.split(',').next()?.parse().ok()).unwrap_or(0)
 }
 
@@ -184,30 +184,30 @@ mod tests {
     }
 
     #[test]
-    fn exec_calls_reads_the_exec_line_only() {
+    fn mget_calls_reads_the_mget_line_only() {
         let info =
-            "# Commandstats\r\ncmdstat_incrby:calls=9,usec=3\r\ncmdstat_exec:calls=42,usec=7,usec_per_call=0.17\r\n";
-        assert_eq!(exec_calls(info), 42);
-        assert_eq!(exec_calls("# Commandstats\r\ncmdstat_ping:calls=1,usec=0\r\n"), 0);
+            "# Commandstats\r\ncmdstat_incrby:calls=9,usec=3\r\ncmdstat_mget:calls=42,usec=7,usec_per_call=0.17\r\n";
+        assert_eq!(mget_calls(info), 42);
+        assert_eq!(mget_calls("# Commandstats\r\ncmdstat_ping:calls=1,usec=0\r\n"), 0);
     }
 
     #[test]
-    fn transactions_counts_exec_on_a_real_server() {
+    fn batches_counts_mget_on_a_real_server() {
         let bin = find_redis_server().expect(NOT_FOUND);
         let dir = crate::procs::TempDir::new(false).unwrap();
         let server = start_redis(&bin, dir.path()).unwrap();
-        assert_eq!(transactions(server.addr).unwrap(), 0);
+        assert_eq!(batches(server.addr).unwrap(), 0);
         let mut s = TcpStream::connect(server.addr).unwrap();
-        s.write_all(b"MULTI\r\nINCR k\r\nEXEC\r\n").unwrap();
-        // +OK, +QUEUED, then EXEC's one-element array.
+        s.write_all(b"MGET k\r\nINCR k\r\n").unwrap();
+        // MGET's one-element array, then INCR's total.
         let mut reply = Vec::new();
         let mut chunk = [0u8; 64];
-        while !reply.ends_with(b"*1\r\n:1\r\n") {
+        while !reply.ends_with(b"*1\r\n$-1\r\n:1\r\n") {
             let n = s.read(&mut chunk).unwrap();
             assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&reply));
             reply.extend_from_slice(&chunk[..n]);
         }
-        assert_eq!(transactions(server.addr).unwrap(), 1);
+        assert_eq!(batches(server.addr).unwrap(), 1);
     }
 
     #[test]

@@ -616,19 +616,19 @@ async fn measure(
     let redis_pid: Vec<u32> =
         stack.redis.iter().filter(|_| stack.counts_in_redis(scenario)).map(|r| r.proc.pid()).collect();
     let redis_addr = stack.redis.as_ref().filter(|_| stack.counts_in_redis(scenario)).map(|r| r.addr);
-    let transactions = || redis_addr.map(redis::transactions).transpose();
+    let batches = || redis_addr.map(redis::batches).transpose();
 
     tokio::time::sleep_until(window.measure_start.into()).await;
     let machine_before = procs::machine_ticks();
     let before = (procs::cpu_ticks(&proxy_pids), procs::cpu_ticks(&backend_pid), procs::cpu_ticks(&me));
     let redis_before = procs::cpu_ticks(&redis_pid).0;
-    let transactions_before = transactions()?;
+    let batches_before = batches()?;
     let t0 = Instant::now();
     tokio::time::sleep_until(window.end.into()).await;
     let machine_after = procs::machine_ticks();
     let after = (procs::cpu_ticks(&proxy_pids), procs::cpu_ticks(&backend_pid), procs::cpu_ticks(&me));
     let redis_after = procs::cpu_ticks(&redis_pid).0;
-    let transactions_after = transactions()?;
+    let batches_after = batches()?;
     let secs = t0.elapsed().as_secs_f64();
     let outcome = running.finish().await?;
 
@@ -691,8 +691,8 @@ async fn measure(
         proxy_cpu_us_per_req: is_proxy.then(|| proxy_cpu / ok),
         backend_cpu_us_per_req: backend_cpu / ok,
         redis_cpu_us_per_req: (!redis_pid.is_empty()).then(|| redis_cpu / ok),
-        requests_per_redis_call: transactions_before
-            .zip(transactions_after)
+        requests_per_redis_call: batches_before
+            .zip(batches_after)
             .map(|(before, after)| ok / after.saturating_sub(before).max(1) as f64),
         client_cpu_us_per_req: client_cpu / ok,
         client_cpu_pct: client_cpu / 1e4 / secs,

@@ -153,7 +153,7 @@ impl RedisStore {
         batcher.decide(&self.me, escaped.unwrap_or(key), limit, window_ms, self.config.timeout).await
     }
 
-    /// Decides `batch` in order with one atomic pipeline (see `count`) on the calling worker's
+    /// Decides `batch` in order with one pipeline (see `count`) on the calling worker's
     /// connection: a decision per question, or why none could be made.
     async fn decide_batch(&self, batch: &[Question]) -> Result<Vec<Decision>, Unavailable> {
         let Some(control) = self.connection.load_full() else {
@@ -174,21 +174,24 @@ impl RedisStore {
                 let metrics = &metrics::global().redis;
                 metrics.call_time.observe(sent.elapsed().as_secs_f64());
                 metrics.batch_size.observe(batch.len() as f64);
-                let Some(Outcome { decisions, take_back }) = plan.decide(batch, &reply) else {
+                let Some(Outcome { decisions, take_back, to_expire }) = plan.decide(batch, &reply) else {
                     let error = format!("unexpected reply to a batch of {} decisions: {reply:?}", batch.len());
                     self.set_last_error(Some(error.clone()));
                     return Err(Unavailable::Redis(error));
                 };
-                if !take_back.is_empty() {
+                if !take_back.is_empty() || !to_expire.is_empty() {
                     let mut pipe = redis::pipe();
                     for (counter, denied) in take_back {
                         pipe.cmd("DECRBY").arg(counter).arg(denied).ignore();
                     }
-                    // Not waited for: the answers need not wait for Redis to take back.
+                    for (counter, expiry_ms) in to_expire {
+                        pipe.cmd("PEXPIRE").arg(counter).arg(expiry_ms).ignore();
+                    }
+                    // Not waited for: the answers need not wait for Redis to take back or expire.
                     let timeout = self.config.timeout;
                     tokio::spawn(async move {
                         if let Ok(Err(error)) = tokio::time::timeout(timeout, pipe.exec_async(&mut call)).await {
-                            tracing::debug!(%error, "cannot take back the counts of denied requests");
+                            tracing::warn!(%error, "cannot take back denied counts or set counter expiries");
                         }
                     });
                 }

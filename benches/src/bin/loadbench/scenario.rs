@@ -196,7 +196,7 @@ impl Scenario {
             Scenario::GatewayJwt => format!("HTTP/1.1 keep-alive; {}", token_pool(setup.jwt_users)),
             Scenario::GatewayLocalLimit => format!("HTTP/1.1 keep-alive; {} in-process", per_ip_limit()),
             Scenario::GatewayRedisLimit => {
-                format!("HTTP/1.1 keep-alive; {} in Redis (each worker batches the decisions waiting on it into one MULTI/EXEC)", per_ip_limit())
+                format!("HTTP/1.1 keep-alive; {} in Redis (each worker batches the decisions waiting on it into one pipeline)", per_ip_limit())
             }
             Scenario::GatewayAll => format!(
                 "all features on: HTTP/1.1 over TLS 1.3 keep-alive + {} + a per-subject rate limit ({}) counted \

@@ -1,13 +1,18 @@
-//! How a batch is counted: one atomic pipeline (MULTI .. EXEC) of plain commands that reads the
-//! previous windows' counts and adds every decision of the batch to its current window's counter
-//! at once; the decisions follow from the totals, and what was added for denied requests is taken
-//! back right after.
+//! How a batch is counted: one pipeline of plain commands that reads the previous windows' counts
+//! and adds every decision of the batch to its current window's counter at once; the decisions
+//! follow from the totals, and what was added for denied requests is taken back right after.
 //!
 //! Plain commands instead of a script: Redis runs an INCRBY in a fraction of a microsecond but
 //! spends microseconds per decision inside a Lua script. The price is that a denied request is
 //! counted for one round trip before it is taken back, so a gateway deciding meanwhile sees the
 //! key's budget as spent a little sooner. A budget is never exceeded: every allowed request holds
 //! a count of its own, given by INCRBY's atomic total.
+//!
+//! No MULTI/EXEC: the invariant above needs only INCRBY's atomicity, and a transaction costs both
+//! ends a reply per queued command. An expiry is set only on a counter the batch created (its total
+//! is what the batch added), right after the reply, instead of a PEXPIRE per counter per batch: a
+//! counter then lives without expiry for one round trip, and stays behind (never read again) only
+//! if its gateway dies or loses the connection within it.
 
 use std::collections::HashMap;
 
@@ -34,6 +39,9 @@ pub(super) struct Outcome<'a> {
     pub decisions: Vec<Decision>,
     /// What to take back from which counter (`DECRBY`) for the denied asks.
     pub take_back: Vec<(&'a str, u64)>,
+    /// Counters the batch created, with the expiry (ms) to give them (`PEXPIRE`): two windows,
+    /// as a counter is read as the previous count through the next window.
+    pub to_expire: Vec<(&'a str, u64)>,
 }
 
 /// What a batch adds to which counters.
@@ -80,12 +88,10 @@ impl Plan {
         Plan { counters, counter_of }
     }
 
-    /// MULTI; MGET of the previous counters; per counter INCRBY its asks and PEXPIRE two windows
-    /// (it is read as the previous count through the next window); EXEC. The reply is the MGET's
+    /// MGET of the previous counters, then per counter INCRBY its asks. The reply is the MGET's
     /// array, then one total per counter.
     pub(super) fn pipeline(&self) -> redis::Pipeline {
         let mut pipe = redis::pipe();
-        pipe.atomic();
         let mut previous = redis::cmd("MGET");
         for counter in &self.counters {
             previous.arg(&counter.previous);
@@ -93,7 +99,6 @@ impl Plan {
         pipe.add_command(previous);
         for counter in &self.counters {
             pipe.cmd("INCRBY").arg(&counter.current).arg(counter.asked);
-            pipe.cmd("PEXPIRE").arg(&counter.current).arg(counter.window_ms.saturating_mul(2)).ignore();
         }
         pipe
     }
@@ -110,9 +115,16 @@ impl Plan {
         }
         // Per counter: the count the next ask holds, and the asks denied so far.
         let mut next = Vec::with_capacity(self.counters.len());
+        let mut to_expire = Vec::new();
         for (counter, total) in self.counters.iter().zip(totals) {
             let total: u64 = redis::from_redis_value_ref(total).ok()?;
-            next.push((total.saturating_sub(counter.asked), 0_u64));
+            let before = total.saturating_sub(counter.asked);
+            // 0 before: the batch created the counter (or found it emptied by a take-back, when a
+            // second expiry does no harm).
+            if before == 0 {
+                to_expire.push((counter.current.as_str(), counter.window_ms.saturating_mul(2)));
+            }
+            next.push((before, 0_u64));
         }
         let decisions = batch
             .iter()
@@ -140,7 +152,7 @@ impl Plan {
             .filter(|(_, (_, denied))| *denied > 0)
             .map(|(counter, (_, denied))| (counter.current.as_str(), *denied))
             .collect();
-        Some(Outcome { decisions, take_back })
+        Some(Outcome { decisions, take_back, to_expire })
     }
 }
 
@@ -156,7 +168,7 @@ mod tests {
         Question { tag: tag.to_owned(), limit, window_ms: W }
     }
 
-    /// The reply EXEC gives: the previous counts, then each counter's total.
+    /// The pipeline's reply: the previous counts, then each counter's total.
     fn reply(previous: &[Option<u64>], totals: &[u64]) -> Vec<Value> {
         let previous = previous.iter().map(|p| p.map_or(Value::Nil, |p| Value::BulkString(p.to_string().into())));
         std::iter::once(Value::Array(previous.collect())).chain(totals.iter().map(|&t| Value::Int(t as i64))).collect()
@@ -171,9 +183,12 @@ mod tests {
         assert_eq!(counters, [("gw:rl:{a}:9", "gw:rl:{a}:8", 2), ("gw:rl:{b}:9", "gw:rl:{b}:8", 1)]);
         assert_eq!(plan.counter_of, [0, 1, 0]);
         let packed = String::from_utf8_lossy(&plan.pipeline().get_packed_pipeline()).into_owned();
-        for command in ["MULTI", "MGET", "INCRBY", "PEXPIRE", "EXEC"] {
-            assert!(packed.contains(command), "{command} missing from {packed:?}");
-        }
+        // Command names are the only all-capital lines (keys and counts are not).
+        let commands: Vec<&str> = packed
+            .split("\r\n")
+            .filter(|line| !line.is_empty() && line.bytes().all(|b| b.is_ascii_uppercase()))
+            .collect();
+        assert_eq!(commands, ["MGET", "INCRBY", "INCRBY"], "{packed:?}");
     }
 
     #[test]
@@ -184,7 +199,7 @@ mod tests {
                     for current in 0..=5_u64 {
                         let batch = [question("k", limit)];
                         let plan = Plan::new(&batch, 7 * W + elapsed);
-                        let Outcome { decisions, take_back } =
+                        let Outcome { decisions, take_back, .. } =
                             plan.decide(&batch, &reply(&[Some(previous)], &[current + 1])).unwrap();
                         let allowed = window::allows(limit, W, elapsed, previous, current);
                         let want = window::decide(limit, W, elapsed, previous, current + u64::from(allowed), allowed);
@@ -206,10 +221,12 @@ mod tests {
         // Limit 3, one already counted elsewhere: of four asks the first two fit.
         let batch = [question("k", 3), question("other", 9), question("k", 3), question("k", 3), question("k", 3)];
         let plan = Plan::new(&batch, 0);
-        let Outcome { decisions, take_back } = plan.decide(&batch, &reply(&[None, None], &[5, 1])).unwrap();
+        let Outcome { decisions, take_back, to_expire } = plan.decide(&batch, &reply(&[None, None], &[5, 1])).unwrap();
         let allowed: Vec<(bool, u32)> = decisions.iter().map(|d| (d.allowed, d.remaining)).collect();
         assert_eq!(allowed, [(true, 1), (true, 8), (true, 0), (false, 0), (false, 0)]);
         assert_eq!(take_back, [("gw:rl:{k}:0", 2)]);
+        // `other` was created by this batch (its total is its one ask), `k` was not.
+        assert_eq!(to_expire, [("gw:rl:{other}:0", 2 * W)]);
     }
 
     #[test]

@@ -10,14 +10,26 @@ fn config(url: &str) -> Redis {
     Redis { url: url.to_owned(), timeout: Duration::from_millis(200), connect_timeout: Duration::from_millis(500) }
 }
 
-/// How many batches (MULTI .. EXEC) the server has run since its stats were last reset.
-async fn batches(connection: &mut MultiplexedConnection) -> u64 {
+/// How many times the server has run `command` since its stats were last reset.
+async fn calls(connection: &mut MultiplexedConnection, command: &str) -> u64 {
     let info: String = redis::cmd("INFO").arg("commandstats").query_async(connection).await.unwrap();
-    let calls = |command: &str| {
-        let line = info.lines().find(|line| line.starts_with(&format!("cmdstat_{command}:")));
-        line.and_then(|line| line.split(['=', ',']).nth(1)?.parse::<u64>().ok()).unwrap_or(0)
+    let line = info.lines().find(|line| line.starts_with(&format!("cmdstat_{command}:")));
+    line.and_then(|line| line.split(['=', ',']).nth(1)?.parse::<u64>().ok()).unwrap_or(0)
+}
+
+/// How many batches the server has run since its stats were last reset: each has one MGET.
+async fn batches(connection: &mut MultiplexedConnection) -> u64 {
+    calls(connection, "mget").await
+}
+
+/// The counter's expiry in ms, once it has one (it is set right after the call that created it).
+async fn expiry_ms(admin: &MultiplexedConnection, counter: &str) -> i64 {
+    let ttl = || async {
+        let mut admin = admin.clone();
+        redis::cmd("PTTL").arg(counter).query_async::<i64>(&mut admin).await.unwrap()
     };
-    calls("exec")
+    eventually("the counter has an expiry", || async { ttl().await > 0 }).await;
+    ttl().await
 }
 
 /// A fresh server, and a store (one worker) connected to it.
@@ -318,7 +330,7 @@ async fn check_counts_previous_window_and_expires_after_two_windows() {
     let mut admin = admin(&server).await;
     assert!(store.check("e", 5, HOUR).await.unwrap().allowed);
     let current = only_counter(&mut admin, "e").await;
-    let ttl: i64 = redis::cmd("PTTL").arg(&current).query_async(&mut admin).await.unwrap();
+    let ttl = expiry_ms(&admin, &current).await;
     assert!(ttl > 3_600_000 && ttl <= 7_200_000, "{ttl}");
 
     // The previous window's count weighs on this one: a huge one leaves no room (until the last
@@ -336,4 +348,27 @@ async fn only_counter(admin: &mut MultiplexedConnection, key: &str) -> String {
         redis::cmd("KEYS").arg(format!("gw:rl:{{{key}}}:*")).query_async(admin).await.unwrap();
     assert_eq!(counters.len(), 1, "{counters:?}");
     counters.remove(0)
+}
+
+#[tokio::test]
+async fn check_sets_an_expiry_once_per_counter_and_again_when_it_was_lost() {
+    const HOUR: Duration = Duration::from_secs(3600);
+    let (server, store) = connected_store().await;
+    let mut admin = admin(&server).await;
+    redis::cmd("CONFIG").arg("RESETSTAT").query_async::<()>(&mut admin).await.unwrap();
+    for _ in 0..5 {
+        assert!(store.check("x", 100, HOUR).await.unwrap().allowed);
+    }
+    let counter = only_counter(&mut admin, "x").await;
+    let ttl = expiry_ms(&admin, &counter).await;
+    assert!(ttl > 3_600_000 && ttl <= 7_200_000, "{ttl}");
+    assert_eq!(calls(&mut admin, "pexpire").await, 1, "only the call that created the counter sets its expiry");
+
+    // Gone (as under `maxmemory` eviction or a FLUSHALL): the next call creates it anew, and it
+    // gets an expiry again instead of living forever.
+    redis::cmd("DEL").arg(&counter).query_async::<()>(&mut admin).await.unwrap();
+    assert!(store.check("x", 100, HOUR).await.unwrap().allowed);
+    let ttl = expiry_ms(&admin, &counter).await;
+    assert!(ttl > 3_600_000 && ttl <= 7_200_000, "{ttl}");
+    assert_eq!(calls(&mut admin, "pexpire").await, 2);
 }
