@@ -388,7 +388,7 @@ fn escape(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hist::{CurvePoint, Percentiles};
+    use crate::hist::CurvePoint;
 
     fn curve(scale_ms: f64) -> Vec<(f64, f64)> {
         crate::hist::curve_quantiles().map(|q| (q, scale_ms * (1.0 + nines(q)))).collect()
@@ -539,31 +539,11 @@ mod tests {
 
     fn run(round: usize, us: &[u32]) -> RunResult {
         RunResult {
-            round,
-            requests_per_sec: 0.0,
-            ok: 0,
-            errors: 0,
-            status_errors: 0,
-            transport_errors: 0,
-            reconnects: 0,
-            missed: 0,
-            pacer_lag_max_us: None,
-            pacer_late_pct: None,
-            latency: Percentiles::default(),
             latency_curve: crate::hist::curve_quantiles()
                 .zip(us)
                 .map(|(quantile, &us)| CurvePoint { quantile, us })
                 .collect(),
-            proxy_cpu_us_per_req: None,
-            backend_cpu_us_per_req: 0.0,
-            redis_cpu_us_per_req: None,
-            requests_per_redis_call: None,
-            client_cpu_us_per_req: 0.0,
-            client_cpu_pct: 0.0,
-            proxy_peak_rss_kib: None,
-            other_cpu_pct: 0.0,
-            irq_cpu_pct: 0.0,
-            window_secs: 0.0,
+            ..RunResult::empty(round)
         }
     }
 

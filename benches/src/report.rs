@@ -61,6 +61,35 @@ pub struct RunResult {
 }
 
 impl RunResult {
+    /// A round with nothing measured, for tests to fill in.
+    #[cfg(test)]
+    pub(crate) fn empty(round: usize) -> RunResult {
+        RunResult {
+            round,
+            requests_per_sec: 0.0,
+            ok: 0,
+            errors: 0,
+            status_errors: 0,
+            transport_errors: 0,
+            reconnects: 0,
+            missed: 0,
+            pacer_lag_max_us: None,
+            pacer_late_pct: None,
+            latency: Percentiles::default(),
+            latency_curve: Vec::new(),
+            proxy_cpu_us_per_req: None,
+            backend_cpu_us_per_req: 0.0,
+            redis_cpu_us_per_req: None,
+            requests_per_redis_call: None,
+            client_cpu_us_per_req: 0.0,
+            client_cpu_pct: 0.0,
+            proxy_peak_rss_kib: None,
+            other_cpu_pct: 0.0,
+            irq_cpu_pct: 0.0,
+            window_secs: 0.0,
+        }
+    }
+
     /// CPU of every process involved (client + proxy + backend + redis-server) per 2xx response,
     /// microseconds.
     pub fn total_cpu_us_per_req(&self) -> f64 {
@@ -155,24 +184,46 @@ pub struct Ratio {
     /// e.g. `gateway/direct`.
     pub name: String,
     pub throughput: f64,
+    /// Lowest and highest throughput ratio of one round (a's round over b's same round, measured
+    /// moments apart): how far machine noise moved the ratio in this run.
+    pub throughput_rounds: Option<(f64, f64)>,
     pub p50: f64,
     pub p99: f64,
     /// Proxy CPU per request (only when both sides are proxies).
     pub proxy_cpu_per_req: Option<f64>,
+    /// Like `throughput_rounds`, for proxy CPU per request.
+    pub proxy_cpu_rounds: Option<(f64, f64)>,
     /// CPU of all processes per request (client + proxy + backend + redis-server).
     pub total_cpu_per_req: f64,
 }
 
+fn div(x: f64, y: f64) -> f64 {
+    if y > 0.0 {
+        x / y
+    } else {
+        f64::NAN
+    }
+}
+
+/// Lowest and highest of `value(a's round) / value(b's round)` over the rounds both have; `None`
+/// with fewer than two such rounds or when a round lacks the value.
+fn round_range(a: &[RunResult], b: &[RunResult], value: impl Fn(&RunResult) -> Option<f64>) -> Option<(f64, f64)> {
+    let per_round: Option<Vec<f64>> = a.iter().zip(b).map(|(x, y)| Some(div(value(x)?, value(y)?))).collect();
+    let per_round = per_round.filter(|r| r.len() >= 2)?;
+    Some(per_round.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &r| (lo.min(r), hi.max(r))))
+}
+
 impl Ratio {
     fn between(a: &ScenarioReport, b: &ScenarioReport) -> Ratio {
-        let div = |x: f64, y: f64| if y > 0.0 { x / y } else { f64::NAN };
         let (x, y) = (&a.median, &b.median);
         Ratio {
             name: format!("{}/{}", a.name, b.name),
             throughput: div(x.requests_per_sec, y.requests_per_sec),
+            throughput_rounds: round_range(&a.rounds, &b.rounds, |r| Some(r.requests_per_sec)),
             p50: div(x.p50_us, y.p50_us),
             p99: div(x.p99_us, y.p99_us),
             proxy_cpu_per_req: x.proxy_cpu_us_per_req.zip(y.proxy_cpu_us_per_req).map(|(p, q)| div(p, q)),
+            proxy_cpu_rounds: round_range(&a.rounds, &b.rounds, |r| r.proxy_cpu_us_per_req),
             total_cpu_per_req: div(x.total_cpu_us_per_req, y.total_cpu_us_per_req),
         }
     }
@@ -447,19 +498,28 @@ pub fn table(report: &Report) -> String {
         let _ = writeln!(out);
         let _ = writeln!(
             out,
-            "{:<rw$} {:>10} {:>8} {:>8} {:>14} {:>14}",
-            "ratio (a/b)", "throughput", "p50", "p99", "proxy CPU/req", "total CPU/req"
+            "{:<rw$} {:>10} {:>12} {:>8} {:>8} {:>14} {:>12} {:>14}",
+            "ratio (a/b)", "throughput", "(rounds)", "p50", "p99", "proxy CPU/req", "(rounds)", "total CPU/req"
         );
+        let range = |r: Option<(f64, f64)>| r.map_or_else(|| "-".to_owned(), |(lo, hi)| format!("{lo:.2}-{hi:.2}x"));
         for r in &report.ratios {
             let _ = writeln!(
                 out,
-                "{:<rw$} {:>9.2}x {:>7.2}x {:>7.2}x {:>14} {:>13.2}x",
+                "{:<rw$} {:>9.2}x {:>12} {:>7.2}x {:>7.2}x {:>14} {:>12} {:>13.2}x",
                 r.name,
                 r.throughput,
+                range(r.throughput_rounds),
                 r.p50,
                 r.p99,
                 r.proxy_cpu_per_req.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}x")),
+                range(r.proxy_cpu_rounds),
                 r.total_cpu_per_req,
+            );
+        }
+        if report.ratios.iter().any(|r| r.throughput_rounds.is_some()) {
+            let _ = writeln!(
+                out,
+                "(rounds): lowest-highest ratio of a single round; a range that spans 1.00x means this run cannot tell the two apart"
             );
         }
     }
@@ -553,6 +613,39 @@ mod tests {
         let scenarios = [scenario("gateway", 1000.0), scenario("gateway-https", 800.0)];
         let r = &ratios(&scenarios)[0];
         assert!((r.throughput - 0.8).abs() < 1e-9);
+    }
+
+    #[test]
+    fn ratio_rounds_range_over_same_round_pairs() {
+        let round =
+            |round, rps, cpu| RunResult { requests_per_sec: rps, proxy_cpu_us_per_req: cpu, ..RunResult::empty(round) };
+        let mut gateway = scenario("gateway", 0.0);
+        gateway.rounds = vec![round(1, 90.0, Some(9.0)), round(2, 120.0, Some(12.0)), round(3, 100.0, Some(10.0))];
+        let mut nginx = scenario("nginx", 0.0);
+        nginx.rounds = vec![round(1, 100.0, Some(10.0)), round(2, 100.0, Some(8.0)), round(3, 80.0, Some(10.0))];
+        let r = Ratio::between(&gateway, &nginx);
+        assert_eq!(r.throughput_rounds, Some((0.9, 1.25)));
+        assert_eq!(r.proxy_cpu_rounds, Some((0.9, 1.5)));
+        // The backend has no proxy CPU; one round is no range.
+        let mut direct = scenario("direct", 0.0);
+        direct.rounds = vec![round(1, 100.0, None), round(2, 100.0, None), round(3, 100.0, None)];
+        assert_eq!(Ratio::between(&gateway, &direct).proxy_cpu_rounds, None);
+        gateway.rounds.truncate(1);
+        assert_eq!(Ratio::between(&gateway, &nginx).throughput_rounds, None);
+
+        let report = Report {
+            settings: serde_json::Value::Null,
+            scenarios: Vec::new(),
+            ratios: vec![r],
+            cross_check: Vec::new(),
+            notes: Vec::new(),
+        };
+        let text = table(&report);
+        let row: Vec<&str> =
+            text.lines().find(|l| l.starts_with("gateway/nginx")).unwrap().split_whitespace().collect();
+        // name, throughput, (rounds), p50, p99, proxy CPU/req, (rounds), total CPU/req
+        assert_eq!((row[2], row[6]), ("0.90-1.25x", "0.90-1.50x"), "{text}");
+        assert!(text.contains("a range that spans 1.00x"), "{text}");
     }
 
     #[test]
