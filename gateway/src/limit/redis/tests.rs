@@ -3,6 +3,7 @@ use e2e::eventually;
 use e2e::redis::RedisServer;
 
 const MINUTE: Duration = Duration::from_secs(60);
+const HOUR: Duration = Duration::from_secs(3600);
 /// Bound for "did not hang": far above any timeout configured here.
 const HANG: Duration = Duration::from_secs(10);
 
@@ -325,7 +326,6 @@ async fn start_task_ends_when_store_dropped_while_backing_off() {
 
 #[tokio::test]
 async fn check_counts_previous_window_and_expires_after_two_windows() {
-    const HOUR: Duration = Duration::from_secs(3600);
     let (server, store) = connected_store().await;
     let mut admin = admin(&server).await;
     assert!(store.check("e", 5, HOUR).await.unwrap().allowed);
@@ -352,7 +352,6 @@ async fn only_counter(admin: &mut MultiplexedConnection, key: &str) -> String {
 
 #[tokio::test]
 async fn check_sets_an_expiry_once_per_counter_and_again_when_it_was_lost() {
-    const HOUR: Duration = Duration::from_secs(3600);
     let (server, store) = connected_store().await;
     let mut admin = admin(&server).await;
     redis::cmd("CONFIG").arg("RESETSTAT").query_async::<()>(&mut admin).await.unwrap();
