@@ -387,7 +387,6 @@ fn push_str(out: &mut String, value: &str) {
 }
 
 fn push_escaped(out: &mut String, value: &str) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut start = 0;
     for (index, byte) in value.bytes().enumerate() {
         let escaped = match byte {
@@ -399,9 +398,10 @@ fn push_escaped(out: &mut String, value: &str) {
         // Every escaped byte is ASCII, so `start..index` falls on character boundaries.
         out.push_str(&value[start..index]);
         if escaped.is_empty() {
+            let mut hex = [0u8; 2];
+            text::put_hex(&mut hex, u64::from(byte));
             out.push_str("\\u00");
-            out.push(char::from(HEX[usize::from(byte >> 4)]));
-            out.push(char::from(HEX[usize::from(byte & 0xf)]));
+            out.extend(hex.map(char::from));
         } else {
             out.push_str(escaped);
         }
