@@ -89,11 +89,8 @@ impl Body for ProxyBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        if let Some(lease) = &mut this.lease {
-            lease.poll_drive(cx);
-        }
         let polled = match &mut this.kind {
-            Kind::Upstream(body, stall) => match Pin::new(body).poll_frame(cx) {
+            Kind::Upstream(body, stall) => match poll_upstream(body, this.lease.as_mut(), cx) {
                 Poll::Pending => match stall.poll_expired(cx) {
                     Poll::Ready(()) => Poll::Ready(Some(Err(BodyTimeout(stall.limit()).into()))),
                     Poll::Pending => Poll::Pending,
@@ -136,6 +133,18 @@ impl Body for ProxyBody {
             Kind::Upstream(body, _) => body.size_hint(),
             Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
         }
+    }
+}
+
+/// The upstream body's next piece, through the connection it arrives on while that is held.
+fn poll_upstream(
+    body: &mut Incoming,
+    lease: Option<&mut Lease>,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    match lease {
+        Some(lease) => lease.poll_body(body, cx),
+        None => Pin::new(body).poll_frame(cx),
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod balancer;
 pub mod breaker;
+mod drive;
 mod pool;
 mod tls;
 

@@ -3,7 +3,8 @@
 //!
 //! A connection is driven by the task of the request that holds it, as nginx does: while the
 //! request waits for the response head, and then by the response body as the client reads it. No
-//! task of its own, no channel to cross, no wake-up of another task per request. An idle
+//! task of its own, no channel to cross, no wake-up of another task per request (nor, through
+//! [`DriveWaker`], of the same task again for hyper's hand-overs within one poll). An idle
 //! connection is driven by nobody: a sweep every second closes those the upstream closed or that
 //! idled past `idle_timeout`. One the upstream closed since the last sweep reads that close before
 //! writing anything, hands the request back unsent, and the request goes on a new connection.
@@ -15,9 +16,10 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::uri::Authority;
 use http::{Request, Response, Uri};
-use http_body::Body as _;
+use http_body::{Body as _, Frame};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, TrySendError};
 use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
@@ -27,6 +29,7 @@ use prometheus::IntCounter;
 use tokio::net::TcpStream;
 use tower_service::Service;
 
+use super::drive::DriveWaker;
 use super::{Endpoint, MAX_RESPONSE_HEAD};
 use crate::proxy::{copy_without_body, UpstreamRequestBody};
 use crate::{config, worker};
@@ -81,10 +84,14 @@ struct Connection {
     sender: http1::SendRequest<UpstreamRequestBody>,
     /// `None` once it finished (closed by either side, or failed). Dropping it then also answers
     /// a request still queued on it: handed back unsent.
-    conn: Option<http1::Connection<Io, UpstreamRequestBody>>,
+    conn: Option<Conn>,
+    /// What its holder drives it with.
+    drive: DriveWaker,
 }
 
-/// A connection lent to one request. Its response body drives it through [`Lease::poll_drive`]
+type Conn = http1::Connection<Io, UpstreamRequestBody>;
+
+/// A connection lent to one request. Its response body drives it through [`Lease::poll_body`]
 /// and hands it back with [`Lease::release`] once read to the end; dropped instead, it closes.
 #[derive(Debug)]
 pub struct Lease {
@@ -186,7 +193,7 @@ impl Pools {
 
     async fn connect(&self, endpoint: &Endpoint) -> Result<Box<Connection>, BoxError> {
         let (sender, conn) = self.handshake(endpoint).await?;
-        Ok(Box::new(Connection { sender, conn: Some(conn) }))
+        Ok(Box::new(Connection { sender, conn: Some(conn), drive: DriveWaker::new() }))
     }
 
     /// A new connection to `endpoint`, TLS included for `https://`, ready for HTTP/1.1.
@@ -298,49 +305,59 @@ impl Connection {
         &mut self,
         request: Request<UpstreamRequestBody>,
     ) -> Result<Response<Incoming>, TrySendError<Request<UpstreamRequestBody>>> {
-        let mut response = std::pin::pin!(self.sender.try_send_request(request));
+        let Connection { sender, conn, drive } = self;
+        let mut response = std::pin::pin!(sender.try_send_request(request));
         poll_fn(|cx| {
-            if let Poll::Ready(result) = response.as_mut().poll(cx) {
-                return Poll::Ready(result);
-            }
-            if self.poll_drive(cx) {
-                // Finished and dropped: every request it held has been answered.
-                return response.as_mut().poll(cx);
-            }
-            Poll::Pending
+            drive.poll(cx, |cx| {
+                if let Poll::Ready(result) = response.as_mut().poll(cx) {
+                    return Poll::Ready(result);
+                }
+                // Driving may answer it (or, finishing, answer every request it held) at once.
+                poll_drive(conn, cx);
+                response.as_mut().poll(cx)
+            })
         })
         .await
-    }
-
-    /// Lets the connection make progress (read the response body, notice a close); true once it
-    /// has finished, when it is dropped.
-    fn poll_drive(&mut self, cx: &mut Context<'_>) -> bool {
-        let finished = self.conn.as_mut().is_some_and(|conn| Pin::new(conn).poll(cx).is_ready());
-        if finished {
-            self.conn = None;
-        }
-        finished
     }
 
     /// Whether the connection is open and idle, checked without waiting: an upstream's close
     /// that has arrived is read here.
     fn poll_open(&mut self) -> bool {
-        self.poll_drive(&mut Context::from_waker(Waker::noop()));
+        poll_drive(&mut self.conn, &mut Context::from_waker(Waker::noop()));
         self.conn.is_some() && !self.sender.is_closed()
     }
 }
 
+/// Lets the connection make progress (read the response body, notice a close); once it has
+/// finished, it is dropped.
+fn poll_drive(conn: &mut Option<Conn>, cx: &mut Context<'_>) {
+    if conn.as_mut().is_some_and(|conn| Pin::new(conn).poll(cx).is_ready()) {
+        *conn = None;
+    }
+}
+
 impl Lease {
-    /// Drives the connection: the response body only arrives while this is called.
-    pub fn poll_drive(&mut self, cx: &mut Context<'_>) {
-        self.connection.poll_drive(cx);
+    /// The response body's next piece: it only arrives while the connection is driven, which
+    /// this does first.
+    pub fn poll_body(
+        &mut self,
+        body: &mut Incoming,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let Connection { conn, drive, .. } = &mut *self.connection;
+        drive.poll(cx, |cx| {
+            poll_drive(conn, cx);
+            Pin::new(&mut *body).poll_frame(cx)
+        })
     }
 
     /// Hands the connection back once its response was read to the end, if it can take another
-    /// request; otherwise it is closed. The body that read to the end has just driven it.
-    pub fn release(self) {
-        let connection = &self.connection;
-        if connection.conn.is_some() && connection.sender.is_ready() {
+    /// request; otherwise it is closed. Polled once more without a waker first: a close that has
+    /// arrived is seen before pooling, and every waker the connection holds is left a no-op, so
+    /// handing it the next request wakes nobody.
+    pub fn release(mut self) {
+        self.connection.drive.release();
+        if self.connection.poll_open() && self.connection.sender.is_ready() {
             self.pools.checkin(self.authority, self.connection);
         }
     }
