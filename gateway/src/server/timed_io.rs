@@ -12,8 +12,8 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::{ready, Context, Poll, Waker};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -30,9 +30,8 @@ pub(crate) struct Activity {
     in_flight: AtomicU32,
     /// Requests started so far: tells a deadline armed in an earlier idle period from a current one.
     started: AtomicU64,
-    /// The connection's reader, parked while a request was in flight. hyper may not read again after
-    /// a response ends, so the end of the last request wakes it to start the idle timer.
-    parked_reader: Mutex<Option<Waker>>,
+    /// When the last request in flight ended: the connection has been idle since.
+    ended_at: Mutex<Option<Instant>>,
 }
 
 impl Activity {
@@ -47,13 +46,8 @@ impl Activity {
         (self.in_flight.load(Ordering::Acquire) > 0, self.started.load(Ordering::Relaxed))
     }
 
-    fn park_reader(&self, waker: &Waker) {
-        if let Ok(mut parked) = self.parked_reader.lock() {
-            match parked.as_ref() {
-                Some(current) if current.will_wake(waker) => {}
-                _ => *parked = Some(waker.clone()),
-            }
-        }
+    fn ended_at(&self) -> Option<Instant> {
+        *self.ended_at.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -63,10 +57,7 @@ pub(crate) struct RequestGuard(Arc<Activity>);
 impl Drop for RequestGuard {
     fn drop(&mut self) {
         if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            let parked = self.0.parked_reader.lock().ok().and_then(|mut parked| parked.take());
-            if let Some(waker) = parked {
-                waker.wake();
-            }
+            *self.0.ended_at.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
         }
     }
 }
@@ -101,9 +92,9 @@ pub(crate) struct TimedIo<S> {
     /// What is being waited for, the `started` count when that wait began, and its deadline.
     armed: Option<(Wait, u64)>,
     deadline: Instant,
-    /// Registered lazily: moved earlier only when a deadline needs it, and re-registered when it
-    /// fires before `deadline`. In the common case a request's head arrives in one read and the
-    /// timer wheel is not touched at all.
+    /// Registered once and then mostly left alone: moved earlier only when a deadline needs it,
+    /// moved on when it fires before `deadline` or while a request is in flight. In the common case
+    /// a request's head arrives in one read and the timer wheel is not touched.
     timer: Pin<Box<Sleep>>,
     /// Runs while a write waits for the client to take bytes.
     write_stall: StallTimer,
@@ -123,13 +114,13 @@ impl<S> TimedIo<S> {
         }
     }
 
-    /// Starts waiting for `wait`; the timer itself is registered by `poll_deadline` if needed.
+    /// Starts waiting for `wait`; the timer itself is registered by `poll_deadline` if needed. An
+    /// idle wait counts from the end of the last request, a head's from now.
     fn arm(&mut self, wait: Wait, epoch: u64) {
-        let after = match wait {
-            Wait::Idle => self.timeouts.idle,
-            Wait::Head => self.timeouts.header_read,
+        self.deadline = match wait {
+            Wait::Idle => self.activity.ended_at().unwrap_or_else(Instant::now) + self.timeouts.idle,
+            Wait::Head => Instant::now() + self.timeouts.header_read,
         };
-        self.deadline = Instant::now() + after;
         self.armed = Some((wait, epoch));
     }
 
@@ -157,11 +148,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TimedIo<S> {
         let (busy, epoch) = self.activity.state();
         if busy {
             self.armed = None;
-            self.activity.park_reader(cx.waker());
-            // The request may have ended between the check and parking: look again.
-            if self.activity.state().0 {
-                return Poll::Pending;
-            }
+            return self.poll_while_busy(cx);
         }
         let wait = match self.armed {
             Some((wait, armed_at)) if armed_at == epoch => wait,
@@ -190,6 +177,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TimedIo<S> {
                 Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "request head not received in time")))
             }
         }
+    }
+
+    /// Nothing is timed while a request is in flight, but the timer stays registered, firing at
+    /// most every `idle_timeout`: hyper may not read again after a response ends, and waking this
+    /// reader when the last request ends would cost every request one more poll of the
+    /// connection's task. So the timer is what brings the reader back to start the idle wait,
+    /// which counts from that end.
+    fn poll_while_busy(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.timer.as_mut().poll(cx).is_ready() {
+            self.timer.as_mut().reset(Instant::now() + self.timeouts.idle);
+        }
+        Poll::Pending
     }
 }
 

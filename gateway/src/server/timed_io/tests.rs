@@ -71,19 +71,29 @@ async fn http2_preface_is_not_treated_as_a_request_head() {
     assert_eq!(start.elapsed(), TIMEOUTS.idle);
 }
 
-#[tokio::test(start_paused = true)]
-async fn end_of_last_request_wakes_a_parked_reader_to_start_the_idle_timer() {
+/// The reader parks while a request is in flight and is not polled again by anyone else; the
+/// connection must still close `idle_timeout` after the request ends, however long it ran.
+async fn reader_parked_while_busy_closes_idle_timeout_after_the_end(request_runs: Duration) {
     let (_client, mut io, activity) = pair();
     let guard = activity.start_request();
-    // The reader parks while the request is in flight, and is not polled again by anyone else.
     let read = tokio::spawn(async move { io.read(&mut [0u8; 16]).await.map(|n| (n, Instant::now())) });
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    tokio::time::sleep(request_runs).await;
     let ended = Instant::now();
     drop(guard);
     let read = tokio::time::timeout(Duration::from_secs(3600), read).await;
     let (n, closed_at) = read.expect("the connection was never closed").unwrap().unwrap();
     assert_eq!(n, 0);
     assert_eq!(closed_at - ended, TIMEOUTS.idle);
+}
+
+#[tokio::test(start_paused = true)]
+async fn reader_parked_during_a_short_request_closes_idle_timeout_after_its_end() {
+    reader_parked_while_busy_closes_idle_timeout_after_the_end(TIMEOUTS.idle / 2).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn reader_parked_during_a_request_longer_than_idle_timeout_closes_idle_timeout_after_its_end() {
+    reader_parked_while_busy_closes_idle_timeout_after_the_end(TIMEOUTS.idle * 5 / 2).await;
 }
 
 #[tokio::test(start_paused = true)]
