@@ -6,9 +6,10 @@
 //! other end, which here is that same task: handing over the response head, taking a body piece,
 //! asking for more. Each such wake-up during the task's own poll makes tokio poll the whole task
 //! again (the client connection, hyper's server half, the request) just to find the work done.
-//! Driven through this waker, a wake-up while the holder polls is only noted, and the holder polls
-//! again at once if it would otherwise wait; a wake-up at any other time (the upstream socket
-//! became readable) reaches the task as before. No wake-up is ever dropped.
+//! Driven through this waker, a wake-up while the holder polls is only noted: the holder polls
+//! again at once if it would otherwise wait, and needs no wake-up once it got what it polled for
+//! (it drives the connection first whenever it next needs anything of it). A wake-up at any other
+//! time (the upstream socket became readable) reaches the task as before.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
