@@ -180,8 +180,22 @@ pub fn forwarded_client_ip(headers: &HeaderMap, peer: IpAddr, is_trusted: impl F
 /// `RateLimit-Limit`, `-Remaining` and `-Reset` (seconds) from a rate-limit decision.
 pub fn set_rate_limit(headers: &mut HeaderMap, decision: &Decision) {
     headers.insert(&RATELIMIT_LIMIT, HeaderValue::from(decision.limit));
-    headers.insert(&RATELIMIT_REMAINING, HeaderValue::from(decision.remaining));
+    headers.insert(&RATELIMIT_REMAINING, never_indexed(HeaderValue::from(decision.remaining)));
     headers.insert(&RATELIMIT_RESET, HeaderValue::from(whole_seconds(decision.reset)));
+}
+
+/// The response's `X-Request-Id`.
+pub fn set_request_id(headers: &mut HeaderMap, request_id: HeaderValue) {
+    headers.insert(&X_REQUEST_ID, never_indexed(request_id));
+}
+
+/// Marks a value that differs on every response so that HTTP/2 sends it as a literal HPACK never
+/// indexes (the `sensitive` flag; HTTP/1.1 ignores it). Indexed, each new value would join the
+/// connection's header table, evicting entries that do repeat, and every later response would
+/// compare its value with each earlier one still kept under that name.
+fn never_indexed(mut value: HeaderValue) -> HeaderValue {
+    value.set_sensitive(true);
+    value
 }
 
 /// Seconds for a header, rounded up so a client that waits that long is never early.

@@ -78,7 +78,7 @@ pub async fn handle(snapshot: Arc<Snapshot>, conn: Connection, mut request: Requ
             (error.into_response(&request_id), Some(code))
         }
     };
-    response.headers_mut().insert(&headers::X_REQUEST_ID, request_id);
+    headers::set_request_id(response.headers_mut(), request_id);
     if let Some(hsts) = conn.hsts {
         response.headers_mut().insert(header::STRICT_TRANSPORT_SECURITY, hsts);
     }

@@ -210,4 +210,15 @@ fn set_rate_limit_writes_the_three_headers() {
     assert_eq!(get(&headers, "ratelimit-limit"), Some("100"));
     assert_eq!(get(&headers, "ratelimit-remaining"), Some("41"));
     assert_eq!(get(&headers, "ratelimit-reset"), Some("2"));
+    let indexed = |name: &str| !headers[name].is_sensitive();
+    assert!(indexed("ratelimit-limit") && indexed("ratelimit-reset"), "values that repeat stay indexable");
+    assert!(!indexed("ratelimit-remaining"), "changes with every request: never indexed");
+}
+
+#[test]
+fn set_request_id_replaces_any_and_is_never_indexed() {
+    let mut headers = map(&[("x-request-id", "from-upstream")]);
+    set_request_id(&mut headers, HeaderValue::from_static("abc"));
+    assert_eq!(headers.get_all("x-request-id").iter().collect::<Vec<_>>(), ["abc"]);
+    assert!(headers["x-request-id"].is_sensitive());
 }
