@@ -75,9 +75,11 @@ struct Args {
     /// SVG image to this file.
     #[arg(long)]
     svg: Option<PathBuf>,
-    /// Request path (the echo answers every path not reserved with a small JSON body). The JWT
-    /// scenarios put `/jwt` in front, which the gateway strips again.
-    #[arg(long, default_value = "/")]
+    /// Request path. The default asks the echo for a fixed 256-byte body, like a small API
+    /// response: its JSON report (`/`, for example) lists every request header it received, so
+    /// each header a scenario adds (a token, the proxy's forwarding headers) would be paid for
+    /// again in the response. The JWT scenarios put `/jwt` in front, which the gateway strips again.
+    #[arg(long, default_value = "/bytes/256")]
     path: String,
     /// Users in the JWT scenarios' token pool, one token each, sent in turn. Past the gateway's
     /// 16,384-token cache most requests pay for a signature check.
