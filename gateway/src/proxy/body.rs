@@ -74,12 +74,11 @@ impl ProxyBody {
     }
 
     /// Records the request when this body is dropped; an empty body has ended already.
-    pub(super) fn recorded(mut self, mut record: Record) -> ProxyBody {
+    pub(super) fn record(&mut self, mut record: Record) {
         if self.is_end_stream() {
             record.completed();
         }
         self.record = Some(record);
-        self
     }
 }
 

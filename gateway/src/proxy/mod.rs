@@ -14,6 +14,7 @@ mod request_body;
 mod trace_context;
 mod upgrade;
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,124 +48,141 @@ pub struct Connection {
 }
 
 /// Proxies one request with the given snapshot. Never fails: errors become JSON responses.
-pub async fn handle(snapshot: Arc<Snapshot>, conn: Connection, mut request: Request<Incoming>) -> Response<ProxyBody> {
-    let started = Instant::now();
-    let request_id = headers::request_id(request.headers());
-    trace_context::ensure(request.headers_mut());
-    let method = request.method().clone();
-    let caller = caller(&snapshot, &conn, request.headers());
-    let seen = snapshot.access_log.as_ref().map(|_| Box::new(Seen::of(&request, &conn, caller.ip)));
-    // Records the request when dropped: with the response body, or here if the client leaves first.
-    let mut record = Record::start(snapshot, started, request_id.clone(), seen);
-    let (snapshot, trace) = record.parts();
-    let result = match conn.redirect_https {
-        Some(port) => redirect::to_https(&request, port),
-        None => proxy(snapshot, &conn, caller, request, &request_id, trace).await,
-    };
-    let (mut response, error) = match result {
-        Ok(response) => (response, None),
-        Err(error) => {
-            let (status, code) = error.status_and_code();
-            let request_id_text = request_id.to_str().unwrap_or("");
-            // The gateway's or an upstream's failures are worth a warning; a client's own mistakes
-            // (no route, a bad token, over budget) are routine, and a flood of them must not
-            // flood the log.
-            if status.is_server_error() {
-                let cause = causes(&error);
-                tracing::warn!(request_id = request_id_text, %method, status = status.as_u16(), code, %error, cause, "request failed");
-            } else {
-                tracing::debug!(request_id = request_id_text, %method, status = status.as_u16(), code, %error, "request refused");
+///
+/// A plain function around an `async move` block, as is `proxy`: an `async fn` keeps a `mut`
+/// argument apart from the local it moves into, so the request would be held, and copied, twice.
+#[expect(clippy::manual_async_fn, reason = "an async fn would hold the request twice")]
+pub fn handle(
+    snapshot: Arc<Snapshot>,
+    conn: Connection,
+    mut request: Request<Incoming>,
+) -> impl Future<Output = Response<ProxyBody>> + Send {
+    async move {
+        let started = Instant::now();
+        let request_id = headers::request_id(request.headers());
+        trace_context::ensure(request.headers_mut());
+        let method = request.method().clone();
+        let caller = caller(&snapshot, &conn, request.headers());
+        let seen = snapshot.access_log.as_ref().map(|_| Box::new(Seen::of(&request, &conn, caller.ip)));
+        // Records the request when dropped: with the response body, or here if the client leaves first.
+        let mut record = Record::start(snapshot, started, request_id.clone(), seen);
+        let (snapshot, trace) = record.parts();
+        let result = match conn.redirect_https {
+            Some(port) => redirect::to_https(&request, port),
+            None => proxy(snapshot, &conn, caller, request, &request_id, trace).await,
+        };
+        let (mut response, error) = match result {
+            Ok(response) => (response, None),
+            Err(error) => {
+                let (status, code) = error.status_and_code();
+                let request_id_text = request_id.to_str().unwrap_or("");
+                // The gateway's or an upstream's failures are worth a warning; a client's own mistakes
+                // (no route, a bad token, over budget) are routine, and a flood of them must not
+                // flood the log.
+                if status.is_server_error() {
+                    let cause = causes(&error);
+                    tracing::warn!(request_id = request_id_text, %method, status = status.as_u16(), code, %error, cause, "request failed");
+                } else {
+                    tracing::debug!(request_id = request_id_text, %method, status = status.as_u16(), code, %error, "request refused");
+                }
+                (error.into_response(&request_id), Some(code))
             }
-            (error.into_response(&request_id), Some(code))
+        };
+        headers::set_request_id(response.headers_mut(), request_id);
+        if let Some(hsts) = conn.hsts {
+            response.headers_mut().insert(header::STRICT_TRANSPORT_SECURITY, hsts);
         }
-    };
-    headers::set_request_id(response.headers_mut(), request_id);
-    if let Some(hsts) = conn.hsts {
-        response.headers_mut().insert(header::STRICT_TRANSPORT_SECURITY, hsts);
+        record.responded(response.status().as_u16(), error);
+        response.body_mut().record(record);
+        response
     }
-    record.responded(response.status().as_u16(), error);
-    response.map(|body| body.recorded(record))
 }
 
-async fn proxy(
-    snapshot: &Snapshot,
-    conn: &Connection,
+#[expect(clippy::manual_async_fn, reason = "an async fn would hold the request twice")]
+fn proxy<'a>(
+    snapshot: &'a Snapshot,
+    conn: &'a Connection,
     caller: Caller,
     mut request: Request<Incoming>,
-    request_id: &HeaderValue,
-    trace: &mut Trace,
-) -> Result<Response<ProxyBody>, ProxyError> {
-    // identity: a client must never tell an upstream who it is; only a checked token may
-    let stripped = headers::remove_identity(request.headers_mut(), &snapshot.identity_headers);
+    request_id: &'a HeaderValue,
+    trace: &'a mut Trace,
+) -> impl Future<Output = Result<Response<ProxyBody>, ProxyError>> + Send + 'a {
+    async move {
+        // identity: a client must never tell an upstream who it is; only a checked token may
+        let stripped = headers::remove_identity(request.headers_mut(), &snapshot.identity_headers);
 
-    // route
-    // A cheap reference-counted copy: the request itself moves on below.
-    let host = request_host(&request);
-    let host = host.as_ref().and_then(|h| h.to_str().ok());
-    let path = request.uri().path();
-    if path.is_empty() || !path.starts_with('/') {
-        return Err(ProxyError::BadRequest("the request target must be an absolute path"));
-    }
-    if path::has_dot_segment(path) {
-        return Err(ProxyError::BadRequest("the path must not contain '.' or '..' segments"));
-    }
-    let index = snapshot.router.find(host, path, request.method(), request.headers()).ok_or(ProxyError::NoRoute)?;
-    let route = snapshot.routes.get(index).ok_or(ProxyError::NoRoute)?;
-    trace.route = Some(index);
-    if stripped > 0 {
-        route.metrics.identity_headers_stripped.inc_by(stripped);
-        tracing::debug!(route = &*route.name, stripped, "removed client-sent identity headers");
-    }
-
-    // auth: check the token; the Authorization header itself travels on untouched
-    let claims = match &route.auth {
-        Some(auth) => Box::pin(auth.check(request.headers())).await.map_err(ProxyError::Auth)?,
-        None => None,
-    };
-
-    // rate limit: after auth, so a budget per user counts verified users only
-    let rate_limit = match &route.rate_limit {
-        Some(limit) => {
-            let decision = Box::pin(limit.check(&limit.key(caller.ip, claims.as_deref()))).await;
-            if !decision.allowed {
-                return Err(ProxyError::RateLimited(decision));
-            }
-            Some(decision)
+        // route
+        // A cheap reference-counted copy: the request itself moves on below.
+        let host = request_host(&request);
+        let host = host.as_ref().and_then(|h| h.to_str().ok());
+        let path = request.uri().path();
+        if path.is_empty() || !path.starts_with('/') {
+            return Err(ProxyError::BadRequest("the request target must be an absolute path"));
         }
-        None => None,
-    };
+        if path::has_dot_segment(path) {
+            return Err(ProxyError::BadRequest("the path must not contain '.' or '..' segments"));
+        }
+        let index = snapshot.router.find(host, path, request.method(), request.headers()).ok_or(ProxyError::NoRoute)?;
+        let route = snapshot.routes.get(index).ok_or(ProxyError::NoRoute)?;
+        trace.route = Some(index);
+        if stripped > 0 {
+            route.metrics.identity_headers_stripped.inc_by(stripped);
+            tracing::debug!(route = &*route.name, stripped, "removed client-sent identity headers");
+        }
 
-    // body limit: refuse early when the declared length is already too large
-    if declared_length(&request).is_some_and(|len| len > route.max_body_size) {
-        return Err(ProxyError::PayloadTooLarge { limit: route.max_body_size });
+        // auth: check the token; the Authorization header itself travels on untouched
+        let claims = match &route.auth {
+            Some(auth) => Box::pin(auth.check(request.headers())).await.map_err(ProxyError::Auth)?,
+            None => None,
+        };
+
+        // rate limit: after auth, so a budget per user counts verified users only
+        let rate_limit = match &route.rate_limit {
+            Some(limit) => {
+                let decision = Box::pin(limit.check(&limit.key(caller.ip, claims.as_deref()))).await;
+                if !decision.allowed {
+                    return Err(ProxyError::RateLimited(decision));
+                }
+                Some(decision)
+            }
+            None => None,
+        };
+
+        // body limit: refuse early when the declared length is already too large
+        if declared_length(&request).is_some_and(|len| len > route.max_body_size) {
+            return Err(ProxyError::PayloadTooLarge { limit: route.max_body_size });
+        }
+
+        // upstream: the breaker's permission, then an endpoint
+        let upstream = &route.upstream;
+        let permit = (upstream.permit())
+            .map_err(|retry_after| ProxyError::CircuitOpen { upstream: upstream.name.to_string(), retry_after })?;
+        let in_flight =
+            upstream.pick().ok_or_else(|| ProxyError::NoEndpoint { upstream: upstream.name.to_string() })?;
+
+        // forward
+        let upgrade = headers::is_upgrade_request(request.headers()) && request.version() == Version::HTTP_11;
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+        let client = Client { ip: conn.peer.ip(), trusted: caller.peer_trusted, proto: conn.proto, host };
+        let upstream_request = upstream_request(request, route, in_flight.endpoint(), client, upgrade, request_id)?;
+        let (mut response, in_flight, lease) =
+            forward(route, in_flight, upstream_request, permit, upgrade, trace).await?;
+
+        // response
+        if let Some(client_upgrade) =
+            client_upgrade.filter(|_| response.status() == http::StatusCode::SWITCHING_PROTOCOLS)
+        {
+            upgrade::tunnel(client_upgrade, hyper::upgrade::on(&mut response), request_id.clone());
+            let (parts, _) = response.into_parts();
+            return Ok(Response::from_parts(parts, ProxyBody::empty()));
+        }
+        let (mut parts, body) = response.into_parts();
+        headers::remove_hop_by_hop(&mut parts.headers, false);
+        if let Some(decision) = &rate_limit {
+            headers::set_rate_limit(&mut parts.headers, decision);
+        }
+        Ok(Response::from_parts(parts, ProxyBody::upstream(body, in_flight, lease, route.timeout)))
     }
-
-    // upstream: the breaker's permission, then an endpoint
-    let upstream = &route.upstream;
-    let permit = (upstream.permit())
-        .map_err(|retry_after| ProxyError::CircuitOpen { upstream: upstream.name.to_string(), retry_after })?;
-    let in_flight = upstream.pick().ok_or_else(|| ProxyError::NoEndpoint { upstream: upstream.name.to_string() })?;
-
-    // forward
-    let upgrade = headers::is_upgrade_request(request.headers()) && request.version() == Version::HTTP_11;
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
-    let client = Client { ip: conn.peer.ip(), trusted: caller.peer_trusted, proto: conn.proto, host };
-    let upstream_request = upstream_request(request, route, in_flight.endpoint(), client, upgrade, request_id)?;
-    let (mut response, in_flight, lease) = forward(route, in_flight, upstream_request, permit, upgrade, trace).await?;
-
-    // response
-    if let Some(client_upgrade) = client_upgrade.filter(|_| response.status() == http::StatusCode::SWITCHING_PROTOCOLS)
-    {
-        upgrade::tunnel(client_upgrade, hyper::upgrade::on(&mut response), request_id.clone());
-        let (parts, _) = response.into_parts();
-        return Ok(Response::from_parts(parts, ProxyBody::empty()));
-    }
-    let (mut parts, body) = response.into_parts();
-    headers::remove_hop_by_hop(&mut parts.headers, false);
-    if let Some(decision) = &rate_limit {
-        headers::set_rate_limit(&mut parts.headers, decision);
-    }
-    Ok(Response::from_parts(parts, ProxyBody::upstream(body, in_flight, lease, route.timeout)))
 }
 
 /// Who sent a request: the client's address, and whether the peer is a trusted proxy.
@@ -306,13 +324,14 @@ async fn send(
     let metrics = &route.upstream.metrics;
     let endpoint = in_flight.endpoint();
     let started = Instant::now();
-    let sent = tokio::time::timeout(route.timeout, async {
+    // Pinned where it stands: a timeout built around the future itself would copy all of it.
+    let sending = std::pin::pin!(async {
         match upgrade {
             true => Box::pin(route.upstream.send_upgrade(endpoint, request)).await.map(|response| (response, None)),
             false => route.upstream.send(endpoint, request).await.map(|(response, lease)| (response, Some(lease))),
         }
     });
-    let result = match sent.await {
+    let result = match tokio::time::timeout(route.timeout, sending).await {
         Err(_elapsed) => {
             metrics.timeouts.inc();
             Err(ProxyError::UpstreamTimeout { upstream: upstream(), timeout: route.timeout })

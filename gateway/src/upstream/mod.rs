@@ -7,6 +7,7 @@ mod drive;
 mod pool;
 mod tls;
 
+use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -169,12 +170,15 @@ impl Upstream {
 
     /// Sends `request` (origin-form URI, Host set) to `endpoint`; with the response, the
     /// connection it came on, which its body drives and then returns to the pool.
-    pub async fn send(
-        &self,
-        endpoint: &Endpoint,
+    ///
+    /// A plain function handing back the pool's future: an `async fn` wrapper would keep a copy
+    /// of the request in its own state, and move it once more.
+    pub fn send<'a>(
+        &'a self,
+        endpoint: &'a Endpoint,
         request: Request<UpstreamRequestBody>,
-    ) -> Result<(Response<Incoming>, Lease), SendError> {
-        self.pools.send(endpoint, request, &self.metrics.retries_after_close).await
+    ) -> impl Future<Output = Result<(Response<Incoming>, Lease), SendError>> + Send + 'a {
+        self.pools.send(endpoint, request, &self.metrics.retries_after_close)
     }
 
     /// Sends a protocol upgrade request on a connection of its own (see `Pools::send_upgrade`).

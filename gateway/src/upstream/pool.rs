@@ -136,36 +136,44 @@ impl Pools {
     /// is idempotent and has no body, the connection had idled at least [`KEEP_COPY_AFTER_IDLE`],
     /// and the upstream closed without answering (as a server does when its keep-alive timeout
     /// runs out, or it restarts, just as the request goes out). `retried` counts the second kind.
-    pub(super) async fn send(
-        self: &Arc<Pools>,
-        endpoint: &Endpoint,
+    ///
+    /// A plain function around an `async move` block: an `async fn` keeps a `mut` argument apart
+    /// from the local it moves into, so the request would be held, and copied, twice.
+    #[expect(clippy::manual_async_fn, reason = "an async fn would hold the request twice")]
+    pub(super) fn send<'a>(
+        self: &'a Arc<Pools>,
+        endpoint: &'a Endpoint,
         mut request: Request<UpstreamRequestBody>,
-        retried: &IntCounter,
-    ) -> Result<(Response<Incoming>, Lease), SendError> {
-        if let Some((connection, idled)) = self.checkout(&endpoint.authority) {
-            let again = (idled >= KEEP_COPY_AFTER_IDLE && can_go_again(&request)).then(|| copy_without_body(&request));
-            let mut lease = self.lease(connection, endpoint);
-            match lease.connection.exchange(request).await {
-                Ok(response) => return Ok((response, lease)),
-                Err(mut error) => match (error.take_message(), again) {
-                    (Some(unsent), _) => request = unsent,
-                    (None, Some(again)) if closed_unanswered(error.error()) => {
-                        tracing::debug!(endpoint = %endpoint.authority, error = %error.error(), "a reused connection closed unanswered; sending again on a new one");
-                        retried.inc();
-                        request = again;
-                    }
-                    (None, _) => return Err(SendError::Http(error.into_error())),
-                },
+        retried: &'a IntCounter,
+    ) -> impl Future<Output = Result<(Response<Incoming>, Lease), SendError>> + Send + 'a {
+        async move {
+            if let Some((connection, idled)) = self.checkout(&endpoint.authority) {
+                // Boxed: only a connection that idled long needs the copy.
+                let again = (idled >= KEEP_COPY_AFTER_IDLE && can_go_again(&request))
+                    .then(|| Box::new(copy_without_body(&request)));
+                let mut lease = self.lease(connection, endpoint);
+                match lease.connection.exchange(request).await {
+                    Ok(response) => return Ok((response, lease)),
+                    Err(mut error) => match (error.take_message(), again) {
+                        (Some(unsent), _) => request = unsent,
+                        (None, Some(again)) if closed_unanswered(error.error()) => {
+                            tracing::debug!(endpoint = %endpoint.authority, error = %error.error(), "a reused connection closed unanswered; sending again on a new one");
+                            retried.inc();
+                            request = *again;
+                        }
+                        (None, _) => return Err(SendError::Http(error.into_error())),
+                    },
+                }
             }
+            // Boxed: connecting is the rare path, and its future is large; the request's stays small.
+            let connection = match Box::pin(self.connect(endpoint)).await {
+                Ok(connection) => connection,
+                Err(error) => return Err(SendError::Connect { error, unsent: Box::new(request) }),
+            };
+            let mut lease = self.lease(connection, endpoint);
+            let response = lease.connection.exchange(request).await.map_err(|e| SendError::Http(e.into_error()))?;
+            Ok((response, lease))
         }
-        // Boxed: connecting is the rare path, and its future is large; the request's stays small.
-        let connection = match Box::pin(self.connect(endpoint)).await {
-            Ok(connection) => connection,
-            Err(error) => return Err(SendError::Connect { error, unsent: Box::new(request) }),
-        };
-        let mut lease = self.lease(connection, endpoint);
-        let response = lease.connection.exchange(request).await.map_err(|e| SendError::Http(e.into_error()))?;
-        Ok((response, lease))
     }
 
     /// Sends a protocol upgrade request on a new connection that runs as a task of its own: after
