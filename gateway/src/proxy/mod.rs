@@ -323,25 +323,27 @@ async fn send(
     let upstream = || route.upstream.name.to_string();
     let metrics = &route.upstream.metrics;
     let endpoint = in_flight.endpoint();
-    let started = Instant::now();
-    // Pinned where it stands: a timeout built around the future itself would copy all of it.
-    let sending = std::pin::pin!(async {
-        match upgrade {
-            true => Box::pin(route.upstream.send_upgrade(endpoint, request)).await.map(|response| (response, None)),
-            false => route.upstream.send(endpoint, request).await.map(|(response, lease)| (response, Some(lease))),
+    let started = tokio::time::Instant::now();
+    let deadline = started + route.timeout;
+    let sent = match upgrade {
+        true => {
+            Box::pin(route.upstream.send_upgrade(endpoint, request, deadline)).await.map(|response| (response, None))
         }
-    });
-    let result = match tokio::time::timeout(route.timeout, sending).await {
-        Err(_elapsed) => {
+        false => {
+            route.upstream.send(endpoint, request, deadline).await.map(|(response, lease)| (response, Some(lease)))
+        }
+    };
+    let result = match sent {
+        Err(SendError::TimedOut) => {
             metrics.timeouts.inc();
             Err(ProxyError::UpstreamTimeout { upstream: upstream(), timeout: route.timeout })
         }
-        Ok(Ok((response, lease))) => {
+        Ok((response, lease)) => {
             let upstream_time = started.elapsed();
             metrics.response_time.observe(upstream_time.as_secs_f64());
             Ok(Sent { response, lease, upstream_time })
         }
-        Ok(Err(SendError::Connect { error, unsent })) => {
+        Err(SendError::Connect { error, unsent }) => {
             metrics.connect_errors.inc();
             let error = ProxyError::UpstreamConnect {
                 upstream: upstream(),
@@ -350,10 +352,10 @@ async fn send(
             };
             return (Err(error), Some(unsent));
         }
-        Ok(Err(SendError::Http(error))) if caused_by::<http_body_util::LengthLimitError>(&error) => {
+        Err(SendError::Http(error)) if caused_by::<http_body_util::LengthLimitError>(&error) => {
             Err(ProxyError::PayloadTooLarge { limit: route.max_body_size })
         }
-        Ok(Err(SendError::Http(error))) => {
+        Err(SendError::Http(error)) => {
             metrics.errors.inc();
             Err(ProxyError::Upstream { upstream: upstream(), source: Box::new(error) })
         }

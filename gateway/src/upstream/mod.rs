@@ -3,6 +3,7 @@
 
 mod balancer;
 pub mod breaker;
+mod deadline;
 mod drive;
 mod pool;
 mod tls;
@@ -168,8 +169,9 @@ impl Upstream {
         }
     }
 
-    /// Sends `request` (origin-form URI, Host set) to `endpoint`; with the response, the
-    /// connection it came on, which its body drives and then returns to the pool.
+    /// Sends `request` (origin-form URI, Host set) to `endpoint`, its response head due by
+    /// `deadline` (connecting included); with the response, the connection it came on, which its
+    /// body drives and then returns to the pool.
     ///
     /// A plain function handing back the pool's future: an `async fn` wrapper would keep a copy
     /// of the request in its own state, and move it once more.
@@ -177,8 +179,9 @@ impl Upstream {
         &'a self,
         endpoint: &'a Endpoint,
         request: Request<UpstreamRequestBody>,
+        deadline: tokio::time::Instant,
     ) -> impl Future<Output = Result<(Response<Incoming>, Lease), SendError>> + Send + 'a {
-        self.pools.send(endpoint, request, &self.metrics.retries_after_close)
+        self.pools.send(endpoint, request, deadline, &self.metrics.retries_after_close)
     }
 
     /// Sends a protocol upgrade request on a connection of its own (see `Pools::send_upgrade`).
@@ -186,8 +189,9 @@ impl Upstream {
         &self,
         endpoint: &Endpoint,
         request: Request<UpstreamRequestBody>,
+        deadline: tokio::time::Instant,
     ) -> Result<Response<Incoming>, SendError> {
-        self.pools.send_upgrade(endpoint, request).await
+        self.pools.send_upgrade(endpoint, request, deadline).await
     }
 
     /// Requests in flight to all of its endpoints (each until its response body has ended).

@@ -29,6 +29,7 @@ use prometheus::IntCounter;
 use tokio::net::TcpStream;
 use tower_service::Service;
 
+use super::deadline::DeadlineTimer;
 use super::drive::DriveWaker;
 use super::{Endpoint, MAX_RESPONSE_HEAD};
 use crate::proxy::{copy_without_body, UpstreamRequestBody};
@@ -87,6 +88,8 @@ struct Connection {
     conn: Option<Conn>,
     /// What its holder drives it with.
     drive: DriveWaker,
+    /// Times its requests' response heads.
+    deadline_timer: DeadlineTimer,
 }
 
 type Conn = http1::Connection<Io, UpstreamRequestBody>;
@@ -109,7 +112,13 @@ pub enum SendError {
     Connect { error: BoxError, unsent: Box<Request<UpstreamRequestBody>> },
     /// The exchange failed on an open connection.
     Http(hyper::Error),
+    /// The response head did not arrive by the deadline (connecting included).
+    TimedOut,
 }
+
+/// The response head did not arrive by the deadline.
+#[derive(Debug)]
+struct TimedOut;
 
 impl Pools {
     pub(super) fn new(connector: Connector, pool: &config::Pool, workers: usize) -> Arc<Pools> {
@@ -144,6 +153,7 @@ impl Pools {
         self: &'a Arc<Pools>,
         endpoint: &'a Endpoint,
         mut request: Request<UpstreamRequestBody>,
+        deadline: tokio::time::Instant,
         retried: &'a IntCounter,
     ) -> impl Future<Output = Result<(Response<Incoming>, Lease), SendError>> + Send + 'a {
         async move {
@@ -152,9 +162,10 @@ impl Pools {
                 let again = (idled >= KEEP_COPY_AFTER_IDLE && can_go_again(&request))
                     .then(|| Box::new(copy_without_body(&request)));
                 let mut lease = self.lease(connection, endpoint);
-                match lease.connection.exchange(request).await {
-                    Ok(response) => return Ok((response, lease)),
-                    Err(mut error) => match (error.take_message(), again) {
+                match lease.connection.exchange(request, deadline).await {
+                    Ok(Ok(response)) => return Ok((response, lease)),
+                    Err(TimedOut) => return Err(SendError::TimedOut),
+                    Ok(Err(mut error)) => match (error.take_message(), again) {
                         (Some(unsent), _) => request = unsent,
                         (None, Some(again)) if closed_unanswered(error.error()) => {
                             tracing::debug!(endpoint = %endpoint.authority, error = %error.error(), "a reused connection closed unanswered; sending again on a new one");
@@ -166,13 +177,17 @@ impl Pools {
                 }
             }
             // Boxed: connecting is the rare path, and its future is large; the request's stays small.
-            let connection = match Box::pin(self.connect(endpoint)).await {
-                Ok(connection) => connection,
-                Err(error) => return Err(SendError::Connect { error, unsent: Box::new(request) }),
+            let connection = match Box::pin(tokio::time::timeout_at(deadline, self.connect(endpoint))).await {
+                Ok(Ok(connection)) => connection,
+                Ok(Err(error)) => return Err(SendError::Connect { error, unsent: Box::new(request) }),
+                Err(_elapsed) => return Err(SendError::TimedOut),
             };
             let mut lease = self.lease(connection, endpoint);
-            let response = lease.connection.exchange(request).await.map_err(|e| SendError::Http(e.into_error()))?;
-            Ok((response, lease))
+            match lease.connection.exchange(request, deadline).await {
+                Ok(Ok(response)) => Ok((response, lease)),
+                Ok(Err(error)) => Err(SendError::Http(error.into_error())),
+                Err(TimedOut) => Err(SendError::TimedOut),
+            }
         }
     }
 
@@ -182,17 +197,21 @@ impl Pools {
         &self,
         endpoint: &Endpoint,
         request: Request<UpstreamRequestBody>,
+        deadline: tokio::time::Instant,
     ) -> Result<Response<Incoming>, SendError> {
-        let (mut sender, conn) = match self.handshake(endpoint).await {
-            Ok(handshake) => handshake,
-            Err(error) => return Err(SendError::Connect { error, unsent: Box::new(request) }),
+        let sending = async {
+            let (mut sender, conn) = match self.handshake(endpoint).await {
+                Ok(handshake) => handshake,
+                Err(error) => return Err(SendError::Connect { error, unsent: Box::new(request) }),
+            };
+            tokio::spawn(async move {
+                if let Err(error) = conn.with_upgrades().await {
+                    tracing::debug!(%error, "upstream connection for an upgrade ended with an error");
+                }
+            });
+            sender.send_request(request).await.map_err(SendError::Http)
         };
-        tokio::spawn(async move {
-            if let Err(error) = conn.with_upgrades().await {
-                tracing::debug!(%error, "upstream connection for an upgrade ended with an error");
-            }
-        });
-        sender.send_request(request).await.map_err(SendError::Http)
+        tokio::time::timeout_at(deadline, sending).await.unwrap_or(Err(SendError::TimedOut))
     }
 
     fn lease(self: &Arc<Pools>, connection: Box<Connection>, endpoint: &Endpoint) -> Lease {
@@ -201,7 +220,12 @@ impl Pools {
 
     async fn connect(&self, endpoint: &Endpoint) -> Result<Box<Connection>, BoxError> {
         let (sender, conn) = self.handshake(endpoint).await?;
-        Ok(Box::new(Connection { sender, conn: Some(conn), drive: DriveWaker::new() }))
+        Ok(Box::new(Connection {
+            sender,
+            conn: Some(conn),
+            drive: DriveWaker::new(),
+            deadline_timer: DeadlineTimer::default(),
+        }))
     }
 
     /// A new connection to `endpoint`, TLS included for `https://`, ready for HTTP/1.1.
@@ -308,22 +332,28 @@ impl Idle {
 }
 
 impl Connection {
-    /// Sends the request and drives the connection until the response head arrives.
+    /// Sends the request and drives the connection until the response head arrives, or the
+    /// deadline passes.
     async fn exchange(
         &mut self,
         request: Request<UpstreamRequestBody>,
-    ) -> Result<Response<Incoming>, TrySendError<Request<UpstreamRequestBody>>> {
-        let Connection { sender, conn, drive } = self;
+        deadline: tokio::time::Instant,
+    ) -> Result<Result<Response<Incoming>, TrySendError<Request<UpstreamRequestBody>>>, TimedOut> {
+        let Connection { sender, conn, drive, deadline_timer } = self;
         let mut response = std::pin::pin!(sender.try_send_request(request));
         poll_fn(|cx| {
-            drive.poll(cx, |cx| {
+            let polled = drive.poll(cx, |cx| {
                 if let Poll::Ready(result) = response.as_mut().poll(cx) {
                     return Poll::Ready(result);
                 }
                 // Driving may answer it (or, finishing, answer every request it held) at once.
                 poll_drive(conn, cx);
                 response.as_mut().poll(cx)
-            })
+            });
+            match polled {
+                Poll::Ready(result) => Poll::Ready(Ok(result)),
+                Poll::Pending => deadline_timer.poll_passed(deadline, cx).map(|()| Err(TimedOut)),
+            }
         })
         .await
     }
