@@ -97,8 +97,9 @@ pub struct Client<'a> {
     pub trusted: bool,
     /// `http` or `https`: how the request reached the gateway.
     pub proto: &'static str,
-    /// The Host the client asked for, if any.
-    pub host: Option<&'a str>,
+    /// The Host the client asked for, if any and readable as text. Passed as the value itself:
+    /// `X-Forwarded-Host` (and a preserved `Host`) take it without a copy.
+    pub host: Option<&'a HeaderValue>,
 }
 
 /// Sets `X-Forwarded-For/-Proto/-Host` and `Forwarded` (RFC 7239) for the upstream.
@@ -111,20 +112,23 @@ pub fn set_forwarding(headers: &mut HeaderMap, client: Client<'_>) {
         Some(earlier) => earlier + ", ",
         None => String::with_capacity(40),
     };
+    let ip_start = xff.len();
     push_ip(&mut xff, ip);
+    // Formatted once: Forwarded takes the same text.
+    let ip_text = &xff[ip_start..];
     let mut forwarded_element = String::with_capacity(64);
     match ip {
         IpAddr::V4(_) => {
             forwarded_element.push_str("for=");
-            push_ip(&mut forwarded_element, ip);
+            forwarded_element.push_str(ip_text);
         }
         IpAddr::V6(_) => {
             forwarded_element.push_str("for=\"[");
-            push_ip(&mut forwarded_element, ip);
+            forwarded_element.push_str(ip_text);
             forwarded_element.push_str("]\"");
         }
     }
-    if let Some(host) = client.host.filter(|h| is_quotable(h)) {
+    if let Some(host) = client.host.and_then(|h| h.to_str().ok()).filter(|h| is_quotable(h)) {
         forwarded_element.push_str(";host=\"");
         forwarded_element.push_str(host);
         forwarded_element.push('"');
@@ -140,8 +144,8 @@ pub fn set_forwarding(headers: &mut HeaderMap, client: Client<'_>) {
         headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(client.proto));
     }
     if !(client.trusted && headers.contains_key(&X_FORWARDED_HOST)) {
-        match client.host.and_then(|h| HeaderValue::from_str(h).ok()) {
-            Some(host) => headers.insert(&X_FORWARDED_HOST, host),
+        match client.host {
+            Some(host) => headers.insert(&X_FORWARDED_HOST, host.clone()),
             None => headers.remove(&X_FORWARDED_HOST),
         };
     }

@@ -113,8 +113,8 @@ fn proxy<'a>(
 
         // route
         // A cheap reference-counted copy: the request itself moves on below.
-        let host = request_host(&request);
-        let host = host.as_ref().and_then(|h| h.to_str().ok());
+        let host_value = request_host(&request);
+        let host = host_value.as_ref().and_then(|h| h.to_str().ok());
         let path = request.uri().path();
         if path.is_empty() || !path.starts_with('/') {
             return Err(ProxyError::BadRequest("the request target must be an absolute path"));
@@ -163,7 +163,12 @@ fn proxy<'a>(
         // forward
         let upgrade = headers::is_upgrade_request(request.headers()) && request.version() == Version::HTTP_11;
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
-        let client = Client { ip: conn.peer.ip(), trusted: caller.peer_trusted, proto: conn.proto, host };
+        let client = Client {
+            ip: conn.peer.ip(),
+            trusted: caller.peer_trusted,
+            proto: conn.proto,
+            host: host.and(host_value.as_ref()),
+        };
         let upstream_request = upstream_request(request, route, in_flight.endpoint(), client, upgrade, request_id)?;
         let (mut response, in_flight, lease) =
             forward(route, in_flight, upstream_request, permit, upgrade, trace).await?;
@@ -242,13 +247,10 @@ fn upstream_request(
     headers::set_forwarding(&mut parts.headers, client);
     parts.headers.insert(&headers::X_REQUEST_ID, request_id.clone());
     let upstream_host = match client.host.filter(|_| route.preserve_host) {
-        // The client's Host came from a header value, so this only guards the impossible.
-        Some(host) => HeaderValue::from_str(host).ok(),
-        None => Some(endpoint.host.clone()),
+        Some(host) => host.clone(),
+        None => endpoint.host.clone(),
     };
-    if let Some(value) = upstream_host {
-        parts.headers.insert(header::HOST, value);
-    }
+    parts.headers.insert(header::HOST, upstream_host);
     Ok(Request::from_parts(parts, UpstreamRequestBody::capped(body, route.max_body_size)))
 }
 

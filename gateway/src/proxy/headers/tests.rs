@@ -60,8 +60,10 @@ fn is_upgrade_request_needs_both_headers() {
     assert!(is_upgrade_request(&map(&[("connection", "keep-alive, Upgrade"), ("upgrade", "websocket")])));
 }
 
+static HOST: HeaderValue = HeaderValue::from_static("shop.test:8080");
+
 fn client(ip: &str, trusted: bool) -> Client<'static> {
-    Client { ip: ip.parse::<IpAddr>().unwrap(), trusted, proto: "http", host: Some("shop.test:8080") }
+    Client { ip: ip.parse::<IpAddr>().unwrap(), trusted, proto: "http", host: Some(&HOST) }
 }
 
 #[test]
