@@ -45,7 +45,6 @@ EOF
 
 # The same header work as the gateway's, as in loadbench's nginx (benches/src/nginx.rs), in one
 # process so that callgrind sees it all.
-mkdir -p "$work/nginx"
 cat >"$work/nginx.conf" <<EOF
 daemon off;
 master_process off;
