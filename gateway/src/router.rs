@@ -30,6 +30,8 @@ pub struct Router {
 struct PathTable {
     exact: Table<Vec<Candidate>>,
     prefix: Table<Vec<Candidate>>,
+    /// The longest prefix's length: no probe of a longer one can match, so none is made.
+    longest_prefix: usize,
 }
 
 /// Routes sharing one host and path, ordered so the first whose methods and headers fit wins.
@@ -75,6 +77,7 @@ impl Router {
         }
         router.suffix_hosts.sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
         for table in router.tables_mut() {
+            table.longest_prefix = table.prefix.keys().map(String::len).max().unwrap_or(0);
             for candidates in table.exact.values_mut().chain(table.prefix.values_mut()) {
                 // Stable sort: equally specific candidates keep file order.
                 candidates.sort_by_key(|c| (c.methods.is_empty(), std::cmp::Reverse(c.headers.len())));
@@ -119,8 +122,16 @@ impl PathTable {
         if self.prefix.is_empty() {
             return None;
         }
-        // Probe "/a/b/c", "/a/b", "/a", "/": only whole segments can match a prefix.
+        // Probe "/a/b/c", "/a/b", "/a", "/": only whole segments can match a prefix, and none
+        // longer than the longest prefix.
         let mut end = path.len();
+        if end > self.longest_prefix {
+            let bytes = path.as_bytes();
+            end = match bytes[self.longest_prefix] {
+                b'/' => self.longest_prefix,
+                _ => bytes[..self.longest_prefix].iter().rposition(|&b| b == b'/').unwrap_or(0),
+            };
+        }
         loop {
             let probe = if end == 0 { "/" } else { &path[..end] };
             if let Some(found) = self.prefix.get(probe).and_then(first_fit) {

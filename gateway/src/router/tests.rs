@@ -104,6 +104,27 @@ fn find_without_catch_all_returns_none() {
 }
 
 #[test]
+fn find_paths_longer_than_every_prefix() {
+    // Probes start at the longest prefix's length: at a segment boundary, or the one before it.
+    let routes = vec![route("api", None, "/api", &[], &[]), route("root-exact", None, "=/", &[], &[])];
+    let router = Router::new(&routes);
+    let find = |path| router.find(None, path, &Method::GET, &HeaderMap::new());
+    assert_eq!(find("/api/v1/users/7"), Some(0));
+    assert_eq!(find("/api/"), Some(0));
+    assert_eq!(find("/api"), Some(0));
+    assert_eq!(find("/apix/y"), None);
+    assert_eq!(find("/a/api"), None);
+    assert_eq!(find("/ap"), None);
+    assert_eq!(find("/\u{e9}\u{e9}/api"), None);
+    assert_eq!(find("/"), Some(1));
+
+    let only_root = vec![route("root", None, "/", &[], &[])];
+    let router = Router::new(&only_root);
+    assert_eq!(router.find(None, "/bytes/256", &Method::GET, &HeaderMap::new()), Some(0));
+    assert_eq!(router.find(None, "/\u{e9}", &Method::GET, &HeaderMap::new()), Some(0));
+}
+
+#[test]
 fn find_host_route_falls_back_to_any_host_when_its_paths_miss() {
     let routes = vec![route("host-api", Some("a.test"), "/api", &[], &[]), route("any", None, "/", &[], &[])];
     let router = Router::new(&routes);
