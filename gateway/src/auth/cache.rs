@@ -6,6 +6,7 @@
 //! Bounded: a full shard first drops expired entries, then an arbitrary one.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use super::Claims;
@@ -31,9 +32,31 @@ struct Entry {
     claims: Arc<Claims>,
 }
 
+type Shard = HashMap<Digest, Entry, BuildHasherDefault<DigestHasher>>;
+
 #[derive(Debug)]
 pub struct TokenCache {
-    shards: Box<[Mutex<HashMap<Digest, Entry>>]>,
+    shards: Box<[Mutex<Shard>]>,
+}
+
+/// A digest's own bytes as its hash: SHA-256 output is already uniform, so hashing it again
+/// (SipHash over 32 bytes per lookup) buys nothing. Flooding needs many colliding entries, and
+/// only verified tokens are ever stored.
+#[derive(Debug, Default)]
+struct DigestHasher(u64);
+
+impl Hasher for DigestHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        // The array's length comes first (always 32), then the digest. Its last 8 bytes suffice;
+        // not its first, whose first byte picks the shard and so is nearly the same within one.
+        if let Some(word) = bytes.last_chunk::<8>() {
+            self.0 ^= u64::from_le_bytes(*word);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 impl Default for TokenCache {
@@ -43,7 +66,7 @@ impl Default for TokenCache {
 }
 
 impl TokenCache {
-    fn shard(&self, digest: &Digest) -> std::sync::MutexGuard<'_, HashMap<Digest, Entry>> {
+    fn shard(&self, digest: &Digest) -> std::sync::MutexGuard<'_, Shard> {
         // The digest is uniformly distributed, so its first byte spreads tokens evenly.
         self.shards[usize::from(digest[0]) % SHARDS].lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -101,6 +124,17 @@ mod tests {
         cache.insert(digest("t"), 100, 1, claims(), 50);
         assert!(cache.get(&digest("t"), 60, 2).is_none());
         assert_eq!(cache.len(), 0, "stale entries are dropped when found");
+    }
+
+    #[test]
+    fn digests_in_one_shard_spread_over_the_low_bits_of_their_hash() {
+        use std::hash::BuildHasher as _;
+        let hashes = (0..1000)
+            .map(|i| digest(&i.to_string()))
+            .filter(|d| usize::from(d[0]) % SHARDS == 0)
+            .map(|d| BuildHasherDefault::<DigestHasher>::default().hash_one(d) % 16);
+        let distinct: std::collections::HashSet<u64> = hashes.collect();
+        assert!(distinct.len() > 8, "the table's bucket bits must vary: {distinct:?}");
     }
 
     #[test]
