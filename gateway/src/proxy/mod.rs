@@ -259,37 +259,40 @@ fn upstream_request(
 /// received it, so that is safe whatever the method (and the request itself comes back, so
 /// nothing is copied up front). Returns the response, the endpoint's slot and the connection (none
 /// for an upgrade, whose connection becomes the tunnel).
-async fn forward(
-    route: &RouteRuntime,
+#[expect(clippy::manual_async_fn, reason = "an async fn would hold the request twice")]
+fn forward<'a>(
+    route: &'a RouteRuntime,
     mut in_flight: InFlight,
     request: Request<UpstreamRequestBody>,
     permit: Option<Permit>,
     upgrade: bool,
-    trace: &mut Trace,
-) -> Result<(Response<Incoming>, InFlight, Option<Lease>), ProxyError> {
-    let upstream = &route.upstream;
-    trace.endpoint = Some(in_flight.endpoint().authority.clone());
-    let (mut sent, unsent) = send(route, &in_flight, request, upgrade).await;
-    tell_breaker(route, permit, &sent);
-    let again = unsent.filter(|request| !upgrade && request.body().is_end_stream());
-    // Asked in turn: only a request that can go again takes a slot on another endpoint, and only
-    // then a permit (the failure just counted may have opened the breaker: the first error stands).
-    let other = again.as_ref().and_then(|_| upstream.pick_other(in_flight.endpoint()));
-    if let (Some(mut again), Some(other)) = (again, other) {
-        if let Ok(permit) = upstream.permit() {
-            retarget(&mut again, in_flight.endpoint(), other.endpoint());
-            upstream.metrics.retries_after_connect_failure.inc();
-            tracing::debug!(upstream = &*upstream.name, from = %in_flight.endpoint().authority, to = %other.endpoint().authority, "connect failed; sending to another endpoint");
-            in_flight = other;
-            trace.endpoint = Some(in_flight.endpoint().authority.clone());
-            // Boxed: the rare path keeps the common one's future small.
-            (sent, _) = Box::pin(send(route, &in_flight, *again, false)).await;
-            tell_breaker(route, permit, &sent);
+    trace: &'a mut Trace,
+) -> impl Future<Output = Result<(Response<Incoming>, InFlight, Option<Lease>), ProxyError>> + Send + 'a {
+    async move {
+        let upstream = &route.upstream;
+        trace.endpoint = Some(in_flight.endpoint().authority.clone());
+        let (mut sent, unsent) = send(route, &in_flight, request, upgrade).await;
+        tell_breaker(route, permit, &sent);
+        let again = unsent.filter(|request| !upgrade && request.body().is_end_stream());
+        // Asked in turn: only a request that can go again takes a slot on another endpoint, and only
+        // then a permit (the failure just counted may have opened the breaker: the first error stands).
+        let other = again.as_ref().and_then(|_| upstream.pick_other(in_flight.endpoint()));
+        if let (Some(mut again), Some(other)) = (again, other) {
+            if let Ok(permit) = upstream.permit() {
+                retarget(&mut again, in_flight.endpoint(), other.endpoint());
+                upstream.metrics.retries_after_connect_failure.inc();
+                tracing::debug!(upstream = &*upstream.name, from = %in_flight.endpoint().authority, to = %other.endpoint().authority, "connect failed; sending to another endpoint");
+                in_flight = other;
+                trace.endpoint = Some(in_flight.endpoint().authority.clone());
+                // Boxed: the rare path keeps the common one's future small.
+                (sent, _) = Box::pin(send(route, &in_flight, *again, false)).await;
+                tell_breaker(route, permit, &sent);
+            }
         }
+        let Sent { response, lease, upstream_time } = sent?;
+        trace.upstream_time = Some(upstream_time);
+        Ok((response, in_flight, lease))
     }
-    let Sent { response, lease, upstream_time } = sent?;
-    trace.upstream_time = Some(upstream_time);
-    Ok((response, in_flight, lease))
 }
 
 /// An upstream's answer: the response head, the connection it came on, how long it took.
