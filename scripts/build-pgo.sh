@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Builds target/pgo/gateway: the release gateway optimized with a profile of its own hot path
+# (profile-guided optimization). Three steps, about 10 minutes on 2 cores:
+#   1. build an instrumented gateway, which counts the branches and calls it takes;
+#   2. train it: loadbench drives HTTP/1.1, HTTP/2, TLS, JWT and rate-limited (in-process and
+#      Redis) requests through it for a few seconds each;
+#   3. merge the counts and build the gateway again with them, so the compiler lays out, inlines
+#      and predicts for the paths requests really take.
+# Needs llvm-profdata of rustc's LLVM major version and redis-server; says how to install either.
+#
+#   scripts/build-pgo.sh
+#   cargo run --release -p benches --bin loadbench -- --bin-dir target/pgo   # bench this build
+#   GATEWAY_BIN=target/pgo/gateway benches/instructions.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+llvm_version=$(rustc -vV | sed -n 's/^LLVM version: //p')
+llvm_major=${llvm_version%%.*}
+profdata=""
+for tool in "llvm-profdata-$llvm_major" llvm-profdata; do
+  if command -v "$tool" >/dev/null && "$tool" --version | grep -q "LLVM version $llvm_major\."; then
+    profdata=$tool
+    break
+  fi
+done
+if [ -z "$profdata" ]; then
+  echo "llvm-profdata for LLVM $llvm_major is missing (rustc uses LLVM $llvm_version): apt-get install llvm-$llvm_major" >&2
+  exit 1
+fi
+command -v redis-server >/dev/null || {
+  echo "redis-server is missing (the training load includes the Redis rate limit): apt-get install redis-server" >&2
+  exit 1
+}
+
+target=$(realpath -m "${CARGO_TARGET_DIR:-target}")
+out=$target/pgo
+profiles=$out/profiles
+rm -rf "$profiles" "$out/train"
+mkdir -p "$out/train"
+
+echo "== 1/3 instrumented build (and the echo backend and loadbench, for the training)"
+cargo build --release --locked -p backends -p benches --bins
+RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-generate=$profiles" \
+  cargo build --release --locked -p gateway --bin gateway --target-dir "$out/instrumented"
+# Build scripts were instrumented too and left their own counts: not wanted in the profile.
+rm -rf "$profiles"
+
+echo "== 2/3 training"
+ln -sf "$out/instrumented/release/gateway" "$out/train/gateway"
+ln -sf "$target/release/echo" "$out/train/echo"
+"$target/release/loadbench" --bin-dir "$out/train" --duration "${PGO_TRAIN_DURATION:-3s}" --warmup 500ms --rounds 1 \
+  --scenarios gateway,gateway-h2,gateway-https,gateway-jwt,gateway-local-limit,gateway-redis-limit,gateway-all \
+  2>&1 | tee "$out/train.log"
+# A training run with failed requests would teach the compiler the error paths.
+if grep -q "transport errors\|skipping" "$out/train.log"; then
+  echo "training did not run cleanly (see $out/train.log): not building with its profile" >&2
+  exit 1
+fi
+"$profdata" merge -o "$out/gateway.profdata" "$profiles"
+
+echo "== 3/3 optimized build"
+RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-use=$out/gateway.profdata" \
+  cargo build --release --locked -p gateway --bin gateway --target-dir "$out/optimized"
+cp "$out/optimized/release/gateway" "$out/gateway"
+# Beside it so that `loadbench --bin-dir target/pgo` finds its backend.
+ln -sf "$target/release/echo" "$out/echo"
+echo "built $out/gateway"
