@@ -451,6 +451,8 @@ fn start_stack(
     let tmp = TempDir::new(args.keep_tmp)?;
     let backend = stack::start_echo(&bins.echo, tmp.path())?;
     let mut stack = Stack { gateways: Vec::new(), nginx: None, redis: None, backend, tls: None, tokens: None, tmp };
+    // Which build is measured: `--bin-dir` may point at another (e.g. the PGO build's).
+    println!("binaries      {} and {}", bins.gateway.display(), bins.echo.display());
     println!("echo backend  pid {:<7} {}", stack.backend.proc.pid(), stack.backend.addr);
     let mut setup = Setup {
         cpus,
