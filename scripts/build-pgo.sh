@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds target/pgo/gateway: the release gateway optimized with a profile of its own hot path
-# (profile-guided optimization). Three steps, about 10 minutes on 2 cores:
+# (profile-guided optimization). Three steps, about 14 minutes on 2 cores from a fresh clone:
 #   1. build an instrumented gateway, which counts the branches and calls it takes;
 #   2. train it: loadbench drives HTTP/1.1, HTTP/2, TLS, JWT and rate-limited (in-process and
 #      Redis) requests through it for a few seconds each;
