@@ -9,6 +9,7 @@
 # Needs llvm-profdata of rustc's LLVM major version and redis-server; says how to install either.
 #
 #   scripts/build-pgo.sh
+#   PGO_TRAIN_DURATION=10s scripts/build-pgo.sh                              # longer training per scenario
 #   cargo run --release -p benches --bin loadbench -- --bin-dir target/pgo   # bench this build
 #   GATEWAY_BIN=target/pgo/gateway benches/instructions.sh
 set -euo pipefail
@@ -42,7 +43,7 @@ echo "== 1/3 instrumented build (and the echo backend and loadbench, for the tra
 cargo build --release --locked -p backends -p benches --bins
 RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-generate=$profiles" \
   cargo build --release --locked -p gateway --bin gateway --target-dir "$out/instrumented"
-# Build scripts were instrumented too and left their own counts: not wanted in the profile.
+# RUSTFLAGS instrument build scripts too, whose counts are not wanted in the profile.
 rm -rf "$profiles"
 
 echo "== 2/3 training"
