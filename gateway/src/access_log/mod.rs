@@ -286,16 +286,16 @@ fn format_line(entry: &Entry<'_>) -> String {
     out.push_str("{\"time\":\"");
     push_time(&mut out, entry.time);
     out.push_str("\",\"request_id\":");
-    push_str(&mut out, entry.request_id);
+    text::push_json_string(&mut out, entry.request_id);
     push_opt_str(&mut out, "trace_id", entry.trace_id);
     // Addresses are digits, hex, `.` and `:`: nothing to escape.
     out.push_str(",\"client_ip\":\"");
     text::push_ip(&mut out, entry.client_ip);
     out.push_str("\",\"method\":");
-    push_str(&mut out, entry.method.as_str());
+    text::push_json_string(&mut out, entry.method.as_str());
     push_opt_str(&mut out, "host", entry.host);
     out.push_str(",\"path\":");
-    push_str(&mut out, entry.path.split_once('?').map_or(entry.path, |(path, _query)| path));
+    text::push_json_string(&mut out, entry.path.split_once('?').map_or(entry.path, |(path, _query)| path));
     out.push_str(",\"protocol\":\"");
     push_version(&mut out, entry.protocol);
     out.push_str(if entry.tls { "\",\"tls\":true,\"status\":" } else { "\",\"tls\":false,\"status\":" });
@@ -369,45 +369,8 @@ fn push_opt_str(out: &mut String, key: &str, value: Option<&str>) {
         out.push_str(",\"");
         out.push_str(key);
         out.push_str("\":");
-        push_str(out, value);
+        text::push_json_string(out, value);
     }
-}
-
-/// A JSON string (RFC 8259 section 7): `"` and `\` escaped, control characters as `\u00XX`,
-/// everything else (non-ASCII included) copied as UTF-8.
-fn push_str(out: &mut String, value: &str) {
-    out.push('"');
-    // Most values need no escaping; this pass has no early exit, so it compiles to vector compares.
-    let plain = !value.bytes().fold(false, |any, byte| any | (byte < 0x20) | (byte == b'"') | (byte == b'\\'));
-    match plain {
-        true => out.push_str(value),
-        false => push_escaped(out, value),
-    }
-    out.push('"');
-}
-
-fn push_escaped(out: &mut String, value: &str) {
-    let mut start = 0;
-    for (index, byte) in value.bytes().enumerate() {
-        let escaped = match byte {
-            b'"' => "\\\"",
-            b'\\' => "\\\\",
-            0x00..=0x1f => "",
-            _ => continue,
-        };
-        // Every escaped byte is ASCII, so `start..index` falls on character boundaries.
-        out.push_str(&value[start..index]);
-        if escaped.is_empty() {
-            let mut hex = [0u8; 2];
-            text::put_hex(&mut hex, u64::from(byte));
-            out.push_str("\\u00");
-            out.extend(hex.map(char::from));
-        } else {
-            out.push_str(escaped);
-        }
-        start = index + 1;
-    }
-    out.push_str(&value[start..]);
 }
 
 #[cfg(test)]
