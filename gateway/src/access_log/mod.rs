@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::{Method, Version};
 
@@ -28,6 +28,10 @@ const WRITE_BUFFER: usize = 64 * 1024;
 /// How long the writer lets lines gather after the first of a batch arrives. Senders never wake
 /// a writer that is lingering, which is what keeps the log's cost per request low.
 const LINGER: Duration = Duration::from_millis(10);
+/// How long dropping the last handle waits for the writer to write out what is queued. A log on a
+/// pipe nobody reads (the stdout of a stalled log shipper) would otherwise hold the process at exit
+/// forever.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
 /// Typical line length, so formatting allocates once.
 const LINE_CAPACITY: usize = 256;
 
@@ -41,7 +45,8 @@ pub enum Target {
 /// A running access log: a bounded queue and one writer thread. Cloning shares it.
 ///
 /// Dropping the last clone closes the queue and waits for the writer thread to write and flush
-/// every queued line, so nothing is lost at shutdown.
+/// every queued line, so nothing is lost at shutdown; if the writer is still blocked after
+/// [`CLOSE_WAIT`], it is left behind with what it holds, and a warning says so.
 #[derive(Clone)]
 pub struct AccessLog {
     shared: Arc<Shared>,
@@ -91,6 +96,7 @@ struct Shared {
     dropped: AtomicU64,
     reopen: Arc<AtomicBool>,
     writer: Option<JoinHandle<()>>,
+    close_wait: Duration,
 }
 
 impl AccessLog {
@@ -127,6 +133,7 @@ impl AccessLog {
                 dropped: AtomicU64::new(0),
                 reopen,
                 writer: Some(handle),
+                close_wait: CLOSE_WAIT,
             }),
         })
     }
@@ -174,10 +181,21 @@ impl Drop for Shared {
     fn drop(&mut self) {
         // Disconnect first so the writer drains the queue, flushes and returns.
         drop(self.sender.take());
-        if let Some(handle) = self.writer.take() {
-            // The writer does not panic; if it somehow did, there is nothing left to flush.
-            let _ = handle.join();
+        let Some(handle) = self.writer.take() else { return };
+        let deadline = Instant::now() + self.close_wait;
+        while !handle.is_finished() {
+            if Instant::now() >= deadline {
+                tracing::warn!(
+                    target_file = %TargetName(&self.target),
+                    "access log: still blocked writing after {:?}; the lines it holds may be lost",
+                    self.close_wait
+                );
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(1));
         }
+        // The writer does not panic; if it somehow did, there is nothing left to flush.
+        let _ = handle.join();
     }
 }
 

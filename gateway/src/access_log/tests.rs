@@ -339,3 +339,31 @@ fn write_errors_do_not_stop_the_writer() {
     }
     drop(log);
 }
+
+#[cfg(target_os = "linux")]
+#[test]
+fn drop_gives_up_on_a_writer_blocked_on_a_pipe_nobody_reads() {
+    let dir = TempDir::new("blocked");
+    let fifo = dir.file("access.pipe");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status().expect("mkfifo (coreutils) runs");
+    assert!(made.success(), "mkfifo {}", fifo.display());
+    // Opening a FIFO waits for the other end: the reader opens while the log opens the writing end.
+    let reader = std::thread::spawn({
+        let fifo = fifo.clone();
+        move || std::fs::File::open(fifo).unwrap()
+    });
+    let mut log = AccessLog::open(&Target::File(fifo)).unwrap();
+    let _reader = reader.join().unwrap();
+    Arc::get_mut(&mut log.shared).unwrap().close_wait = Duration::from_millis(100);
+    // Far more than the pipe's 64 KiB buffer: the writer blocks on a reader that never reads.
+    for _ in 0..2_000 {
+        log.log(&full());
+    }
+    let (dropped, done) = mpsc::channel();
+    std::thread::spawn(move || {
+        drop(log);
+        let _ = dropped.send(());
+    });
+    // Generous: the drop gives up after 100ms; without the limit it would never return.
+    assert!(done.recv_timeout(Duration::from_secs(30)).is_ok(), "dropping the log hung on the blocked writer");
+}
