@@ -230,9 +230,9 @@ impl Ratio {
 }
 
 /// The ratios the bench reports (a, b), when both scenarios ran: the proxies against direct
-/// and each other, every TLS, JWT, rate-limit and HTTP/2 scenario against plain gateway, Redis
-/// against in-process counting, and HTTP/2 against HTTP/1.1.
-pub const RATIOS: [(&str, &str); 14] = [
+/// and each other, every TLS, JWT, rate-limit, access-log and HTTP/2 scenario against plain
+/// gateway, Redis against in-process counting, and HTTP/2 against HTTP/1.1.
+pub const RATIOS: [(&str, &str); 15] = [
     ("gateway", "direct"),
     ("nginx", "direct"),
     ("gateway", "nginx"),
@@ -246,6 +246,8 @@ pub const RATIOS: [(&str, &str); 14] = [
     ("gateway-local-limit", "gateway"),
     ("gateway-redis-limit", "gateway"),
     ("gateway-redis-limit", "gateway-local-limit"),
+    // The same requests through a gateway that also writes a JSON access log.
+    ("gateway-access-log", "gateway"),
     ("gateway-all", "gateway"),
     ("gateway-https-h2", "gateway-https"),
 ];
@@ -606,6 +608,42 @@ mod tests {
             "{text}"
         );
         assert!(!table(&Report { scenarios: vec![scenario("gateway", 1.0)], ..report }).contains("redis"));
+    }
+
+    #[test]
+    fn ratios_access_log_against_plain_only() {
+        let names = ["direct", "gateway", "gateway-access-log", "gateway-all"];
+        let scenarios: Vec<_> = names.iter().map(|n| scenario(n, 1000.0)).collect();
+        let got: Vec<String> = ratios(&scenarios).into_iter().map(|r| r.name).collect();
+        assert_eq!(got, ["gateway/direct", "gateway-access-log/gateway", "gateway-all/gateway"]);
+        // Without the baseline there is nothing to divide by.
+        assert!(ratios(&[scenario("gateway-access-log", 1000.0)]).is_empty());
+    }
+
+    /// Every scenario a ratio names is one the bench runs, each pair once.
+    #[test]
+    fn ratios_name_known_scenarios_once() {
+        let known = [
+            "direct",
+            "gateway",
+            "gateway-bearer",
+            "gateway-jwt",
+            "gateway-local-limit",
+            "gateway-redis-limit",
+            "gateway-access-log",
+            "gateway-h2",
+            "gateway-https",
+            "gateway-https-h2",
+            "gateway-https-new-conn",
+            "gateway-all",
+            "nginx",
+        ];
+        for (i, (a, b)) in RATIOS.iter().enumerate() {
+            assert!(known.contains(a) && known.contains(b) && a != b, "{a}/{b}");
+            assert!(!RATIOS[..i].contains(&(*a, *b)), "{a}/{b} twice");
+        }
+        let scenarios: Vec<_> = known.iter().map(|n| scenario(n, 1000.0)).collect();
+        assert_eq!(ratios(&scenarios).len(), RATIOS.len());
     }
 
     #[test]

@@ -242,7 +242,7 @@ pub fn start_gateway(
 
 /// Fails unless the access log file holds a line within [`STARTUP_TIMEOUT`]: the checks above
 /// sent requests, and the writer flushes as soon as it is idle. A log that stays empty would make
-/// `gateway-all` measure a gateway that logs nothing.
+/// `gateway-access-log` and `gateway-all` measure a gateway that logs nothing.
 fn expect_logged(proc: &ProcGuard, path: &Path) -> anyhow::Result<()> {
     let deadline = Instant::now() + STARTUP_TIMEOUT;
     while Instant::now() < deadline {

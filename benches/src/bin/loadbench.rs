@@ -11,13 +11,14 @@
 //! (HTTP/1.1, and HTTP/2 by prior knowledge) and a TLS listener with `gateway certs dev`
 //! certificates, a catch-all route (no limit, no auth), a route with a rate limit that never
 //! limits (counted in-process) and, for the JWT scenarios, a route that requires a token (RS256, a
-//! key generated at start; the client sends tokens of `--jwt-users` users in turn). Two more, each
-//! serving one scenario so that its features cost nothing in the others: `gateway-redis`, the
+//! key generated at start; the client sends tokens of `--jwt-users` users in turn). Three more,
+//! each serving one scenario so that its features cost nothing in the others: `gateway-redis`, the
 //! same config plus `redis:` pointing at a `redis-server` the bench starts, serves
-//! `gateway-redis-limit` (skipped without redis-server); `gateway-all` serves `gateway-all` with
+//! `gateway-redis-limit` (skipped without redis-server); `gateway-log`, the same config plus a
+//! JSON access log to a file, serves `gateway-access-log`; `gateway-all` serves `gateway-all` with
 //! every feature on: TLS, JWT, limits counted in Redis (in-process without redis-server) and a
-//! JSON access log to a file, whose lines and drops are reported after the run. Each gateway is
-//! started only when one of its scenarios is selected.
+//! JSON access log to a file. The lines and drops of each access log are reported after the run.
+//! Each gateway is started only when one of its scenarios is selected.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -94,8 +95,9 @@ struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "direct,gateway,gateway-bearer,gateway-jwt,gateway-local-limit,gateway-redis-limit,gateway-h2,\
-                         gateway-https,gateway-https-h2,gateway-https-new-conn,gateway-all,nginx"
+        default_value = "direct,gateway,gateway-bearer,gateway-jwt,gateway-local-limit,gateway-redis-limit,\
+                         gateway-access-log,gateway-h2,gateway-https,gateway-https-h2,gateway-https-new-conn,\
+                         gateway-all,nginx"
     )]
     scenarios: Vec<Scenario>,
     /// nginx worker processes [default: the gateway's worker threads = available CPUs].
@@ -359,8 +361,9 @@ fn cross_check(args: &Args, stack: &Stack, reports: &[ScenarioReport]) -> anyhow
     Ok(checks)
 }
 
-/// Reads the access log of every gateway that writes one (`gateway-all`) and prints what it holds,
-/// so a reader sees the log was really written; what the writer dropped is a note, not an error.
+/// Reads the access log of every gateway that writes one (`gateway-log`, `gateway-all`) and prints
+/// what it holds, so a reader sees the log was really written; what the writer dropped is a note,
+/// not an error.
 fn check_access_logs(stack: &Stack) -> anyhow::Result<Vec<(&'static str, AccessLogStats)>> {
     let mut logs = Vec::new();
     for (gateway, proxy) in &stack.gateways {

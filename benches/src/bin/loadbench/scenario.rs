@@ -27,6 +27,9 @@ pub(crate) enum Scenario {
     /// Like `gateway-local-limit`, counted in Redis (decisions batched per worker) by a gateway of its
     /// own with `redis:` and a redis-server the bench starts.
     GatewayRedisLimit,
+    /// Like `gateway`, through a gateway of its own that also writes a JSON access log to a file
+    /// (one line per request, by its writer thread): the cost of the log.
+    GatewayAccessLog,
     /// HTTP/2 cleartext (prior knowledge) through the gateway.
     GatewayH2,
     /// HTTP/1.1 keep-alive over TLS 1.3 through the gateway.
@@ -60,19 +63,22 @@ pub(crate) enum Gateway {
     Plain,
     /// `gateway-redis`: `gateway-redis-limit`, its limit counted in Redis.
     Redis,
+    /// `gateway-log`: `gateway-access-log`, the plain config plus a JSON access log to a file.
+    Log,
     /// `gateway-all`: `gateway-all`, every feature on, the access log included.
     All,
 }
 
 impl Gateway {
     /// Every gateway, in the order the bench starts them.
-    pub(crate) const EVERY: [Gateway; 3] = [Gateway::Plain, Gateway::Redis, Gateway::All];
+    pub(crate) const EVERY: [Gateway; 4] = [Gateway::Plain, Gateway::Redis, Gateway::Log, Gateway::All];
 
     /// The process name: its config is `<name>.yaml`, its access log `access-<name>.log`.
     pub(crate) fn name(self) -> &'static str {
         match self {
             Gateway::Plain => "gateway",
             Gateway::Redis => "gateway-redis",
+            Gateway::Log => "gateway-log",
             Gateway::All => "gateway-all",
         }
     }
@@ -91,6 +97,7 @@ impl Scenario {
             Scenario::GatewayJwt => "gateway-jwt",
             Scenario::GatewayLocalLimit => "gateway-local-limit",
             Scenario::GatewayRedisLimit => "gateway-redis-limit",
+            Scenario::GatewayAccessLog => "gateway-access-log",
             Scenario::GatewayAll => "gateway-all",
             Scenario::Nginx => "nginx",
         }
@@ -109,6 +116,7 @@ impl Scenario {
             | Scenario::GatewayJwt
             | Scenario::GatewayLocalLimit => Server::Gateway(Gateway::Plain),
             Scenario::GatewayRedisLimit => Server::Gateway(Gateway::Redis),
+            Scenario::GatewayAccessLog => Server::Gateway(Gateway::Log),
             Scenario::GatewayAll => Server::Gateway(Gateway::All),
         }
     }
@@ -137,7 +145,7 @@ impl Scenario {
 
     /// Its gateway writes a JSON access log to a file.
     pub(crate) fn access_log(self) -> bool {
-        self == Scenario::GatewayAll
+        matches!(self, Scenario::GatewayAccessLog | Scenario::GatewayAll)
     }
 
     /// The request path: `path`, under the prefix of the scenario's route (the gateway strips it).
@@ -198,6 +206,11 @@ impl Scenario {
             Scenario::GatewayRedisLimit => {
                 format!("HTTP/1.1 keep-alive; {} in Redis (each worker batches the decisions waiting on it into one pipeline)", per_ip_limit())
             }
+            Scenario::GatewayAccessLog => format!(
+                "HTTP/1.1 keep-alive; the gateway requests, with a JSON access log to a file ({}): one line per \
+                 request, written by the gateway's writer thread; the ratio to gateway is the log's cost",
+                stack::access_log_file(Gateway::Log.name())
+            ),
             Scenario::GatewayAll => format!(
                 "all features on: HTTP/1.1 over TLS 1.3 keep-alive + {} + a per-subject rate limit ({}) counted \
                  {} + metrics (recorded, as in every gateway scenario) + JSON access log to a file ({})",
@@ -305,8 +318,8 @@ mod tests {
         assert_eq!(Scenario::Gateway.path("/"), "/");
     }
 
-    /// The Redis and access-log gateways serve one scenario each, so neither feature is paid for
-    /// in another scenario; everything else shares the plain gateway.
+    /// The Redis, access-log and all-features gateways serve one scenario each, so no feature is
+    /// paid for in another scenario; everything else shares the plain gateway.
     #[test]
     fn gateway_scenarios_served_by_their_own_gateway() {
         let served_by = |gateway| {
@@ -314,15 +327,39 @@ mod tests {
             served.map(|s| s.name()).collect::<Vec<_>>()
         };
         assert_eq!(served_by(Gateway::Redis), ["gateway-redis-limit"]);
+        assert_eq!(served_by(Gateway::Log), ["gateway-access-log"]);
         assert_eq!(served_by(Gateway::All), ["gateway-all"]);
-        assert_eq!(served_by(Gateway::Plain).len(), Scenario::value_variants().len() - 4);
+        assert_eq!(served_by(Gateway::Plain).len(), Scenario::value_variants().len() - 5);
         for s in Scenario::value_variants() {
-            assert_eq!(s.access_log(), s.server() == Server::Gateway(Gateway::All), "{}", s.name());
+            let logging = [Server::Gateway(Gateway::Log), Server::Gateway(Gateway::All)];
+            assert_eq!(s.access_log(), logging.contains(&s.server()), "{}", s.name());
             if s.counts_in_redis(false) {
                 assert_eq!(s.server(), Server::Gateway(Gateway::Redis), "{}", s.name());
             }
         }
         let names: Vec<_> = Gateway::EVERY.iter().map(|g| g.name()).collect();
-        assert_eq!(names, ["gateway", "gateway-redis", "gateway-all"]);
+        assert_eq!(names, ["gateway", "gateway-redis", "gateway-log", "gateway-all"]);
+    }
+
+    /// `gateway-access-log` differs from `gateway` in its gateway's access log only: same
+    /// protocol, same path, no token, no limit.
+    #[test]
+    fn access_log_scenario_sends_the_gateway_requests() {
+        let s = Scenario::GatewayAccessLog;
+        assert_eq!(s.name(), "gateway-access-log");
+        assert_eq!(s.server(), Server::Gateway(Gateway::Log));
+        assert!(s.access_log() && !Scenario::Gateway.access_log());
+        assert_eq!(s.path("/bytes/256"), Scenario::Gateway.path("/bytes/256"));
+        assert!(!s.tls() && !s.http2() && !s.jwt());
+        assert!(!s.counts_in_redis(true));
+        let protocol = s.protocol(None, 4).expect("cleartext needs no TLS config");
+        assert!(!protocol.http2 && protocol.tls.is_none() && !protocol.new_conn_per_request);
+        let setup = Setup { cpus: 2, gateway_workers: 2, nginx_workers: 2, jwt_users: 1, redis: true };
+        let description = s.description(&setup, 1);
+        assert!(
+            description.starts_with("client -> gateway-log (2 worker threads) -> echo; HTTP/1.1 keep-alive"),
+            "{description}"
+        );
+        assert!(description.contains("access-gateway-log.log"), "{description}");
     }
 }
