@@ -89,33 +89,19 @@ fn ping(addr: SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// How many batches of rate-limit decisions the server has counted: the gateway reads the previous
-/// counts of each batch with one `MGET`. Read with an inline `INFO commandstats`.
-pub fn batches(addr: SocketAddr) -> anyhow::Result<u64> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
-    s.set_read_timeout(Some(Duration::from_millis(500)))?;
-    s.write_all(b"INFO commandstats\r\n")?;
-    // A bulk string: `$<len>\r\n<text>\r\n`.
-    let mut reply = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let text = loop {
-        let n = s.read(&mut chunk)?;
-        anyhow::ensure!(n > 0, "redis-server closed the connection before answering INFO");
-        reply.extend_from_slice(&chunk[..n]);
-        let Some(header_end) = reply.windows(2).position(|w| w == b"\r\n") else { continue };
-        let header = std::str::from_utf8(&reply[..header_end])?;
-        let len: usize = header.strip_prefix('$').context("INFO did not answer a bulk string")?.parse()?;
-        if reply.len() >= header_end + 2 + len {
-            break String::from_utf8_lossy(&reply[header_end + 2..header_end + 2 + len]).into_owned();
-        }
-    };
-    Ok(mget_calls(&text))
-}
+/// The series the gateway counts its rate-limit calls to Redis in: one per batch of decisions.
+const REDIS_CALLS_METRIC: &str = "gateway_redis_call_seconds_count";
 
-/// `calls` of the `cmdstat_mget` line of an `INFO commandstats` text; 0 before the first MGET.
-fn mget_calls(info: &str) -> u64 {
-    let line = info.lines().find_map(|line| line.strip_prefix("cmdstat_mget:calls="));
-    line.and_then(|rest| rest.split(',').next()?.parse().ok()).unwrap_or(0)
+/// How many rate-limit calls the gateway has made to Redis, from its admin `/metrics`. (Not from
+/// redis-server's command counts: which commands a batch sends depends on what the gateway
+/// remembers.)
+pub fn calls(admin: SocketAddr) -> anyhow::Result<u64> {
+    let metrics = stack::get(admin, "/metrics")?;
+    anyhow::ensure!(metrics.status == 200, "GET /metrics at {admin} answered {}", metrics.status);
+    let calls = stack::metric_value(&metrics.body, REDIS_CALLS_METRIC)
+        .with_context(|| format!("GET /metrics at {admin}: no {REDIS_CALLS_METRIC}"))?;
+    // A histogram's count: a whole number, rendered as one.
+    Ok(calls as u64)
 }
 
 /// `GET /admin/ratelimit` on the gateway's admin listener, parsed.
@@ -184,30 +170,9 @@ mod tests {
     }
 
     #[test]
-    fn mget_calls_reads_the_mget_line_only() {
-        let info =
-            "# Commandstats\r\ncmdstat_incrby:calls=9,usec=3\r\ncmdstat_mget:calls=42,usec=7,usec_per_call=0.17\r\n";
-        assert_eq!(mget_calls(info), 42);
-        assert_eq!(mget_calls("# Commandstats\r\ncmdstat_ping:calls=1,usec=0\r\n"), 0);
-    }
-
-    #[test]
-    fn batches_counts_mget_on_a_real_server() {
-        let bin = find_redis_server().expect(NOT_FOUND);
-        let dir = crate::procs::TempDir::new(false).unwrap();
-        let server = start_redis(&bin, dir.path()).unwrap();
-        assert_eq!(batches(server.addr).unwrap(), 0);
-        let mut s = TcpStream::connect(server.addr).unwrap();
-        s.write_all(b"MGET k\r\nINCR k\r\n").unwrap();
-        // MGET's one-element array, then INCR's total.
-        let mut reply = Vec::new();
-        let mut chunk = [0u8; 64];
-        while !reply.ends_with(b"*1\r\n$-1\r\n:1\r\n") {
-            let n = s.read(&mut chunk).unwrap();
-            assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&reply));
-            reply.extend_from_slice(&chunk[..n]);
-        }
-        assert_eq!(batches(server.addr).unwrap(), 1);
+    fn calls_reads_a_series_the_gateway_exports() {
+        let text = gateway::metrics::global().render(&gateway::metrics::Readings::default());
+        assert_eq!(stack::metric_value(&text, REDIS_CALLS_METRIC), Some(0.0), "{text}");
     }
 
     #[test]

@@ -42,8 +42,8 @@ pub struct RunResult {
     /// redis-server CPU per 2xx response, microseconds, in scenarios whose limit is counted in
     /// Redis (not part of the proxy's CPU; part of the total).
     pub redis_cpu_us_per_req: Option<f64>,
-    /// In the same scenarios: 2xx responses per batch (one `MGET` each) redis-server counted, that
-    /// is, how many decisions the gateway's batches carried on average.
+    /// In the same scenarios: 2xx responses per rate-limit call the gateway made to Redis, that
+    /// is, how many decisions its batches carried on average.
     pub requests_per_redis_call: Option<f64>,
     /// Load generator CPU per 2xx response, microseconds.
     pub client_cpu_us_per_req: f64,

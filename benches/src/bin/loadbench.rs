@@ -622,8 +622,8 @@ async fn measure(
     // Charged to its own column, only in the scenarios that use it (else its idle ticks are "other").
     let redis_pid: Vec<u32> =
         stack.redis.iter().filter(|_| stack.counts_in_redis(scenario)).map(|r| r.proc.pid()).collect();
-    let redis_addr = stack.redis.as_ref().filter(|_| stack.counts_in_redis(scenario)).map(|r| r.addr);
-    let batches = || redis_addr.map(redis::batches).transpose();
+    let redis_admin = proxy.and_then(|p| p.admin_addr).filter(|_| stack.counts_in_redis(scenario));
+    let batches = || redis_admin.map(redis::calls).transpose();
 
     tokio::time::sleep_until(window.measure_start.into()).await;
     let machine_before = procs::machine_ticks();
