@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use self::batch::{Batcher, Question};
-use self::count::{Outcome, Plan};
+use self::count::{Outcome, Plan, SettledCounts};
 use super::Decision;
 use crate::config::Redis;
 use crate::metrics;
@@ -154,8 +154,12 @@ impl RedisStore {
     }
 
     /// Decides `batch` in order with one pipeline (see `count`) on the calling worker's
-    /// connection: a decision per question, or why none could be made.
-    async fn decide_batch(&self, batch: &[Question]) -> Result<Vec<Decision>, Unavailable> {
+    /// connection: a decision per question, or why none could be made. `settled` is the worker's.
+    async fn decide_batch(
+        &self,
+        batch: &[Question],
+        settled: &mut SettledCounts,
+    ) -> Result<Vec<Decision>, Unavailable> {
         let Some(control) = self.connection.load_full() else {
             return Err(Unavailable::NotConnected);
         };
@@ -163,7 +167,7 @@ impl RedisStore {
         let now_ms = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX));
-        let plan = Plan::new(batch, now_ms);
+        let plan = Plan::new(batch, now_ms, settled);
         let mut call = (*connection).clone();
         let pipeline = plan.pipeline();
         let reply = pipeline.query_async::<Vec<redis::Value>>(&mut call);
@@ -174,7 +178,7 @@ impl RedisStore {
                 let metrics = &metrics::global().redis;
                 metrics.call_time.observe(sent.elapsed().as_secs_f64());
                 metrics.batch_size.observe(batch.len() as f64);
-                let Some(Outcome { decisions, take_back, to_expire }) = plan.decide(batch, &reply) else {
+                let Some(Outcome { decisions, take_back, to_expire }) = plan.decide(batch, &reply, settled) else {
                     let error = format!("unexpected reply to a batch of {} decisions: {reply:?}", batch.len());
                     self.set_last_error(Some(error.clone()));
                     return Err(Unavailable::Redis(error));

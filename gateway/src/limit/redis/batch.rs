@@ -11,6 +11,7 @@ use arc_swap::ArcSwapOption;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use super::count::SettledCounts;
 use super::{RedisStore, Unavailable};
 use crate::limit::Decision;
 
@@ -99,6 +100,7 @@ impl Batcher {
 /// call is still out (it goes on, and may count them: Redis is not told they were given up).
 async fn run(store: Weak<RedisStore>, mut queue: mpsc::UnboundedReceiver<(Question, Asker)>, timeout: Duration) {
     let mut asks = Vec::with_capacity(MAX_BATCH);
+    let mut settled = SettledCounts::default();
     while queue.recv_many(&mut asks, MAX_BATCH).await > 0 {
         let now = Instant::now();
         let (questions, mut askers): (Vec<Question>, Vec<Asker>) = asks
@@ -113,7 +115,7 @@ async fn run(store: Weak<RedisStore>, mut queue: mpsc::UnboundedReceiver<(Questi
             continue;
         }
         let Some(live) = store.upgrade() else { return };
-        let call = live.decide_batch(&questions);
+        let call = live.decide_batch(&questions, &mut settled);
         tokio::pin!(call);
         let decisions = loop {
             // Askers are queued in order, so the first one waiting has the earliest deadline.

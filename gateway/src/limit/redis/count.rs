@@ -13,6 +13,10 @@
 //! is what the batch added), right after the reply, instead of a PEXPIRE per counter per batch: a
 //! counter then lives without expiry for one round trip, and stays behind (never read again) only
 //! if its gateway dies or loses the connection within it.
+//!
+//! A previous window's count is read once per key and worker after it has settled (see
+//! [`SettledCounts`]), not in every batch: with per-user keys, the reads would otherwise double the
+//! commands Redis runs per request.
 
 use std::collections::HashMap;
 
@@ -20,16 +24,71 @@ use super::batch::Question;
 use crate::limit::{window, Decision};
 use crate::text;
 
+/// How long after its window ended a counter is taken to have settled: every count for it has
+/// reached Redis. Far above a round trip and the clock offsets NTP keeps; a count that arrives
+/// later (from a gateway whose clock runs more than this behind) is missed by gateways that
+/// remembered the counter already. Windows of a second or less are always read.
+const SETTLE_MS: u64 = 1_000;
+
+/// Keys a worker remembers settled counts of. Past it the memory starts over (each key is read
+/// again once); at about 100 bytes per key this caps it near 6.5 MiB per worker.
+const MAX_SETTLED: usize = 65_536;
+
+/// A worker's settled previous-window counts, by hash tag: a settled counter no longer changes,
+/// so the batches of the rest of the window need not read it again.
+#[derive(Debug, Default)]
+pub(super) struct SettledCounts {
+    by_tag: HashMap<String, Settled>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Settled {
+    window_ms: u64,
+    /// The window the count is of.
+    index: u64,
+    count: u64,
+}
+
+impl SettledCounts {
+    fn get(&self, tag: &str, window_ms: u64, index: u64) -> Option<u64> {
+        let settled = self.by_tag.get(tag)?;
+        (settled.window_ms == window_ms && settled.index == index).then_some(settled.count)
+    }
+
+    /// Replaces what `tag` held: one window per key is enough, as only the latest is asked for.
+    fn remember(&mut self, tag: &str, settled: Settled) {
+        if let Some(held) = self.by_tag.get_mut(tag) {
+            *held = settled;
+            return;
+        }
+        if self.by_tag.len() >= MAX_SETTLED {
+            self.by_tag.clear();
+        }
+        self.by_tag.insert(tag.to_owned(), settled);
+    }
+}
+
 /// One counter the batch adds to: a key in a window, with how many decisions of the batch ask it.
 #[derive(Debug)]
 struct Counter {
     /// `gw:rl:{<tag>}:<index>`.
     current: String,
-    /// The same key's counter in the window before.
-    previous: String,
+    previous_index: u64,
+    previous: Previous,
     window_ms: u64,
     elapsed_ms: u64,
     asked: u64,
+    /// The batch's first question for it (where its tag is).
+    first: usize,
+}
+
+/// The same key's counter in the window before.
+#[derive(Debug)]
+enum Previous {
+    /// Read in this batch: `gw:rl:{<tag>}:<previous_index>`.
+    Read(String),
+    /// Settled, and remembered from an earlier batch.
+    Known(u64),
 }
 
 /// What a batch's reply decided.
@@ -63,21 +122,30 @@ fn counter_key(tag: &str, index: u64) -> String {
 }
 
 impl Plan {
-    /// `now_ms` places every question in its window.
-    pub(super) fn new(batch: &[Question], now_ms: u64) -> Plan {
+    /// `now_ms` places every question in its window; previous counts found in `settled` are not
+    /// read again.
+    pub(super) fn new(batch: &[Question], now_ms: u64, settled: &SettledCounts) -> Plan {
         let mut counters: Vec<Counter> = Vec::new();
         let mut index_of: HashMap<(&str, u64), usize> = HashMap::with_capacity(batch.len());
         let counter_of = batch
             .iter()
-            .map(|question| {
+            .enumerate()
+            .map(|(first, question)| {
                 let counter = *index_of.entry((question.tag.as_str(), question.window_ms)).or_insert_with(|| {
                     let (index, elapsed_ms) = window::position(now_ms, question.window_ms);
+                    let previous_index = index.wrapping_sub(1);
+                    let previous = match settled.get(&question.tag, question.window_ms, previous_index) {
+                        Some(count) => Previous::Known(count),
+                        None => Previous::Read(counter_key(&question.tag, previous_index)),
+                    };
                     counters.push(Counter {
                         current: counter_key(&question.tag, index),
-                        previous: counter_key(&question.tag, index.wrapping_sub(1)),
+                        previous_index,
+                        previous,
                         window_ms: question.window_ms,
                         elapsed_ms,
                         asked: 0,
+                        first,
                     });
                     counters.len() - 1
                 });
@@ -88,15 +156,25 @@ impl Plan {
         Plan { counters, counter_of }
     }
 
-    /// MGET of the previous counters, then per counter INCRBY its asks. The reply is the MGET's
-    /// array, then one total per counter.
+    /// The previous counters to read, in the counters' order.
+    fn reads(&self) -> impl Iterator<Item = &str> {
+        self.counters.iter().filter_map(|counter| match &counter.previous {
+            Previous::Read(key) => Some(key.as_str()),
+            Previous::Known(_) => None,
+        })
+    }
+
+    /// MGET of the previous counters to read (none when all are known), then per counter INCRBY
+    /// its asks. The reply is the MGET's array, if sent, then one total per counter.
     pub(super) fn pipeline(&self) -> redis::Pipeline {
         let mut pipe = redis::pipe();
-        let mut previous = redis::cmd("MGET");
-        for counter in &self.counters {
-            previous.arg(&counter.previous);
+        if self.reads().next().is_some() {
+            let mut previous = redis::cmd("MGET");
+            for key in self.reads() {
+                previous.arg(key);
+            }
+            pipe.add_command(previous);
         }
-        pipe.add_command(previous);
         for counter in &self.counters {
             pipe.cmd("INCRBY").arg(&counter.current).arg(counter.asked);
         }
@@ -107,12 +185,30 @@ impl Plan {
     ///
     /// A counter's asks hold the counts `total - asked + 1 ..= total` in batch order; each is
     /// allowed when its count fits the window rule (window.rs), as if it came alone.
-    pub(super) fn decide(&self, batch: &[Question], reply: &[redis::Value]) -> Option<Outcome<'_>> {
-        let (previous, totals) = reply.split_first()?;
-        let previous: Vec<Option<u64>> = redis::from_redis_value_ref(previous).ok()?;
-        if previous.len() != self.counters.len() || totals.len() != self.counters.len() {
+    /// The previous counts it read and that had settled are remembered in `settled`.
+    pub(super) fn decide(
+        &self,
+        batch: &[Question],
+        reply: &[redis::Value],
+        settled: &mut SettledCounts,
+    ) -> Option<Outcome<'_>> {
+        let reads = self.reads().count();
+        let (read, totals): (Vec<Option<u64>>, _) = match reply.split_first() {
+            Some((read, totals)) if reads > 0 => (redis::from_redis_value_ref(read).ok()?, totals),
+            _ => (Vec::new(), reply),
+        };
+        if read.len() != reads || totals.len() != self.counters.len() {
             return None;
         }
+        let mut read = read.into_iter();
+        let previous: Vec<u64> = self
+            .counters
+            .iter()
+            .map(|counter| match counter.previous {
+                Previous::Known(count) => count,
+                Previous::Read(_) => read.next().flatten().unwrap_or(0),
+            })
+            .collect();
         // Per counter: the count the next ask holds, and the asks denied so far.
         let mut next = Vec::with_capacity(self.counters.len());
         let mut to_expire = Vec::new();
@@ -126,12 +222,18 @@ impl Plan {
             }
             next.push((before, 0_u64));
         }
+        for (counter, &count) in self.counters.iter().zip(&previous) {
+            if matches!(counter.previous, Previous::Read(_)) && counter.elapsed_ms >= SETTLE_MS {
+                let (window_ms, index) = (counter.window_ms, counter.previous_index);
+                settled.remember(&batch[counter.first].tag, Settled { window_ms, index, count });
+            }
+        }
         let decisions = batch
             .iter()
             .zip(&self.counter_of)
             .map(|(question, &c)| {
                 let counter = &self.counters[c];
-                let previous = previous[c].unwrap_or(0);
+                let previous = previous[c];
                 let (held, denied) = &mut next[c];
                 let before = *held - *denied;
                 let allowed = window::allows(question.limit, counter.window_ms, counter.elapsed_ms, previous, before);
@@ -177,18 +279,102 @@ mod tests {
     #[test]
     fn plan_groups_asks_by_counter_in_first_seen_order() {
         let batch = [question("a", 1), question("b", 1), question("a", 1)];
-        let plan = Plan::new(&batch, 9 * W + 1);
-        let counters: Vec<_> =
-            plan.counters.iter().map(|c| (c.current.as_str(), c.previous.as_str(), c.asked)).collect();
-        assert_eq!(counters, [("gw:rl:{a}:9", "gw:rl:{a}:8", 2), ("gw:rl:{b}:9", "gw:rl:{b}:8", 1)]);
+        let plan = Plan::new(&batch, 9 * W + 1, &SettledCounts::default());
+        let counters: Vec<_> = plan.counters.iter().map(|c| (c.current.as_str(), c.asked)).collect();
+        assert_eq!(counters, [("gw:rl:{a}:9", 2), ("gw:rl:{b}:9", 1)]);
+        assert_eq!(reads(&plan), ["gw:rl:{a}:8", "gw:rl:{b}:8"]);
         assert_eq!(plan.counter_of, [0, 1, 0]);
+        assert_eq!(commands(&plan), ["MGET", "INCRBY", "INCRBY"]);
+    }
+
+    /// The pipeline's command names: the only all-capital lines (keys and counts are not).
+    fn commands(plan: &Plan) -> Vec<String> {
         let packed = String::from_utf8_lossy(&plan.pipeline().get_packed_pipeline()).into_owned();
-        // Command names are the only all-capital lines (keys and counts are not).
-        let commands: Vec<&str> = packed
+        packed
             .split("\r\n")
             .filter(|line| !line.is_empty() && line.bytes().all(|b| b.is_ascii_uppercase()))
-            .collect();
-        assert_eq!(commands, ["MGET", "INCRBY", "INCRBY"], "{packed:?}");
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The keys the pipeline reads.
+    fn reads(plan: &Plan) -> Vec<&str> {
+        plan.reads().collect()
+    }
+
+    /// A window long enough to settle in: the tests above use 4 ms ones, which never do.
+    const LONG: u64 = 60_000;
+
+    fn long(tag: &str) -> Question {
+        Question { tag: tag.to_owned(), limit: 100, window_ms: LONG }
+    }
+
+    #[test]
+    fn decide_remembers_previous_counts_read_once_they_have_settled() {
+        let mut settled = SettledCounts::default();
+        let batch = [long("a")];
+        // Too soon after the window began: read, and not remembered.
+        let soon = 5 * LONG + SETTLE_MS - 1;
+        let plan = Plan::new(&batch, soon, &settled);
+        assert_eq!(reads(&plan), ["gw:rl:{a}:4"]);
+        plan.decide(&batch, &reply(&[Some(30)], &[1]), &mut settled).unwrap();
+        let plan = Plan::new(&batch, soon, &settled);
+        assert_eq!(reads(&plan), ["gw:rl:{a}:4"]);
+
+        // Settled: read once more, then remembered for the rest of the window.
+        let later = 5 * LONG + SETTLE_MS;
+        let plan = Plan::new(&batch, later, &settled);
+        assert_eq!(reads(&plan), ["gw:rl:{a}:4"]);
+        plan.decide(&batch, &reply(&[Some(30)], &[2]), &mut settled).unwrap();
+        let plan = Plan::new(&batch, later, &settled);
+        assert_eq!(reads(&plan), Vec::<&str>::new());
+        assert_eq!(commands(&plan), ["INCRBY"]);
+        // Decided as if read: 100 - 30 × 59/60 - 3 leaves 67.5, reported as 67.
+        let Outcome { decisions, .. } = plan.decide(&batch, &[Value::Int(3)], &mut settled).unwrap();
+        assert_eq!(decisions[0].remaining, 67);
+        assert_eq!(reads(&Plan::new(&batch, 6 * LONG - 1, &settled)), Vec::<&str>::new());
+
+        // The next window reads its own previous count; so does another window length.
+        assert_eq!(reads(&Plan::new(&batch, 6 * LONG + SETTLE_MS, &settled)), ["gw:rl:{a}:5"]);
+        let other = [Question { window_ms: 2 * LONG, ..long("a") }];
+        assert_eq!(reads(&Plan::new(&other, 5 * LONG + SETTLE_MS, &settled)), ["gw:rl:{a}:1"]);
+    }
+
+    #[test]
+    fn a_batch_reads_only_the_previous_counts_it_does_not_know() {
+        let mut settled = SettledCounts::default();
+        let now = 5 * LONG + SETTLE_MS;
+        let first = [long("a")];
+        Plan::new(&first, now, &settled).decide(&first, &reply(&[Some(7)], &[1]), &mut settled).unwrap();
+
+        let batch = [long("b"), long("a"), long("c")];
+        let plan = Plan::new(&batch, now, &settled);
+        assert_eq!(reads(&plan), ["gw:rl:{b}:4", "gw:rl:{c}:4"]);
+        assert_eq!(commands(&plan), ["MGET", "INCRBY", "INCRBY", "INCRBY"]);
+        let Outcome { decisions, .. } =
+            plan.decide(&batch, &reply(&[Some(50), None], &[1, 2, 1]), &mut settled).unwrap();
+        // 100 - 50 × 59/60 - 1, 100 - 7 × 59/60 - 2 (the remembered 7), 100 - 1; rounded down.
+        let remaining: Vec<u32> = decisions.iter().map(|d| d.remaining).collect();
+        assert_eq!(remaining, [49, 91, 99]);
+        // A reply shaped for the reads it no longer needs does not fit.
+        assert!(plan.decide(&batch, &reply(&[Some(50), None, Some(7)], &[1, 2, 1]), &mut settled).is_none());
+        // All three are known now.
+        assert_eq!(commands(&Plan::new(&batch, now, &settled)), ["INCRBY", "INCRBY", "INCRBY"]);
+    }
+
+    #[test]
+    fn settled_counts_start_over_when_full() {
+        let mut settled = SettledCounts::default();
+        let count = |index| Settled { window_ms: LONG, index, count: 1 };
+        for i in 0..MAX_SETTLED {
+            settled.remember(&i.to_string(), count(1));
+        }
+        // A key held already is replaced in place.
+        settled.remember("0", count(2));
+        assert_eq!((settled.by_tag.len(), settled.get("0", LONG, 2)), (MAX_SETTLED, Some(1)));
+        settled.remember("new", count(1));
+        assert_eq!(settled.by_tag.len(), 1);
+        assert_eq!(settled.get("new", LONG, 1), Some(1));
     }
 
     #[test]
@@ -198,9 +384,10 @@ mod tests {
                 for previous in 0..=5_u64 {
                     for current in 0..=5_u64 {
                         let batch = [question("k", limit)];
-                        let plan = Plan::new(&batch, 7 * W + elapsed);
-                        let Outcome { decisions, take_back, .. } =
-                            plan.decide(&batch, &reply(&[Some(previous)], &[current + 1])).unwrap();
+                        let plan = Plan::new(&batch, 7 * W + elapsed, &SettledCounts::default());
+                        let Outcome { decisions, take_back, .. } = plan
+                            .decide(&batch, &reply(&[Some(previous)], &[current + 1]), &mut SettledCounts::default())
+                            .unwrap();
                         let allowed = window::allows(limit, W, elapsed, previous, current);
                         let want = window::decide(limit, W, elapsed, previous, current + u64::from(allowed), allowed);
                         assert_eq!(
@@ -220,8 +407,9 @@ mod tests {
     fn decide_counts_asks_of_one_counter_in_order_and_takes_back_the_denied() {
         // Limit 3, one already counted elsewhere: of four asks the first two fit.
         let batch = [question("k", 3), question("other", 9), question("k", 3), question("k", 3), question("k", 3)];
-        let plan = Plan::new(&batch, 0);
-        let Outcome { decisions, take_back, to_expire } = plan.decide(&batch, &reply(&[None, None], &[5, 1])).unwrap();
+        let plan = Plan::new(&batch, 0, &SettledCounts::default());
+        let Outcome { decisions, take_back, to_expire } =
+            plan.decide(&batch, &reply(&[None, None], &[5, 1]), &mut SettledCounts::default()).unwrap();
         let allowed: Vec<(bool, u32)> = decisions.iter().map(|d| (d.allowed, d.remaining)).collect();
         assert_eq!(allowed, [(true, 1), (true, 8), (true, 0), (false, 0), (false, 0)]);
         assert_eq!(take_back, [("gw:rl:{k}:0", 2)]);
@@ -232,10 +420,11 @@ mod tests {
     #[test]
     fn decide_rejects_a_reply_that_does_not_fit() {
         let batch = [question("k", 3)];
-        let plan = Plan::new(&batch, 0);
-        assert!(plan.decide(&batch, &[]).is_none());
-        assert!(plan.decide(&batch, &reply(&[None, None], &[1])).is_none());
-        assert!(plan.decide(&batch, &reply(&[None], &[])).is_none());
-        assert!(plan.decide(&batch, &[Value::Int(1), Value::Int(1)]).is_none());
+        let plan = Plan::new(&batch, 0, &SettledCounts::default());
+        let settled = &mut SettledCounts::default();
+        assert!(plan.decide(&batch, &[], settled).is_none());
+        assert!(plan.decide(&batch, &reply(&[None, None], &[1]), settled).is_none());
+        assert!(plan.decide(&batch, &reply(&[None], &[]), settled).is_none());
+        assert!(plan.decide(&batch, &[Value::Int(1), Value::Int(1)], settled).is_none());
     }
 }
