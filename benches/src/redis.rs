@@ -96,12 +96,7 @@ const REDIS_CALLS_METRIC: &str = "gateway_redis_call_seconds_count";
 /// redis-server's command counts: which commands a batch sends depends on what the gateway
 /// remembers.)
 pub fn calls(admin: SocketAddr) -> anyhow::Result<u64> {
-    let metrics = stack::get(admin, "/metrics")?;
-    anyhow::ensure!(metrics.status == 200, "GET /metrics at {admin} answered {}", metrics.status);
-    let calls = stack::metric_value(&metrics.body, REDIS_CALLS_METRIC)
-        .with_context(|| format!("GET /metrics at {admin}: no {REDIS_CALLS_METRIC}"))?;
-    // A histogram's count: a whole number, rendered as one.
-    Ok(calls as u64)
+    stack::admin_count(admin, REDIS_CALLS_METRIC)
 }
 
 /// `GET /admin/ratelimit` on the gateway's admin listener, parsed.

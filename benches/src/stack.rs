@@ -284,12 +284,17 @@ pub fn access_log_stats(proxy: &Proxy) -> anyhow::Result<Option<AccessLogStats>>
         }
     }
     let (lines, bytes) = count_lines(path).with_context(|| format!("reading {}", path.display()))?;
+    let dropped = admin_count(admin, ACCESS_LOG_DROPPED_METRIC)?;
+    Ok(Some(AccessLogStats { lines, bytes, dropped }))
+}
+
+/// The series `name` (without labels) on the gateway's admin `/metrics` at `admin`: a count, which
+/// Prometheus renders as a whole number.
+pub fn admin_count(admin: SocketAddr, name: &str) -> anyhow::Result<u64> {
     let metrics = get(admin, "/metrics")?;
     anyhow::ensure!(metrics.status == 200, "GET /metrics at {admin} answered {}", metrics.status);
-    let dropped = metric_value(&metrics.body, ACCESS_LOG_DROPPED_METRIC)
-        .with_context(|| format!("GET /metrics at {admin}: no {ACCESS_LOG_DROPPED_METRIC}"))?;
-    // A gauge of a count: a whole number, rendered as one.
-    Ok(Some(AccessLogStats { lines, bytes, dropped: dropped as u64 }))
+    let value = metric_value(&metrics.body, name).with_context(|| format!("GET /metrics at {admin}: no {name}"))?;
+    Ok(value as u64)
 }
 
 /// Newlines and bytes in the file, read in chunks: a long bench's log runs to hundreds of MiB.
