@@ -168,9 +168,10 @@ impl Plan {
     /// its asks. The reply is the MGET's array, if sent, then one total per counter.
     pub(super) fn pipeline(&self) -> redis::Pipeline {
         let mut pipe = redis::pipe();
-        if self.reads().next().is_some() {
+        let mut reads = self.reads().peekable();
+        if reads.peek().is_some() {
             let mut previous = redis::cmd("MGET");
-            for key in self.reads() {
+            for key in reads {
                 previous.arg(key);
             }
             pipe.add_command(previous);
