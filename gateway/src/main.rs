@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use gateway::access_log;
 use gateway::config::{self, LoadError};
 use gateway::reload::{self, Reloader};
 use gateway::server::Server;
@@ -148,10 +149,10 @@ fn run(path: &std::path::Path) -> anyhow::Result<ExitCode> {
     // This thread only handles signals, reloads, background fetches (JWKS) and the admin listener;
     // workers carry the traffic. Entered before the first snapshot is built so it can start those.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
-    let _entered = runtime.enter();
+    let entered = runtime.enter();
     let server = Server::bind(&loaded.config, worker::count())?;
     let reloader = Arc::new(Reloader::new(path.to_owned(), loaded.config, version, server.runtime(), server.workers()));
-    runtime.block_on(async {
+    let served = runtime.block_on(async {
         let _watching = reload::watch(reloader.clone())?;
         for (name, address) in server.local_addrs() {
             // Machine-readable: tests and scripts read the bound ports (port 0 gets a free one).
@@ -162,7 +163,14 @@ fn run(path: &std::path::Path) -> anyhow::Result<ExitCode> {
         server.run(shutdown_signal(), Some(reloader.status())).await?;
         tracing::info!("all connections drained; stopped");
         Ok(ExitCode::SUCCESS)
-    })
+    });
+    // The last snapshots, and with them the access log's handles, go with these; then the log's
+    // writer has written out every line before the process ends.
+    drop(reloader);
+    drop(entered);
+    drop(runtime);
+    access_log::finish(access_log::CLOSE_WAIT);
+    served
 }
 
 /// Completes on the first SIGTERM or SIGINT.

@@ -5,6 +5,10 @@
 //! everything queued. A quiet gateway's lines appear within `LINGER`; a busy one wakes the writer
 //! and writes once per batch, not once per line. A full queue drops the line and counts it: a
 //! slow disk never slows a request.
+//!
+//! Dropping a log never waits for its writer either: a reload that moves the log can drop the old
+//! one on a worker thread, mid-traffic. The writer writes out what it holds on its own, and the
+//! process waits for every such writer once, at exit ([`finish`]).
 
 use std::fmt::{self, Write as _};
 use std::fs::{File, OpenOptions};
@@ -13,7 +17,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -28,12 +32,11 @@ const WRITE_BUFFER: usize = 64 * 1024;
 /// How long the writer lets lines gather after the first of a batch arrives. Senders never wake
 /// a writer that is lingering, which is what keeps the log's cost per request low.
 const LINGER: Duration = Duration::from_millis(10);
-/// How long dropping the last handle waits for the writer to write out what is queued. A log on a
-/// pipe nobody reads (the stdout of a stalled log shipper) would otherwise hold the process at exit
-/// forever.
-const CLOSE_WAIT: Duration = Duration::from_secs(5);
-/// Typical line length, so formatting allocates once.
-const LINE_CAPACITY: usize = 256;
+/// How long [`finish`] waits at exit for writers to write out what is queued. A log on a pipe
+/// nobody reads (the stdout of a stalled log shipper) would otherwise hold the process forever.
+pub const CLOSE_WAIT: Duration = Duration::from_secs(5);
+/// Room for a typical line (about 400 bytes), so formatting allocates once.
+const LINE_CAPACITY: usize = 512;
 
 /// Where lines go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,9 +47,8 @@ pub enum Target {
 
 /// A running access log: a bounded queue and one writer thread. Cloning shares it.
 ///
-/// Dropping the last clone closes the queue and waits for the writer thread to write and flush
-/// every queued line, so nothing is lost at shutdown; if the writer is still blocked after
-/// [`CLOSE_WAIT`], it is left behind with what it holds, and a warning says so.
+/// Dropping the last clone closes the queue and returns at once; the writer thread writes and
+/// flushes every queued line, then ends. [`finish`] waits for that at exit.
 #[derive(Clone)]
 pub struct AccessLog {
     shared: Arc<Shared>,
@@ -96,7 +98,15 @@ struct Shared {
     dropped: AtomicU64,
     reopen: Arc<AtomicBool>,
     writer: Option<JoinHandle<()>>,
-    close_wait: Duration,
+}
+
+/// Writers of logs whose handles are all dropped, still writing out their queues: what [`finish`]
+/// waits for.
+static CLOSING: Mutex<Vec<Closing>> = Mutex::new(Vec::new());
+
+struct Closing {
+    target: Target,
+    writer: JoinHandle<()>,
 }
 
 impl AccessLog {
@@ -133,7 +143,6 @@ impl AccessLog {
                 dropped: AtomicU64::new(0),
                 reopen,
                 writer: Some(handle),
-                close_wait: CLOSE_WAIT,
             }),
         })
     }
@@ -179,24 +188,55 @@ impl fmt::Debug for AccessLog {
 
 impl Drop for Shared {
     fn drop(&mut self) {
-        // Disconnect first so the writer drains the queue, flushes and returns.
+        // Disconnect so the writer drains the queue, flushes and returns; it does so on its own.
         drop(self.sender.take());
-        let Some(handle) = self.writer.take() else { return };
-        let deadline = Instant::now() + self.close_wait;
-        while !handle.is_finished() {
-            if Instant::now() >= deadline {
-                tracing::warn!(
-                    target_file = %TargetName(&self.target),
-                    "access log: still blocked writing after {:?}; the lines it holds may be lost",
-                    self.close_wait
-                );
-                return;
-            }
+        if let Some(writer) = self.writer.take() {
+            let mut closing = closing();
+            closing.retain(|closed| !closed.writer.is_finished());
+            closing.push(Closing { target: self.target.clone(), writer });
+        }
+    }
+}
+
+/// Waits, up to `limit` in all, for the writers of dropped logs to write out and flush what they
+/// hold. Call it at exit, after the last handle is dropped: the process would otherwise end with
+/// lines still queued. A writer still blocked at the limit (a pipe nobody reads) is left behind
+/// with a warning naming its target.
+pub fn finish(limit: Duration) {
+    wait_for_writers(limit, |_| true);
+}
+
+/// [`finish`] for the writers whose target `wanted` picks; returns how many were left behind.
+fn wait_for_writers(limit: Duration, wanted: impl Fn(&Target) -> bool) -> usize {
+    let waiting: Vec<Closing> = {
+        let mut closing = closing();
+        let (waiting, others) = std::mem::take(&mut *closing).into_iter().partition(|closed| wanted(&closed.target));
+        *closing = others;
+        waiting
+    };
+    let deadline = Instant::now() + limit;
+    let mut left_behind = 0;
+    for Closing { target, writer } in waiting {
+        while !writer.is_finished() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(1));
         }
-        // The writer does not panic; if it somehow did, there is nothing left to flush.
-        let _ = handle.join();
+        if writer.is_finished() {
+            // The writer does not panic; if it somehow did, there is nothing left to flush.
+            let _ = writer.join();
+        } else {
+            left_behind += 1;
+            tracing::warn!(
+                target_file = %TargetName(&target),
+                "access log: still blocked writing after {limit:?}; the lines it holds may be lost"
+            );
+        }
     }
+    left_behind
+}
+
+/// The list behind [`CLOSING`]; a panic while it was held cannot leave it inconsistent.
+fn closing() -> MutexGuard<'static, Vec<Closing>> {
+    CLOSING.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The writer thread's state.
