@@ -252,8 +252,8 @@ routes:
     config(&body, &[echo])
 }
 
-/// `access_log.path: log_path`, routes `api` (`/api`), `bytes` (`/bytes`) and `slow` (`/slow`) to the echo; no
-/// catch-all, so anything else is a 404.
+/// `access_log.path: log_path`, routes `api` (`/api`), `bytes` (`/bytes`), `slow` (`/slow`) and `drip`
+/// (`/drip`) to the echo; no catch-all, so anything else is a 404.
 fn access_log_config(echo: &Backend, log_path: &str) -> String {
     let body = format!(
         r#"
@@ -264,6 +264,7 @@ routes:
   - {{ name: api, match: {{ path_prefix: /api }}, upstream: echo }}
   - {{ name: bytes, match: {{ path_prefix: /bytes }}, upstream: echo }}
   - {{ name: slow, match: {{ path_prefix: /slow }}, upstream: echo }}
+  - {{ name: drip, match: {{ path_prefix: /drip }}, upstream: echo }}
 "#
     );
     config(&body, &[echo])
@@ -280,7 +281,7 @@ struct LogFixture {
     echo: Backend,
     /// The log file, `<config dir>/logs/access.log`.
     log: PathBuf,
-    _dir: ConfigDir,
+    dir: ConfigDir,
 }
 
 impl LogFixture {
@@ -290,7 +291,7 @@ impl LogFixture {
         let logs = dir.path().parent().unwrap_or_else(|| panic!("{} has no parent", dir.path_text())).join("logs");
         std::fs::create_dir(&logs).unwrap_or_else(|e| panic!("creating {}: {e}", logs.display()));
         let gateway = Gateway::start_with_file(dir.path());
-        LogFixture { gateway, echo, log: logs.join("access.log"), _dir: dir }
+        LogFixture { gateway, echo, log: logs.join("access.log"), dir }
     }
 }
 
@@ -694,6 +695,65 @@ async fn access_log_reopens_on_sighup() {
     let old_file = log_lines(&rotated);
     let ids: Vec<&Value> = old_file.iter().map(|l| &l["request_id"]).collect();
     assert_eq!(ids, [&Value::from(request_id(&before))], "the rotated file holds only the request before it");
+}
+
+#[tokio::test]
+async fn access_log_every_line_written_before_exit() {
+    const REQUESTS: usize = 200;
+    let mut fixture = LogFixture::start();
+    let mut connection = client::Connection::connect(fixture.gateway.addr()).await;
+    let mut ids = BTreeSet::new();
+    for i in 0..REQUESTS {
+        let reply = connection.get(&format!("/api/{i}")).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        ids.insert(request_id(&reply));
+    }
+    drop(connection);
+    // At once: the last lines are still queued for the writer, which the exit must wait for.
+    fixture.gateway.sigterm();
+    let status = fixture.gateway.wait_exit().await;
+    assert!(status.success(), "exit status {status}; stderr:\n{}", fixture.gateway.stderr());
+    let logged: BTreeSet<String> =
+        log_lines(&fixture.log).iter().map(|line| line["request_id"].as_str().unwrap_or_default().to_owned()).collect();
+    assert_eq!(logged.len(), REQUESTS, "lines in the log after exit");
+    assert_eq!(logged, ids, "the log's request ids against the responses'");
+}
+
+#[tokio::test]
+async fn access_log_moved_by_a_reload_keeps_in_flight_lines_in_the_old_file() {
+    let fixture = LogFixture::start();
+    // 20 bytes, one every 50 ms: the head arrives at once, the body takes a second.
+    let request = client::request("GET", "/drip/20/50").body(client::empty());
+    let request = request.unwrap_or_else(|e| panic!("building the request: {e}"));
+    let streaming = client::open(fixture.gateway.addr(), request)
+        .await
+        .unwrap_or_else(|e| panic!("opening the streaming request: {e}"));
+    let streaming_id = streaming.headers().get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let streaming_id = streaming_id.unwrap_or_else(|| panic!("no x-request-id in {:?}", streaming.headers()));
+
+    let moved = fixture.log.with_file_name("moved.log");
+    let changed = access_log_config(&fixture.echo, "logs/moved.log");
+    fixture.dir.replace(&changed);
+    fixture.gateway.wait_for_version(&config_version(&changed)).await;
+    let after = client::get(fixture.gateway.addr(), "/api/after").await;
+    assert_eq!(after.status, 200, "{}", after.text());
+    wait_for_line(&moved, &request_id(&after)).await;
+
+    // The request that began before the reload ends after it, on the old snapshot: its line goes
+    // to the old file, written out although nothing else holds that log any more.
+    let body = http_body_util::BodyExt::collect(streaming.into_body())
+        .await
+        .unwrap_or_else(|e| panic!("reading the streamed body: {e}"))
+        .to_bytes();
+    assert_eq!(body.len(), 20, "streamed body");
+    let line = wait_for_line(&fixture.log, &streaming_id).await;
+    assert_eq!(line["completed"], true, "completed in {line}");
+    assert_eq!(line["bytes_sent"], 20, "bytes_sent in {line}");
+    let ids = |path: &Path| -> Vec<String> {
+        log_lines(path).iter().map(|line| line["request_id"].as_str().unwrap_or_default().to_owned()).collect()
+    };
+    assert_eq!(ids(&fixture.log), [streaming_id], "the old file holds only the request begun before the reload");
+    assert_eq!(ids(&moved), [request_id(&after)], "the new file holds only the request after the reload");
 }
 
 #[test]
