@@ -177,7 +177,8 @@ fn proxy<'a>(
         if let Some(client_upgrade) =
             client_upgrade.filter(|_| response.status() == http::StatusCode::SWITCHING_PROTOCOLS)
         {
-            upgrade::tunnel(client_upgrade, hyper::upgrade::on(&mut response), request_id.clone());
+            let idle_timeout = snapshot.server.idle_timeout;
+            upgrade::tunnel(client_upgrade, hyper::upgrade::on(&mut response), idle_timeout, request_id.clone());
             let (parts, _) = response.into_parts();
             return Ok(Response::from_parts(parts, ProxyBody::empty()));
         }

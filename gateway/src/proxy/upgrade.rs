@@ -1,32 +1,106 @@
 //! HTTP/1.1 protocol upgrades (WebSocket): once both sides switched, bytes are copied both ways.
+//!
+//! A tunnel is closed once no byte has crossed it either way for the server's `idle_timeout`, as
+//! nginx's `proxy_read_timeout` does: a peer that vanished without a FIN would otherwise hold both
+//! connections for ever. Clients that stay quiet longer send WebSocket pings.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use http::HeaderValue;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
 
 /// Joins the client's and the upstream's upgraded connections in a background task.
-pub(super) fn tunnel(client: OnUpgrade, upstream: OnUpgrade, request_id: HeaderValue) {
+pub(super) fn tunnel(client: OnUpgrade, upstream: OnUpgrade, idle_timeout: Duration, request_id: HeaderValue) {
     tokio::spawn(async move {
+        let request_id = request_id.to_str().unwrap_or("");
         match tokio::try_join!(client, upstream) {
             Ok((client, upstream)) => {
-                let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+                let mut client = IdleLimit::new(TokioIo::new(client), idle_timeout);
+                let mut upstream = TokioIo::new(upstream);
                 match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
                     Ok((to_upstream, to_client)) => {
-                        tracing::debug!(
-                            request_id = request_id.to_str().unwrap_or(""),
-                            to_upstream,
-                            to_client,
-                            "upgraded connection closed"
-                        )
+                        tracing::debug!(request_id, to_upstream, to_client, "upgraded connection closed")
                     }
-                    Err(error) => {
-                        tracing::debug!(request_id = request_id.to_str().unwrap_or(""), %error, "upgraded connection ended with an error")
-                    }
+                    Err(error) => tracing::debug!(request_id, %error, "upgraded connection ended with an error"),
                 }
             }
-            Err(error) => {
-                tracing::debug!(request_id = request_id.to_str().unwrap_or(""), %error, "protocol upgrade failed")
-            }
+            Err(error) => tracing::debug!(request_id, %error, "protocol upgrade failed"),
         }
     });
 }
+
+/// The client's side of a tunnel: every byte either way passes through it, so it alone can tell
+/// when the tunnel has been silent for `limit`. A read waiting past that fails with `TimedOut`.
+struct IdleLimit<T> {
+    inner: T,
+    limit: Duration,
+    /// When a byte last crossed, either way.
+    last: Instant,
+    /// Runs while a read waits; moved on, when it fires, to `limit` after `last`.
+    timer: Pin<Box<Sleep>>,
+}
+
+impl<T> IdleLimit<T> {
+    fn new(inner: T, limit: Duration) -> IdleLimit<T> {
+        IdleLimit { inner, limit, last: Instant::now(), timer: Box::pin(tokio::time::sleep(limit)) }
+    }
+
+    fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            ready!(self.timer.as_mut().poll(cx));
+            let deadline = self.last + self.limit;
+            if Instant::now() >= deadline {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no byte either way for idle_timeout",
+                )));
+            }
+            self.timer.as_mut().reset(deadline);
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for IdleLimit<T> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Pending => this.poll_idle(cx),
+            Poll::Ready(result) => {
+                if buf.filled().len() > before {
+                    this.last = Instant::now();
+                }
+                Poll::Ready(result)
+            }
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for IdleLimit<T> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let written = ready!(Pin::new(&mut this.inner).poll_write(cx, buf));
+        if matches!(written, Ok(n) if n > 0) {
+            this.last = Instant::now();
+        }
+        Poll::Ready(written)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -107,6 +107,9 @@ where
         let connection = connection.clone();
         async move {
             let response = proxy::handle(snapshot, connection, request).await;
+            if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                guard.upgraded();
+            }
             Ok::<_, Infallible>(response.map(|body| Tracked { body, _guard: guard }))
         }
     });

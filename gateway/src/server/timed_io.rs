@@ -54,6 +54,15 @@ impl Activity {
 #[derive(Debug)]
 pub(crate) struct RequestGuard(Arc<Activity>);
 
+impl RequestGuard {
+    /// The request switched the connection to another protocol (a WebSocket): no HTTP request
+    /// follows, so the connection stays busy for good and neither the idle nor the header-read
+    /// timeout applies to what the client sends next. The tunnel times itself.
+    pub(crate) fn upgraded(&self) {
+        self.0.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 impl Drop for RequestGuard {
     fn drop(&mut self) {
         if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {

@@ -47,6 +47,19 @@ async fn request_in_flight_is_never_timed_out() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn upgraded_connection_is_never_timed_out_after_its_request_ends() {
+    let (mut client, mut io, activity) = pair();
+    let guard = activity.start_request();
+    guard.upgraded();
+    drop(guard);
+    // WebSocket frames, not a request head: no 408, however long the frame takes to complete.
+    client.write_all(b"\x81\x05hel").await.unwrap();
+    assert!(io.read(&mut [0u8; 64]).await.unwrap() > 0);
+    let waited = tokio::time::timeout(Duration::from_secs(3600), io.read(&mut [0u8; 16])).await;
+    assert!(waited.is_err(), "the tunnel applies its own idle limit; HTTP's timeouts must not");
+}
+
+#[tokio::test(start_paused = true)]
 async fn head_deadline_from_an_earlier_request_does_not_fire_later() {
     let (mut client, mut io, activity) = pair();
     client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
