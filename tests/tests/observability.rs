@@ -318,6 +318,11 @@ fn log_lines(path: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// The `request_id` of each line of the log file at `path`, in order.
+fn logged_ids(path: &Path) -> Vec<String> {
+    log_lines(path).iter().map(|line| line["request_id"].as_str().unwrap_or_default().to_owned()).collect()
+}
+
 /// Polls the log file every 20 ms until it holds a line with `request_id` and returns that line;
 /// panics, with the file, after [`TIMEOUT`].
 async fn wait_for_line(path: &Path, request_id: &str) -> Value {
@@ -713,17 +718,16 @@ async fn access_log_every_line_written_before_exit() {
     fixture.gateway.sigterm();
     let status = fixture.gateway.wait_exit().await;
     assert!(status.success(), "exit status {status}; stderr:\n{}", fixture.gateway.stderr());
-    let logged: BTreeSet<String> =
-        log_lines(&fixture.log).iter().map(|line| line["request_id"].as_str().unwrap_or_default().to_owned()).collect();
+    let logged = logged_ids(&fixture.log);
     assert_eq!(logged.len(), REQUESTS, "lines in the log after exit");
-    assert_eq!(logged, ids, "the log's request ids against the responses'");
+    assert_eq!(logged.into_iter().collect::<BTreeSet<_>>(), ids, "the log's request ids against the responses'");
 }
 
 #[tokio::test]
 async fn access_log_moved_by_a_reload_keeps_in_flight_lines_in_the_old_file() {
     let fixture = LogFixture::start();
-    // 20 bytes, one every 50 ms: the head arrives at once, the body takes a second.
-    let request = client::request("GET", "/drip/20/50").body(client::empty());
+    // 40 bytes, one every 100 ms: the head arrives at once, the body takes 4 s, past the reload.
+    let request = client::request("GET", "/drip/40/100").body(client::empty());
     let request = request.unwrap_or_else(|e| panic!("building the request: {e}"));
     let streaming = client::open(fixture.gateway.addr(), request)
         .await
@@ -745,15 +749,12 @@ async fn access_log_moved_by_a_reload_keeps_in_flight_lines_in_the_old_file() {
         .await
         .unwrap_or_else(|e| panic!("reading the streamed body: {e}"))
         .to_bytes();
-    assert_eq!(body.len(), 20, "streamed body");
+    assert_eq!(body.len(), 40, "streamed body");
     let line = wait_for_line(&fixture.log, &streaming_id).await;
     assert_eq!(line["completed"], true, "completed in {line}");
-    assert_eq!(line["bytes_sent"], 20, "bytes_sent in {line}");
-    let ids = |path: &Path| -> Vec<String> {
-        log_lines(path).iter().map(|line| line["request_id"].as_str().unwrap_or_default().to_owned()).collect()
-    };
-    assert_eq!(ids(&fixture.log), [streaming_id], "the old file holds only the request begun before the reload");
-    assert_eq!(ids(&moved), [request_id(&after)], "the new file holds only the request after the reload");
+    assert_eq!(line["bytes_sent"], 40, "bytes_sent in {line}");
+    assert_eq!(logged_ids(&fixture.log), [streaming_id], "the old file holds only the request begun before the reload");
+    assert_eq!(logged_ids(&moved), [request_id(&after)], "the new file holds only the request after the reload");
 }
 
 #[test]
