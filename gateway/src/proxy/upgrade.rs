@@ -22,8 +22,10 @@ pub(super) fn tunnel(client: OnUpgrade, upstream: OnUpgrade, idle_timeout: Durat
         let request_id = request_id.to_str().unwrap_or("");
         match tokio::try_join!(client, upstream) {
             Ok((client, upstream)) => {
+                // Either side alone sees every byte; both are limited so that the tunnel is still
+                // timed once one side has ended its half and is no longer read.
                 let mut client = IdleLimit::new(TokioIo::new(client), idle_timeout);
-                let mut upstream = TokioIo::new(upstream);
+                let mut upstream = IdleLimit::new(TokioIo::new(upstream), idle_timeout);
                 match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
                     Ok((to_upstream, to_client)) => {
                         tracing::debug!(request_id, to_upstream, to_client, "upgraded connection closed")
@@ -36,8 +38,8 @@ pub(super) fn tunnel(client: OnUpgrade, upstream: OnUpgrade, idle_timeout: Durat
     });
 }
 
-/// The client's side of a tunnel: every byte either way passes through it, so it alone can tell
-/// when the tunnel has been silent for `limit`. A read waiting past that fails with `TimedOut`.
+/// One side of a tunnel: every byte either way passes through it, so it can tell when the tunnel
+/// has been silent for `limit`. A read waiting past that fails with `TimedOut`.
 struct IdleLimit<T> {
     inner: T,
     limit: Duration,
