@@ -1,6 +1,7 @@
 //! Pooled upstream connections: what the gateway does when the upstream closes one, and when one
 //! idles past the pool's `idle_timeout`. The upstream here is a hand-written HTTP/1.1 server, so
-//! each test decides exactly when it closes a connection and sees exactly when the gateway does.
+//! each test decides exactly when it closes a connection and sees exactly when the gateway does,
+//! and what a malformed response looks like.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -209,4 +210,28 @@ async fn pool_connection_closed_as_a_post_goes_out_is_not_sent_again() {
     // A POST may have had effects even unanswered: the client decides whether to send it again.
     send_after_idling(&mut downstream, "POST").await.assert_error(502, "upstream_error");
     assert_eq!(upstream.accepted(), 1, "the POST was not sent again");
+}
+
+#[tokio::test]
+async fn upstream_length_sent_with_a_chunked_body_is_not_passed_on() {
+    // The chunks frame the body (RFC 9112 section 6.3): a proxy passing on the length too would
+    // cut "hello" to "hel" and leave the rest to be read as the next response.
+    const CL_AND_CHUNKED: &[u8] =
+        b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+    let upstream = Upstream::spawn(CL_AND_CHUNKED, AfterReply::KeepOpen).await;
+    let gateway = Gateway::start(&upstream.config("idle_timeout: 90s"));
+    let mut downstream = client::Connection::connect(gateway.addr()).await;
+    for path in ["/1", "/2"] {
+        let reply = downstream.get(path).await;
+        assert_eq!((reply.status.as_u16(), reply.text().as_str()), (200, "hello"), "{path}: {reply:?}");
+        assert_ne!(reply.header("content-length"), Some("3"), "{path}: {reply:?}");
+    }
+}
+
+#[tokio::test]
+async fn upstream_switching_protocols_unasked_is_a_502() {
+    const SWITCHED: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: h2c\r\n\r\n";
+    let upstream = Upstream::spawn(SWITCHED, AfterReply::KeepOpen).await;
+    let gateway = Gateway::start(&upstream.config("idle_timeout: 90s"));
+    client::get(gateway.addr(), "/").await.assert_error(502, "upstream_error");
 }

@@ -1,9 +1,9 @@
-//! WebSocket (HTTP/1.1 upgrade) passes through the gateway.
+//! WebSocket (HTTP/1.1 upgrade) passes through the gateway; no other upgrade does.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use e2e::{one_route_config, Backend, Gateway, TIMEOUT};
+use e2e::{client, one_route_config, Backend, Gateway, TIMEOUT};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -82,4 +82,19 @@ async fn websocket_silent_for_idle_timeout_is_closed() {
         .await
         .unwrap_or_else(|_| panic!("the silent tunnel was still open after {TIMEOUT:?}"));
     assert!(!matches!(ended, Some(Ok(Message::Text(_) | Message::Binary(_)))), "expected the end, got {ended:?}");
+}
+
+#[tokio::test]
+async fn h2c_upgrade_goes_on_as_a_plain_request() {
+    // Tunnelled, an h2c upgrade would carry every later request past routing, auth and limits.
+    let echo = Backend::spawn("echo");
+    let gateway = Gateway::start(&one_route_config(&echo, "", ""));
+    let headers =
+        [("connection", "Upgrade, HTTP2-Settings"), ("upgrade", "h2c"), ("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA")];
+    let reply = client::get_with(gateway.addr(), "/", &headers).await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let echoed = reply.echoed();
+    for name in ["upgrade", "http2-settings", "connection"] {
+        assert_eq!(echoed.header(name), None, "{name} reached the upstream");
+    }
 }

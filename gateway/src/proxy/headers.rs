@@ -49,7 +49,11 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
     headers.remove(&KEEP_ALIVE);
     headers.remove(&PROXY_CONNECTION);
-    headers.remove(header::TRANSFER_ENCODING);
+    // The body was framed by the coding, not by a length sent alongside it; passed on, that stale
+    // length would cut the body short (RFC 9112 section 6.3: a proxy must remove it).
+    if headers.remove(header::TRANSFER_ENCODING).is_some() {
+        headers.remove(header::CONTENT_LENGTH);
+    }
     headers.remove(header::TE);
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -80,9 +84,14 @@ pub fn remove_identity(headers: &mut HeaderMap, names: &[HeaderName]) -> u64 {
     names.iter().map(|name| headers.remove(name).map_or(0, |_| 1)).sum()
 }
 
-/// True when the request asks for an HTTP/1.1 protocol upgrade (e.g. WebSocket).
+/// True when the request asks for an HTTP/1.1 upgrade to WebSocket, the one protocol the gateway
+/// tunnels. Any other `Upgrade` is dropped as a hop-by-hop header and the request goes on as plain
+/// HTTP: a tunnelled `h2c` upgrade would carry every later request past routing, auth and limits.
 pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
+    let mut upgrades = headers.get_all(header::UPGRADE).iter();
+    let websocket = upgrades.next().is_some_and(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"websocket"));
+    websocket
+        && upgrades.next().is_none()
         && headers
             .get_all(header::CONNECTION)
             .iter()

@@ -182,6 +182,11 @@ fn proxy<'a>(
             let (parts, _) = response.into_parts();
             return Ok(Response::from_parts(parts, ProxyBody::empty()));
         }
+        if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+            // Passed on, it would switch the client's connection to a protocol nobody tunnels.
+            let source = "switched protocols on a request that asked for no WebSocket upgrade".into();
+            return Err(ProxyError::Upstream { upstream: upstream.name.to_string(), source });
+        }
         let (mut parts, body) = response.into_parts();
         headers::remove_hop_by_hop(&mut parts.headers, false);
         if let Some(decision) = &rate_limit {

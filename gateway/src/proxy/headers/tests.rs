@@ -60,6 +60,29 @@ fn is_upgrade_request_needs_both_headers() {
     assert!(is_upgrade_request(&map(&[("connection", "keep-alive, Upgrade"), ("upgrade", "websocket")])));
 }
 
+#[test]
+fn is_upgrade_request_only_for_websocket() {
+    assert!(is_upgrade_request(&map(&[("connection", "upgrade"), ("upgrade", "WebSocket")])));
+    for other in ["h2c", "websocket, h2c", "h2c, websocket", "TLS/1.2"] {
+        assert!(!is_upgrade_request(&map(&[("connection", "upgrade"), ("upgrade", other)])), "{other}");
+    }
+    let mut h = map(&[("connection", "Upgrade, HTTP2-Settings"), ("upgrade", "h2c"), ("http2-settings", "AAMAAABk")]);
+    let upgrade = is_upgrade_request(&h);
+    remove_hop_by_hop(&mut h, upgrade);
+    assert!(h.is_empty(), "an h2c upgrade goes on as a plain request: {h:?}");
+}
+
+#[test]
+fn remove_hop_by_hop_drops_a_length_sent_with_a_transfer_coding() {
+    let mut h = map(&[("transfer-encoding", "chunked"), ("content-length", "3"), ("content-type", "text/plain")]);
+    remove_hop_by_hop(&mut h, false);
+    assert!(h.get("content-length").is_none(), "{h:?}");
+    assert_eq!(get(&h, "content-type"), Some("text/plain"));
+    let mut h = map(&[("content-length", "3")]);
+    remove_hop_by_hop(&mut h, false);
+    assert_eq!(get(&h, "content-length"), Some("3"), "a length alone stays");
+}
+
 static HOST: HeaderValue = HeaderValue::from_static("shop.test:8080");
 
 fn client(ip: &str, trusted: bool) -> Client<'static> {
