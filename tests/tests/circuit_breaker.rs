@@ -1,6 +1,7 @@
 //! Circuit breakers (`upstreams.*.circuit_breaker`): a failing upstream stops getting requests
 //! (503 `circuit_open` with `Retry-After`, nothing forwarded), a probe after `open_for` decides,
-//! other upstreams are unaffected, and `/metrics` shows the state.
+//! other upstreams are unaffected, and `/metrics` shows the state. Clients that abandon or stall
+//! their own uploads are not the upstream's failures and never open it.
 //!
 //! The echo fails on demand (`/status/503`), so "failing" is a path, not a dead process. Waits are
 //! bounded polls; nothing asserts wall-clock time (`open_for` is 1 s, the shortest allowed, and
@@ -9,7 +10,8 @@
 use std::time::{Duration, Instant};
 
 use e2e::client::{self, Reply};
-use e2e::{config, fetch_until, Backend, Gateway, TIMEOUT};
+use e2e::{config, fetch_until, raw, Backend, Gateway, TIMEOUT};
+use tokio::io::AsyncWriteExt;
 
 /// Opens after 3 requests in the window when at least half failed; probes after 1 s.
 fn breaker_config(flaky: &Backend, steady: &Backend) -> String {
@@ -123,4 +125,51 @@ async fn breaker_probe_failure_opens_it_again() {
     assert_eq!(probe.status, 503, "the probe reached the failing echo: {probe:?}");
     assert_circuit_open(&get(&gateway, "/flaky/ok").await, "a failed probe opens it again");
     wait_for_metric(&gateway, "gateway_circuit_breaker_transitions_total{to=\"open\",upstream=\"flaky\"} 2").await;
+}
+
+/// Sends the head of a POST to `/flaky/ok` declaring a 1,000-byte body, and the first 10 bytes of it.
+async fn start_upload(gateway: &Gateway) -> tokio::net::TcpStream {
+    let mut stream = raw::connect(gateway.addr()).await;
+    let head = "POST /flaky/ok HTTP/1.1\r\nhost: breaker.test\r\ncontent-length: 1000\r\n\r\n0123456789";
+    stream.write_all(head.as_bytes()).await.unwrap_or_else(|e| panic!("sending the upload: {e}"));
+    stream
+}
+
+#[tokio::test]
+async fn breaker_ignores_clients_that_abandon_their_upload() {
+    let (flaky, steady) = (Backend::spawn("flaky"), Backend::spawn("steady"));
+    let gateway = Gateway::start(&breaker_config(&flaky, &steady));
+    for _ in 0..3 {
+        // The body never ends: the client hangs up after 10 of its 1,000 bytes.
+        drop(start_upload(&gateway).await);
+    }
+    // Failures of the client's, not of the upstream: enough of them would open it otherwise.
+    wait_for_metric(&gateway, "gateway_requests_total{route=\"flaky\",status=\"4xx\"} 3").await;
+    assert_eq!(get(&gateway, "/flaky/ok").await.status, 200, "the breaker must stay closed");
+    wait_for_metric(&gateway, "gateway_circuit_breaker_state{upstream=\"flaky\"} 0").await;
+}
+
+#[tokio::test]
+async fn breaker_ignores_uploads_too_slow_for_the_route_timeout() {
+    let flaky = Backend::spawn("flaky");
+    let gateway = Gateway::start(&config(
+        "upstreams:
+  flaky:
+    endpoints: [\"${flaky}\"]
+    circuit_breaker: { failure_rate: 0.5, min_requests: 3, window: 60s, open_for: 60s }
+routes:
+  - { name: flaky, match: { path_prefix: /flaky }, upstream: flaky, strip_prefix: true, timeout: 1s }
+",
+        &[&flaky],
+    ));
+    for i in 0..3 {
+        // 10 of 1,000 bytes, then nothing: the route's timeout runs out waiting for the client.
+        let mut upload = start_upload(&gateway).await;
+        let reply = raw::read_response(&mut upload).await;
+        assert_eq!(reply.status, 408, "stalled upload {i}: {reply:?}");
+        let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap_or_else(|e| panic!("{reply:?}: {e}"));
+        assert_eq!(body["error"], "request_body_timeout", "{body}");
+    }
+    assert_eq!(get(&gateway, "/flaky/ok").await.status, 200, "the breaker must stay closed");
+    wait_for_metric(&gateway, "gateway_circuit_breaker_state{upstream=\"flaky\"} 0").await;
 }

@@ -1,5 +1,5 @@
 //! Size and time limits on the client side: 413, 431, 408, idle keep-alive connections, clients
-//! that stop reading.
+//! that stop reading; and request heads the gateway refuses (400, 501).
 
 use e2e::client::Reply;
 use e2e::raw::{self, RawReply};
@@ -128,6 +128,56 @@ async fn limits_more_headers_than_max_headers_returns_431() {
     let headers: String = (0..40).map(|i| format!("x-h{i}: {i}\r\n")).collect();
     let request = format!("GET / HTTP/1.1\r\nhost: gw.test\r\n{headers}\r\n");
     assert_eq!(status_of(&raw::exchange(gateway.addr(), request.as_bytes()).await), 431);
+}
+
+/// `GET /` over HTTP/2 with prior knowledge (no TLS) carrying `extra` headers.
+async fn h2c_get_with_headers(gateway: &Gateway, extra: usize) -> Reply {
+    use http_body_util::{BodyExt, Empty};
+    let stream = raw::connect(gateway.addr()).await;
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.unwrap();
+    tokio::spawn(connection);
+    let mut request = http::Request::get(format!("http://{}/", gateway.addr()));
+    for i in 0..extra {
+        request = request.header(format!("x-h{i}"), i.to_string());
+    }
+    let response = sender.send_request(request.body(Empty::<bytes::Bytes>::new()).unwrap()).await.unwrap();
+    let (parts, body) = response.into_parts();
+    Reply { status: parts.status, headers: parts.headers, body: body.collect().await.unwrap().to_bytes() }
+}
+
+#[tokio::test]
+async fn limits_more_headers_than_max_headers_over_http2_returns_431() {
+    let echo = Backend::spawn("echo");
+    let gateway = Gateway::start(&one_route_config(&echo, "max_headers: 20", ""));
+    h2c_get_with_headers(&gateway, 40).await.assert_error(431, "too_many_headers");
+    assert_eq!(h2c_get_with_headers(&gateway, 10).await.status, 200);
+}
+
+#[tokio::test]
+async fn limits_transfer_coding_other_than_chunked_returns_501() {
+    let echo = Backend::spawn("echo");
+    let gateway = Gateway::start(&one_route_config(&echo, "", ""));
+    // hyper decodes the chunks; the gzip under them would reach the upstream unannounced.
+    let request = "POST / HTTP/1.1\r\nhost: gw.test\r\nconnection: close\r\ntransfer-encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+    let reply = raw::parse(&raw::exchange(gateway.addr(), request.as_bytes()).await).expect("a response");
+    assert_raw_error(&reply, 501, "unsupported_transfer_coding");
+}
+
+#[tokio::test]
+async fn limits_http11_request_needs_exactly_one_host() {
+    let echo = Backend::spawn("echo");
+    let gateway = Gateway::start(&one_route_config(&echo, "", ""));
+    for (what, hosts) in [("no Host", ""), ("two Hosts", "host: a.test\r\nhost: b.test\r\n")] {
+        let request = format!("GET / HTTP/1.1\r\n{hosts}connection: close\r\n\r\n");
+        let reply = raw::parse(&raw::exchange(gateway.addr(), request.as_bytes()).await).expect("a response");
+        assert_eq!(reply.status, 400, "{what}: {reply:?}");
+        assert_raw_error(&reply, 400, "bad_request");
+    }
+    // HTTP/1.0 predates Host.
+    let reply = raw::exchange(gateway.addr(), b"GET / HTTP/1.0\r\n\r\n").await;
+    assert_eq!(status_of(&reply), 200);
 }
 
 #[tokio::test]

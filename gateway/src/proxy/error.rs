@@ -22,6 +22,14 @@ pub enum ProxyError {
     BadRequest(&'static str),
     #[error("request body is larger than this route's limit of {limit} bytes")]
     PayloadTooLarge { limit: u64 },
+    #[error("the request carries more than {limit} header fields")]
+    TooManyHeaders { limit: usize },
+    #[error("transfer codings other than chunked are not supported")]
+    UnsupportedTransferCoding,
+    #[error("the request body could not be read: the client ended or reset it, or it was malformed")]
+    ClientBody,
+    #[error("the request body did not arrive within this route's timeout of {timeout:?}")]
+    ClientBodyTimeout { timeout: Duration },
     #[error("upstream {upstream:?} has no endpoint available")]
     NoEndpoint { upstream: String },
     #[error("upstream {upstream:?} is failing; requests to it are paused (circuit breaker open)")]
@@ -45,6 +53,10 @@ impl ProxyError {
             ProxyError::NoRoute => (StatusCode::NOT_FOUND, "no_route"),
             ProxyError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ProxyError::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ProxyError::TooManyHeaders { .. } => (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "too_many_headers"),
+            ProxyError::UnsupportedTransferCoding => (StatusCode::NOT_IMPLEMENTED, "unsupported_transfer_coding"),
+            ProxyError::ClientBody => (StatusCode::BAD_REQUEST, "bad_request_body"),
+            ProxyError::ClientBodyTimeout { .. } => (StatusCode::REQUEST_TIMEOUT, "request_body_timeout"),
             ProxyError::NoEndpoint { .. } => (StatusCode::SERVICE_UNAVAILABLE, "no_endpoint"),
             ProxyError::CircuitOpen { .. } => (StatusCode::SERVICE_UNAVAILABLE, "circuit_open"),
             ProxyError::UpstreamConnect { .. } => (StatusCode::BAD_GATEWAY, "upstream_connect_error"),

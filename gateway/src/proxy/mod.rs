@@ -30,6 +30,7 @@ pub use error::ProxyError;
 pub use headers::{remove_hop_by_hop, request_id, set_forwarding, Client};
 use record::{Record, Seen, Trace};
 pub use request_body::{copy_without_body, UpstreamRequestBody};
+use request_body::{BodyProgress, ClientBodyError};
 
 use crate::runtime::{RouteRuntime, Snapshot};
 use crate::upstream::breaker::Permit;
@@ -122,6 +123,7 @@ fn proxy<'a>(
         if path::has_dot_segment(path) {
             return Err(ProxyError::BadRequest("the path must not contain '.' or '..' segments"));
         }
+        check_head(&request, snapshot.server.max_headers)?;
         let index = snapshot.router.find(host, path, request.method(), request.headers()).ok_or(ProxyError::NoRoute)?;
         let route = snapshot.routes.get(index).ok_or(ProxyError::NoRoute)?;
         trace.route = Some(index);
@@ -220,6 +222,34 @@ pub(crate) fn request_host<B>(request: &Request<B>) -> Option<HeaderValue> {
         Some(host) => Some(host.clone()),
         None => HeaderValue::from_str(request.uri().authority()?.as_str()).ok(),
     }
+}
+
+/// What hyper leaves to the gateway: the header count on HTTP/2 (HTTP/1.1's is hyper's), one
+/// Host on HTTP/1.1 (RFC 9112 section 3.2), and no transfer coding but chunked, which is the only
+/// one hyper decodes (RFC 9112 section 6.1: 501).
+fn check_head<B>(request: &Request<B>, max_headers: usize) -> Result<(), ProxyError> {
+    let headers = request.headers();
+    if headers.len() > max_headers {
+        return Err(ProxyError::TooManyHeaders { limit: max_headers });
+    }
+    if request.version() == Version::HTTP_11 {
+        let mut hosts = headers.get_all(header::HOST).iter();
+        if hosts.next().is_none() {
+            return Err(ProxyError::BadRequest("an HTTP/1.1 request must carry a Host header"));
+        }
+        if hosts.next().is_some() {
+            return Err(ProxyError::BadRequest("the request carries more than one Host header"));
+        }
+    }
+    let chunked_only = |value: &HeaderValue| {
+        value
+            .to_str()
+            .is_ok_and(|codings| codings.split(',').all(|coding| coding.trim().eq_ignore_ascii_case("chunked")))
+    };
+    if !headers.get_all(header::TRANSFER_ENCODING).iter().all(chunked_only) {
+        return Err(ProxyError::UnsupportedTransferCoding);
+    }
+    Ok(())
 }
 
 fn declared_length<B>(request: &Request<B>) -> Option<u64> {
@@ -334,6 +364,7 @@ async fn send(
     let upstream = || route.upstream.name.to_string();
     let metrics = &route.upstream.metrics;
     let endpoint = in_flight.endpoint();
+    let body = request.body().progress().cloned();
     let started = tokio::time::Instant::now();
     let deadline = started + route.timeout;
     let sent = match upgrade {
@@ -345,6 +376,10 @@ async fn send(
         }
     };
     let result = match sent {
+        // The client's slow upload, not the upstream: a 408, and nothing for the breaker.
+        Err(SendError::TimedOut) if body.as_ref().is_some_and(BodyProgress::waiting_for_client) => {
+            Err(ProxyError::ClientBodyTimeout { timeout: route.timeout })
+        }
         Err(SendError::TimedOut) => {
             metrics.timeouts.inc();
             Err(ProxyError::UpstreamTimeout { upstream: upstream(), timeout: route.timeout })
@@ -366,6 +401,10 @@ async fn send(
         Err(SendError::Http(error)) if caused_by::<http_body_util::LengthLimitError>(&error) => {
             Err(ProxyError::PayloadTooLarge { limit: route.max_body_size })
         }
+        Err(SendError::Http(error)) if caused_by::<ClientBodyError>(&error) => {
+            tracing::debug!(error = %causes(&error), "the client's request body failed");
+            Err(ProxyError::ClientBody)
+        }
         Err(SendError::Http(error)) => {
             metrics.errors.inc();
             Err(ProxyError::Upstream { upstream: upstream(), source: Box::new(error) })
@@ -375,11 +414,12 @@ async fn send(
 }
 
 /// Whether the upstream did its part, for its breaker: a gateway-side refusal (a body over the
-/// limit) says nothing about it (`None`); 502, 503 and 504 from it count as failures.
+/// limit) or the client's failure (its body ended early, or came too slowly) says nothing about it
+/// (`None`); 502, 503 and 504 from it count as failures.
 fn upstream_succeeded(sent: &Result<Sent, ProxyError>) -> Option<bool> {
     match sent {
         Ok(sent) => Some(!matches!(sent.response.status().as_u16(), 502..=504)),
-        Err(ProxyError::PayloadTooLarge { .. }) => None,
+        Err(ProxyError::PayloadTooLarge { .. } | ProxyError::ClientBody | ProxyError::ClientBodyTimeout { .. }) => None,
         Err(_) => Some(false),
     }
 }

@@ -1,12 +1,14 @@
 //! The body the gateway sends upstream.
 
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use http::Request;
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::Limited;
+use http_body_util::{LengthLimitError, Limited};
 use hyper::body::Incoming;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -15,13 +17,48 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// (only requests without a body are).
 #[derive(Debug)]
 pub enum UpstreamRequestBody {
-    Client(Limited<Incoming>),
+    Client { body: Limited<Incoming>, progress: Option<BodyProgress> },
     Empty,
+}
+
+/// Failed reading the client's body (it ended early, was reset or was malformed): the client's
+/// doing, never the upstream's, so the breaker must not count it.
+#[derive(Debug, thiserror::Error)]
+#[error("reading the client's request body: {0}")]
+pub struct ClientBodyError(#[source] BoxError);
+
+/// Where a body being sent stands, for telling whose wait ran out when the route's timeout does.
+#[derive(Debug, Clone, Default)]
+pub struct BodyProgress(Arc<AtomicU8>);
+
+const SENDING: u8 = 0;
+const WAITING_FOR_CLIENT: u8 = 1;
+const ENDED: u8 = 2;
+
+impl BodyProgress {
+    /// True when the body has not ended and the last poll waited for the client to send more
+    /// (not for the upstream to take more).
+    pub fn waiting_for_client(&self) -> bool {
+        self.0.load(Ordering::Relaxed) == WAITING_FOR_CLIENT
+    }
+
+    fn set(&self, state: u8) {
+        self.0.store(state, Ordering::Relaxed);
+    }
 }
 
 impl UpstreamRequestBody {
     pub fn capped(body: Incoming, limit: u64) -> UpstreamRequestBody {
-        UpstreamRequestBody::Client(Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)))
+        // Requests without a body (most) skip the bookkeeping and its allocation.
+        let progress = (!body.is_end_stream()).then(BodyProgress::default);
+        UpstreamRequestBody::Client { body: Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)), progress }
+    }
+
+    pub fn progress(&self) -> Option<&BodyProgress> {
+        match self {
+            UpstreamRequestBody::Client { progress, .. } => progress.as_ref(),
+            UpstreamRequestBody::Empty => None,
+        }
     }
 }
 
@@ -41,22 +78,35 @@ impl Body for UpstreamRequestBody {
     type Error = BoxError;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            UpstreamRequestBody::Client(body) => Pin::new(body).poll_frame(cx),
-            UpstreamRequestBody::Empty => Poll::Ready(None),
+        let (body, progress) = match self.get_mut() {
+            UpstreamRequestBody::Client { body, progress } => (body, progress),
+            UpstreamRequestBody::Empty => return Poll::Ready(None),
+        };
+        let polled = Pin::new(&mut *body).poll_frame(cx);
+        if let Some(progress) = progress {
+            progress.set(match &polled {
+                Poll::Pending => WAITING_FOR_CLIENT,
+                Poll::Ready(None) => ENDED,
+                Poll::Ready(Some(_)) if body.is_end_stream() => ENDED,
+                Poll::Ready(Some(_)) => SENDING,
+            });
         }
+        Poll::Ready(match ready!(polled) {
+            Some(Err(error)) if !error.is::<LengthLimitError>() => Some(Err(Box::new(ClientBodyError(error)))),
+            other => other,
+        })
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            UpstreamRequestBody::Client(body) => body.is_end_stream(),
+            UpstreamRequestBody::Client { body, .. } => body.is_end_stream(),
             UpstreamRequestBody::Empty => true,
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            UpstreamRequestBody::Client(body) => body.size_hint(),
+            UpstreamRequestBody::Client { body, .. } => body.size_hint(),
             UpstreamRequestBody::Empty => SizeHint::with_exact(0),
         }
     }
