@@ -114,7 +114,7 @@ fn proxy<'a>(
 
         // route
         // A cheap reference-counted copy: the request itself moves on below.
-        let host_value = request_host(&request);
+        let host_value = single_host(&request)?;
         let host = host_value.as_ref().and_then(|h| h.to_str().ok());
         let path = request.uri().path();
         if path.is_empty() || !path.starts_with('/') {
@@ -224,32 +224,37 @@ pub(crate) fn request_host<B>(request: &Request<B>) -> Option<HeaderValue> {
     }
 }
 
-/// What hyper leaves to the gateway: the header count on HTTP/2 (HTTP/1.1's is hyper's), one
-/// Host on HTTP/1.1 (RFC 9112 section 3.2), and no transfer coding but chunked, which is the only
-/// one hyper decodes (RFC 9112 section 6.1: 501).
-fn check_head<B>(request: &Request<B>, max_headers: usize) -> Result<(), ProxyError> {
+/// What hyper leaves to the gateway: the header count on HTTP/2 (HTTP/1.1's is hyper's), and no
+/// transfer coding but chunked, the only one hyper decodes (RFC 9112 section 6.1: 501).
+fn check_head(request: &Request<Incoming>, max_headers: usize) -> Result<(), ProxyError> {
     let headers = request.headers();
     if headers.len() > max_headers {
         return Err(ProxyError::TooManyHeaders { limit: max_headers });
-    }
-    if request.version() == Version::HTTP_11 {
-        let mut hosts = headers.get_all(header::HOST).iter();
-        if hosts.next().is_none() {
-            return Err(ProxyError::BadRequest("an HTTP/1.1 request must carry a Host header"));
-        }
-        if hosts.next().is_some() {
-            return Err(ProxyError::BadRequest("the request carries more than one Host header"));
-        }
     }
     let chunked_only = |value: &HeaderValue| {
         value
             .to_str()
             .is_ok_and(|codings| codings.split(',').all(|coding| coding.trim().eq_ignore_ascii_case("chunked")))
     };
-    if !headers.get_all(header::TRANSFER_ENCODING).iter().all(chunked_only) {
+    // A coding comes with a body: requests without one (most) skip the lookup.
+    if !request.body().is_end_stream() && !headers.get_all(header::TRANSFER_ENCODING).iter().all(chunked_only) {
         return Err(ProxyError::UnsupportedTransferCoding);
     }
     Ok(())
+}
+
+/// [`request_host`], for a request to proxy: an HTTP/1.1 request must carry exactly one Host
+/// (RFC 9112 section 3.2).
+fn single_host<B>(request: &Request<B>) -> Result<Option<HeaderValue>, ProxyError> {
+    let mut hosts = request.headers().get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(host), None) => Ok(Some(host.clone())),
+        (Some(_), Some(_)) => Err(ProxyError::BadRequest("the request carries more than one Host header")),
+        (None, _) if request.version() == Version::HTTP_11 => {
+            Err(ProxyError::BadRequest("an HTTP/1.1 request must carry a Host header"))
+        }
+        (None, _) => Ok(request_host(request)),
+    }
 }
 
 fn declared_length<B>(request: &Request<B>) -> Option<u64> {
