@@ -1,5 +1,6 @@
 //! Bodies stream both ways: 50 MiB up and down arrive intact while the gateway's peak memory stays far
-//! below the body size (a buffering gateway would need at least the whole body).
+//! below the body size (a buffering gateway would need at least the whole body). An upload that
+//! keeps coming is not cut by the route's timeout, however long it takes.
 
 use bytes::Bytes;
 use e2e::client::{self, empty, request};
@@ -84,4 +85,21 @@ async fn streaming_download_50mib_arrives_intact_with_low_gateway_rss() {
         mib(rss_before),
         mib(BODY)
     );
+}
+
+#[tokio::test]
+async fn streaming_upload_longer_than_the_route_timeout_passes_while_it_keeps_coming() {
+    let echo = Backend::spawn("echo");
+    let gateway = Gateway::start(&one_route_config(&echo, "", "timeout: 1s"));
+    // Eight pieces, one every 400 ms: 3.2 s in all, each piece well within the 1 s timeout.
+    let pieces = futures_util::stream::unfold(0u8, |i| async move {
+        if i == 8 {
+            return None;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        Some((Ok(Bytes::from(vec![i; 100])), i + 1))
+    });
+    let reply = client::send(gateway.addr(), request("PUT", "/upload").body(client::stream(pieces)).unwrap()).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.echoed().body_bytes, 800);
 }

@@ -28,7 +28,7 @@ pub enum ProxyError {
     UnsupportedTransferCoding,
     #[error("the request body could not be read: the client ended or reset it, or it was malformed")]
     ClientBody,
-    #[error("the request body did not arrive within this route's timeout of {timeout:?}")]
+    #[error("no more of the request body arrived within this route's timeout of {timeout:?}")]
     ClientBodyTimeout { timeout: Duration },
     #[error("upstream {upstream:?} has no endpoint available")]
     NoEndpoint { upstream: String },

@@ -29,8 +29,8 @@ pub use body::ProxyBody;
 pub use error::ProxyError;
 pub use headers::{remove_hop_by_hop, request_id, set_forwarding, Client};
 use record::{Record, Seen, Trace};
-pub use request_body::{copy_without_body, UpstreamRequestBody};
-use request_body::{BodyProgress, ClientBodyError};
+use request_body::ClientBodyError;
+pub use request_body::{copy_without_body, BodyProgress, UpstreamRequestBody};
 
 use crate::runtime::{RouteRuntime, Snapshot};
 use crate::upstream::breaker::Permit;
@@ -292,7 +292,7 @@ fn upstream_request(
         None => endpoint.host.clone(),
     };
     parts.headers.insert(header::HOST, upstream_host);
-    Ok(Request::from_parts(parts, UpstreamRequestBody::capped(body, route.max_body_size)))
+    Ok(Request::from_parts(parts, UpstreamRequestBody::capped(body, route.max_body_size, route.timeout)))
 }
 
 /// Sends the request, and tells the breaker how it went. When the endpoint could not be connected

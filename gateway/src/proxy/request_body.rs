@@ -1,15 +1,17 @@
 //! The body the gateway sends upstream.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::Request;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{LengthLimitError, Limited};
 use hyper::body::Incoming;
+use tokio::time::Instant;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -27,30 +29,61 @@ pub enum UpstreamRequestBody {
 #[error("reading the client's request body: {0}")]
 pub struct ClientBodyError(#[source] BoxError);
 
-/// Where a body being sent stands, for telling whose wait ran out when the route's timeout does.
-#[derive(Debug, Clone, Default)]
-pub struct BodyProgress(Arc<AtomicU8>);
+/// Where a body being sent stands: whose wait it is, and when its last piece (or its end) came.
+/// The route's timeout counts anew from that moment, as it does between pieces of a response
+/// body: an upload that keeps coming is never cut, whatever its length.
+#[derive(Debug, Clone)]
+pub struct BodyProgress(Arc<Progress>);
+
+#[derive(Debug)]
+struct Progress {
+    state: AtomicU8,
+    timeout: Duration,
+    started: Instant,
+    /// Since `started`, in nanoseconds.
+    last_piece: AtomicU64,
+}
 
 const SENDING: u8 = 0;
 const WAITING_FOR_CLIENT: u8 = 1;
 const ENDED: u8 = 2;
 
 impl BodyProgress {
+    fn new(timeout: Duration) -> BodyProgress {
+        let started = Instant::now();
+        BodyProgress(Arc::new(Progress {
+            state: AtomicU8::new(SENDING),
+            timeout,
+            started,
+            last_piece: AtomicU64::new(0),
+        }))
+    }
+
     /// True when the body has not ended and the last poll waited for the client to send more
     /// (not for the upstream to take more).
     pub fn waiting_for_client(&self) -> bool {
-        self.0.load(Ordering::Relaxed) == WAITING_FOR_CLIENT
+        self.0.state.load(Ordering::Relaxed) == WAITING_FOR_CLIENT
+    }
+
+    /// When the response head is due: the route's timeout after the body's last piece or end.
+    pub fn deadline(&self) -> Instant {
+        self.0.started + Duration::from_nanos(self.0.last_piece.load(Ordering::Relaxed)) + self.0.timeout
     }
 
     fn set(&self, state: u8) {
-        self.0.store(state, Ordering::Relaxed);
+        self.0.state.store(state, Ordering::Relaxed);
+        if state != WAITING_FOR_CLIENT {
+            let since = u64::try_from(self.0.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            self.0.last_piece.store(since, Ordering::Relaxed);
+        }
     }
 }
 
 impl UpstreamRequestBody {
-    pub fn capped(body: Incoming, limit: u64) -> UpstreamRequestBody {
+    /// `timeout`: the route's, which counts anew from each piece of the body.
+    pub fn capped(body: Incoming, limit: u64, timeout: Duration) -> UpstreamRequestBody {
         // Requests without a body (most) skip the bookkeeping and its allocation.
-        let progress = (!body.is_end_stream()).then(BodyProgress::default);
+        let progress = (!body.is_end_stream()).then(|| BodyProgress::new(timeout));
         UpstreamRequestBody::Client { body: Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)), progress }
     }
 

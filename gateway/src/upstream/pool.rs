@@ -32,7 +32,7 @@ use tower_service::Service;
 use super::deadline::DeadlineTimer;
 use super::drive::DriveWaker;
 use super::{Endpoint, MAX_RESPONSE_HEAD};
-use crate::proxy::{copy_without_body, UpstreamRequestBody};
+use crate::proxy::{copy_without_body, BodyProgress, UpstreamRequestBody};
 use crate::{config, worker};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -340,6 +340,8 @@ impl Connection {
         deadline: tokio::time::Instant,
     ) -> Result<Result<Response<Incoming>, TrySendError<Request<UpstreamRequestBody>>>, TimedOut> {
         let Connection { sender, conn, drive, deadline_timer } = self;
+        let body = request.body().progress().cloned();
+        let mut deadline = deadline;
         let mut response = std::pin::pin!(sender.try_send_request(request));
         poll_fn(|cx| {
             let polled = drive.poll(cx, |cx| {
@@ -350,10 +352,17 @@ impl Connection {
                 poll_drive(conn, cx);
                 response.as_mut().poll(cx)
             });
-            match polled {
-                Poll::Ready(result) => Poll::Ready(Ok(result)),
-                Poll::Pending => deadline_timer.poll_passed(deadline, cx).map(|()| Err(TimedOut)),
+            if let Poll::Ready(result) = polled {
+                return Poll::Ready(Ok(result));
             }
+            while deadline_timer.poll_passed(deadline, cx).is_ready() {
+                // A request body moves the deadline on with each piece, and with its end.
+                match body.as_ref().map(BodyProgress::deadline).filter(|later| *later > deadline) {
+                    Some(later) => deadline = later,
+                    None => return Poll::Ready(Err(TimedOut)),
+                }
+            }
+            Poll::Pending
         })
         .await
     }
