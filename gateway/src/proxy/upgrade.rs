@@ -4,7 +4,6 @@
 //! nginx's `proxy_read_timeout` does: a peer that vanished without a FIN would otherwise hold both
 //! connections for ever. Clients that stay quiet longer send WebSocket pings.
 
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -14,7 +13,8 @@ use http::HeaderValue;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::{Instant, Sleep};
+
+use crate::stall::StallTimer;
 
 /// Joins the client's and the upstream's upgraded connections in a background task.
 pub(super) fn tunnel(client: OnUpgrade, upstream: OnUpgrade, idle_timeout: Duration, request_id: HeaderValue) {
@@ -39,33 +39,16 @@ pub(super) fn tunnel(client: OnUpgrade, upstream: OnUpgrade, idle_timeout: Durat
 }
 
 /// One side of a tunnel: every byte either way passes through it, so it can tell when the tunnel
-/// has been silent for `limit`. A read waiting past that fails with `TimedOut`.
+/// has been silent for `limit`. A read waiting that long fails with `TimedOut`; a byte either way
+/// starts the wait anew.
 struct IdleLimit<T> {
     inner: T,
-    limit: Duration,
-    /// When a byte last crossed, either way.
-    last: Instant,
-    /// Runs while a read waits; moved on, when it fires, to `limit` after `last`.
-    timer: Pin<Box<Sleep>>,
+    silence: StallTimer,
 }
 
 impl<T> IdleLimit<T> {
     fn new(inner: T, limit: Duration) -> IdleLimit<T> {
-        IdleLimit { inner, limit, last: Instant::now(), timer: Box::pin(tokio::time::sleep(limit)) }
-    }
-
-    fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        loop {
-            ready!(self.timer.as_mut().poll(cx));
-            let deadline = self.last + self.limit;
-            if Instant::now() >= deadline {
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "no byte either way for idle_timeout",
-                )));
-            }
-            self.timer.as_mut().reset(deadline);
-        }
+        IdleLimit { inner, silence: StallTimer::new(limit) }
     }
 }
 
@@ -74,10 +57,13 @@ impl<T: AsyncRead + Unpin> AsyncRead for IdleLimit<T> {
         let this = self.get_mut();
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
-            Poll::Pending => this.poll_idle(cx),
+            Poll::Pending => this
+                .silence
+                .poll_expired(cx)
+                .map(|()| Err(io::Error::new(io::ErrorKind::TimedOut, "no byte either way for idle_timeout"))),
             Poll::Ready(result) => {
                 if buf.filled().len() > before {
-                    this.last = Instant::now();
+                    this.silence.progressed();
                 }
                 Poll::Ready(result)
             }
@@ -90,7 +76,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleLimit<T> {
         let this = self.get_mut();
         let written = ready!(Pin::new(&mut this.inner).poll_write(cx, buf));
         if matches!(written, Ok(n) if n > 0) {
-            this.last = Instant::now();
+            this.silence.progressed();
         }
         Poll::Ready(written)
     }

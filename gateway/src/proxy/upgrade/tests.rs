@@ -1,4 +1,5 @@
 use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
 
 use super::*;
 
