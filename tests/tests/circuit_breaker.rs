@@ -173,3 +173,36 @@ routes:
     assert_eq!(get(&gateway, "/flaky/ok").await.status, 200, "the breaker must stay closed");
     wait_for_metric(&gateway, "gateway_circuit_breaker_state{upstream=\"flaky\"} 0").await;
 }
+
+#[tokio::test]
+async fn breaker_ignores_http2_clients_that_reset_their_upload() {
+    use http_body_util::BodyExt;
+    let (flaky, steady) = (Backend::spawn("flaky"), Backend::spawn("steady"));
+    let gateway = Gateway::start(&breaker_config(&flaky, &steady));
+    // HTTP/2 with prior knowledge: a body that fails makes the client reset the stream.
+    let io = hyper_util::rt::TokioIo::new(raw::connect(gateway.addr()).await);
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.unwrap();
+    tokio::spawn(connection);
+    for i in 0..3u64 {
+        let (chunks, body) = tokio::sync::mpsc::unbounded_channel::<std::io::Result<bytes::Bytes>>();
+        let body = futures_util::stream::unfold(body, |mut body| async { Some((body.recv().await?, body)) });
+        let request =
+            http::Request::post(format!("http://{}/flaky/ok", gateway.addr())).body(client::stream(body)).unwrap();
+        let response = tokio::spawn(sender.send_request(request));
+        chunks.send(Ok(bytes::Bytes::from_static(b"0123456789"))).unwrap();
+        // The upload is under way once the request reached the echo; then the client gives up.
+        fetch_until("the upload at the echo", || flaky.stats(), |s| s.requests == i + 1, |s| s.requests.to_string())
+            .await;
+        chunks.send(Err(std::io::Error::other("the client gives up"))).unwrap();
+        let response = response.await.unwrap();
+        assert!(response.is_err(), "upload {i} was reset, yet: {:?}", response.map(|r| r.status()));
+    }
+    wait_for_metric(&gateway, "gateway_requests_total{route=\"flaky\",status=\"4xx\"} 3").await;
+    assert_eq!(get(&gateway, "/flaky/ok").await.status, 200, "the breaker must stay closed");
+    wait_for_metric(&gateway, "gateway_circuit_breaker_state{upstream=\"flaky\"} 0").await;
+    let request = http::Request::get(format!("http://{}/flaky/ok", gateway.addr())).body(client::empty()).unwrap();
+    let reply = sender.send_request(request).await.unwrap();
+    assert_eq!(reply.status(), 200, "the connection serves on after the resets");
+    reply.into_body().collect().await.unwrap();
+}
