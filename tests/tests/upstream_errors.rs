@@ -165,3 +165,43 @@ async fn upstream_connect_failure_with_a_body_is_not_sent_again() {
     assert_eq!(statuses, [200, 200, 502, 502]);
     assert_eq!(echo.stats().await.requests, 2);
 }
+
+#[tokio::test]
+async fn upstream_that_stops_reading_an_upload_returns_504_upstream_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // An upstream that takes the first bytes of a request and then never reads again.
+    let stuck = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let yaml = format!(
+        "\nupstreams:\n  stuck: {{ endpoints: [\"http://{}\"] }}\nroutes:\n  - {{ name: upload, upstream: stuck, timeout: 1s, max_body_size: 1GiB }}\n",
+        stuck.local_addr().unwrap()
+    );
+    let gateway = Gateway::start(&config(&yaml, &[]));
+    let held = tokio::spawn(async move {
+        let (mut connection, _) = stuck.accept().await.unwrap();
+        let _ = connection.read(&mut [0u8; 1024]).await;
+        std::future::pending::<()>().await;
+    });
+
+    // The client always has more to send: only the upstream makes the upload wait.
+    let (mut from_gateway, mut to_gateway) = e2e::raw::connect(gateway.addr()).await.into_split();
+    let uploading = tokio::spawn(async move {
+        to_gateway.write_all(b"PUT /up HTTP/1.1\r\nhost: gw.test\r\ncontent-length: 1073741824\r\n\r\n").await?;
+        let piece = vec![b'x'; 64 * 1024];
+        loop {
+            to_gateway.write_all(&piece).await?;
+        }
+        #[expect(unreachable_code, reason = "the loop ends with the first write error")]
+        std::io::Result::Ok(())
+    });
+    let reply = e2e::raw::read_response(&mut from_gateway).await;
+    assert_eq!(reply.status, 504, "{reply:?}");
+    let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+    assert_eq!(body["error"], "upstream_timeout", "{body}");
+    uploading.abort();
+    held.abort();
+
+    // The upstream's failure, not the client's: counted against it.
+    let metrics = client::get(gateway.admin_addr(), "/metrics").await.text();
+    let timeouts = r#"gateway_upstream_errors_total{kind="timeout",upstream="stuck"} 1"#;
+    assert!(metrics.lines().any(|l| l == timeouts), "{metrics}");
+}
