@@ -32,6 +32,7 @@ pub struct Metrics {
     identity_headers_stripped: IntCounterVec,
     upstream_errors: IntCounterVec,
     upstream_retries: IntCounterVec,
+    endpoint_ejections: IntCounterVec,
     upstream_duration: HistogramVec,
     upstream_in_flight: IntGaugeVec,
     breaker_state: IntGaugeVec,
@@ -162,6 +163,12 @@ impl Metrics {
                  connection_closed (on a new connection, after a reused one closed unanswered).",
                 &["upstream", "reason"],
             ),
+            endpoint_ejections: counter(
+                &r,
+                "gateway_upstream_endpoint_ejections_total",
+                "Times an endpoint left the rotation after failed connects (passive_health), by upstream and endpoint.",
+                &["upstream", "endpoint"],
+            ),
             upstream_duration: histogram(
                 &r,
                 "gateway_upstream_response_seconds",
@@ -247,6 +254,11 @@ impl Metrics {
             breaker_half_opened: self.breaker_transitions.with_label_values(&[upstream, "half_open"]),
             breaker_closed: self.breaker_transitions.with_label_values(&[upstream, "closed"]),
         }
+    }
+
+    /// An endpoint's series of ejections, present (at 0) from the start.
+    pub fn endpoint_ejections(&self, upstream: &str, endpoint: &str) -> IntCounter {
+        self.endpoint_ejections.with_label_values(&[upstream, endpoint])
     }
 
     pub fn rate_limit(&self, limit: &str) -> RateLimitMetrics {

@@ -141,8 +141,13 @@ pub struct EchoStats {
 impl Backend {
     /// Starts an echo backend named `name` and waits for its `listening <addr>` line.
     pub fn spawn(name: &str) -> Backend {
+        Backend::spawn_on(name, SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// [`Backend::spawn`] on `addr` (port 0: any free port).
+    pub fn spawn_on(name: &str, addr: SocketAddr) -> Backend {
         let mut command = Command::new(binary("echo"));
-        command.args(["--listen", "127.0.0.1:0", "--name", name]);
+        command.args(["--listen", &addr.to_string(), "--name", name]);
         let mut proc = Proc::spawn(format!("echo backend `{name}`"), command);
         let line = proc.next_line().unwrap_or_else(|message| panic!("{message}"));
         let Some(addr) = line.strip_prefix("listening ") else {

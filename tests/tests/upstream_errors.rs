@@ -112,13 +112,14 @@ async fn upstream_error_status_passes_through_unchanged() {
     }
 }
 
-/// Two endpoints, the first refusing connections; round robin alternates between them.
+/// Two endpoints, the first refusing connections; round robin alternates between them, and every
+/// request sent to the dead one meets it (it never leaves the rotation).
 fn half_dead_config(echo: &Backend, dead: std::net::SocketAddr, preserve_host: bool) -> String {
     config(
         &format!(
             r#"
 upstreams:
-  pair: {{ endpoints: ["http://{dead}", "${{echo}}"] }}
+  pair: {{ endpoints: ["http://{dead}", "${{echo}}"], passive_health: {{ max_fails: 0 }} }}
 routes:
   - {{ name: pair, upstream: pair, preserve_host: {preserve_host} }}
 "#

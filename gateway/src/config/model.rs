@@ -264,6 +264,17 @@ pub struct Upstream {
     pub tls: Option<UpstreamTls>,
     /// Present when the upstream stops getting requests while most of them fail.
     pub circuit_breaker: Option<CircuitBreaker>,
+    /// When one of several endpoints leaves the rotation because it cannot be connected to.
+    pub passive_health: PassiveHealth,
+}
+
+/// When an endpoint that cannot be connected to stops getting requests, and for how long.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PassiveHealth {
+    /// Failed connects in a row that take it out of rotation; 0 never does.
+    pub max_fails: u32,
+    /// How long it stays out before one request tries it again.
+    pub fail_timeout: Duration,
 }
 
 /// When to stop sending requests to a failing upstream, and for how long.
@@ -422,6 +433,9 @@ pub mod defaults {
     pub const BREAKER_MIN_REQUESTS: u32 = 20;
     pub const BREAKER_WINDOW: Duration = Duration::from_secs(10);
     pub const BREAKER_OPEN_FOR: Duration = Duration::from_secs(30);
+    /// nginx's defaults for `max_fails` and `fail_timeout`.
+    pub const PASSIVE_MAX_FAILS: u32 = 1;
+    pub const PASSIVE_FAIL_TIMEOUT: Duration = Duration::from_secs(10);
     pub const REDIS_TIMEOUT: Duration = Duration::from_millis(100);
     pub const REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 }

@@ -162,6 +162,14 @@ pub(crate) struct RawUpstream {
     pub pool: Option<RawPool>,
     pub tls: Option<Spanned<RawUpstreamTls>>,
     pub circuit_breaker: Option<Spanned<RawCircuitBreaker>>,
+    pub passive_health: Option<Spanned<RawPassiveHealth>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPassiveHealth {
+    pub max_fails: Option<Spanned<u64>>,
+    pub fail_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -60,6 +60,8 @@ fn minimal_config_fills_defaults() {
     let upstream = &config.upstreams[0];
     assert_eq!(upstream.load_balancing, LoadBalancing::RoundRobin);
     assert_eq!(upstream.pool.max_idle_per_host, defaults::POOL_MAX_IDLE_PER_HOST);
+    let passive_health = PassiveHealth { max_fails: 1, fail_timeout: Duration::from_secs(10) };
+    assert_eq!(upstream.passive_health, passive_health, "nginx's max_fails and fail_timeout");
     let route = &config.routes[0];
     assert_eq!(route.matcher.path, PathMatch::Prefix("/".into()));
     assert_eq!(route.rewrite, Rewrite::None);
@@ -131,6 +133,19 @@ fn unused_upstream_warned_not_rejected() {
         warnings,
         ["gw.yaml:5:3: upstreams.spare: warning: upstream \"spare\" is not used by any route\n  hint: remove it, or point a route at it with `upstream: spare`"]
     );
+}
+
+#[test]
+fn passive_health_on_a_lone_endpoint_warned() {
+    let text = MINIMAL.replace("9001] }", "9001], passive_health: { max_fails: 3 } }");
+    let loaded = parse("gw.yaml", &text).unwrap();
+    let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        warnings,
+        ["gw.yaml:5:63: upstreams.echo.passive_health: warning: passive_health does nothing with one endpoint\n  hint: a lone endpoint is always tried; to pause requests to a failing upstream, set `circuit_breaker`"]
+    );
+    let two = text.replace("9001]", "9001, http://127.0.0.1:9002]");
+    assert!(parse("gw.yaml", &two).unwrap().warnings.is_empty());
 }
 
 #[test]

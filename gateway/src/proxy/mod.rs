@@ -380,6 +380,11 @@ async fn send(
             route.upstream.send(endpoint, request, deadline).await.map(|(response, lease)| (response, Some(lease)))
         }
     };
+    match &sent {
+        Err(SendError::Connect { .. }) => route.upstream.connect_failed(endpoint),
+        Err(SendError::TimedOut) => {}
+        Ok(_) | Err(SendError::Http(_)) => route.upstream.connected(endpoint),
+    }
     let result = match sent {
         // The client's slow upload, not the upstream: a 408, and nothing for the breaker.
         Err(SendError::TimedOut) if body.as_ref().is_some_and(BodyProgress::waiting_for_client) => {

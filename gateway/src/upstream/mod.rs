@@ -1,10 +1,11 @@
-//! Upstreams: their endpoints, the balancer that picks one, the circuit breaker, and the
-//! connection pools.
+//! Upstreams: their endpoints and their passive health, the balancer that picks one, the circuit
+//! breaker, and the connection pools.
 
 mod balancer;
 pub mod breaker;
 mod deadline;
 mod drive;
+mod health;
 mod pool;
 mod tls;
 
@@ -17,12 +18,14 @@ use http::uri::{Authority, Scheme};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
+use prometheus::IntCounter;
 
 use crate::config;
 use crate::metrics::{self, UpstreamMetrics};
 use crate::proxy::UpstreamRequestBody;
 use balancer::Balancer;
 use breaker::{Breaker, Permit, State};
+use health::Health;
 use pool::{Connector, Pools};
 pub use pool::{Lease, SendError};
 pub(crate) use tls::fetch_connector;
@@ -47,7 +50,7 @@ pub struct Upstream {
     pub breaker: Option<Arc<Breaker>>,
 }
 
-/// One endpoint of an upstream and the requests currently in flight to it.
+/// One endpoint of an upstream, the requests currently in flight to it, and whether it is in rotation.
 #[derive(Debug)]
 pub struct Endpoint {
     pub scheme: Scheme,
@@ -55,6 +58,9 @@ pub struct Endpoint {
     /// The authority as a `Host` header value, made once.
     pub host: http::HeaderValue,
     in_flight: AtomicUsize,
+    health: Health,
+    /// Its series of `gateway_upstream_endpoint_ejections_total`.
+    ejections: IntCounter,
 }
 
 /// Holds an endpoint's in-flight slot until dropped (when the response body has been sent).
@@ -104,6 +110,8 @@ impl Upstream {
                     authority: authority.clone(),
                     host: http::HeaderValue::from_str(authority.as_str()).ok()?,
                     in_flight: AtomicUsize::new(0),
+                    health: Health::default(),
+                    ejections: metrics::global().endpoint_ejections(&config.name, authority.as_str()),
                 }))
             })
             .collect();
@@ -133,16 +141,36 @@ impl Upstream {
             && self.endpoints.iter().any(|e| other.endpoints.iter().any(|o| Arc::ptr_eq(e, o)))
     }
 
-    /// Another endpoint than `failed` (the next in the list), with an in-flight slot taken on it;
-    /// `None` when there is no other.
+    /// Another endpoint than `failed`, with an in-flight slot taken on it: the next in the list
+    /// that is in rotation, else the next in the list; `None` when there is no other.
     pub fn pick_other(&self, failed: &Endpoint) -> Option<InFlight> {
         let position = self.endpoints.iter().position(|e| std::ptr::eq(Arc::as_ptr(e), failed))?;
-        let endpoint = self
-            .endpoints
-            .get((position + 1) % self.endpoints.len())
-            .filter(|e| !std::ptr::eq(Arc::as_ptr(e), failed))?;
+        let others =
+            || (1..self.endpoints.len()).filter_map(|k| self.endpoints.get((position + k) % self.endpoints.len()));
+        let endpoint =
+            others().find(|e| e.health.available(&self.config.passive_health)).or_else(|| others().next())?;
         endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
         Some(InFlight(endpoint.clone()))
+    }
+
+    /// A connect to `endpoint` failed: with other endpoints to turn to, it may leave the rotation.
+    pub fn connect_failed(&self, endpoint: &Endpoint) {
+        if self.endpoints.len() < 2 {
+            // Nowhere else to send its requests: the breaker, if any, is what pauses them.
+            return;
+        }
+        let settings = &self.config.passive_health;
+        if endpoint.health.connect_failed(settings) == health::Failed::TakenOut {
+            endpoint.ejections.inc();
+            tracing::warn!(upstream = &*self.name, endpoint = %endpoint.authority, fail_timeout = ?settings.fail_timeout, "cannot connect to the endpoint; it is out of rotation until a request after fail_timeout connects");
+        }
+    }
+
+    /// A request to `endpoint` got a connection: the endpoint is up.
+    pub fn connected(&self, endpoint: &Endpoint) {
+        if endpoint.health.connected() {
+            tracing::info!(upstream = &*self.name, endpoint = %endpoint.authority, "connected to the endpoint again; it is back in rotation");
+        }
     }
 
     /// The breaker's permission for one request (`None`: no breaker); `Err(retry_after)` while
@@ -199,9 +227,14 @@ impl Upstream {
         self.endpoints.iter().map(|e| e.in_flight.load(Ordering::Relaxed)).sum()
     }
 
-    /// Picks an endpoint and takes an in-flight slot on it; `None` when there is none to pick.
+    /// Picks an endpoint in rotation (any, when none is) and takes an in-flight slot on it; `None`
+    /// when there is none to pick.
     pub fn pick(&self) -> Option<InFlight> {
-        let index = self.balancer.pick(&self.endpoints, |e| e.in_flight.load(Ordering::Relaxed))?;
+        let index = self.balancer.pick(
+            &self.endpoints,
+            |e| e.in_flight.load(Ordering::Relaxed),
+            |e| e.health.available(&self.config.passive_health),
+        )?;
         let endpoint = self.endpoints.get(index)?;
         endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
         Some(InFlight(endpoint.clone()))
@@ -242,6 +275,7 @@ mod tests {
             pool: config::Pool { idle_timeout: Duration::from_secs(1), max_idle_per_host: 1 },
             tls,
             circuit_breaker: None,
+            passive_health: config::PassiveHealth { max_fails: 1, fail_timeout: Duration::from_secs(10) },
         }
     }
 

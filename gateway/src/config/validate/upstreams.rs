@@ -1,4 +1,5 @@
-//! Checks `upstreams`: names, endpoint URLs, balancing, timeouts, pool, TLS and circuit breakers.
+//! Checks `upstreams`: names, endpoint URLs, balancing, timeouts, pool, TLS, circuit breakers and
+//! passive health.
 
 pub(super) mod tls;
 
@@ -8,8 +9,8 @@ use http::Uri;
 use serde_saphyr::{Location, Spanned};
 
 use super::{check_name, duration, path_key, Report};
-use crate::config::model::{defaults, CircuitBreaker, Endpoint, LoadBalancing, Pool, Upstream};
-use crate::config::raw::{OrderedMap, RawCircuitBreaker, RawUpstream};
+use crate::config::model::{defaults, CircuitBreaker, Endpoint, LoadBalancing, PassiveHealth, Pool, Upstream};
+use crate::config::raw::{OrderedMap, RawCircuitBreaker, RawPassiveHealth, RawUpstream};
 use crate::config::suggest;
 
 const LOAD_BALANCING: [(&str, LoadBalancing); 2] =
@@ -91,6 +92,15 @@ fn upstream(report: &mut Report<'_>, name: &Spanned<String>, raw: &RawUpstream) 
     };
     let tls = tls::upstream_tls(report, &name.value, raw.tls.as_ref(), &endpoints, &located, &path);
     let circuit_breaker = raw.circuit_breaker.as_ref().map(|raw| circuit_breaker(report, raw, &path));
+    let passive_health = passive_health(report, raw.passive_health.as_ref().map(|raw| &raw.value), &path);
+    if let Some(written) = raw.passive_health.as_ref().filter(|_| raw.endpoints.value.len() == 1) {
+        (report.warn(
+            written.referenced,
+            &format!("{path}.passive_health"),
+            "passive_health does nothing with one endpoint",
+        ))
+        .hint("a lone endpoint is always tried; to pause requests to a failing upstream, set `circuit_breaker`");
+    }
     Upstream {
         name: name.value.clone(),
         endpoints,
@@ -100,7 +110,32 @@ fn upstream(report: &mut Report<'_>, name: &Spanned<String>, raw: &RawUpstream) 
         pool,
         tls,
         circuit_breaker,
+        passive_health,
     }
+}
+
+/// `passive_health`: on by default, with nginx's settings; every key optional.
+fn passive_health(report: &mut Report<'_>, raw: Option<&RawPassiveHealth>, path: &str) -> PassiveHealth {
+    let path = format!("{path}.passive_health");
+    let max_fails = match raw.and_then(|raw| raw.max_fails.as_ref()) {
+        Some(n) => u32::try_from(n.value).unwrap_or_else(|_| {
+            (report.error(n.referenced, &format!("{path}.max_fails"), "max_fails must be 0 to 4294967295"))
+                .hint("failed connects in a row that take an endpoint out of rotation, e.g. 1; 0 never does");
+            defaults::PASSIVE_MAX_FAILS
+        }),
+        None => defaults::PASSIVE_MAX_FAILS,
+    };
+    let raw_timeout = raw.and_then(|raw| raw.fail_timeout.as_ref());
+    let key = format!("{path}.fail_timeout");
+    let fail_timeout = match (duration(report, raw_timeout, &key, defaults::PASSIVE_FAIL_TIMEOUT), raw_timeout) {
+        (timeout, Some(raw)) if timeout < Duration::from_secs(1) => {
+            (report.error(raw.referenced, &key, "fail_timeout must be at least 1s"))
+                .hint("how long an endpoint that cannot be connected to stays out of rotation, e.g. `10s`");
+            defaults::PASSIVE_FAIL_TIMEOUT
+        }
+        (timeout, _) => timeout,
+    };
+    PassiveHealth { max_fails, fail_timeout }
 }
 
 /// `circuit_breaker`: every key optional (`circuit_breaker: {}` takes the defaults).

@@ -1,0 +1,115 @@
+//! Passive health (`upstreams.*.passive_health`): an endpoint that cannot be connected to leaves
+//! the rotation, so requests stop failing on it, and a request after `fail_timeout` that connects
+//! puts it back. The dead endpoint is a port nothing listens on, brought to life by starting an
+//! echo on it; waits are bounded polls, nothing asserts wall-clock time.
+
+use std::net::SocketAddr;
+
+use e2e::{client, closed_port_addr, config, fetch_until, Backend, Gateway};
+
+/// Two endpoints, the first one dead; round robin would alternate between them.
+fn pair_config(dead: SocketAddr, live: &Backend, passive_health: &str) -> String {
+    config(
+        &format!(
+            r#"
+upstreams:
+  pair: {{ endpoints: ["http://{dead}", "${{live}}"], passive_health: {{ {passive_health} }} }}
+routes:
+  - {{ name: pair, upstream: pair }}
+"#
+        ),
+        &[live],
+    )
+}
+
+async fn post(gateway: &Gateway, i: usize) -> u16 {
+    let request = client::request("POST", "/orders").body(client::full(format!("order {i}"))).unwrap();
+    client::send(gateway.addr(), request).await.status.as_u16()
+}
+
+async fn metric(gateway: &Gateway, name: &str) -> Option<String> {
+    let metrics = client::get(gateway.admin_addr(), "/metrics").await.text();
+    metrics.lines().find(|l| l.starts_with(name)).map(str::to_owned)
+}
+
+#[tokio::test]
+async fn passive_health_endpoint_refusing_connections_stops_getting_requests() {
+    let live = Backend::spawn("live");
+    let dead = closed_port_addr();
+    let gateway = Gateway::start(&pair_config(dead, &live, "fail_timeout: 60s"));
+
+    // A POST with a body is never sent twice: the one that meets the dead endpoint fails, and
+    // that takes it out of rotation (max_fails 1, the default).
+    let mut statuses = Vec::new();
+    for i in 0..8 {
+        statuses.push(post(&gateway, i).await);
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 200, 200, 502]);
+    assert_eq!(live.stats().await.requests, 7);
+
+    let ejections = format!("gateway_upstream_endpoint_ejections_total{{endpoint=\"{dead}\",upstream=\"pair\"}}");
+    assert_eq!(metric(&gateway, &ejections).await, Some(format!("{ejections} 1")));
+    let connect_errors = "gateway_upstream_errors_total{kind=\"connect\",upstream=\"pair\"}";
+    assert_eq!(metric(&gateway, connect_errors).await, Some(format!("{connect_errors} 1")));
+    assert!(gateway.stderr().contains("out of rotation"), "a warning names the endpoint: {}", gateway.stderr());
+}
+
+#[tokio::test]
+async fn passive_health_endpoint_that_comes_back_rejoins_the_rotation() {
+    let live = Backend::spawn("live");
+    let dead = closed_port_addr();
+    let gateway = Gateway::start(&pair_config(dead, &live, "fail_timeout: 1s"));
+    let mut statuses = Vec::new();
+    for i in 0..4 {
+        statuses.push(post(&gateway, i).await);
+    }
+    assert_eq!(statuses.iter().filter(|&&s| s == 502).count(), 1, "{statuses:?}");
+
+    // It comes back: after fail_timeout one request tries it, connects, and it is in again.
+    let back = Backend::spawn_on("back", dead);
+    let what = "a request reaching the endpoint that came back";
+    fetch_until(
+        what,
+        || async { (post(&gateway, 0).await, back.stats().await.requests) },
+        |&(_, n)| n > 0,
+        |r| format!("{r:?}"),
+    )
+    .await;
+    let before = (live.stats().await.requests, back.stats().await.requests);
+    for i in 0..10 {
+        assert_eq!(post(&gateway, i).await, 200, "request {i} after the endpoint came back");
+    }
+    let after = (live.stats().await.requests, back.stats().await.requests);
+    assert_eq!((after.0 - before.0, after.1 - before.1), (5, 5), "round robin over both again");
+    assert!(gateway.stderr().contains("back in rotation"), "{}", gateway.stderr());
+}
+
+#[tokio::test]
+async fn passive_health_max_fails_0_keeps_every_endpoint_in_rotation() {
+    let live = Backend::spawn("live");
+    let gateway = Gateway::start(&pair_config(closed_port_addr(), &live, "max_fails: 0"));
+    let mut statuses = Vec::new();
+    for i in 0..6 {
+        statuses.push(post(&gateway, i).await);
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 200, 200, 502, 502, 502]);
+}
+
+#[tokio::test]
+async fn passive_health_lone_endpoint_is_always_tried() {
+    let dead = closed_port_addr();
+    let yaml = format!(
+        "\nupstreams:\n  lone: {{ endpoints: [\"http://{dead}\"] }}\nroutes:\n  - {{ name: lone, upstream: lone }}\n"
+    );
+    let gateway = Gateway::start(&config(&yaml, &[]));
+    for _ in 0..3 {
+        client::get(gateway.addr(), "/").await.assert_error(502, "upstream_connect_error");
+    }
+    // Nowhere else to send it: it is never reported as out of rotation.
+    let back = Backend::spawn_on("back", dead);
+    assert_eq!(client::get(gateway.addr(), "/").await.status, 200, "no fail_timeout to wait out");
+    assert_eq!(back.stats().await.requests, 1);
+    assert!(!gateway.stderr().contains("out of rotation"), "{}", gateway.stderr());
+}
