@@ -35,6 +35,7 @@ pub struct Metrics {
     endpoint_ejections: IntCounterVec,
     upstream_duration: HistogramVec,
     upstream_in_flight: IntGaugeVec,
+    endpoint_in_rotation: IntGaugeVec,
     breaker_state: IntGaugeVec,
     breaker_transitions: IntCounterVec,
     rate_limit_decisions: IntCounterVec,
@@ -54,6 +55,8 @@ pub struct Readings<'a> {
     pub access_log_dropped: u64,
     /// Requests in flight to each upstream of the current config.
     pub upstream_in_flight: Vec<(&'a str, usize)>,
+    /// Upstream, endpoint, and whether it is in rotation, for each endpoint of the current config.
+    pub endpoints_in_rotation: Vec<(&'a str, &'a str, bool)>,
 }
 
 /// The Redis rate-limit store's calls (one per batch of decisions).
@@ -181,6 +184,12 @@ impl Metrics {
                 "Requests sent to an upstream whose response has not ended yet (body included), by upstream.",
                 &["upstream"],
             ),
+            endpoint_in_rotation: gauge_vec(
+                &r,
+                "gateway_upstream_endpoint_in_rotation",
+                "1 while an endpoint gets requests, 0 while passive_health keeps it out, by upstream and endpoint.",
+                &["upstream", "endpoint"],
+            ),
             breaker_state: gauge_vec(
                 &r,
                 "gateway_circuit_breaker_state",
@@ -289,6 +298,10 @@ impl Metrics {
         self.upstream_in_flight.reset();
         for (upstream, in_flight) in &readings.upstream_in_flight {
             self.upstream_in_flight.with_label_values(&[upstream]).set(i64::try_from(*in_flight).unwrap_or(i64::MAX));
+        }
+        self.endpoint_in_rotation.reset();
+        for (upstream, endpoint, in_rotation) in &readings.endpoints_in_rotation {
+            self.endpoint_in_rotation.with_label_values(&[upstream, endpoint]).set(i64::from(*in_rotation));
         }
         self.process.update();
         let mut out = Vec::with_capacity(16 * 1024);

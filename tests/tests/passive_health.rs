@@ -50,6 +50,10 @@ async fn passive_health_endpoint_refusing_connections_stops_getting_requests() {
 
     let ejections = format!("gateway_upstream_endpoint_ejections_total{{endpoint=\"{dead}\",upstream=\"pair\"}}");
     assert_eq!(metric(&gateway, &ejections).await, Some(format!("{ejections} 1")));
+    let in_rotation =
+        |endpoint| format!("gateway_upstream_endpoint_in_rotation{{endpoint=\"{endpoint}\",upstream=\"pair\"}}");
+    assert_eq!(metric(&gateway, &in_rotation(dead)).await, Some(format!("{} 0", in_rotation(dead))));
+    assert_eq!(metric(&gateway, &in_rotation(live.addr)).await, Some(format!("{} 1", in_rotation(live.addr))));
     let connect_errors = "gateway_upstream_errors_total{kind=\"connect\",upstream=\"pair\"}";
     assert_eq!(metric(&gateway, connect_errors).await, Some(format!("{connect_errors} 1")));
     assert!(gateway.stderr().contains("out of rotation"), "a warning names the endpoint: {}", gateway.stderr());
@@ -83,6 +87,8 @@ async fn passive_health_endpoint_that_comes_back_rejoins_the_rotation() {
     let after = (live.stats().await.requests, back.stats().await.requests);
     assert_eq!((after.0 - before.0, after.1 - before.1), (5, 5), "round robin over both again");
     assert!(gateway.stderr().contains("back in rotation"), "{}", gateway.stderr());
+    let in_rotation = format!("gateway_upstream_endpoint_in_rotation{{endpoint=\"{dead}\",upstream=\"pair\"}}");
+    assert_eq!(metric(&gateway, &in_rotation).await, Some(format!("{in_rotation} 1")));
 }
 
 #[tokio::test]

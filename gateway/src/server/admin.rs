@@ -98,6 +98,9 @@ fn metrics(runtime: &Runtime) -> String {
         redis_connected: snapshot.redis.as_ref().map(|redis| redis.status()["connected"].as_bool() == Some(true)),
         access_log_dropped: snapshot.access_log.as_ref().map_or(0, |log| log.dropped()),
         upstream_in_flight: snapshot.upstreams.values().map(|u| (&*u.name, u.in_flight())).collect(),
+        endpoints_in_rotation: (snapshot.upstreams.values())
+            .flat_map(|u| u.endpoints_in_rotation().map(|(endpoint, yes)| (&*u.name, endpoint, yes)))
+            .collect(),
     };
     crate::metrics::global().render(&readings)
 }

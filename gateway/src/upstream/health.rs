@@ -50,6 +50,11 @@ impl Health {
                 .is_ok()
     }
 
+    /// Not kept out, nor out for its trial.
+    pub(super) fn in_rotation(&self) -> bool {
+        self.out_until.load(Ordering::Relaxed) == 0
+    }
+
     /// A connect failed: counts it, and takes the endpoint out at `max_fails` in a row.
     pub(super) fn connect_failed(&self, settings: &PassiveHealth) -> Failed {
         self.connect_failed_at(now(), settings)

@@ -222,6 +222,11 @@ impl Upstream {
         self.pools.send_upgrade(endpoint, request, deadline).await
     }
 
+    /// Each endpoint's authority, and whether it is in rotation (not kept out by passive health).
+    pub fn endpoints_in_rotation(&self) -> impl Iterator<Item = (&str, bool)> {
+        self.endpoints.iter().map(|e| (e.authority.as_str(), e.health.in_rotation()))
+    }
+
     /// Requests in flight to all of its endpoints (each until its response body has ended).
     pub fn in_flight(&self) -> usize {
         self.endpoints.iter().map(|e| e.in_flight.load(Ordering::Relaxed)).sum()

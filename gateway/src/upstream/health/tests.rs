@@ -14,8 +14,10 @@ fn in_rotation_until_max_fails_in_a_row() {
     assert_eq!(health.connect_failed_at(0, &settings), Failed::Counted);
     assert_eq!(health.connect_failed_at(0, &settings), Failed::Counted);
     assert!(health.available_at(|| 0, &settings));
+    assert!(health.in_rotation());
     assert_eq!(health.connect_failed_at(0, &settings), Failed::TakenOut);
     assert!(!health.available_at(|| SECOND, &settings));
+    assert!(!health.in_rotation());
 }
 
 #[test]
@@ -46,7 +48,9 @@ fn a_failed_trial_takes_it_out_again_and_a_connection_puts_it_back() {
     assert_eq!(health.connect_failed_at(11 * SECOND, &settings), Failed::TakenOut);
     assert!(!health.available_at(|| 20 * SECOND, &settings), "out for fail_timeout from the failed trial");
     assert!(health.available_at(|| 21 * SECOND, &settings));
+    assert!(!health.in_rotation(), "not yet: only its trial may go");
     assert!(health.connected(), "back in rotation");
+    assert!(health.in_rotation());
     assert!(health.available_at(|| 21 * SECOND, &settings));
     assert!(health.available_at(|| 21 * SECOND, &settings), "for every request");
     assert!(!health.connected(), "already in rotation");
