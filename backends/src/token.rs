@@ -29,8 +29,8 @@ use aws_lc_rs::signature::{
 };
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
-pub use jsonwebtoken::Algorithm;
-use jsonwebtoken::{EncodingKey, Header};
+use jsonwebtoken::EncodingKey;
+pub use jsonwebtoken::{Algorithm, Header};
 use serde_json::{json, Value};
 
 /// Bytes of randomness in a generated HMAC secret (hex-encoded, so the secret text is twice as long).

@@ -315,6 +315,9 @@ async fn auth_token_issued_in_the_future_is_invalid_token() {
     let fixture = Fixture::public_key(&key, "");
     let token = key.sign(&claims_with(json!({ "iat": now() + 120 })));
     assert_invalid_token(&fixture.bearer("/account", &token).await, "iat 120 s ahead (leeway 30 s)");
+    // Not a NumericDate (RFC 7519 section 4.1.6), so no telling when it was issued.
+    let token = key.sign(&claims_with(json!({ "iat": (now() + 120).to_string() })));
+    assert_invalid_token(&fixture.bearer("/account", &token).await, "iat as a string");
 }
 
 #[tokio::test]
@@ -462,6 +465,24 @@ async fn auth_algorithm_outside_the_allowlist_is_invalid_token() {
         &fixture.bearer("/account", &ec.sign(&valid_claims())).await,
         "ES256 key published, not allowed",
     );
+}
+
+#[tokio::test]
+async fn auth_jwks_with_rsa_ec_and_eddsa_keys_accepts_each_family_and_no_confusion_between_them() {
+    let rsa = SigningKey::generate(Algorithm::RS256, "rsa");
+    let ec = SigningKey::generate(Algorithm::ES256, "ec");
+    let ed = SigningKey::generate(Algorithm::EdDSA, "ed");
+    let jwks = JwksServer::start(&[&rsa, &ec, &ed]);
+    let fixture = Fixture::jwks(&jwks, "RS256, ES256, EdDSA", "");
+    fixture.poll_until_accepted("/account", &rsa.sign(&valid_claims()), &[(503, "auth_unavailable")]).await;
+    for key in [&rsa, &ec, &ed] {
+        assert_valid_tokens_pass(&fixture, key, "a JWKS of three families").await;
+    }
+    // Signed by the EC key but naming the RSA one: its algorithm does not fit that key.
+    let mut header = token::Header::new(Algorithm::ES256);
+    header.kid = Some("rsa".into());
+    let crossed = ec.sign_with_header(&header, &valid_claims());
+    assert_invalid_token(&fixture.bearer("/account", &crossed).await, "ES256 token naming the RSA key");
 }
 
 #[tokio::test]

@@ -59,7 +59,10 @@ pub struct Provider {
     /// What it was built from: a reload compares against it to decide what to carry over.
     config: config::JwtProvider,
     realm: Arc<str>,
-    validation: Validation,
+    /// One per accepted algorithm, each allowing only it: jsonwebtoken refuses a key unless every
+    /// algorithm its validation allows is of the key's family, so a shared one would refuse every
+    /// token of a provider that accepts, say, RS256 and ES256.
+    validations: Vec<(Algorithm, Validation)>,
     keys: Keys,
     cache: TokenCache,
 }
@@ -93,7 +96,11 @@ impl Provider {
         };
         Ok(Arc::new(Provider {
             realm: Arc::from(config.realm.as_str()),
-            validation: validation(config),
+            validations: config
+                .algorithms
+                .iter()
+                .map(|&algorithm| (algorithm, validation(config, algorithm)))
+                .collect(),
             config: config.clone(),
             keys,
             cache: TokenCache::default(),
@@ -113,15 +120,18 @@ impl Provider {
         }
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| invalid("the token header is not valid or names an unknown algorithm"))?;
-        if !self.config.algorithms.contains(&header.alg) {
+        let Some((_, validation)) = self.validations.iter().find(|(algorithm, _)| *algorithm == header.alg) else {
             return Err(invalid("the token's algorithm is not accepted"));
-        }
+        };
         let key = self.key(header.kid.as_deref(), header.alg).await?;
-        let data = jsonwebtoken::decode::<Claims>(token, &key, &self.validation).map_err(describe)?;
+        let data = jsonwebtoken::decode::<Claims>(token, &key, validation).map_err(describe)?;
         let claims = data.claims;
-        let leeway = self.validation.leeway;
-        if claims.get("iat").and_then(serde_json::Value::as_f64).is_some_and(|iat| iat > (now + leeway) as f64) {
-            return Err(invalid("the token was issued in the future"));
+        match claims.get("iat").map(serde_json::Value::as_f64) {
+            Some(Some(iat)) if iat > (now + validation.leeway) as f64 => {
+                return Err(invalid("the token was issued in the future"))
+            }
+            Some(None) => return Err(invalid("the token's iat is not a number")),
+            _ => {}
         }
         if let Some(missing) = self.config.required_claims.iter().find(|c| claims.get(*c).is_none_or(|v| v.is_null())) {
             return Err(AuthError::Invalid(format!("the token lacks the required claim `{missing}`").into()));
@@ -171,9 +181,8 @@ impl Provider {
     }
 }
 
-fn validation(config: &config::JwtProvider) -> Validation {
-    let mut validation = Validation::new(config.algorithms.first().copied().unwrap_or(Algorithm::RS256));
-    validation.algorithms = config.algorithms.clone();
+fn validation(config: &config::JwtProvider, algorithm: Algorithm) -> Validation {
+    let mut validation = Validation::new(algorithm);
     validation.leeway = config.leeway.as_secs();
     validation.validate_exp = true;
     validation.validate_nbf = true;
