@@ -279,3 +279,44 @@ async fn headers_missing_or_invalid_traceparent_replaced_by_a_new_trace() {
     assert!(started_by_gateway(echoed.header("traceparent")), "{:?}", echoed.header("traceparent"));
     assert_eq!(echoed.header("tracestate"), None, "a tracestate of no valid trace is dropped");
 }
+
+/// An upstream that records every byte of one request (chunked, so it reads to the empty line
+/// after the last chunk and its trailers), answers 200, and hands the bytes over.
+async fn recording_upstream() -> (std::net::SocketAddr, tokio::task::JoinHandle<String>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let recorded = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut bytes = Vec::new();
+        let mut buf = [0u8; 4096];
+        // The head's end, then the last chunk's `0\r\n` and the end of its trailer section.
+        while !bytes.windows(5).any(|w| w == b"\r\n0\r\n") || !bytes.ends_with(b"\r\n\r\n") {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the gateway closed mid-request: {}", String::from_utf8_lossy(&bytes));
+            bytes.extend_from_slice(&buf[..n]);
+        }
+        stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await.unwrap();
+        String::from_utf8_lossy(&bytes).to_lowercase()
+    });
+    (addr, recorded)
+}
+
+#[tokio::test]
+async fn headers_identity_headers_in_request_trailers_never_reach_the_upstream() {
+    let (upstream, recorded) = recording_upstream().await;
+    let yaml = format!(
+        "\nupstreams:\n  raw: {{ endpoints: [\"http://{upstream}\"] }}\nroutes:\n  - {{ name: all, upstream: raw }}\n"
+    );
+    let gateway = Gateway::start(&e2e::config(&yaml, &[]));
+    let request = "POST /orders HTTP/1.1\r\nhost: gw.test\r\ntransfer-encoding: chunked\r\ntrailer: x-user-id\r\n\r\n\
+                   5\r\nhello\r\n0\r\nx-user-id: admin\r\nx-other: 1\r\n\r\n";
+    let mut client = e2e::raw::connect(gateway.addr()).await;
+    tokio::io::AsyncWriteExt::write_all(&mut client, request.as_bytes()).await.unwrap();
+    assert_eq!(e2e::raw::read_response(&mut client).await.status, 200);
+    let recorded = tokio::time::timeout(e2e::TIMEOUT, recorded).await.unwrap().unwrap();
+    assert!(recorded.contains("hello"), "the body arrived: {recorded}");
+    // Trailers are not passed on at all: nothing checks them.
+    assert!(!recorded.contains("x-user-id: admin"), "{recorded}");
+    assert!(!recorded.contains("x-other"), "{recorded}");
+}

@@ -115,7 +115,12 @@ impl Body for UpstreamRequestBody {
             UpstreamRequestBody::Client { body, progress } => (body, progress),
             UpstreamRequestBody::Empty => return Poll::Ready(None),
         };
-        let polled = Pin::new(&mut *body).poll_frame(cx);
+        let polled = match Pin::new(&mut *body).poll_frame(cx) {
+            // Trailers end the body here, unsent: nothing checks them, so they could tell an
+            // upstream who the caller is (an identity header) as well as any header could.
+            Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => Poll::Ready(None),
+            polled => polled,
+        };
         if let Some(progress) = progress {
             progress.set(match &polled {
                 Poll::Pending => WAITING_FOR_CLIENT,
