@@ -1,7 +1,7 @@
 //! Route selection (most specific wins, file order breaks ties) and path rewriting.
 
 use e2e::client::{self, empty, request};
-use e2e::{config, one_route_config, Backend, Gateway};
+use e2e::{config, one_route_config, raw, Backend, Gateway};
 
 /// Routes listed so that file order alone would often pick the wrong one: the table below only passes if
 /// the gateway ranks by specificity. `tie-first` / `tie-second` have equal specificity and overlap
@@ -212,6 +212,57 @@ async fn routing_dot_segments_return_400_bad_request() {
         client::get(gateway.addr(), path).await.assert_error(400, "bad_request");
     }
     assert_eq!(echo.stats().await.requests, 0, "nothing reaches the upstream");
+}
+
+/// `/admin` to one upstream, everything else to another.
+fn admin_and_public_config(admin: &Backend, public: &Backend) -> String {
+    config(
+        r#"
+upstreams:
+  admin: { endpoints: ["${admin}"] }
+  public: { endpoints: ["${public}"] }
+routes:
+  - { name: admin, match: { path_prefix: /admin }, upstream: admin }
+  - { name: public, upstream: public }
+"#,
+        &[admin, public],
+    )
+}
+
+#[tokio::test]
+async fn routing_dot_segments_upstreams_would_see_return_400() {
+    let (admin, public) = (Backend::spawn("admin"), Backend::spawn("public"));
+    let gateway = Gateway::start(&admin_and_public_config(&admin, &public));
+    // Each is /pub/../admin to some upstream server (an encoded or back slash taken as `/`, a
+    // servlet container dropping `;` parameters): routed as public, served as admin.
+    for path in ["/pub/..%2fadmin", "/pub/%2e%2e%2fadmin", "/pub/..;/admin", "/pub/..\\admin", "/pub/%2e%2e%5cadmin"] {
+        let reply = raw::exchange(
+            gateway.addr(),
+            format!("GET {path} HTTP/1.1\r\nhost: gw.test\r\nconnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+        let reply = raw::parse(&reply).unwrap_or_else(|| panic!("{path}: no response"));
+        assert_eq!(reply.status, 400, "{path}: {reply:?}");
+    }
+    assert_eq!(public.stats().await.requests + admin.stats().await.requests, 0, "nothing reaches an upstream");
+}
+
+#[tokio::test]
+async fn routing_other_spellings_of_a_path_are_routed_and_forwarded_as_that_path() {
+    let (admin, public) = (Backend::spawn("admin"), Backend::spawn("public"));
+    let gateway = Gateway::start(&admin_and_public_config(&admin, &public));
+    // RFC 3986 section 6.2.2.2: `%61` is `a`. `//` merged as nginx does. Either way the admin
+    // route's checks apply, and its upstream gets the one spelling.
+    for (sent, forwarded) in [("/%61dmin/x", "/admin/x"), ("//admin/x?q=%61", "/admin/x?q=%61"), ("/adm%69n", "/admin")]
+    {
+        let reply = client::get(gateway.addr(), sent).await;
+        assert_eq!(reply.status, 200, "{sent}: {}", reply.text());
+        let echoed = reply.echoed();
+        assert_eq!((echoed.backend.as_str(), echoed.path.as_str()), ("admin", forwarded), "{sent}");
+    }
+    // Reserved characters stay encoded: `%2F` is data, not a separator.
+    let echoed = client::get(gateway.addr(), "/files/a%2Fb").await.echoed();
+    assert_eq!((echoed.backend.as_str(), echoed.path.as_str()), ("public", "/files/a%2Fb"));
 }
 
 #[tokio::test]

@@ -116,13 +116,13 @@ fn proxy<'a>(
         // A cheap reference-counted copy: the request itself moves on below.
         let host_value = single_host(&request)?;
         let host = host_value.as_ref().and_then(|h| h.to_str().ok());
-        let path = request.uri().path();
-        if path.is_empty() || !path.starts_with('/') {
+        if !request.uri().path().starts_with('/') {
             return Err(ProxyError::BadRequest("the request target must be an absolute path"));
         }
-        if path::has_dot_segment(path) {
-            return Err(ProxyError::BadRequest("the path must not contain '.' or '..' segments"));
+        if let Some(normalized) = path::normalize(request.uri().path()).map_err(ProxyError::BadRequest)? {
+            set_path(request.uri_mut(), &normalized)?;
         }
+        let path = request.uri().path();
         check_head(&request, snapshot.server.max_headers)?;
         let index = snapshot.router.find(host, path, request.method(), request.headers()).ok_or(ProxyError::NoRoute)?;
         let route = snapshot.routes.get(index).ok_or(ProxyError::NoRoute)?;
@@ -255,6 +255,19 @@ fn single_host<B>(request: &Request<B>) -> Result<Option<HeaderValue>, ProxyErro
         }
         (None, _) => Ok(request_host(request)),
     }
+}
+
+/// Replaces the path of `uri`, keeping its query (an origin-form target keeps no more).
+fn set_path(uri: &mut Uri, path: &str) -> Result<(), ProxyError> {
+    let path_and_query = match uri.query() {
+        Some(query) => PathAndQuery::try_from(format!("{path}?{query}")),
+        None => PathAndQuery::try_from(path),
+    };
+    let mut parts = std::mem::take(uri).into_parts();
+    parts.path_and_query =
+        Some(path_and_query.map_err(|_| ProxyError::BadRequest("the path is not a valid URI path"))?);
+    *uri = Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("the path is not a valid URI path"))?;
+    Ok(())
 }
 
 fn declared_length<B>(request: &Request<B>) -> Option<u64> {

@@ -1,18 +1,89 @@
-//! Request path rules: refuse dot segments, and rewrite a matched prefix for the upstream.
+//! Request path rules: one spelling per path for routing and the upstream alike, no dot segments,
+//! and the matched prefix rewritten for the upstream.
 
 use std::borrow::Cow;
 
 use crate::config::{PathMatch, Rewrite};
 
-/// Refuses `.` and `..` segments, also percent-encoded (`%2e`), which would let a request escape
-/// the prefix it was routed by once an upstream normalises the path.
-pub fn has_dot_segment(path: &str) -> bool {
-    path.contains(['.', '%']) && path.split('/').any(is_dot_segment)
+/// The path to route and forward, when it is not the request's own: `//` merged into `/` (as nginx
+/// does), and percent-encoded unreserved characters decoded (RFC 3986 section 6.2.2.2: `/%61dmin`
+/// is `/admin`). The router and the upstream then see one spelling, so another one cannot reach a
+/// route's upstream past the checks of the route that path belongs to. Refused: dot segments.
+pub fn normalize(path: &str) -> Result<Option<String>, &'static str> {
+    let normalized = merge_slashes_and_decode(path);
+    if has_dot_segment(normalized.as_deref().unwrap_or(path)) {
+        return Err("the path must not contain '.' or '..' segments");
+    }
+    Ok(normalized)
+}
+
+fn merge_slashes_and_decode(path: &str) -> Option<String> {
+    if !path.contains('%') && !path.contains("//") {
+        return None;
+    }
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&byte) = bytes.get(i) {
+        match (byte, bytes.get(i + 1..i + 3).and_then(decode_unreserved)) {
+            (b'/', _) if out.last() == Some(&b'/') => i += 1,
+            (b'%', Some(decoded)) => {
+                out.push(decoded);
+                i += 3;
+            }
+            _ => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    // ASCII bytes were only dropped or replaced by ASCII, so the text stays UTF-8.
+    (out != bytes).then(|| String::from_utf8(out).ok()).flatten()
+}
+
+/// The unreserved character (`A-Z a-z 0-9 - . _ ~`) that two hex digits encode, if they do.
+fn decode_unreserved(hex: &[u8]) -> Option<u8> {
+    let digit = |b: u8| char::from(b).to_digit(16);
+    let [high, low] = hex else { return None };
+    let byte = u8::try_from(digit(*high)? * 16 + digit(*low)?).ok()?;
+    (byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~')).then_some(byte)
+}
+
+/// Whether a segment is `.` or `..` as some upstream may read it: dots also written `%2e`,
+/// segments also ended by `\`, `%2f` or `%5c` (decoded, or taken as `/`, by many servers), and
+/// anything from a `;` on left out (servlet containers drop such path parameters: `..;x` is `..`).
+/// Such a path could escape the prefix it was routed by once the upstream normalises it.
+fn has_dot_segment(path: &str) -> bool {
+    if !path.contains(['.', '%']) {
+        return false;
+    }
+    let bytes = path.as_bytes();
+    let (mut start, mut i) = (0, 0);
+    loop {
+        let separator = match bytes.get(i..) {
+            None | Some([]) => 0,
+            Some([b'/' | b'\\', ..]) => 1,
+            Some([b'%', b'2', b'f' | b'F', ..] | [b'%', b'5', b'c' | b'C', ..]) => 3,
+            Some(_) => {
+                i += 1;
+                continue;
+            }
+        };
+        let segment = bytes.get(start..i).unwrap_or_default();
+        let segment = segment.split(|&b| b == b';').next().unwrap_or_default();
+        if is_dot_segment(segment) {
+            return true;
+        }
+        if separator == 0 {
+            return false;
+        }
+        i += separator;
+        start = i;
+    }
 }
 
 /// `.` or `..`, each dot possibly written `%2e` or `%2E`.
-fn is_dot_segment(segment: &str) -> bool {
-    let mut rest = segment.as_bytes();
+fn is_dot_segment(mut rest: &[u8]) -> bool {
     let mut dots = 0;
     while !rest.is_empty() {
         rest = match rest {
@@ -56,6 +127,58 @@ mod tests {
         }
         for path in ["/", "/a/b", "/a/...", "/a/.hidden", "/a/b.c", "/%2e%2e%2e"] {
             assert!(!has_dot_segment(path), "{path}");
+        }
+    }
+
+    #[test]
+    fn has_dot_segment_sees_the_segments_upstreams_see() {
+        let escapes = [
+            "/raw/..%2fsecret",
+            "/raw/%2e%2e%2fsecret",
+            "/raw/..%2Fsecret",
+            "/raw/..;/secret",
+            "/raw/..;jsessionid=1/secret",
+            "/raw/.;/secret",
+            "/raw/..\\secret",
+            "/raw/%2e%2e%5csecret",
+            "/raw/x%5C..%5Csecret",
+        ];
+        for path in escapes {
+            assert!(has_dot_segment(path), "{path}");
+        }
+        for path in ["/files/a%2Fb", "/a/b;v=1", "/a/...;x", "/a/.hidden;x", "/a\\b", "/%25"] {
+            assert!(!has_dot_segment(path), "{path}");
+        }
+    }
+
+    #[test]
+    fn normalize_merges_slashes_and_decodes_unreserved_characters() {
+        let cases = [
+            ("/%72sa", Some("/rsa")),
+            ("/rs%61/x", Some("/rsa/x")),
+            ("//rsa", Some("/rsa")),
+            ("/a///b//", Some("/a/b/")),
+            ("/%41%7a%30%2D%5f%7E", Some("/Az0-_~")),
+            // Reserved and other characters stay encoded; nothing is decoded twice.
+            ("/files/a%2Fb", None),
+            ("/%2561", None),
+            ("/a%20b%00", None),
+            ("/caf%C3%A9", None),
+            ("/", None),
+            ("/a/b", None),
+            ("/a%", None),
+            ("/a%4", None),
+            ("/a%zz", None),
+        ];
+        for (path, expected) in cases {
+            assert_eq!(normalize(path), Ok(expected.map(String::from)), "{path}");
+        }
+    }
+
+    #[test]
+    fn normalize_refuses_dot_segments_decoding_reveals() {
+        for path in ["/a/%2e%2e/b", "/a/%2E%2e%2fb", "/a//../b", "/a/%2e%2E"] {
+            assert!(normalize(path).is_err(), "{path}");
         }
     }
 
