@@ -2,7 +2,8 @@
 //! running in the test's tokio runtime, serving `GET /.well-known/jwks.json`.
 //!
 //! Tests rotate the key set ([`JwksServer::set_keys`]), count fetches ([`JwksServer::fetches`]),
-//! and take the endpoint down and back up on the SAME port ([`JwksServer::go_down`],
+//! slow the answers down ([`JwksServer::set_delay`]) to see what the gateway does while a fetch is
+//! in flight, and take the endpoint down and back up on the SAME port ([`JwksServer::go_down`],
 //! [`JwksServer::come_back`]) to see what the gateway does while its key source is unreachable.
 
 use std::convert::Infallible;
@@ -37,6 +38,8 @@ pub struct JwksServer {
 struct State {
     document: Mutex<Bytes>,
     fetches: AtomicU64,
+    /// How long each fetch waits before being answered.
+    delay: Mutex<Duration>,
 }
 
 impl JwksServer {
@@ -58,7 +61,11 @@ impl JwksServer {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("binding port 0: {e}"));
         let addr = listener.local_addr().unwrap_or_else(|e| panic!("local_addr: {e}"));
         drop(listener);
-        let state = State { document: Mutex::new(Bytes::from(document.to_string())), fetches: AtomicU64::new(0) };
+        let state = State {
+            document: Mutex::new(Bytes::from(document.to_string())),
+            fetches: AtomicU64::new(0),
+            delay: Mutex::new(Duration::ZERO),
+        };
         JwksServer { addr, state: Arc::new(state), serving: Mutex::new(None) }
     }
 
@@ -81,7 +88,15 @@ impl JwksServer {
         *lock(&self.state.document) = Bytes::from(document.to_string());
     }
 
-    /// How many `GET /.well-known/jwks.json` requests were answered so far (across restarts).
+    /// Answers each fetch arriving from now on only after `delay` (counted on arrival; the
+    /// document served is the one current when the answer goes out). `Duration::ZERO` (the
+    /// default) answers at once.
+    pub fn set_delay(&self, delay: Duration) {
+        *lock(&self.state.delay) = delay;
+    }
+
+    /// How many `GET /.well-known/jwks.json` requests arrived so far (across restarts), whether
+    /// answered yet or still delayed ([`JwksServer::set_delay`]).
     pub fn fetches(&self) -> u64 {
         self.state.fetches.load(Ordering::SeqCst)
     }
@@ -152,6 +167,10 @@ async fn serve(listener: TcpListener, state: Arc<State>) {
 async fn answer(request: Request<Incoming>, state: Arc<State>) -> Result<Response<Full<Bytes>>, Infallible> {
     let response = if request.method() == Method::GET && request.uri().path() == JWKS_PATH {
         state.fetches.fetch_add(1, Ordering::SeqCst);
+        let delay = *lock(&state.delay);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         let document = lock(&state.document).clone();
         Response::builder().header(header::CONTENT_TYPE, "application/json").body(Full::new(document))
     } else {
@@ -197,6 +216,22 @@ mod tests {
         server.come_back();
         assert_eq!(client::get(server.addr(), JWKS_PATH).await.status, 200);
         assert_eq!(server.fetches(), 4);
+    }
+
+    #[tokio::test]
+    async fn jwks_server_delay_holds_answers_back_but_counts_fetches_on_arrival() {
+        let server = JwksServer::start(&[&SigningKey::generate(Algorithm::ES256, "a")]);
+        // Far longer than the test runs: this fetch is never answered, yet it counts.
+        server.set_delay(TIMEOUT * 10);
+        let held = tokio::spawn(client::get(server.addr(), JWKS_PATH));
+        crate::eventually("the held-back fetch counted", || async { server.fetches() == 1 }).await;
+        assert!(!held.is_finished(), "a fetch was answered before its delay");
+        held.abort();
+
+        // The delay is read on arrival: fetches arriving after it is lifted are answered at once.
+        server.set_delay(Duration::ZERO);
+        assert_eq!(client::get(server.addr(), JWKS_PATH).await.status, 200);
+        assert_eq!(server.fetches(), 2);
     }
 
     #[tokio::test]

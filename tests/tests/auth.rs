@@ -609,6 +609,32 @@ async fn auth_jwks_flood_of_unknown_kids_refetches_at_most_once_per_cooldown() {
 }
 
 #[tokio::test]
+async fn auth_jwks_unknown_kids_during_a_slow_fetch_wait_for_it_instead_of_fetching_in_turn() {
+    const CONCURRENT: usize = 6;
+    let key = SigningKey::generate(Algorithm::ES256, "k1");
+    let jwks = JwksServer::start(&[&key]);
+    let fixture = Fixture::jwks(&jwks, "ES256", "min_cache_age: 1s");
+    fixture.poll_until_accepted("/account", &key.sign(&valid_claims()), &[(503, "auth_unavailable")]).await;
+
+    // Each fetch now outlasts the 1s cooldown, yet ends within the gateway's 5s fetch timeout.
+    jwks.set_delay(Duration::from_secs(3));
+    // Let the cooldown since the startup fetch run out, so the first unknown kid does refetch.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = jwks.fetches();
+    let attacker = SigningKey::generate(Algorithm::ES256, "attacker");
+    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let tokens: Vec<String> =
+        (0..CONCURRENT).map(|i| attacker.with_kid(&format!("slow-{stamp:x}-{i}")).sign(&valid_claims())).collect();
+    let replies = join_all(tokens.iter().map(|token| fixture.bearer("/account", token))).await;
+    for (i, reply) in replies.iter().enumerate() {
+        assert_invalid_token(reply, &format!("unknown kid {i} during a slow fetch"));
+    }
+    // The first request fetches; the others arrive while that fetch is in flight and wait for it.
+    let refetches = jwks.fetches() - before;
+    assert_eq!(refetches, 1, "{CONCURRENT} concurrent unknown kids, fetches slower than the cooldown");
+}
+
+#[tokio::test]
 async fn auth_jwks_down_at_startup_is_503_until_the_endpoint_comes_up() {
     let key = SigningKey::generate(Algorithm::ES256, "k1");
     let jwks = JwksServer::down(&token::jwks(&[&key]));

@@ -37,8 +37,9 @@ pub struct Jwks {
     keys: ArcSwapOption<KeySet>,
     /// Bumped whenever the fetched keys differ from the previous set: cached tokens re-verify.
     generation: AtomicU64,
-    /// When the last fetch (scheduled or on demand) started. Held across every fetch, so requests
-    /// with unknown `kid`s wait for the fetch in flight instead of starting their own.
+    /// When the last fetch (scheduled or on demand) ended, whatever its outcome; for an on-demand
+    /// fetch abandoned midway (its request was dropped), when it started. Held across every fetch,
+    /// so requests with unknown `kid`s wait for the fetch in flight, then find it within the cooldown.
     last_fetch: tokio::sync::Mutex<Option<Instant>>,
     /// What `/admin/jwt` shows about fetching.
     fetches: std::sync::Mutex<FetchLog>,
@@ -150,27 +151,28 @@ impl Jwks {
         found.map_or(Lookup::UnknownKid, |key| Lookup::Found(key.clone()))
     }
 
-    /// Fetches again for a `kid` the current set lacks (or when there is no set yet), unless a
-    /// fetch finished while this request waited for it, or the last fetch started within
-    /// `min_cache_age` (the cooldown that keeps a flood of made-up `kid`s off the issuer).
+    /// Fetches again for a `kid` the current set lacks (or when there is no set yet), unless the
+    /// last fetch ended less than `min_cache_age` ago: the cooldown that keeps a flood of made-up
+    /// `kid`s off the issuer. Requests arriving during a fetch wait for it to end, and so find it
+    /// within the cooldown (`min_cache_age` is at least 1s) whether it succeeded, failed or timed
+    /// out: however slow the issuer, they cause no fetch of their own.
     pub async fn refetch_for_unknown_kid(&self) {
-        let seen = (self.generation(), self.keys.load().is_some());
         let mut last = self.last_fetch.lock().await;
-        if (self.generation(), self.keys.load().is_some()) != seen {
-            return; // refetched while this request waited: look again
-        }
         if last.is_some_and(|at| at.elapsed() < self.config.min_cache_age) {
             return;
         }
+        // Stamped first too: if this request is dropped midway, the fetch still starts the cooldown.
         *last = Some(Instant::now());
         let _ = self.fetch("unknown kid").await;
+        *last = Some(Instant::now());
     }
 
-    /// The background refresh: always fetches, and starts the cooldown like any fetch.
+    /// The background refresh: always fetches, and starts the cooldown when done like any fetch.
     async fn scheduled_fetch(&self) -> Result<Option<Duration>, ()> {
         let mut last = self.last_fetch.lock().await;
+        let fetched = self.fetch("scheduled").await;
         *last = Some(Instant::now());
-        self.fetch("scheduled").await
+        fetched
     }
 
     /// One fetch; on success the new set replaces the old. Returns the server's `max-age`.
