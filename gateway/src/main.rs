@@ -156,10 +156,10 @@ fn run(path: &std::path::Path) -> anyhow::Result<ExitCode> {
         let _watching = reload::watch(reloader.clone())?;
         for (name, address) in server.local_addrs() {
             // Machine-readable: tests and scripts read the bound ports (port 0 gets a free one).
-            println!("listening {name} {address}");
+            announce(&format!("listening {name} {address}"));
             tracing::info!(listener = %name, %address, "listening");
         }
-        println!("ready");
+        announce("ready");
         server.run(shutdown_signal(), Some(reloader.status())).await?;
         tracing::info!("all connections drained; stopped");
         Ok(ExitCode::SUCCESS)
@@ -171,6 +171,13 @@ fn run(path: &std::path::Path) -> anyhow::Result<ExitCode> {
     drop(runtime);
     access_log::finish(access_log::CLOSE_WAIT);
     served
+}
+
+/// A line on stdout for scripts. Nobody reading it (`gateway run | head -1`, a log shipper that
+/// went away) must not stop the gateway: `println!` would panic on the broken pipe.
+fn announce(line: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
 }
 
 /// Completes on the first SIGTERM or SIGINT.

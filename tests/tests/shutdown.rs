@@ -1,4 +1,5 @@
-//! SIGTERM: stop accepting, let in-flight requests finish, exit 0.
+//! The process: SIGTERM stops accepting, lets in-flight requests finish, exits 0; start-up does not
+//! depend on anyone reading stdout.
 
 use std::io::ErrorKind;
 
@@ -79,4 +80,39 @@ async fn shutdown_sigterm_when_idle_exits_zero() {
 
     let status = gateway.wait_exit().await;
     assert_eq!(status.code(), Some(0), "exit status {status}; stderr:\n{}", gateway.stderr());
+}
+
+#[tokio::test]
+async fn startup_with_nobody_reading_stdout_still_serves() {
+    // `gateway run | head -1`, or a log shipper that went away: the `listening`/`ready` lines
+    // meet a closed pipe, which must not stop the gateway.
+    let echo = Backend::spawn("echo");
+    let port = e2e::closed_port_addr();
+    let yaml = format!(
+        "listeners:\n  - {{ name: public, address: \"{port}\" }}\nupstreams:\n  echo: {{ endpoints: [\"{}\"] }}\nroutes:\n  - {{ name: all, upstream: echo }}\n",
+        echo.url()
+    );
+    let path = e2e::write_temp("stdout-closed", "yaml", &yaml);
+    let mut child = std::process::Command::new(e2e::binary("gateway"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let serving = async {
+        loop {
+            if let Ok(reply) = client::try_send(port, client::request("GET", "/").body(client::empty()).unwrap()).await
+            {
+                return reply.status;
+            }
+            assert!(child.try_wait().unwrap().is_none(), "the gateway exited: {:?}", child.try_wait());
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    };
+    let status = tokio::time::timeout(TIMEOUT, serving).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(status.expect("the gateway never served"), 200);
 }
