@@ -166,18 +166,29 @@ async fn limits_transfer_coding_other_than_chunked_returns_501() {
 }
 
 #[tokio::test]
-async fn limits_http11_request_needs_exactly_one_host() {
+async fn limits_http11_request_needs_exactly_one_host_that_is_a_host() {
     let echo = Backend::spawn("echo");
     let gateway = Gateway::start(&one_route_config(&echo, "", ""));
-    for (what, hosts) in [("no Host", ""), ("two Hosts", "host: a.test\r\nhost: b.test\r\n")] {
+    let cases = [
+        ("no Host", ""),
+        ("two Hosts", "host: a.test\r\nhost: b.test\r\n"),
+        ("a Host with a path and query", "host: evil.test/x?\r\n"),
+        ("a Host with userinfo", "host: user@a.test\r\n"),
+    ];
+    for (what, hosts) in cases {
         let request = format!("GET / HTTP/1.1\r\n{hosts}connection: close\r\n\r\n");
         let reply = raw::parse(&raw::exchange(gateway.addr(), request.as_bytes()).await).expect("a response");
         assert_eq!(reply.status, 400, "{what}: {reply:?}");
         assert_raw_error(&reply, 400, "bad_request");
     }
+    assert_eq!(echo.stats().await.requests, 0, "none reached the upstream");
     // HTTP/1.0 predates Host.
     let reply = raw::exchange(gateway.addr(), b"GET / HTTP/1.0\r\n\r\n").await;
     assert_eq!(status_of(&reply), 200);
+    for host in ["[::1]:8080", "a-b.c_d.test:443", "127.0.0.1"] {
+        let request = format!("GET / HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n");
+        assert_eq!(status_of(&raw::exchange(gateway.addr(), request.as_bytes()).await), 200, "{host}");
+    }
 }
 
 #[tokio::test]

@@ -88,4 +88,11 @@ async fn redirect_https_answers_308_to_the_same_url_over_https() {
     assert_eq!(reply.status, 308, "{}", reply.text());
     assert_eq!(reply.header("location"), Some("https://shop.test:8443/a/b?x=1"));
     assert_eq!(backend.stats().await.requests, 0, "a redirected request must not reach the upstream");
+
+    // The Host checks of a proxying listener apply: no redirect to a URL the Host would bend.
+    for hosts in ["host: a.test\r\nhost: evil.test\r\n", "host: evil.test/x?\r\n"] {
+        let request = format!("GET /a HTTP/1.1\r\n{hosts}connection: close\r\n\r\n");
+        let reply = e2e::raw::parse(&e2e::raw::exchange(gateway.addr(), request.as_bytes()).await);
+        assert_eq!(reply.map(|r| r.status), Some(400), "{hosts:?}");
+    }
 }

@@ -243,11 +243,14 @@ fn check_head(request: &Request<Incoming>, max_headers: usize) -> Result<(), Pro
     Ok(())
 }
 
-/// [`request_host`], for a request to proxy: an HTTP/1.1 request must carry exactly one Host
-/// (RFC 9112 section 3.2).
-fn single_host<B>(request: &Request<B>) -> Result<Option<HeaderValue>, ProxyError> {
+/// [`request_host`], for a request to serve: an HTTP/1.1 request must carry exactly one Host, and
+/// a Host must be a host and port, nothing more (RFC 9112 section 3.2: 400 otherwise).
+pub(crate) fn single_host<B>(request: &Request<B>) -> Result<Option<HeaderValue>, ProxyError> {
     let mut hosts = request.headers().get_all(header::HOST).iter();
     match (hosts.next(), hosts.next()) {
+        (Some(host), None) if !is_host(host.as_bytes()) => {
+            Err(ProxyError::BadRequest("the Host header is not a host and port"))
+        }
         (Some(host), None) => Ok(Some(host.clone())),
         (Some(_), Some(_)) => Err(ProxyError::BadRequest("the request carries more than one Host header")),
         (None, _) if request.version() == Version::HTTP_11 => {
@@ -268,6 +271,36 @@ fn set_path(uri: &mut Uri, path: &str) -> Result<(), ProxyError> {
         Some(path_and_query.map_err(|_| ProxyError::BadRequest("the path is not a valid URI path"))?);
     *uri = Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("the path is not a valid URI path"))?;
     Ok(())
+}
+
+/// `uri-host [":" port]` (RFC 9110 section 7.2) as far as characters go: a reg-name, IPv4 or IPv6
+/// literal and a port use only these. Refuses what would change a URL built from it (`/`, `?`,
+/// `#`, `@`, `\\`, spaces). Checked in place: this runs for every request.
+fn is_host(host: &[u8]) -> bool {
+    host.iter().all(|&b| {
+        b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'%'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b':'
+                    | b'['
+                    | b']'
+            )
+    })
 }
 
 fn declared_length<B>(request: &Request<B>) -> Option<u64> {

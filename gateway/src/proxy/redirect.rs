@@ -3,14 +3,18 @@
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 
-use super::{request_host, ProxyBody, ProxyError};
+use super::{single_host, ProxyBody, ProxyError};
 
 /// `308 Permanent Redirect` (RFC 9110 section 15.4.9): unlike 301, clients keep the method and body.
 pub(super) fn to_https<B>(request: &Request<B>, port: u16) -> Result<Response<ProxyBody>, ProxyError> {
-    let host = request_host(request).ok_or(ProxyError::BadRequest("a Host header is needed to redirect to HTTPS"))?;
+    let host = single_host(request)?.ok_or(ProxyError::BadRequest("a Host header is needed to redirect to HTTPS"))?;
     let host = host.to_str().map_err(|_| ProxyError::BadRequest("the Host header is not valid text"))?;
     let host = without_port(host);
+    // Origin-form only: `*` (OPTIONS) names no resource to redirect to.
     let target = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    if !target.starts_with('/') {
+        return Err(ProxyError::BadRequest("the request target must be an absolute path"));
+    }
     let location = match port {
         443 => format!("https://{host}{target}"),
         port => format!("https://{host}:{port}{target}"),
@@ -50,6 +54,17 @@ mod tests {
         assert_eq!(location("shop.test:8080", "/a/b?x=1", 8443), "https://shop.test:8443/a/b?x=1");
         assert_eq!(location("shop.test", "/", 443), "https://shop.test/");
         assert_eq!(location("[::1]:8080", "/x", 8443), "https://[::1]:8443/x");
+    }
+
+    #[test]
+    fn to_https_refuses_what_would_make_another_url() {
+        let refused = |request: Request<()>| matches!(to_https(&request, 443), Err(ProxyError::BadRequest(_)));
+        let with_host = |uri: &str, host: &str| Request::builder().uri(uri).header(header::HOST, host);
+        assert!(refused(with_host("/a", "evil.test/x?").body(()).unwrap()), "a Host with a path");
+        assert!(refused(with_host("/a", "user@shop.test").body(()).unwrap()), "a Host with userinfo");
+        assert!(refused(with_host("*", "shop.test").body(()).unwrap()), "OPTIONS *");
+        let two = with_host("/a", "shop.test").header(header::HOST, "evil.test").body(()).unwrap();
+        assert!(refused(two), "two Hosts");
     }
 
     #[test]
