@@ -116,3 +116,27 @@ async fn startup_with_nobody_reading_stdout_still_serves() {
     let _ = child.wait();
     assert_eq!(status.expect("the gateway never served"), 200);
 }
+
+#[tokio::test]
+async fn startup_on_addresses_another_gateway_serves_fails_instead_of_sharing_them() {
+    // SO_REUSEPORT would let a second gateway (or an old one never stopped) take a share of the
+    // connections with its own config; it must fail to start instead.
+    let echo = Backend::spawn("echo");
+    let (traffic, admin) = (e2e::closed_port_addr(), e2e::closed_port_addr());
+    let config = |traffic: std::net::SocketAddr, admin: std::net::SocketAddr| {
+        format!(
+            "listeners:\n  - {{ name: public, address: \"{traffic}\" }}\nadmin: {{ address: \"{admin}\" }}\nupstreams:\n  echo: {{ endpoints: [\"{}\"] }}\nroutes:\n  - {{ name: all, upstream: echo }}\n",
+            echo.url()
+        )
+    };
+    let first = Gateway::start(&config(traffic, admin));
+    let elsewhere = e2e::closed_port_addr();
+    for (taken, second) in [(traffic, config(traffic, elsewhere)), (admin, config(elsewhere, admin))] {
+        let second = e2e::gateway_run_invalid(&e2e::write_temp("second", "yaml", &second));
+        let stderr = String::from_utf8_lossy(&second.stderr);
+        assert_eq!(second.status.code(), Some(1), "{taken}: {stderr}");
+        assert!(stderr.contains(&format!("cannot listen on {taken}")), "{stderr}");
+        assert!(stderr.contains("another gateway"), "{stderr}");
+    }
+    assert_eq!(client::get(first.addr(), "/").await.status, 200, "the first one serves on");
+}

@@ -58,6 +58,7 @@ impl Server {
         for listener in &config.listeners {
             let bind_error =
                 |source| ServeError::Bind { name: listener.name.clone(), address: listener.address, source };
+            refuse_if_taken(listener.address).map_err(bind_error)?;
             let first = bind_reuseport(listener.address).map_err(bind_error)?;
             // Port 0 resolves on the first bind; the other workers join that port.
             let address = first.local_addr().map_err(bind_error)?;
@@ -68,7 +69,8 @@ impl Server {
             listeners.push((listener.name.clone(), address, sockets));
         }
         let admin = match &config.admin {
-            Some(admin) => Some(bind_reuseport(admin.address).map_err(|source| ServeError::Bind {
+            // One socket, so no SO_REUSEPORT: a second gateway fails here instead of sharing it.
+            Some(admin) => Some(bind(admin.address, false).map_err(|source| ServeError::Bind {
                 name: "admin".to_string(),
                 address: admin.address,
                 source,
@@ -151,13 +153,38 @@ impl Server {
 
 /// A nonblocking listening socket with `SO_REUSEPORT`, so every worker can bind the same address.
 fn bind_reuseport(address: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    bind(address, true)
+}
+
+fn bind(address: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(address), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
+    socket.set_reuse_port(reuse_port)?;
     socket.set_nonblocking(true)?;
-    socket.bind(&address.into())?;
+    socket.bind(&address.into()).map_err(explain_in_use)?;
     socket.listen(LISTEN_BACKLOG)?;
     Ok(socket.into())
+}
+
+/// Fails when another process listens on `address`. Its `SO_REUSEPORT` sockets would let ours
+/// join in silently (a second gateway, or an old one never stopped, taking a share of the
+/// traffic with another config); a socket without the option cannot bind beside them.
+fn refuse_if_taken(address: SocketAddr) -> std::io::Result<()> {
+    if address.port() == 0 {
+        return Ok(());
+    }
+    let probe = Socket::new(Domain::for_address(address), Type::STREAM, None)?;
+    probe.set_reuse_address(true)?;
+    probe.bind(&address.into()).map_err(explain_in_use)
+}
+
+fn explain_in_use(error: std::io::Error) -> std::io::Error {
+    match error.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            std::io::Error::new(error.kind(), "address already in use by another process (another gateway?)")
+        }
+        _ => error,
+    }
 }
 
 /// One worker thread: its own single-threaded runtime, its sockets, its connections.
