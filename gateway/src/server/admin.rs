@@ -10,7 +10,7 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::reload::Status;
@@ -33,13 +33,17 @@ pub(super) async fn serve(
             }
         };
         let (draining, status, runtime) = (draining.clone(), status.clone(), runtime.clone());
+        // A client that never finishes a request head must not hold a connection for ever.
+        let header_read_timeout = runtime.load().server.header_read_timeout;
         tokio::spawn(async move {
             let service = service_fn(move |request| {
                 let response = respond(&request, draining.load(Ordering::Relaxed), status.as_deref(), &runtime);
                 async move { Ok::<_, Infallible>(response) }
             });
             let io = TokioIo::new(stream);
-            if let Err(error) = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder.timer(TokioTimer::new()).header_read_timeout(header_read_timeout);
+            if let Err(error) = builder.serve_connection(io, service).await {
                 tracing::debug!(%error, "admin connection ended with an error");
             }
         });
