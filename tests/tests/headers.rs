@@ -204,6 +204,9 @@ const SPOOFED: &[(&str, &str)] = &[
     ("x-consumer-id", "7"),
     ("x-auth-request-user", "ceo"),
     ("x-auth-request-email", "ceo@example.com"),
+    // What CGI, PHP and nginx with `underscores_in_headers` read as `X-User-Id` and `X-User-Role`.
+    ("X_User_Id", "1"),
+    ("x-user_role", "admin"),
 ];
 
 #[tokio::test]

@@ -75,13 +75,22 @@ fn headers_named_in(value: &HeaderValue) -> impl Iterator<Item = HeaderName> + '
     value.to_str().unwrap_or("").split(',').filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
 }
 
-/// Removes every header in `names`; returns how many values were removed.
+/// Removes every header in `names`, also spelled with `_` for `-` (CGI, PHP and nginx with
+/// `underscores_in_headers` read `X_User_Id` as `X-User-Id`); returns how many names it removed.
 pub fn remove_identity(headers: &mut HeaderMap, names: &[HeaderName]) -> u64 {
+    let is_identity = |present: &HeaderName| names.iter().any(|name| spelled_as(present, name));
     // Clients rarely send any: comparing the few names present is cheaper than a lookup per name.
-    if !headers.keys().any(|present| names.contains(present)) {
+    if !headers.keys().any(is_identity) {
         return 0;
     }
-    names.iter().map(|name| headers.remove(name).map_or(0, |_| 1)).sum()
+    let present: Vec<HeaderName> = headers.keys().filter(|name| is_identity(name)).cloned().collect();
+    present.iter().map(|name| headers.remove(name).map_or(0, |_| 1)).sum()
+}
+
+/// `present` is `name`, with any of its `-` written `_`.
+fn spelled_as(present: &HeaderName, name: &HeaderName) -> bool {
+    let (present, name) = (present.as_str().as_bytes(), name.as_str().as_bytes());
+    present.len() == name.len() && present.iter().zip(name).all(|(p, n)| p == n || (*p == b'_' && *n == b'-'))
 }
 
 /// True when the request asks for an HTTP/1.1 upgrade to WebSocket, the one protocol the gateway

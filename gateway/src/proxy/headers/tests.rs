@@ -182,6 +182,16 @@ fn remove_identity_removes_every_listed_header_case_insensitively_and_counts_the
     assert_eq!(left, ["accept"]);
 }
 
+#[test]
+fn remove_identity_removes_names_spelled_with_underscores() {
+    let mut h = map(&[("X_User_Id", "42"), ("x-user_id", "43"), ("x_user_idx", "kept"), ("x_other", "kept")]);
+    let names = [HeaderName::from_static("x-user-id")];
+    assert_eq!(remove_identity(&mut h, &names), 2);
+    let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+    left.sort_unstable();
+    assert_eq!(left, ["x_other", "x_user_idx"]);
+}
+
 fn ip(text: &str) -> IpAddr {
     text.parse().unwrap()
 }
