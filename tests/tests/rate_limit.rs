@@ -68,25 +68,34 @@ fn one_limit_config(echo: &Backend, requests: u32, key: &str, redis_url: Option<
     gateway_config(echo, &head, &format!("{}{OPEN_ROUTE}", limited_route("limited", "/limited", "shared")))
 }
 
-/// Provider `main` (HS256, secret in [`SECRET_ENV`]), limit `per_user` (`requests` by `jwt.sub`),
-/// `/cart` (token required) and `/catalog` (token optional) both drawing from it.
-fn jwt_config(echo: &Backend, requests: u32) -> String {
-    let head = format!(
+/// Provider `main` (HS256, secret in [`SECRET_ENV`]) and the `rate_limits:` block of `entries`.
+fn jwt_head(entries: &[(&str, u32, &str)]) -> String {
+    format!(
         "jwt:\n  providers:\n    main:\n      issuer: {ISSUER}\n      audiences: [{AUDIENCE}]\n      \
          algorithms: [HS256]\n      secret_env: {SECRET_ENV}\n{}",
-        limits(&[("per_user", requests, "jwt.sub")])
-    );
+        limits(entries)
+    )
+}
+
+/// [`jwt_head`] with limit `per_user` (`requests` by `jwt.sub`), `/cart` (token required) and
+/// `/catalog` (token optional) both drawing from it.
+fn jwt_config(echo: &Backend, requests: u32) -> String {
     let routes = "  - { name: cart, match: { path_prefix: /cart }, upstream: echo, auth: { provider: main }, \
                   rate_limit: per_user }\n  \
                   - { name: catalog, match: { path_prefix: /catalog }, upstream: echo, \
                   auth: { provider: main, optional: true }, rate_limit: per_user }\n";
-    gateway_config(echo, &head, routes)
+    gateway_config(echo, &jwt_head(&[("per_user", requests, "jwt.sub")]), routes)
+}
+
+/// A gateway on `yaml` with `key`'s secret in its environment.
+fn start_with_secret(yaml: &str, key: &SigningKey) -> Gateway {
+    let secret = std::str::from_utf8(key.secret().expect("an HMAC key")).expect("generated secrets are text");
+    Gateway::start_with_env(yaml, &[(SECRET_ENV, secret)])
 }
 
 /// A gateway on [`jwt_config`] with `key`'s secret in its environment.
 fn start_jwt_gateway(echo: &Backend, key: &SigningKey, requests: u32) -> Gateway {
-    let secret = std::str::from_utf8(key.secret().expect("an HMAC key")).expect("generated secrets are text");
-    Gateway::start_with_env(&jwt_config(echo, requests), &[(SECRET_ENV, secret)])
+    start_with_secret(&jwt_config(echo, requests), key)
 }
 
 /// A valid token for `subject`, five minutes long.
@@ -271,6 +280,24 @@ async fn rate_limit_jwt_sub_users_have_separate_budgets() {
     }
     assert_denied(&get_bearer(&gateway, "/cart", &bob).await, 2, "bob over his budget");
     assert_eq!(echo.stats().await.requests, 4, "requests that reached the upstream");
+}
+
+#[tokio::test]
+async fn rate_limit_by_client_ip_counts_requests_whose_token_fails_too() {
+    // Checked before the token: a flood of forged tokens from one address is limited like any other.
+    let echo = Backend::spawn("echo");
+    let key = SigningKey::generate(Algorithm::HS256, "hs");
+    let route = "  - { name: cart, match: { path_prefix: /cart }, upstream: echo, auth: { provider: main }, \
+                 rate_limit: per_ip }\n";
+    let gateway = start_with_secret(&gateway_config(&echo, &jwt_head(&[("per_ip", 2, "client_ip")]), route), &key);
+    let forged = SigningKey::generate(Algorithm::HS256, "hs");
+    for i in 0..2 {
+        let reply = get_bearer(&gateway, "/cart", &token_for(&forged, "mallory")).await;
+        assert_eq!(reply.status, 401, "forged token {i}: {}", reply.text());
+    }
+    assert_denied(&get_bearer(&gateway, "/cart", &token_for(&forged, "mallory")).await, 2, "forged token 2");
+    assert_denied(&get_bearer(&gateway, "/cart", &token_for(&key, "alice")).await, 2, "the address's budget is spent");
+    assert_eq!(echo.stats().await.requests, 0);
 }
 
 #[tokio::test]

@@ -79,6 +79,11 @@ impl RateLimit {
         })
     }
 
+    /// Whether its key is a claim of the verified token, so it can only be counted after auth.
+    pub fn keyed_by_claim(&self) -> bool {
+        matches!(self.config.key, RateLimitKey::Claim(_))
+    }
+
     /// What this request is counted as: its client address, a claim of its verified token (the
     /// client address when there is no token or no such claim), or one shared budget.
     pub fn key(&self, client_ip: IpAddr, claims: Option<&Claims>) -> String {

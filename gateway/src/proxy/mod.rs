@@ -32,6 +32,8 @@ use record::{Record, Seen, Trace};
 use request_body::ClientBodyError;
 pub use request_body::{copy_without_body, BodyProgress, UpstreamRequestBody};
 
+use crate::auth::Claims;
+use crate::limit::{Decision, RateLimit};
 use crate::runtime::{RouteRuntime, Snapshot};
 use crate::upstream::breaker::Permit;
 use crate::upstream::{Endpoint, InFlight, Lease, SendError};
@@ -132,23 +134,22 @@ fn proxy<'a>(
             tracing::debug!(route = &*route.name, stripped, "removed client-sent identity headers");
         }
 
+        // rate limit by address or for everyone: before auth, so floods of bad tokens are limited too
+        let mut rate_limit = match route.rate_limit.as_deref().filter(|limit| !limit.keyed_by_claim()) {
+            Some(limit) => Some(draw(limit, caller.ip, None).await?),
+            None => None,
+        };
+
         // auth: check the token; the Authorization header itself travels on untouched
         let claims = match &route.auth {
             Some(auth) => Box::pin(auth.check(request.headers())).await.map_err(ProxyError::Auth)?,
             None => None,
         };
 
-        // rate limit: after auth, so a budget per user counts verified users only
-        let rate_limit = match &route.rate_limit {
-            Some(limit) => {
-                let decision = Box::pin(limit.check(&limit.key(caller.ip, claims.as_deref()))).await;
-                if !decision.allowed {
-                    return Err(ProxyError::RateLimited(decision));
-                }
-                Some(decision)
-            }
-            None => None,
-        };
+        // rate limit by a claim: after auth, so a user's budget counts only that user's tokens
+        if let Some(limit) = route.rate_limit.as_deref().filter(|limit| limit.keyed_by_claim()) {
+            rate_limit = Some(draw(limit, caller.ip, claims.as_deref()).await?);
+        }
 
         // body limit: refuse early when the declared length is already too large
         if declared_length(&request).is_some_and(|len| len > route.max_body_size) {
@@ -195,6 +196,15 @@ fn proxy<'a>(
             headers::set_rate_limit(&mut parts.headers, decision);
         }
         Ok(Response::from_parts(parts, ProxyBody::upstream(body, in_flight, lease, route.timeout)))
+    }
+}
+
+/// One request from `limit`'s budget: the decision when allowed, a 429 otherwise.
+async fn draw(limit: &RateLimit, client_ip: IpAddr, claims: Option<&Claims>) -> Result<Decision, ProxyError> {
+    let decision = Box::pin(limit.check(&limit.key(client_ip, claims))).await;
+    match decision.allowed {
+        true => Ok(decision),
+        false => Err(ProxyError::RateLimited(decision)),
     }
 }
 
