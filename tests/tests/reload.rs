@@ -1,11 +1,13 @@
 //! Hot reload of the config file: triggers (in-place write, rename, ConfigMap symlink swap, SIGHUP),
-//! all-or-nothing under load, `/admin/config`, connection-pool carry-over and listener changes.
+//! layouts (symlinks into other directories, a directory replaced by rename), all-or-nothing under
+//! load, `/admin/config`, connection-pool carry-over and listener changes.
 //!
 //! Each gateway runs on a [`ConfigDir`] of its own (it watches the config file's directory). Waits go
 //! through `/admin/config` (the active version is the FNV-1a hash of the file). The few sleeps only
 //! pace a writer or leave room for a wrong extra reload to show; no test asserts how long a reload
 //! takes: `benches/src/bin/reloadbench.rs` measures that.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use e2e::client::{self, Connection, Reply};
@@ -557,6 +559,183 @@ async fn reload_deleted_config_file_fails_once_keeps_serving() {
     let json = gateway.wait_for_version(&config_version(&new)).await;
     assert_last_reload_ok(&json, &new, "file");
     assert_from(&client::get(gateway.addr(), "/new").await, "B", "after the file came back");
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Layouts: symlinks into other directories, directories replaced
+// ---------------------------------------------------------------------------------------------------
+
+/// The directory of `root`'s own `config.yaml`, under which a test lays out its files.
+fn base_of(root: &ConfigDir) -> PathBuf {
+    root.path().parent().unwrap_or_else(|| panic!("{} has no directory", root.path_text())).to_owned()
+}
+
+/// Creates the symlink `link -> target` (`target` relative to the link's directory), and the
+/// link's directory if need be.
+fn symlink(target: &str, link: &Path) {
+    if let Some(dir) = link.parent() {
+        std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+    }
+    std::os::unix::fs::symlink(target, link).unwrap_or_else(|e| panic!("linking {} -> {target}: {e}", link.display()));
+}
+
+fn rename(from: &Path, to: &Path) {
+    std::fs::rename(from, to).unwrap_or_else(|e| panic!("renaming {} to {}: {e}", from.display(), to.display()));
+}
+
+/// Truncates `file` and writes `contents` into it, like an editor saving in place.
+fn write_in_place(file: &Path, contents: &str) {
+    std::fs::write(file, contents).unwrap_or_else(|e| panic!("writing {}: {e}", file.display()));
+}
+
+/// Writes `contents` to a temp file next to `file` and renames it over `file`.
+fn rename_over(file: &Path, contents: &str) {
+    let temp = file.with_file_name(".rename_over.tmp");
+    write_in_place(&temp, contents);
+    rename(&temp, file);
+}
+
+/// Waits until `yaml` serves, then checks that a file event (not SIGHUP) applied it and that
+/// requests go to `backend`.
+async fn assert_applied(gateway: &Gateway, yaml: &str, backend: &str, what: &str) {
+    let version = config_version(yaml);
+    let json =
+        gateway.admin_config_until(&format!("{what}: version {version}"), |json| json["version"] == version).await;
+    assert_last_reload_ok(&json, yaml, "file");
+    assert_from(&client::get(gateway.addr(), "/").await, backend, what);
+}
+
+/// `etc/gw/gateway.yaml -> ../../releases/v7/gateway.yaml`, as ansible, stow or a git checkout lay
+/// a config out: it is edited in the release directory, which the link's directory never hears of.
+#[tokio::test]
+async fn reload_config_symlinked_into_another_directory_follows_its_target() {
+    let (a, b) = (Backend::spawn("A"), Backend::spawn("B"));
+    let step = |upstream: &str, n: usize| format!("{}# step {n}\n", all_to(upstream, &a, &b));
+    let root = ConfigDir::new("# not used: the gateway runs on etc/gw/gateway.yaml\n");
+    let v7 = root.write_file("releases/v7/gateway.yaml", &step("a", 0));
+    let link = base_of(&root).join("etc/gw/gateway.yaml");
+    symlink("../../releases/v7/gateway.yaml", &link);
+    let gateway = Gateway::start_with_file(&link);
+    assert_eq!(gateway.admin_config().await["version"], config_version(&step("a", 0)).as_str());
+
+    write_in_place(&v7, &step("b", 1));
+    assert_applied(&gateway, &step("b", 1), "B", "the target written in place").await;
+    rename_over(&v7, &step("a", 2));
+    assert_applied(&gateway, &step("a", 2), "A", "a file renamed over the target").await;
+
+    // The next release: the link is replaced by one to releases/v8, then the new target is edited.
+    let v8 = root.write_file("releases/v8/gateway.yaml", &step("b", 3));
+    let new_link = link.with_file_name(".gateway.yaml.new");
+    symlink("../../releases/v8/gateway.yaml", &new_link);
+    rename(&new_link, &link);
+    assert_applied(&gateway, &step("b", 3), "B", "the link repointed to releases/v8").await;
+    write_in_place(&v8, &step("a", 4));
+    assert_applied(&gateway, &step("a", 4), "A", "the new target written in place").await;
+
+    let json = gateway.admin_config().await;
+    assert_admin_config_shape(&json, &link.display().to_string());
+    assert_eq!(json["reloads"], serde_json::json!({"ok": 4, "failed": 0}), "{json:#}");
+}
+
+/// A file the config names (here a JWT public key) that is a symlink into another directory:
+/// replacing the target is a change, as replacing the file itself is.
+#[tokio::test]
+async fn reload_key_file_symlinked_into_another_directory_follows_its_target() {
+    use backends::token::{claims, Algorithm, SigningKey};
+
+    let echo = Backend::spawn("echo");
+    let body = r#"
+jwt:
+  providers:
+    main: { issuer: https://auth.test, audiences: [shop], algorithms: [ES256], public_key: keys/jwt.pem }
+upstreams:
+  echo: { endpoints: ["${echo}"] }
+routes:
+  - { name: all, upstream: echo, auth: { provider: main } }
+"#;
+    let (old_key, new_key) = (SigningKey::generate(Algorithm::ES256, "a"), SigningKey::generate(Algorithm::ES256, "b"));
+    let root = ConfigDir::new(&config(body, &[&echo]));
+    let target = root.write_file("vault/jwt.pem", &old_key.public_pem());
+    symlink("../vault/jwt.pem", &base_of(&root).join("keys/jwt.pem"));
+    let gateway = Gateway::start_with_file(root.path());
+    let addr = gateway.addr();
+    let call = |key: &SigningKey| {
+        let token = key.sign(&claims("https://auth.test", "shop", "u1", Duration::from_secs(600)));
+        async move { client::get_with(addr, "/", &[("authorization", &format!("Bearer {token}"))]).await }
+    };
+    assert_eq!(call(&old_key).await.status, 200, "the key the gateway started with");
+    let before = gateway.admin_config().await["version"].clone();
+
+    rename_over(&target, &new_key.public_pem());
+
+    let json = gateway.admin_config_until("a reload for the new key", |json| json["version"] != before).await;
+    assert_eq!(json["last_reload"]["trigger"], "file", "{json:#}");
+    assert_eq!(call(&new_key).await.status, 200, "the key now at the link's target");
+    call(&old_key).await.assert_error(401, "invalid_token");
+}
+
+/// The config's directory is replaced by rename, as deploy scripts swap a whole directory
+/// (`mv conf conf.old; mv conf.new conf`): the new directory's config applies, and so do later edits
+/// in it, with no SIGHUP. Also when a reload runs while there is no `conf` at all.
+#[tokio::test]
+async fn reload_config_directory_replaced_by_rename_is_followed() {
+    let (a, b) = (Backend::spawn("A"), Backend::spawn("B"));
+    let step = |upstream: &str, n: usize| format!("{}# step {n}\n", all_to(upstream, &a, &b));
+    let root = ConfigDir::new("# not used: the gateway runs on conf/config.yaml\n");
+    let base = base_of(&root);
+    let file = root.write_file("conf/config.yaml", &step("a", 0));
+    let gateway = Gateway::start_with_file(&file);
+
+    root.write_file("conf.new/config.yaml", &step("b", 1));
+    rename(&base.join("conf"), &base.join("conf.old"));
+    rename(&base.join("conf.new"), &base.join("conf"));
+    assert_applied(&gateway, &step("b", 1), "B", "conf replaced by conf.new").await;
+    write_in_place(&file, &step("a", 2));
+    assert_applied(&gateway, &step("a", 2), "A", "the file in the new conf written in place").await;
+
+    // Again, slowly: a reload in between finds no config (it fails; the config serving stays).
+    root.write_file("conf.new/config.yaml", &step("b", 3));
+    let failed = gateway.admin_config().await["reloads"]["failed"].as_u64().unwrap_or_default();
+    rename(&base.join("conf"), &base.join("conf.older"));
+    let json = gateway.wait_for_failed_reloads_over(failed).await;
+    assert_eq!(json["version"], config_version(&step("a", 2)).as_str(), "while there is no conf: {json:#}");
+    rename(&base.join("conf.new"), &base.join("conf"));
+    assert_applied(&gateway, &step("b", 3), "B", "conf.new renamed to conf after a reload found none").await;
+    rename_over(&file, &step("a", 4));
+    assert_applied(&gateway, &step("a", 4), "A", "a file renamed over the one in the new conf").await;
+
+    // Moved away and straight back: the same directory, but its watch may have gone with the move.
+    rename(&base.join("conf"), &base.join("conf.away"));
+    rename(&base.join("conf.away"), &base.join("conf"));
+    write_in_place(&file, &step("b", 5));
+    assert_applied(&gateway, &step("b", 5), "B", "the file written after conf came back").await;
+
+    assert_eq!(gateway.admin_config().await["reloads"]["ok"], 5);
+}
+
+/// A directory symlink further up the path is repointed (`app/current -> releases/v2`, the config
+/// at `app/current/conf/config.yaml`): no watched directory sees that, so it takes a SIGHUP, after
+/// which edits in the new directory apply by themselves.
+#[tokio::test]
+async fn reload_sighup_follows_a_directory_symlink_repointed_further_up() {
+    let (a, b) = (Backend::spawn("A"), Backend::spawn("B"));
+    let step = |upstream: &str, n: usize| format!("{}# step {n}\n", all_to(upstream, &a, &b));
+    let root = ConfigDir::new("# not used: the gateway runs on app/current/conf/config.yaml\n");
+    let base = base_of(&root);
+    root.write_file("releases/v1/conf/config.yaml", &step("a", 0));
+    let v2 = root.write_file("releases/v2/conf/config.yaml", &step("b", 1));
+    symlink("../releases/v1", &base.join("app/current"));
+    let gateway = Gateway::start_with_file(&base.join("app/current/conf/config.yaml"));
+
+    symlink("../releases/v2", &base.join("app/current.new"));
+    rename(&base.join("app/current.new"), &base.join("app/current"));
+    gateway.sighup();
+    let version = config_version(&step("b", 1));
+    let json = gateway.admin_config_until("the SIGHUP reload of releases/v2", |json| json["version"] == version).await;
+    assert_last_reload_ok(&json, &step("b", 1), "sighup");
+
+    write_in_place(&v2, &step("a", 2));
+    assert_applied(&gateway, &step("a", 2), "A", "the file in releases/v2 written in place").await;
 }
 
 // ---------------------------------------------------------------------------------------------------
