@@ -168,7 +168,7 @@ impl Snapshot {
                 })
             })
             .collect::<Result<Vec<_>, BuildError>>()?;
-        let listeners = config
+        let mut listeners = config
             .listeners
             .iter()
             .map(|listener| {
@@ -178,6 +178,11 @@ impl Snapshot {
                 Ok((listener.name.clone(), Arc::new(runtime)))
             })
             .collect::<Result<HashMap<_, _>, BuildError>>()?;
+        // Sockets are bound once, at start, under their names: one the file renamed or removed
+        // keeps serving as it did until the restart the reload asks for.
+        for (name, running) in previous.map(|p| &p.listeners).into_iter().flatten() {
+            listeners.entry(name.clone()).or_insert_with(|| running.clone());
+        }
         Ok(Snapshot {
             listeners,
             router: Router::new(&config.routes),

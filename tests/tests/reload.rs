@@ -841,6 +841,25 @@ async fn reload_listener_change_reported_rest_applied() {
 }
 
 #[tokio::test]
+async fn reload_renamed_listener_keeps_serving_until_the_restart() {
+    // The socket was bound under its old name; new connections on it must not find it gone.
+    let a = Backend::spawn("A");
+    let old = on_listener("127.0.0.1:0", &a, false);
+    let renamed = on_listener("127.0.0.1:0", &a, true).replace("name: public", "name: web");
+    let dir = ConfigDir::new(&old);
+    let gateway = Gateway::start_with_file(dir.path());
+
+    dir.replace(&renamed);
+
+    let json = gateway.wait_for_version(&config_version(&renamed)).await;
+    assert_last_reload_ok(&json, &renamed, "file");
+    assert!(json["restart_required"].to_string().contains("listener changes need a restart"), "{json:#}");
+    for path in ["/new", "/old"] {
+        assert_from(&client::get(gateway.addr(), path).await, "A", &format!("{path} on a new connection"));
+    }
+}
+
+#[tokio::test]
 async fn reload_admin_address_change_reported_rest_applied() {
     let a = Backend::spawn("A");
     let old = on_listener("127.0.0.1:0", &a, false);
