@@ -189,6 +189,28 @@ async fn limits_http11_request_needs_exactly_one_host_that_is_a_host() {
         let request = format!("GET / HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n");
         assert_eq!(status_of(&raw::exchange(gateway.addr(), request.as_bytes()).await), 200, "{host}");
     }
+    // An absolute-form target names the host too: both must agree.
+    for (host, status) in [("a.test", 200), ("A.TEST", 200), ("b.test", 400)] {
+        let request = format!("GET http://a.test/ HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n");
+        assert_eq!(status_of(&raw::exchange(gateway.addr(), request.as_bytes()).await), status, "{host}");
+    }
+}
+
+#[tokio::test]
+async fn limits_http2_host_header_must_name_the_authority() {
+    use http_body_util::{BodyExt, Empty};
+    let echo = Backend::spawn("echo");
+    let gateway = Gateway::start(&one_route_config(&echo, "", ""));
+    let io = hyper_util::rt::TokioIo::new(raw::connect(gateway.addr()).await);
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.unwrap();
+    tokio::spawn(connection);
+    for (host, status) in [("a.test", 200), ("b.test", 400)] {
+        let request = http::Request::get("http://a.test/").header("host", host).body(Empty::<bytes::Bytes>::new());
+        let response = sender.send_request(request.unwrap()).await.unwrap();
+        assert_eq!(response.status(), status, "host {host} for :authority a.test");
+        response.into_body().collect().await.unwrap();
+    }
 }
 
 #[tokio::test]

@@ -261,6 +261,16 @@ pub(crate) fn single_host<B>(request: &Request<B>) -> Result<Option<HeaderValue>
         (Some(host), None) if !is_host(host.as_bytes()) => {
             Err(ProxyError::BadRequest("the Host header is not a host and port"))
         }
+        // HTTP/2's `:authority`, or an absolute-form target: one request, one host (RFC 9113
+        // section 8.3.1), or routing and the upstream could each pick another.
+        (Some(host), None)
+            if request
+                .uri()
+                .authority()
+                .is_some_and(|a| !a.as_str().as_bytes().eq_ignore_ascii_case(host.as_bytes())) =>
+        {
+            Err(ProxyError::BadRequest("the Host header names another host than the request target"))
+        }
         (Some(host), None) => Ok(Some(host.clone())),
         (Some(_), Some(_)) => Err(ProxyError::BadRequest("the request carries more than one Host header")),
         (None, _) if request.version() == Version::HTTP_11 => {
