@@ -14,6 +14,7 @@ use crate::auth::{self, Provider};
 use crate::config::{self, Config, PathMatch, Rewrite};
 use crate::limit::{self, RateLimit, RedisStore};
 use crate::metrics::{self, RouteMetrics};
+use crate::proxy::IdentityHeaders;
 use crate::router::Router;
 use crate::tls;
 use crate::upstream::Upstream;
@@ -32,7 +33,7 @@ pub struct Snapshot {
     pub server: config::Server,
     pub drain_timeout: Duration,
     /// Removed from every request before anything else (zero trust).
-    pub identity_headers: Vec<http::HeaderName>,
+    pub identity_headers: IdentityHeaders,
     /// By name: what the next reload carries over from (JWKS key sets, verified tokens).
     pub jwt_providers: HashMap<String, Arc<Provider>>,
     /// Where rate limits are counted when configured: what the next reload carries over.
@@ -195,7 +196,7 @@ impl Snapshot {
             access_log,
             server: config.server.clone(),
             drain_timeout: config.shutdown.drain_timeout,
-            identity_headers: config.identity_headers.clone(),
+            identity_headers: IdentityHeaders::new(&config.identity_headers),
         })
     }
 

@@ -27,7 +27,7 @@ use hyper::body::Incoming;
 
 pub use body::ProxyBody;
 pub use error::ProxyError;
-pub use headers::{remove_hop_by_hop, request_id, set_forwarding, Client};
+pub use headers::{remove_hop_by_hop, request_id, set_forwarding, Client, IdentityHeaders};
 use record::{Record, Seen, Trace};
 use request_body::ClientBodyError;
 pub use request_body::{copy_without_body, BodyProgress, UpstreamRequestBody};
