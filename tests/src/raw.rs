@@ -143,3 +143,29 @@ fn dechunk(mut raw: &[u8]) -> Option<(Vec<u8>, usize)> {
         raw = raw.get(size + 2..)?;
     }
 }
+
+/// Starts `POST path` over HTTP/2 (prior knowledge) on a new connection and sends `first` as the
+/// start of its body, leaving the stream open: the caller sends more, ends it or resets it (with
+/// any reason, `NO_ERROR` included, which hyper's client never sends).
+pub async fn h2_upload(
+    addr: SocketAddr,
+    path: &str,
+    content_length: Option<u64>,
+    first: &'static [u8],
+) -> (h2::client::ResponseFuture, h2::SendStream<bytes::Bytes>) {
+    let (client, connection) = h2::client::handshake(connect(addr).await)
+        .await
+        .unwrap_or_else(|e| panic!("HTTP/2 handshake with {addr}: {e}"));
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let mut client = client.ready().await.unwrap_or_else(|e| panic!("HTTP/2 connection to {addr}: {e}"));
+    let mut request = http::Request::post(format!("http://{addr}{path}"));
+    if let Some(length) = content_length {
+        request = request.header(http::header::CONTENT_LENGTH, length);
+    }
+    let request = request.body(()).unwrap_or_else(|e| panic!("bad request: {e}"));
+    let (response, mut body) = client.send_request(request, false).unwrap_or_else(|e| panic!("sending {path}: {e}"));
+    body.send_data(bytes::Bytes::from_static(first), false).unwrap_or_else(|e| panic!("sending the body: {e}"));
+    (response, body)
+}

@@ -206,3 +206,20 @@ async fn breaker_ignores_http2_clients_that_reset_their_upload() {
     assert_eq!(reply.status(), 200, "the connection serves on after the resets");
     reply.into_body().collect().await.unwrap();
 }
+
+#[tokio::test]
+async fn breaker_ignores_http2_uploads_reset_with_no_error() {
+    // hyper reads RST_STREAM(NO_ERROR) as a clean end: the upstream would see a short body.
+    let (flaky, steady) = (Backend::spawn("flaky"), Backend::spawn("steady"));
+    let gateway = Gateway::start(&breaker_config(&flaky, &steady));
+    for i in 0..3u64 {
+        let (_response, mut upload) = raw::h2_upload(gateway.addr(), "/flaky/ok", Some(100_000), b"0123456789").await;
+        fetch_until("the upload at the echo", || flaky.stats(), |s| s.requests == i + 1, |s| s.requests.to_string())
+            .await;
+        upload.send_reset(h2::Reason::NO_ERROR);
+    }
+    wait_for_metric(&gateway, "gateway_requests_total{route=\"flaky\",status=\"4xx\"} 3").await;
+    assert_eq!(get(&gateway, "/flaky/ok").await.status, 200, "the breaker must stay closed");
+    wait_for_metric(&gateway, "gateway_circuit_breaker_state{upstream=\"flaky\"} 0").await;
+    wait_for_metric(&gateway, "gateway_upstream_errors_total{kind=\"error\",upstream=\"flaky\"} 0").await;
+}

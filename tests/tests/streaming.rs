@@ -103,3 +103,56 @@ async fn streaming_upload_longer_than_the_route_timeout_passes_while_it_keeps_co
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(reply.echoed().body_bytes, 800);
 }
+
+#[tokio::test]
+async fn streaming_http2_upload_reset_with_no_error_never_reaches_the_upstream_as_whole() {
+    use tokio::io::AsyncReadExt;
+    // An upstream that reads one chunked request to its last chunk, or until the gateway hangs up.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let (head_seen, head_arrived) = tokio::sync::oneshot::channel();
+    let received = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let (mut bytes, mut buf, mut head_seen) = (Vec::new(), [0u8; 4096], Some(head_seen));
+        while !bytes.ends_with(b"\r\n0\r\n\r\n") {
+            let Ok(n @ 1..) = stream.read(&mut buf).await else { break };
+            bytes.extend_from_slice(&buf[..n]);
+            if bytes.windows(4).any(|w| w == b"\r\n\r\n") {
+                head_seen.take().map(|seen| seen.send(()));
+            }
+        }
+        String::from_utf8_lossy(&bytes).into_owned()
+    });
+    let yaml = format!(
+        "\nupstreams:\n  raw: {{ endpoints: [\"http://{upstream}\"] }}\nroutes:\n  - {{ name: all, upstream: raw }}\n"
+    );
+    let gateway = Gateway::start(&e2e::config(&yaml, &[]));
+
+    let (_response, mut upload) = e2e::raw::h2_upload(gateway.addr(), "/upload", None, b"first piece").await;
+    tokio::time::timeout(e2e::TIMEOUT, head_arrived).await.unwrap().unwrap();
+    upload.send_reset(h2::Reason::NO_ERROR);
+    let received = tokio::time::timeout(e2e::TIMEOUT, received).await.unwrap().unwrap();
+    assert!(received.contains("first piece"), "the body was under way: {received:?}");
+    assert!(!received.ends_with("\r\n0\r\n\r\n"), "a cut-off body was ended as if complete: {received:?}");
+}
+
+#[tokio::test]
+async fn streaming_http2_upload_ended_by_the_client_arrives_whole() {
+    let echo = Backend::spawn("echo");
+    let gateway = Gateway::start(&one_route_config(&echo, "", ""));
+    for content_length in [None, Some(21)] {
+        let (response, mut upload) =
+            e2e::raw::h2_upload(gateway.addr(), "/upload", content_length, b"first piece").await;
+        upload.send_data(Bytes::from_static(b", the end"), false).unwrap();
+        upload.send_data(Bytes::from_static(b"!"), true).unwrap();
+        let response = tokio::time::timeout(e2e::TIMEOUT, response).await.unwrap().unwrap();
+        assert_eq!(response.status(), 200, "content-length {content_length:?}");
+        let (_, mut body) = response.into_parts();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = body.data().await {
+            bytes.extend_from_slice(&chunk.unwrap());
+        }
+        let echoed: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(echoed["body_bytes"], 21, "content-length {content_length:?}: {echoed}");
+    }
+}

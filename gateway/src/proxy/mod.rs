@@ -346,6 +346,7 @@ fn upstream_request(
     // Origin-form: the endpoint is the connection's, named again only in Host.
     parts.uri = Uri::from(path_and_query);
     // Upstreams speak HTTP/1.1 whatever the client spoke.
+    let http2 = parts.version == Version::HTTP_2;
     parts.version = Version::HTTP_11;
 
     // Room for the forwarding headers and the request id in one step, not a regrowth per insert.
@@ -358,7 +359,8 @@ fn upstream_request(
         None => endpoint.host.clone(),
     };
     parts.headers.insert(header::HOST, upstream_host);
-    Ok(Request::from_parts(parts, UpstreamRequestBody::capped(body, route.max_body_size, route.timeout)))
+    let body = UpstreamRequestBody::capped(body, route.max_body_size, route.timeout, http2);
+    Ok(Request::from_parts(parts, body))
 }
 
 /// Sends the request, and tells the breaker how it went. When the endpoint could not be connected

@@ -1,7 +1,7 @@
 //! The body the gateway sends upstream.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -19,8 +19,26 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// (only requests without a body are).
 #[derive(Debug)]
 pub enum UpstreamRequestBody {
-    Client { body: Limited<Incoming>, progress: Option<BodyProgress> },
+    Client {
+        body: Limited<Incoming>,
+        progress: Option<BodyProgress>,
+        /// HTTP/2 only: the end is reported late (see [`EndHold`]).
+        end: Option<EndHold>,
+    },
     Empty,
+}
+
+/// hyper ends an HTTP/2 body that the client reset with NO_ERROR as if it were complete
+/// (hyperium/hyper#3681). So the end is held back until the task's next poll from outside: in
+/// between, hyper's server looks for a reset of the stream and drops this request if it finds
+/// one, and a cut-off upload never reaches the upstream (nor counts against it) as a whole one.
+/// Not a plain wake-up: the upstream connection's driver would repeat the poll at once.
+#[derive(Debug)]
+pub enum EndHold {
+    Streaming,
+    /// The client's body ended; set once the task has been polled again.
+    Held(Arc<AtomicBool>),
+    Reported,
 }
 
 /// Failed reading the client's body (it ended early, was reset or was malformed): the client's
@@ -80,11 +98,14 @@ impl BodyProgress {
 }
 
 impl UpstreamRequestBody {
-    /// `timeout`: the route's, which counts anew from each piece of the body.
-    pub fn capped(body: Incoming, limit: u64, timeout: Duration) -> UpstreamRequestBody {
+    /// `timeout`: the route's, which counts anew from each piece of the body; `http2`: whether
+    /// the client sent it over HTTP/2.
+    pub fn capped(body: Incoming, limit: u64, timeout: Duration, http2: bool) -> UpstreamRequestBody {
         // Requests without a body (most) skip the bookkeeping and its allocation.
-        let progress = (!body.is_end_stream()).then(|| BodyProgress::new(timeout));
-        UpstreamRequestBody::Client { body: Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)), progress }
+        let has_body = !body.is_end_stream();
+        let progress = has_body.then(|| BodyProgress::new(timeout));
+        let body = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
+        UpstreamRequestBody::Client { body, progress, end: (has_body && http2).then_some(EndHold::Streaming) }
     }
 
     pub fn progress(&self) -> Option<&BodyProgress> {
@@ -111,10 +132,19 @@ impl Body for UpstreamRequestBody {
     type Error = BoxError;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let (body, progress) = match self.get_mut() {
-            UpstreamRequestBody::Client { body, progress } => (body, progress),
+        let (body, progress, end) = match self.get_mut() {
+            UpstreamRequestBody::Client { body, progress, end } => (body, progress, end),
             UpstreamRequestBody::Empty => return Poll::Ready(None),
         };
+        match end {
+            Some(EndHold::Reported) => return Poll::Ready(None),
+            Some(EndHold::Held(released)) if released.load(Ordering::Relaxed) => {
+                *end = Some(EndHold::Reported);
+                return Poll::Ready(None);
+            }
+            Some(EndHold::Held(_)) => return Poll::Pending,
+            Some(EndHold::Streaming) | None => {}
+        }
         let polled = match Pin::new(&mut *body).poll_frame(cx) {
             // Trailers end the body here, unsent: nothing checks them, so they could tell an
             // upstream who the caller is (an identity header) as well as any header could.
@@ -129,6 +159,17 @@ impl Body for UpstreamRequestBody {
                 Poll::Ready(Some(_)) => SENDING,
             });
         }
+        if let (Poll::Ready(None), Some(EndHold::Streaming)) = (&polled, &end) {
+            let released = Arc::new(AtomicBool::new(false));
+            let (release, waker) = (released.clone(), cx.waker().clone());
+            // Runs once this task has returned from its poll (each worker runs one thread).
+            tokio::spawn(async move {
+                release.store(true, Ordering::Relaxed);
+                waker.wake();
+            });
+            *end = Some(EndHold::Held(released));
+            return Poll::Pending;
+        }
         Poll::Ready(match ready!(polled) {
             Some(Err(error)) if !error.is::<LengthLimitError>() => Some(Err(Box::new(ClientBodyError(error)))),
             other => other,
@@ -137,6 +178,7 @@ impl Body for UpstreamRequestBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
+            UpstreamRequestBody::Client { end: Some(end), .. } => matches!(end, EndHold::Reported),
             UpstreamRequestBody::Client { body, .. } => body.is_end_stream(),
             UpstreamRequestBody::Empty => true,
         }
