@@ -173,13 +173,16 @@ impl Hasher for FxHasher {
     }
 }
 
-/// Lowercase, without port; allocates only when the host has uppercase letters.
+/// Lowercase, without port, without the trailing dot of a fully qualified name (`a.test.` is
+/// `a.test`, as nginx takes it: else it would pass a route for `a.test` by); allocates only when the
+/// host has uppercase letters.
 fn normalize_host(host: &str) -> Cow<'_, str> {
     let without_port = if let Some(rest) = host.strip_prefix('[') {
         // IPv6 literal: keep the brackets' content, as configured hosts are written without them.
         rest.split(']').next().unwrap_or(rest)
     } else {
-        host.rsplit_once(':').map_or(host, |(name, _port)| name)
+        let name = host.rsplit_once(':').map_or(host, |(name, _port)| name);
+        name.strip_suffix('.').unwrap_or(name)
     };
     if without_port.bytes().any(|b| b.is_ascii_uppercase()) {
         Cow::Owned(without_port.to_ascii_lowercase())

@@ -75,6 +75,9 @@ fn find_precedence_table_most_specific_wins() {
         ("GET", None, "/api/tie", &[], "api-first"),
         ("GET", Some("www.shop.test"), "/api", &[], "shop-any"),
         ("GET", Some("WWW.Shop.Test:8080"), "/api", &[], "shop-any"),
+        // A fully qualified name's trailing dot names the same host.
+        ("GET", Some("admin.shop.test."), "/api", &[], "admin-host"),
+        ("GET", Some("www.shop.test.:8080"), "/api", &[], "shop-any"),
         ("GET", Some("a.eu.shop.test"), "/", &[], "shop-eu"),
         ("GET", Some("shop.test"), "/api", &[], "api"),
         ("GET", Some("admin.shop.test"), "/api", &[], "admin-host"),
