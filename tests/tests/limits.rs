@@ -197,7 +197,7 @@ async fn limits_http11_request_needs_exactly_one_host_that_is_a_host() {
 }
 
 #[tokio::test]
-async fn limits_http2_host_header_must_name_the_authority() {
+async fn limits_http2_authority_is_a_host_and_any_host_header_names_it() {
     use http_body_util::{BodyExt, Empty};
     let echo = Backend::spawn("echo");
     let gateway = Gateway::start(&one_route_config(&echo, "", ""));
@@ -209,6 +209,13 @@ async fn limits_http2_host_header_must_name_the_authority() {
         let request = http::Request::get("http://a.test/").header("host", host).body(Empty::<bytes::Bytes>::new());
         let response = sender.send_request(request.unwrap()).await.unwrap();
         assert_eq!(response.status(), status, "host {host} for :authority a.test");
+        response.into_body().collect().await.unwrap();
+    }
+    // Without a Host header `:authority` is the host, held to the same rules (no userinfo).
+    for (uri, status) in [("http://a.test:8080/", 200), ("http://good.test@evil.test/", 400)] {
+        let response = sender.send_request(http::Request::get(uri).body(Empty::<bytes::Bytes>::new()).unwrap());
+        let response = response.await.unwrap();
+        assert_eq!(response.status(), status, ":authority of {uri}");
         response.into_body().collect().await.unwrap();
     }
 }

@@ -276,7 +276,14 @@ pub(crate) fn single_host<B>(request: &Request<B>) -> Result<Option<HeaderValue>
         (None, _) if request.version() == Version::HTTP_11 => {
             Err(ProxyError::BadRequest("an HTTP/1.1 request must carry a Host header"))
         }
-        (None, _) => Ok(request_host(request)),
+        (None, _) => match request.uri().authority() {
+            // HTTP/2's `:authority` is held to what a Host header is (RFC 9113 section 8.3.1: no
+            // userinfo), as it stands in for one.
+            Some(authority) if !is_host(authority.as_str().as_bytes()) => {
+                Err(ProxyError::BadRequest("the request's authority is not a host and port"))
+            }
+            _ => Ok(request_host(request)),
+        },
     }
 }
 
