@@ -119,3 +119,48 @@ async fn passive_health_lone_endpoint_is_always_tried() {
     assert_eq!(back.stats().await.requests, 1);
     assert!(!gateway.stderr().contains("out of rotation"), "{}", gateway.stderr());
 }
+
+#[tokio::test]
+async fn passive_health_trial_that_connects_but_times_out_puts_the_endpoint_back() {
+    // A slow answer says the endpoint is there: its route timeout is not a failed connect.
+    let live = Backend::spawn("live");
+    let dead = closed_port_addr();
+    let gateway = Gateway::start(
+        &pair_config(dead, &live, "fail_timeout: 1s")
+            .replace("{ name: pair, upstream: pair }", "{ name: pair, upstream: pair, timeout: 1s }"),
+    );
+    assert_eq!(post(&gateway, 0).await, 502, "the first request meets the dead endpoint");
+    let in_rotation = format!("gateway_upstream_endpoint_in_rotation{{endpoint=\"{dead}\",upstream=\"pair\"}}");
+    assert_eq!(metric(&gateway, &in_rotation).await, Some(format!("{in_rotation} 0")));
+
+    // It comes back mute: it accepts connections and never answers.
+    let mute = tokio::net::TcpListener::bind(dead).await.unwrap();
+    let _mute = tokio::spawn(async move {
+        let (connection, _) = mute.accept().await.unwrap();
+        std::future::pending::<()>().await;
+        drop(connection);
+    });
+    let what = "the request trying the endpoint again, timed out";
+    fetch_until(what, || post(&gateway, 1), |&status| status == 504, u16::to_string).await;
+    assert_eq!(metric(&gateway, &in_rotation).await, Some(format!("{in_rotation} 1")), "it connected");
+}
+
+#[tokio::test]
+async fn passive_health_every_endpoint_out_counts_each_ejection_once() {
+    let (a, b) = (closed_port_addr(), closed_port_addr());
+    let yaml = format!(
+        "\nupstreams:\n  gone: {{ endpoints: [\"http://{a}\", \"http://{b}\"], passive_health: {{ fail_timeout: 60s }} }}\nroutes:\n  - {{ name: gone, upstream: gone }}\n"
+    );
+    let gateway = Gateway::start(&config(&yaml, &[]));
+    for _ in 0..6 {
+        // Both out: requests still go to them in turn (better an attempt than a refusal).
+        client::get(gateway.addr(), "/").await.assert_error(502, "upstream_connect_error");
+    }
+    for endpoint in [a, b] {
+        let ejections =
+            format!("gateway_upstream_endpoint_ejections_total{{endpoint=\"{endpoint}\",upstream=\"gone\"}}");
+        assert_eq!(metric(&gateway, &ejections).await, Some(format!("{ejections} 1")), "they left once each");
+    }
+    let warnings = gateway.stderr().lines().filter(|l| l.contains("out of rotation")).count();
+    assert_eq!(warnings, 2, "{}", gateway.stderr());
+}

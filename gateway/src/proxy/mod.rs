@@ -457,15 +457,15 @@ async fn send(
     };
     match &sent {
         Err(SendError::Connect { .. }) => route.upstream.connect_failed(endpoint),
-        Err(SendError::TimedOut) => {}
-        Ok(_) | Err(SendError::Http(_)) => route.upstream.connected(endpoint),
+        Err(SendError::TimedOut { connected: false }) => {}
+        Ok(_) | Err(SendError::Http(_) | SendError::TimedOut { connected: true }) => route.upstream.connected(endpoint),
     }
     let result = match sent {
         // The client's slow upload, not the upstream: a 408, and nothing for the breaker.
-        Err(SendError::TimedOut) if body.as_ref().is_some_and(BodyProgress::waiting_for_client) => {
+        Err(SendError::TimedOut { .. }) if body.as_ref().is_some_and(BodyProgress::waiting_for_client) => {
             Err(ProxyError::ClientBodyTimeout { timeout: route.timeout })
         }
-        Err(SendError::TimedOut) => {
+        Err(SendError::TimedOut { .. }) => {
             metrics.timeouts.inc();
             Err(ProxyError::UpstreamTimeout { upstream: upstream(), timeout: route.timeout })
         }

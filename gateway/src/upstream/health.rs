@@ -26,8 +26,11 @@ pub(super) struct Health {
 pub(super) enum Failed {
     /// Still in rotation: fewer than `max_fails` in a row (or ejection is off).
     Counted,
-    /// Out of rotation for `fail_timeout` from now.
+    /// Taken out of rotation for `fail_timeout` from now.
     TakenOut,
+    /// Already out (its trial failed, or every endpoint is out and it was tried anyway): out for
+    /// `fail_timeout` from now.
+    KeptOut,
 }
 
 impl Health {
@@ -65,8 +68,10 @@ impl Health {
         if settings.max_fails == 0 || fails < settings.max_fails {
             return Failed::Counted;
         }
-        self.out_until.store(later(now, settings), Ordering::Relaxed);
-        Failed::TakenOut
+        match self.out_until.swap(later(now, settings), Ordering::Relaxed) {
+            0 => Failed::TakenOut,
+            _ => Failed::KeptOut,
+        }
     }
 
     /// A connection was made (or reused): the count starts again. True when this put the

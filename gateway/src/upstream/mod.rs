@@ -160,9 +160,15 @@ impl Upstream {
             return;
         }
         let settings = &self.config.passive_health;
-        if endpoint.health.connect_failed(settings) == health::Failed::TakenOut {
-            endpoint.ejections.inc();
-            tracing::warn!(upstream = &*self.name, endpoint = %endpoint.authority, fail_timeout = ?settings.fail_timeout, "cannot connect to the endpoint; it is out of rotation until a request after fail_timeout connects");
+        match endpoint.health.connect_failed(settings) {
+            health::Failed::Counted => {}
+            health::Failed::TakenOut => {
+                endpoint.ejections.inc();
+                tracing::warn!(upstream = &*self.name, endpoint = %endpoint.authority, fail_timeout = ?settings.fail_timeout, "cannot connect to the endpoint; it is out of rotation until a request after fail_timeout connects");
+            }
+            health::Failed::KeptOut => {
+                tracing::debug!(upstream = &*self.name, endpoint = %endpoint.authority, "still cannot connect to the endpoint; it stays out of rotation");
+            }
         }
     }
 

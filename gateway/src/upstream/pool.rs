@@ -112,8 +112,9 @@ pub enum SendError {
     Connect { error: BoxError, unsent: Box<Request<UpstreamRequestBody>> },
     /// The exchange failed on an open connection.
     Http(hyper::Error),
-    /// The response head did not arrive by the deadline (connecting included).
-    TimedOut,
+    /// The response head did not arrive by the deadline (connecting included); `connected`: a
+    /// connection was made (or reused) before it passed.
+    TimedOut { connected: bool },
 }
 
 /// The response head did not arrive by the deadline.
@@ -164,7 +165,7 @@ impl Pools {
                 let mut lease = self.lease(connection, endpoint);
                 match lease.connection.exchange(request, deadline).await {
                     Ok(Ok(response)) => return Ok((response, lease)),
-                    Err(TimedOut) => return Err(SendError::TimedOut),
+                    Err(TimedOut) => return Err(SendError::TimedOut { connected: true }),
                     Ok(Err(mut error)) => match (error.take_message(), again) {
                         (Some(unsent), _) => request = unsent,
                         (None, Some(again)) if closed_unanswered(error.error()) => {
@@ -180,13 +181,13 @@ impl Pools {
             let connection = match Box::pin(tokio::time::timeout_at(deadline, self.connect(endpoint))).await {
                 Ok(Ok(connection)) => connection,
                 Ok(Err(error)) => return Err(SendError::Connect { error, unsent: Box::new(request) }),
-                Err(_elapsed) => return Err(SendError::TimedOut),
+                Err(_elapsed) => return Err(SendError::TimedOut { connected: false }),
             };
             let mut lease = self.lease(connection, endpoint);
             match lease.connection.exchange(request, deadline).await {
                 Ok(Ok(response)) => Ok((response, lease)),
                 Ok(Err(error)) => Err(SendError::Http(error.into_error())),
-                Err(TimedOut) => Err(SendError::TimedOut),
+                Err(TimedOut) => Err(SendError::TimedOut { connected: true }),
             }
         }
     }
@@ -211,7 +212,8 @@ impl Pools {
             });
             sender.send_request(request).await.map_err(SendError::Http)
         };
-        tokio::time::timeout_at(deadline, sending).await.unwrap_or(Err(SendError::TimedOut))
+        // Whether the connection was made is not known here: the tunnel's health says nothing either way.
+        tokio::time::timeout_at(deadline, sending).await.unwrap_or(Err(SendError::TimedOut { connected: false }))
     }
 
     fn lease(self: &Arc<Pools>, connection: Box<Connection>, endpoint: &Endpoint) -> Lease {

@@ -45,7 +45,7 @@ fn a_failed_trial_takes_it_out_again_and_a_connection_puts_it_back() {
     let (health, settings) = (Health::default(), settings(1));
     health.connect_failed_at(0, &settings);
     assert!(health.available_at(|| 10 * SECOND, &settings));
-    assert_eq!(health.connect_failed_at(11 * SECOND, &settings), Failed::TakenOut);
+    assert_eq!(health.connect_failed_at(11 * SECOND, &settings), Failed::KeptOut, "it never came back");
     assert!(!health.available_at(|| 20 * SECOND, &settings), "out for fail_timeout from the failed trial");
     assert!(health.available_at(|| 21 * SECOND, &settings));
     assert!(!health.in_rotation(), "not yet: only its trial may go");
@@ -69,4 +69,14 @@ fn max_fails_0_never_takes_it_out() {
 fn in_rotation_the_clock_is_not_read() {
     let health = Health::default();
     assert!(health.available_at(|| unreachable!("read the clock"), &settings(1)));
+}
+
+#[test]
+fn failures_while_out_keep_it_out_without_taking_it_out_again() {
+    // Every endpoint out: the balancer tries one anyway, and its failures only extend the time out.
+    let (health, settings) = (Health::default(), settings(1));
+    assert_eq!(health.connect_failed_at(0, &settings), Failed::TakenOut);
+    assert_eq!(health.connect_failed_at(SECOND, &settings), Failed::KeptOut);
+    assert!(!health.available_at(|| 10 * SECOND, &settings), "out for fail_timeout from the last failure");
+    assert!(health.available_at(|| 11 * SECOND, &settings));
 }
