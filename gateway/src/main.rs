@@ -89,7 +89,7 @@ fn main() -> ExitCode {
             match run(&config) {
                 Ok(code) => code,
                 Err(error) => {
-                    eprintln!("error: {error:#}");
+                    eprintln!("error: {}", describe(&error));
                     ExitCode::FAILURE
                 }
             }
@@ -171,6 +171,19 @@ fn run(path: &std::path::Path) -> anyhow::Result<ExitCode> {
     drop(runtime);
     access_log::finish(access_log::CLOSE_WAIT);
     served
+}
+
+/// The error and its causes, each said once: most of the gateway's errors already quote their
+/// cause, which `{:#}` would repeat.
+fn describe(error: &anyhow::Error) -> String {
+    let mut text = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text = format!("{text}: {cause}");
+        }
+    }
+    text
 }
 
 /// A line on stdout for scripts. Nobody reading it (`gateway run | head -1`, a log shipper that
