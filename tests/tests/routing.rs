@@ -235,7 +235,9 @@ async fn routing_dot_segments_upstreams_would_see_return_400() {
     let gateway = Gateway::start(&admin_and_public_config(&admin, &public));
     // Each is /pub/../admin to some upstream server (an encoded or back slash taken as `/`, a
     // servlet container dropping `;` parameters): routed as public, served as admin.
-    for path in ["/pub/..%2fadmin", "/pub/%2e%2e%2fadmin", "/pub/..;/admin", "/pub/..\\admin", "/pub/%2e%2e%5cadmin"] {
+    let paths = ["/pub/..%2fadmin", "/pub/%2e%2e%2fadmin", "/pub/..;/admin", "/pub/..\\admin", "/pub/%2e%2e%5cadmin"];
+    // And a raw backslash, which is `/` to those servers: `/\admin` is `//admin`, so `/admin`.
+    for path in paths.into_iter().chain(["/\\admin/x"]) {
         let reply = raw::exchange(
             gateway.addr(),
             format!("GET {path} HTTP/1.1\r\nhost: gw.test\r\nconnection: close\r\n\r\n").as_bytes(),

@@ -8,8 +8,13 @@ use crate::config::{PathMatch, Rewrite};
 /// The path to route and forward, when it is not the request's own: `//` merged into `/` (as nginx
 /// does), and percent-encoded unreserved characters decoded (RFC 3986 section 6.2.2.2: `/%61dmin`
 /// is `/admin`). The router and the upstream then see one spelling, so another one cannot reach a
-/// route's upstream past the checks of the route that path belongs to. Refused: dot segments.
+/// route's upstream past the checks of the route that path belongs to. Refused: dot segments, and
+/// a raw `\` (not a URI character; Windows-style servers read it as `/`, so `/\admin` would be
+/// `/admin` there but not here).
 pub fn normalize(path: &str) -> Result<Option<String>, &'static str> {
+    if path.contains('\\') {
+        return Err("the path must not contain a backslash (write it %5C)");
+    }
     let normalized = merge_slashes_and_decode(path);
     if has_dot_segment(normalized.as_deref().unwrap_or(path)) {
         return Err("the path must not contain '.' or '..' segments");
@@ -50,7 +55,7 @@ fn decode_unreserved(hex: &[u8]) -> Option<u8> {
 }
 
 /// Whether a segment is `.` or `..` as some upstream may read it: dots also written `%2e`,
-/// segments also ended by `\`, `%2f` or `%5c` (decoded, or taken as `/`, by many servers), and
+/// segments also ended by `%2f` or `%5c` (decoded, or taken as `/`, by many servers), and
 /// anything from a `;` on left out (servlet containers drop such path parameters: `..;x` is `..`).
 /// Such a path could escape the prefix it was routed by once the upstream normalises it.
 fn has_dot_segment(path: &str) -> bool {
@@ -62,7 +67,7 @@ fn has_dot_segment(path: &str) -> bool {
     loop {
         let separator = match bytes.get(i..) {
             None | Some([]) => 0,
-            Some([b'/' | b'\\', ..]) => 1,
+            Some([b'/', ..]) => 1,
             Some([b'%', b'2', b'f' | b'F', ..] | [b'%', b'5', b'c' | b'C', ..]) => 3,
             Some(_) => {
                 i += 1;
@@ -139,14 +144,13 @@ mod tests {
             "/raw/..;/secret",
             "/raw/..;jsessionid=1/secret",
             "/raw/.;/secret",
-            "/raw/..\\secret",
             "/raw/%2e%2e%5csecret",
             "/raw/x%5C..%5Csecret",
         ];
         for path in escapes {
             assert!(has_dot_segment(path), "{path}");
         }
-        for path in ["/files/a%2Fb", "/a/b;v=1", "/a/...;x", "/a/.hidden;x", "/a\\b", "/%25"] {
+        for path in ["/files/a%2Fb", "/a/b;v=1", "/a/...;x", "/a/.hidden;x", "/%25"] {
             assert!(!has_dot_segment(path), "{path}");
         }
     }
@@ -173,6 +177,14 @@ mod tests {
         for (path, expected) in cases {
             assert_eq!(normalize(path), Ok(expected.map(String::from)), "{path}");
         }
+    }
+
+    #[test]
+    fn normalize_refuses_a_raw_backslash() {
+        for path in ["/\\admin/x", "/a\\b"] {
+            assert!(normalize(path).is_err(), "{path}");
+        }
+        assert_eq!(normalize("/a%5Cb"), Ok(None), "encoded, it is data");
     }
 
     #[test]
