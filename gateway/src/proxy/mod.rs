@@ -304,31 +304,25 @@ fn set_path(uri: &mut Uri, path: &str) -> Result<(), ProxyError> {
 /// literal and a port use only these. Refuses what would change a URL built from it (`/`, `?`,
 /// `#`, `@`, `\\`, spaces). Checked in place: this runs for every request.
 fn is_host(host: &[u8]) -> bool {
-    host.iter().all(|&b| {
-        b.is_ascii_alphanumeric()
-            || matches!(
-                b,
-                b'-' | b'.'
-                    | b'_'
-                    | b'~'
-                    | b'%'
-                    | b'!'
-                    | b'$'
-                    | b'&'
-                    | b'\''
-                    | b'('
-                    | b')'
-                    | b'*'
-                    | b'+'
-                    | b','
-                    | b';'
-                    | b'='
-                    | b':'
-                    | b'['
-                    | b']'
-            )
-    })
+    host.iter().all(|&b| HOST_BYTES[usize::from(b)])
 }
+
+/// The bytes [`is_host`] allows, as a table: one load per byte.
+static HOST_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = (b as u8).is_ascii_alphanumeric();
+        b += 1;
+    }
+    let others = b"-._~%!$&'()*+,;=:[]";
+    let mut i = 0;
+    while i < others.len() {
+        table[others[i] as usize] = true;
+        i += 1;
+    }
+    table
+};
 
 fn declared_length<B>(request: &Request<B>) -> Option<u64> {
     request.headers().get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()

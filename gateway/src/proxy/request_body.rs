@@ -1,7 +1,7 @@
 //! The body the gateway sends upstream.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -19,26 +19,8 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// (only requests without a body are).
 #[derive(Debug)]
 pub enum UpstreamRequestBody {
-    Client {
-        body: Limited<Incoming>,
-        progress: Option<BodyProgress>,
-        /// HTTP/2 only: the end is reported late (see [`EndHold`]).
-        end: Option<EndHold>,
-    },
+    Client { body: Limited<Incoming>, progress: Option<BodyProgress> },
     Empty,
-}
-
-/// hyper ends an HTTP/2 body that the client reset with NO_ERROR as if it were complete
-/// (hyperium/hyper#3681). So the end is held back until the task's next poll from outside: in
-/// between, hyper's server looks for a reset of the stream and drops this request if it finds
-/// one, and a cut-off upload never reaches the upstream (nor counts against it) as a whole one.
-/// Not a plain wake-up: the upstream connection's driver would repeat the poll at once.
-#[derive(Debug)]
-pub enum EndHold {
-    Streaming,
-    /// The client's body ended; set once the task has been polled again.
-    Held(Arc<AtomicBool>),
-    Reported,
 }
 
 /// Failed reading the client's body (it ended early, was reset or was malformed): the client's
@@ -60,16 +42,33 @@ struct Progress {
     started: Instant,
     /// Since `started`, in nanoseconds.
     last_piece: AtomicU64,
+    /// Where reporting the end stands, for HTTP/2 (see [`HOLDING`]).
+    end: AtomicU8,
 }
 
 const SENDING: u8 = 0;
 const WAITING_FOR_CLIENT: u8 = 1;
 const ENDED: u8 = 2;
 
+/// `Progress::end` over HTTP/1.1: the end is reported as it comes.
+const NOT_HELD: u8 = 0;
+/// `Progress::end` over HTTP/2, before the end came. hyper ends a body that the client reset with
+/// NO_ERROR as if it were complete (hyperium/hyper#3681), so its end is held back until the task
+/// is next polled from outside: in between, hyper's server looks for a reset of the stream and
+/// drops this request if it finds one, so a cut-off upload never reaches the upstream (nor counts
+/// against it) as a whole one. Not a plain wake-up: the upstream connection's driver would repeat
+/// this poll at once.
+const HOLDING: u8 = 1;
+/// The end came and is held back.
+const HELD: u8 = 2;
+/// The task was polled again: the end may be reported.
+const RELEASED: u8 = 3;
+
 impl BodyProgress {
-    fn new(timeout: Duration) -> BodyProgress {
+    fn new(timeout: Duration, http2: bool) -> BodyProgress {
         let started = Instant::now();
         BodyProgress(Arc::new(Progress {
+            end: AtomicU8::new(if http2 { HOLDING } else { NOT_HELD }),
             state: AtomicU8::new(SENDING),
             timeout,
             started,
@@ -102,10 +101,8 @@ impl UpstreamRequestBody {
     /// the client sent it over HTTP/2.
     pub fn capped(body: Incoming, limit: u64, timeout: Duration, http2: bool) -> UpstreamRequestBody {
         // Requests without a body (most) skip the bookkeeping and its allocation.
-        let has_body = !body.is_end_stream();
-        let progress = has_body.then(|| BodyProgress::new(timeout));
-        let body = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
-        UpstreamRequestBody::Client { body, progress, end: (has_body && http2).then_some(EndHold::Streaming) }
+        let progress = (!body.is_end_stream()).then(|| BodyProgress::new(timeout, http2));
+        UpstreamRequestBody::Client { body: Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)), progress }
     }
 
     pub fn progress(&self) -> Option<&BodyProgress> {
@@ -132,18 +129,14 @@ impl Body for UpstreamRequestBody {
     type Error = BoxError;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let (body, progress, end) = match self.get_mut() {
-            UpstreamRequestBody::Client { body, progress, end } => (body, progress, end),
+        let (body, progress) = match self.get_mut() {
+            UpstreamRequestBody::Client { body, progress } => (body, progress),
             UpstreamRequestBody::Empty => return Poll::Ready(None),
         };
-        match end {
-            Some(EndHold::Reported) => return Poll::Ready(None),
-            Some(EndHold::Held(released)) if released.load(Ordering::Relaxed) => {
-                *end = Some(EndHold::Reported);
-                return Poll::Ready(None);
-            }
-            Some(EndHold::Held(_)) => return Poll::Pending,
-            Some(EndHold::Streaming) | None => {}
+        match progress.as_ref().map(|p| p.0.end.load(Ordering::Relaxed)) {
+            Some(HELD) => return Poll::Pending,
+            Some(RELEASED) => return Poll::Ready(None),
+            _ => {}
         }
         let polled = match Pin::new(&mut *body).poll_frame(cx) {
             // Trailers end the body here, unsent: nothing checks them, so they could tell an
@@ -159,16 +152,17 @@ impl Body for UpstreamRequestBody {
                 Poll::Ready(Some(_)) => SENDING,
             });
         }
-        if let (Poll::Ready(None), Some(EndHold::Streaming)) = (&polled, &end) {
-            let released = Arc::new(AtomicBool::new(false));
-            let (release, waker) = (released.clone(), cx.waker().clone());
-            // Runs once this task has returned from its poll (each worker runs one thread).
-            tokio::spawn(async move {
-                release.store(true, Ordering::Relaxed);
-                waker.wake();
-            });
-            *end = Some(EndHold::Held(released));
-            return Poll::Pending;
+        if let (Poll::Ready(None), Some(progress)) = (&polled, progress.as_ref()) {
+            if progress.0.end.load(Ordering::Relaxed) == HOLDING {
+                progress.0.end.store(HELD, Ordering::Relaxed);
+                let (progress, waker) = (progress.clone(), cx.waker().clone());
+                // Runs once this task has returned from its poll (each worker runs one thread).
+                tokio::spawn(async move {
+                    progress.0.end.store(RELEASED, Ordering::Relaxed);
+                    waker.wake();
+                });
+                return Poll::Pending;
+            }
         }
         Poll::Ready(match ready!(polled) {
             Some(Err(error)) if !error.is::<LengthLimitError>() => Some(Err(Box::new(ClientBodyError(error)))),
@@ -178,8 +172,13 @@ impl Body for UpstreamRequestBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            UpstreamRequestBody::Client { end: Some(end), .. } => matches!(end, EndHold::Reported),
-            UpstreamRequestBody::Client { body, .. } => body.is_end_stream(),
+            UpstreamRequestBody::Client { body, progress } => {
+                match progress.as_ref().map(|p| p.0.end.load(Ordering::Relaxed)) {
+                    Some(HOLDING | HELD) => false,
+                    Some(RELEASED) => true,
+                    _ => body.is_end_stream(),
+                }
+            }
             UpstreamRequestBody::Empty => true,
         }
     }
