@@ -141,12 +141,16 @@ impl Upstream {
             && self.endpoints.iter().any(|e| other.endpoints.iter().any(|o| Arc::ptr_eq(e, o)))
     }
 
-    /// Another endpoint than `failed`, with an in-flight slot taken on it: the next in the list
-    /// that is in rotation, else the next in the list; `None` when there is no other.
+    /// Another endpoint than `failed` (another address, not a second entry of the same one), with
+    /// an in-flight slot taken on it: the next in the list that is in rotation, else the next in the
+    /// list; `None` when there is no other.
     pub fn pick_other(&self, failed: &Endpoint) -> Option<InFlight> {
         let position = self.endpoints.iter().position(|e| std::ptr::eq(Arc::as_ptr(e), failed))?;
-        let others =
-            || (1..self.endpoints.len()).filter_map(|k| self.endpoints.get((position + k) % self.endpoints.len()));
+        let others = || {
+            (1..self.endpoints.len())
+                .filter_map(|k| self.endpoints.get((position + k) % self.endpoints.len()))
+                .filter(|e| e.authority != failed.authority)
+        };
         let endpoint =
             others().find(|e| e.health.available(&self.config.passive_health)).or_else(|| others().next())?;
         endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -312,6 +316,17 @@ mod tests {
         let config = upstream_config("https://127.0.0.1:1", tls(false));
         let before = Upstream::build(&config, 2, None);
         assert!(Arc::ptr_eq(&before, &Upstream::build(&config, 2, Some(&before))));
+    }
+
+    #[test]
+    fn pick_other_passes_over_a_duplicate_of_the_failed_endpoint() {
+        let mut config = upstream_config("http://127.0.0.1:1", None);
+        config.endpoints = ["http://127.0.0.1:1", "http://127.0.0.1:1", "http://127.0.0.1:2"]
+            .map(|uri| config::Endpoint { uri: uri.parse().unwrap() })
+            .to_vec();
+        let upstream = Upstream::build(&config, 1, None);
+        let other = upstream.pick_other(&upstream.endpoints[0]).unwrap();
+        assert_eq!(other.endpoint().authority, "127.0.0.1:2");
     }
 
     #[test]
