@@ -584,6 +584,18 @@ async fn auth_jwks_endpoint_down_keeps_verifying_new_tokens_with_cached_keys() {
     assert_reached_upstream(&reply, &format!("Bearer {after_failed_refetch}"), "after a failed refetch");
 }
 
+/// Sends `count` tokens at once, each naming a `kid` no issuer ever published; each must be refused.
+async fn send_made_up_kids(fixture: &Fixture, count: usize, what: &str) {
+    let attacker = SigningKey::generate(Algorithm::ES256, "attacker");
+    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let tokens: Vec<String> =
+        (0..count).map(|i| attacker.with_kid(&format!("made-up-{stamp:x}-{i}")).sign(&valid_claims())).collect();
+    let replies = join_all(tokens.iter().map(|token| fixture.bearer("/account", token))).await;
+    for (i, reply) in replies.iter().enumerate() {
+        assert_invalid_token(reply, &format!("{what} {i}"));
+    }
+}
+
 #[tokio::test]
 async fn auth_jwks_flood_of_unknown_kids_refetches_at_most_once_per_cooldown() {
     const FLOOD: usize = 50;
@@ -593,14 +605,7 @@ async fn auth_jwks_flood_of_unknown_kids_refetches_at_most_once_per_cooldown() {
     fixture.poll_until_accepted("/account", &key.sign(&valid_claims()), &[(503, "auth_unavailable")]).await;
 
     let before = jwks.fetches();
-    let attacker = SigningKey::generate(Algorithm::ES256, "attacker");
-    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-    let tokens: Vec<String> =
-        (0..FLOOD).map(|i| attacker.with_kid(&format!("flood-{stamp:x}-{i}")).sign(&valid_claims())).collect();
-    let replies = join_all(tokens.iter().map(|token| fixture.bearer("/account", token))).await;
-    for (i, reply) in replies.iter().enumerate() {
-        assert_invalid_token(reply, &format!("flood token {i}"));
-    }
+    send_made_up_kids(&fixture, FLOOD, "flood token").await;
     let refetches = jwks.fetches() - before;
     assert!(refetches <= 1, "{FLOOD} unknown kids within the cooldown caused {refetches} refetches");
 
@@ -621,14 +626,7 @@ async fn auth_jwks_unknown_kids_during_a_slow_fetch_wait_for_it_instead_of_fetch
     // Let the cooldown since the startup fetch run out, so the first unknown kid does refetch.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let before = jwks.fetches();
-    let attacker = SigningKey::generate(Algorithm::ES256, "attacker");
-    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-    let tokens: Vec<String> =
-        (0..CONCURRENT).map(|i| attacker.with_kid(&format!("slow-{stamp:x}-{i}")).sign(&valid_claims())).collect();
-    let replies = join_all(tokens.iter().map(|token| fixture.bearer("/account", token))).await;
-    for (i, reply) in replies.iter().enumerate() {
-        assert_invalid_token(reply, &format!("unknown kid {i} during a slow fetch"));
-    }
+    send_made_up_kids(&fixture, CONCURRENT, "unknown kid during a slow fetch").await;
     // The first request fetches; the others arrive while that fetch is in flight and wait for it.
     let refetches = jwks.fetches() - before;
     assert_eq!(refetches, 1, "{CONCURRENT} concurrent unknown kids, fetches slower than the cooldown");

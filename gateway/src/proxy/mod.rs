@@ -302,7 +302,7 @@ fn set_path(uri: &mut Uri, path: &str) -> Result<(), ProxyError> {
 
 /// `uri-host [":" port]` (RFC 9110 section 7.2) as far as characters go: a reg-name, IPv4 or IPv6
 /// literal and a port use only these. Refuses what would change a URL built from it (`/`, `?`,
-/// `#`, `@`, `\\`, spaces). Checked in place: this runs for every request.
+/// `#`, `@`, `\`, spaces). Checked in place: this runs for every request.
 fn is_host(host: &[u8]) -> bool {
     host.iter().all(|&b| HOST_BYTES[usize::from(b)])
 }
