@@ -193,8 +193,19 @@ fn announce(line: &str) {
     let _ = writeln!(std::io::stdout().lock(), "{line}");
 }
 
-/// Completes on the first SIGTERM or SIGINT.
+/// Completes on the first SIGTERM or SIGINT. A second one during the drain exits at once (status 1)
+/// without waiting for in-flight requests: an operator who means now should not need SIGKILL.
 async fn shutdown_signal() {
+    stop_signal().await;
+    tokio::spawn(async {
+        stop_signal().await;
+        tracing::warn!("second stop signal: exiting without waiting for in-flight requests");
+        std::process::exit(1);
+    });
+}
+
+/// Completes on the next SIGTERM or SIGINT.
+async fn stop_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

@@ -140,3 +140,20 @@ async fn startup_on_addresses_another_gateway_serves_fails_instead_of_sharing_th
     }
     assert_eq!(client::get(first.addr(), "/").await.status, 200, "the first one serves on");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_second_sigterm_exits_without_waiting_for_the_drain() {
+    let echo = Backend::spawn("echo");
+    let mut gateway = Gateway::start(&one_route_config(&echo, "", ""));
+    // Far longer than the test waits: only a cut-short drain ends the process in time.
+    let _in_flight = start_in_flight(&gateway, &echo, "/slow/60000").await;
+    gateway.sigterm();
+    eventually("the drain to begin", || async { client::get(gateway.admin_addr(), "/readyz").await.status == 503 })
+        .await;
+
+    gateway.sigterm();
+
+    let status = gateway.wait_exit().await;
+    assert_eq!(status.code(), Some(1), "exit status {status}; stderr:\n{}", gateway.stderr());
+    assert!(gateway.stderr().contains("second stop signal"), "{}", gateway.stderr());
+}
