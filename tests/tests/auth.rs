@@ -344,6 +344,22 @@ async fn auth_wrong_issuer_is_invalid_token() {
         let token = key.sign(&claims_with(json!({ "iss": issuer })));
         assert_invalid_token(&fixture.bearer("/account", &token).await, &format!("iss {issuer:?}"));
     }
+    // RFC 7519: one issuer, a string; a list that names ours as well is not ours.
+    let token = key.sign(&claims_with(json!({ "iss": ["https://evil.test", ISSUER] })));
+    assert_invalid_token(&fixture.bearer("/account", &token).await, "iss as a list");
+}
+
+#[tokio::test]
+async fn auth_token_with_critical_header_extensions_is_invalid_token() {
+    // RFC 7515 section 4.1.11: `crit` names extensions the recipient must understand; none are.
+    let key = SigningKey::generate(Algorithm::ES256, "ec");
+    let fixture = Fixture::public_key(&key, "");
+    let mut header = token::Header::new(Algorithm::ES256);
+    header.kid = Some("ec".into());
+    header.crit = Some(vec!["exp".into()]);
+    let token = key.sign_with_header(&header, &valid_claims());
+    assert_invalid_token(&fixture.bearer("/account", &token).await, "crit");
+    assert_eq!(fixture.bearer("/account", &key.sign(&valid_claims())).await.status, 200, "without crit");
 }
 
 #[tokio::test]

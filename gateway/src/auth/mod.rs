@@ -123,9 +123,17 @@ impl Provider {
         let Some((_, validation)) = self.validations.iter().find(|(algorithm, _)| *algorithm == header.alg) else {
             return Err(invalid("the token's algorithm is not accepted"));
         };
+        if header.crit.is_some() {
+            // RFC 7515 section 4.1.11: extensions the recipient does not understand make it invalid.
+            return Err(invalid("the token names critical header extensions (crit), which are not supported"));
+        }
         let key = self.key(header.kid.as_deref(), header.alg).await?;
         let data = jsonwebtoken::decode::<Claims>(token, &key, validation).map_err(describe)?;
         let claims = data.claims;
+        if !claims.get("iss").is_some_and(serde_json::Value::is_string) {
+            // RFC 7519 section 4.1.1: one issuer, a string (jsonwebtoken also takes a list).
+            return Err(invalid("the token's issuer (iss) is not a single string"));
+        }
         match claims.get("iat").map(serde_json::Value::as_f64) {
             Some(Some(iat)) if iat > (now + validation.leeway) as f64 => {
                 return Err(invalid("the token was issued in the future"))
