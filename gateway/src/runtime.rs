@@ -32,6 +32,8 @@ pub struct Snapshot {
     /// Client-side limits; a connection uses those of the snapshot current when it was accepted.
     pub server: config::Server,
     pub drain_timeout: Duration,
+    /// After SIGTERM, how long to keep accepting (with `/readyz` at 503) before closing listeners.
+    pub accept_grace: Duration,
     /// Removed from every request before anything else (zero trust).
     pub identity_headers: IdentityHeaders,
     /// By name: what the next reload carries over from (JWKS key sets, verified tokens).
@@ -196,6 +198,7 @@ impl Snapshot {
             access_log,
             server: config.server.clone(),
             drain_timeout: config.shutdown.drain_timeout,
+            accept_grace: config.shutdown.accept_grace,
             identity_headers: IdentityHeaders::new(&config.identity_headers),
         })
     }

@@ -157,3 +157,24 @@ async fn shutdown_second_sigterm_exits_without_waiting_for_the_drain() {
     assert_eq!(status.code(), Some(1), "exit status {status}; stderr:\n{}", gateway.stderr());
     assert!(gateway.stderr().contains("second stop signal"), "{}", gateway.stderr());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_accept_grace_serves_new_connections_while_not_ready() {
+    let echo = Backend::spawn("echo");
+    let yaml = format!("{}shutdown:\n  accept_grace: 5s\n", one_route_config(&echo, "", ""));
+    let mut gateway = Gateway::start(&yaml);
+
+    gateway.sigterm();
+
+    // Not ready at once, so load balancers stop sending; whoever still does is served.
+    eventually("/readyz to turn 503", || async { client::get(gateway.admin_addr(), "/readyz").await.status == 503 })
+        .await;
+    assert_eq!(client::get(gateway.addr(), "/").await.status, 200, "a new connection during the grace");
+    let addr = gateway.addr();
+    eventually("new connections to be refused after the grace", || async move {
+        TcpStream::connect(addr).await.is_err_and(|e| e.kind() == ErrorKind::ConnectionRefused)
+    })
+    .await;
+    let status = gateway.wait_exit().await;
+    assert_eq!(status.code(), Some(0), "exit status {status}; stderr:\n{}", gateway.stderr());
+}

@@ -248,6 +248,9 @@ pub struct Server {
 pub struct Shutdown {
     /// How long in-flight requests may run after SIGTERM/SIGINT before the process exits anyway.
     pub drain_timeout: Duration,
+    /// How long to keep accepting after SIGTERM, with `/readyz` already 503, so load balancers stop
+    /// sending before the listeners close. Zero: close at once.
+    pub accept_grace: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -408,6 +411,8 @@ pub mod defaults {
     pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
     pub const MAX_BODY_SIZE: u64 = 10 * 1024 * 1024;
     pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+    /// No grace: listeners close as soon as the stop signal comes.
+    pub const ACCEPT_GRACE: Duration = Duration::ZERO;
     pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
     /// Headers gateways and auth proxies commonly use to tell upstreams who the caller is.
     pub const IDENTITY_HEADERS: &[&str] = &[

@@ -150,6 +150,7 @@ pub(crate) struct RawServer {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawShutdown {
     pub drain_timeout: Option<Spanned<String>>,
+    pub accept_grace: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

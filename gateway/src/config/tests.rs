@@ -57,6 +57,7 @@ fn minimal_config_fills_defaults() {
     assert_eq!(config.server.max_header_size, defaults::MAX_HEADER_SIZE);
     assert_eq!(config.server.idle_timeout, defaults::IDLE_TIMEOUT);
     assert_eq!(config.shutdown.drain_timeout, defaults::DRAIN_TIMEOUT);
+    assert_eq!(config.shutdown.accept_grace, Duration::ZERO, "no grace unless asked for");
     let upstream = &config.upstreams[0];
     assert_eq!(upstream.load_balancing, LoadBalancing::RoundRobin);
     assert_eq!(upstream.pool.max_idle_per_host, defaults::POOL_MAX_IDLE_PER_HOST);

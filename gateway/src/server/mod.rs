@@ -131,6 +131,12 @@ impl Server {
 
         shutdown.await;
         draining.store(true, Ordering::Relaxed);
+        // Still accepting, but no longer ready: load balancers take the gateway out first.
+        let accept_grace = self.runtime.load().accept_grace;
+        if !accept_grace.is_zero() {
+            tracing::info!(?accept_grace, "not ready; accepting until the grace ends");
+            tokio::time::sleep(accept_grace).await;
+        }
         let _ = stop.send(true);
         // Workers close their sockets first (new connections are refused), then drain.
         let joined = tokio::task::spawn_blocking(move || {

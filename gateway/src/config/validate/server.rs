@@ -181,7 +181,11 @@ fn trusted_proxies(report: &mut Report<'_>, raw: &[Spanned<String>]) -> Vec<IpNe
 
 pub(super) fn shutdown(report: &mut Report<'_>, raw: Option<&RawShutdown>) -> Shutdown {
     let drain = raw.and_then(|s| s.drain_timeout.as_ref());
-    Shutdown { drain_timeout: duration(report, drain, "shutdown.drain_timeout", defaults::DRAIN_TIMEOUT) }
+    let grace = raw.and_then(|s| s.accept_grace.as_ref());
+    Shutdown {
+        drain_timeout: duration(report, drain, "shutdown.drain_timeout", defaults::DRAIN_TIMEOUT),
+        accept_grace: duration(report, grace, "shutdown.accept_grace", defaults::ACCEPT_GRACE),
+    }
 }
 
 /// `access_log.path`: `stdout`, or a file (relative to the config file) in a directory that exists.
