@@ -265,6 +265,7 @@ routes:
   - {{ name: bytes, match: {{ path_prefix: /bytes }}, upstream: echo }}
   - {{ name: slow, match: {{ path_prefix: /slow }}, upstream: echo }}
   - {{ name: drip, match: {{ path_prefix: /drip }}, upstream: echo }}
+  - {{ name: ws, match: {{ path_prefix: /ws }}, upstream: echo }}
 "#
     );
     config(&body, &[echo])
@@ -871,4 +872,32 @@ async fn access_log_client_ip_is_the_forwarded_client_behind_a_trusted_proxy() {
     assert_eq!(reply.status, 200, "{reply:?}");
     let line = wait_for_line(&logs.join("access.log"), &request_id(&reply)).await;
     assert_eq!(line["client_ip"], "203.0.113.9", "client_ip in {line}");
+}
+
+#[tokio::test]
+async fn access_log_websocket_line_is_written_when_the_tunnel_closes() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let fx = LogFixture::start();
+    let (mut socket, response) = tokio_tungstenite::connect_async(format!("ws://{}/ws", fx.gateway.addr()))
+        .await
+        .unwrap_or_else(|e| panic!("upgrade via the gateway: {e}"));
+    let ws_id = response.headers()["x-request-id"].to_str().unwrap().to_owned();
+    socket.send(Message::text("hello")).await.unwrap();
+    assert_eq!(socket.next().await.unwrap().unwrap(), Message::text("hello"));
+
+    // Counted in the metrics at the 101; logged only when the session ends.
+    let metrics = client::get(fx.gateway.admin_addr(), "/metrics").await.text();
+    assert!(metrics.lines().any(|l| l == "gateway_requests_total{route=\"ws\",status=\"1xx\"} 1"), "{metrics}");
+    let later = request_id(&client::get(fx.gateway.addr(), "/api/after").await);
+    wait_for_line(&fx.log, &later).await;
+    assert!(!logged_ids(&fx.log).contains(&ws_id), "logged while the tunnel was still open");
+
+    socket.close(None).await.unwrap();
+    while socket.next().await.is_some() {}
+    drop(socket);
+    let line = wait_for_line(&fx.log, &ws_id).await;
+    assert_eq!((line["status"].as_u64(), line["route"].as_str()), (Some(101), Some("ws")), "{line}");
+    assert_eq!(line["completed"], true, "closed cleanly: {line}");
+    assert!(line["bytes_sent"].as_u64().is_some_and(|n| n >= 5), "the echoed message reached the client: {line}");
 }

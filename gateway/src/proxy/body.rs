@@ -31,6 +31,9 @@ enum Kind {
     /// The timer limits how long the upstream may keep the body waiting for its next piece.
     Upstream(Incoming, StallTimer),
     Full(Option<Bytes>),
+    /// The `101` of an upgrade: no body; the record goes to the tunnel, which keeps it (and its
+    /// log line) until the tunnel closes.
+    Tunnel(Option<tokio::sync::oneshot::Sender<Record>>),
 }
 
 /// The upstream left the response body waiting longer than the route's timeout.
@@ -55,6 +58,11 @@ impl ProxyBody {
         ProxyBody::new(Kind::Full(None), None)
     }
 
+    /// The body of a `101`: its record is handed to the tunnel through `record_to`.
+    pub(super) fn tunnel(record_to: tokio::sync::oneshot::Sender<Record>) -> ProxyBody {
+        ProxyBody::new(Kind::Tunnel(Some(record_to)), None)
+    }
+
     fn new(kind: Kind, in_flight: Option<InFlight>) -> ProxyBody {
         ProxyBody { kind, _in_flight: in_flight, lease: None, record: None }
     }
@@ -75,6 +83,15 @@ impl ProxyBody {
 
     /// Records the request when this body is dropped; an empty body has ended already.
     pub(super) fn record(&mut self, mut record: Record) {
+        if let Kind::Tunnel(record_to) = &mut self.kind {
+            record.count_now();
+            let Some(tunnel) = record_to.take() else { return };
+            // The tunnel is gone already: the line is written here, with the body.
+            if let Err(record) = tunnel.send(record) {
+                self.record = Some(record);
+            }
+            return;
+        }
         if self.is_end_stream() {
             record.completed();
         }
@@ -100,6 +117,7 @@ impl Body for ProxyBody {
                 }
             },
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Tunnel(_) => Poll::Ready(None),
         };
         if let Some(record) = &mut this.record {
             match &polled {
@@ -131,6 +149,7 @@ impl Body for ProxyBody {
         match &self.kind {
             Kind::Upstream(body, _) => body.size_hint(),
             Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            Kind::Tunnel(_) => SizeHint::with_exact(0),
         }
     }
 }
@@ -152,6 +171,7 @@ impl Kind {
         match self {
             Kind::Upstream(body, _) => body.is_end_stream(),
             Kind::Full(bytes) => bytes.is_none(),
+            Kind::Tunnel(_) => true,
         }
     }
 }

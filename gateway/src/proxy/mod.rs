@@ -181,9 +181,11 @@ fn proxy<'a>(
             client_upgrade.filter(|_| response.status() == http::StatusCode::SWITCHING_PROTOCOLS)
         {
             let idle_timeout = snapshot.server.idle_timeout;
-            upgrade::tunnel(client_upgrade, hyper::upgrade::on(&mut response), idle_timeout, request_id.clone());
+            let (record_to, record) = tokio::sync::oneshot::channel();
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            upgrade::tunnel(client_upgrade, upstream_upgrade, idle_timeout, request_id.clone(), record);
             let (parts, _) = response.into_parts();
-            return Ok(Response::from_parts(parts, ProxyBody::empty()));
+            return Ok(Response::from_parts(parts, ProxyBody::tunnel(record_to)));
         }
         if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
             // Passed on, it would switch the client's connection to a protocol nobody tunnels.

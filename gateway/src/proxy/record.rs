@@ -68,6 +68,8 @@ pub(super) struct Record {
     error: Option<&'static str>,
     bytes_sent: u64,
     completed: bool,
+    /// The route's metrics were recorded already (an upgrade: at its `101`).
+    counted: bool,
 }
 
 /// Status recorded for a request whose client went away before the response was ready.
@@ -90,6 +92,7 @@ impl Record {
             error: Some("client_closed_request"),
             bytes_sent: 0,
             completed: false,
+            counted: false,
         }
     }
 
@@ -124,16 +127,30 @@ impl Record {
     pub(super) fn completed(&mut self) {
         self.completed = true;
     }
+
+    /// Records the route's metrics now, not at the drop: a tunnel's session may last hours, which
+    /// the request duration histogram is not for. The access log line still waits for the drop.
+    pub(super) fn count_now(&mut self) {
+        self.count();
+        self.counted = true;
+    }
+
+    fn count(&self) {
+        let duration = self.started.elapsed();
+        match self.trace.route.and_then(|index| self.snapshot.routes.get(index)) {
+            Some(route) => route.metrics.record(self.status, duration),
+            None => self.snapshot.unmatched.record(self.status, duration),
+        }
+    }
 }
 
 impl Drop for Record {
     fn drop(&mut self) {
+        if !self.counted {
+            self.count();
+        }
         let duration = self.started.elapsed();
         let route = self.trace.route.and_then(|index| self.snapshot.routes.get(index));
-        match route {
-            Some(route) => route.metrics.record(self.status, duration),
-            None => self.snapshot.unmatched.record(self.status, duration),
-        }
         let (Some(log), Some(seen)) = (&self.snapshot.access_log, &self.seen) else { return };
         let endpoint = self.trace.endpoint.as_ref().map(Authority::as_str);
         log.log(&Entry {

@@ -14,13 +14,24 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use tokio::sync::oneshot;
+
+use super::record::Record;
 use crate::stall::StallTimer;
 
-/// Joins the client's and the upstream's upgraded connections in a background task.
-pub(super) fn tunnel(client: OnUpgrade, upstream: OnUpgrade, idle_timeout: Duration, request_id: HeaderValue) {
+/// Joins the client's and the upstream's upgraded connections in a background task. The request's
+/// record comes through `record` once the `101` is on its way; it is kept until the tunnel closes,
+/// so the access log line tells how long it was open and what it carried to the client.
+pub(super) fn tunnel(
+    client: OnUpgrade,
+    upstream: OnUpgrade,
+    idle_timeout: Duration,
+    request_id: HeaderValue,
+    record: oneshot::Receiver<Record>,
+) {
     tokio::spawn(async move {
         let request_id = request_id.to_str().unwrap_or("");
-        match tokio::try_join!(client, upstream) {
+        let (to_client, closed_cleanly) = match tokio::try_join!(client, upstream) {
             Ok((client, upstream)) => {
                 // Either side alone sees every byte; both are limited so that the tunnel is still
                 // timed once one side has ended its half and is no longer read.
@@ -28,12 +39,25 @@ pub(super) fn tunnel(client: OnUpgrade, upstream: OnUpgrade, idle_timeout: Durat
                 let mut upstream = IdleLimit::new(TokioIo::new(upstream), idle_timeout);
                 match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
                     Ok((to_upstream, to_client)) => {
-                        tracing::debug!(request_id, to_upstream, to_client, "upgraded connection closed")
+                        tracing::debug!(request_id, to_upstream, to_client, "upgraded connection closed");
+                        (to_client, true)
                     }
-                    Err(error) => tracing::debug!(request_id, %error, "upgraded connection ended with an error"),
+                    Err(error) => {
+                        tracing::debug!(request_id, %error, "upgraded connection ended with an error");
+                        (0, false)
+                    }
                 }
             }
-            Err(error) => tracing::debug!(request_id, %error, "protocol upgrade failed"),
+            Err(error) => {
+                tracing::debug!(request_id, %error, "protocol upgrade failed");
+                (0, false)
+            }
+        };
+        if let Ok(mut record) = record.await {
+            record.sent(to_client);
+            if closed_cleanly {
+                record.completed();
+            }
         }
     });
 }
