@@ -44,15 +44,28 @@ impl Changes {
 }
 
 /// The one-line summary a successful reload logs:
-/// `routes: +a ~b; upstreams: unchanged; jwt providers: ~main; rate limits: unchanged`.
+/// `listeners: unchanged; routes: +a ~b; upstreams: unchanged; jwt providers: ~main; rate limits:
+/// unchanged`, then the other sections that changed (`; also changed: server, access_log`). A
+/// listener changes with its TLS settings and certificates.
 pub(super) fn summary(old: &Config, new: &Config) -> String {
+    let listeners = Changes::between(&old.listeners, &new.listeners, |l| &l.name);
     let routes = Changes::between(&old.routes, &new.routes, |r| &r.name);
     let upstreams = Changes::between(&old.upstreams, &new.upstreams, |u| &u.name);
     let providers = Changes::between(&old.jwt_providers, &new.jwt_providers, |p| &p.name);
     let limits = Changes::between(&old.rate_limits, &new.rate_limits, |l| &l.name);
-    let redis = if old.redis == new.redis { "" } else { "; redis: changed" };
+    let others = [
+        ("admin", old.admin != new.admin),
+        ("server", old.server != new.server),
+        ("shutdown", old.shutdown != new.shutdown),
+        ("identity_headers", old.identity_headers != new.identity_headers),
+        ("redis", old.redis != new.redis),
+        ("access_log", old.access_log != new.access_log),
+    ];
+    let others: Vec<&str> = others.iter().filter(|(_, changed)| *changed).map(|(name, _)| *name).collect();
+    let others = if others.is_empty() { String::new() } else { format!("; also changed: {}", others.join(", ")) };
     format!(
-        "routes: {}; upstreams: {}; jwt providers: {}; rate limits: {}{redis}",
+        "listeners: {}; routes: {}; upstreams: {}; jwt providers: {}; rate limits: {}{others}",
+        listeners.summary(),
         routes.summary(),
         upstreams.summary(),
         providers.summary(),
@@ -97,5 +110,25 @@ mod tests {
         assert_eq!(changes, Changes { added: vec!["d".into()], removed: vec!["a".into()], changed: vec!["c".into()] });
         assert_eq!(changes.summary(), "+d -a ~c");
         assert_eq!(Changes::between(&old, &old, |item| item.0).summary(), "unchanged");
+    }
+
+    #[test]
+    fn summary_names_listeners_and_the_other_sections_that_changed() {
+        let config = |extra: &str| {
+            let text = format!(
+                "listeners:\n  - {{ name: public, address: 127.0.0.1:0 }}\nupstreams:\n  echo: {{ endpoints: [http://127.0.0.1:9001] }}\nroutes:\n  - {{ name: all, upstream: echo }}\n{extra}"
+            );
+            crate::config::parse("gw.yaml", &text).unwrap_or_else(|e| panic!("{e}")).config
+        };
+        let old = config("");
+        assert_eq!(
+            summary(&old, &old),
+            "listeners: unchanged; routes: unchanged; upstreams: unchanged; jwt providers: unchanged; rate limits: unchanged"
+        );
+        let new = config("server: { max_headers: 50 }\nshutdown: { drain_timeout: 5s }\n");
+        assert!(summary(&old, &new).ends_with("; also changed: server, shutdown"), "{}", summary(&old, &new));
+        let mut renamed = old.clone();
+        renamed.listeners[0].name = "web".into();
+        assert!(summary(&old, &renamed).starts_with("listeners: +web -public;"), "{}", summary(&old, &renamed));
     }
 }
