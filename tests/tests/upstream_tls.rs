@@ -185,3 +185,41 @@ async fn upstream_tls_ca_file_replaced_then_sighup_trusts_new_ca() {
 async fn upstream_tls_ca_file_replaced_reloads_without_signal() {
     ca_file_replaced_then_trusted(false).await;
 }
+
+#[tokio::test]
+async fn upstream_tls_handshake_that_never_comes_counts_as_a_failed_connect() {
+    // A TLS terminator that accepts TCP and then hangs: connect_timeout bounds its handshake too,
+    // so the request goes to the other endpoint instead of waiting out the route's timeout.
+    let echo = Backend::spawn("tls-echo");
+    let ca = TestCa::new("upstream test CA");
+    let good = TlsUpstream::start(&ca.issue(&["localhost"]), echo.addr).await;
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let _held = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((connection, _)) = silent.accept().await {
+            held.push(connection);
+        }
+    });
+    let ca_file = write_temp("upstream-ca", "crt", &ca.cert_pem);
+    let yaml = config(
+        &format!(
+            "upstreams:\n  secure: {{ endpoints: [\"https://localhost:{silent_port}\", \"https://localhost:{}\"], \
+             connect_timeout: 1s, request_timeout: 20s, tls: {{ ca: \"{}\" }} }}\nroutes:\n  - {{ name: all, upstream: secure }}\n",
+            good.addr.port(),
+            ca_file.display()
+        ),
+        &[],
+    );
+    let gateway = Gateway::start(&yaml);
+    for i in 0..4 {
+        let reply = client::get(gateway.addr(), &format!("/item/{i}")).await;
+        assert_eq!(reply.status, 200, "request {i}: {}", reply.text());
+    }
+    let metrics = client::get(gateway.admin_addr(), "/metrics").await.text();
+    let ejected = format!(
+        "gateway_upstream_endpoint_ejections_total{{endpoint=\"localhost:{silent_port}\",upstream=\"secure\"}} 1"
+    );
+    assert!(metrics.lines().any(|l| l == ejected), "{metrics}");
+    let _ = std::fs::remove_file(ca_file);
+}

@@ -119,7 +119,7 @@ impl Upstream {
         Arc::new(Upstream {
             pools: match reuse_pools {
                 Some(previous) => previous.pools.clone(),
-                None => Pools::new(connector(&name, config), &config.pool, workers),
+                None => Pools::new(connector(&name, config), config.connect_timeout, &config.pool, workers),
             },
             name,
             config: config.clone(),

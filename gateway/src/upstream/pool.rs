@@ -59,6 +59,8 @@ pub(super) enum Connector {
 #[derive(Debug)]
 pub(super) struct Pools {
     connector: Connector,
+    /// Bounds the TCP connect and the TLS handshake together (the connector bounds only the first).
+    connect_timeout: Duration,
     idle_timeout: Duration,
     max_idle_per_endpoint: usize,
     workers: Box<[Mutex<WorkerPool>]>,
@@ -122,9 +124,15 @@ pub enum SendError {
 struct TimedOut;
 
 impl Pools {
-    pub(super) fn new(connector: Connector, pool: &config::Pool, workers: usize) -> Arc<Pools> {
+    pub(super) fn new(
+        connector: Connector,
+        connect_timeout: Duration,
+        pool: &config::Pool,
+        workers: usize,
+    ) -> Arc<Pools> {
         Arc::new(Pools {
             connector,
+            connect_timeout,
             idle_timeout: pool.idle_timeout,
             max_idle_per_endpoint: pool.max_idle_per_host,
             workers: (0..workers.max(1)).map(|_| Mutex::default()).collect(),
@@ -242,7 +250,9 @@ impl Pools {
             .build()?;
         let io = match &self.connector {
             Connector::Plain(http) => MaybeHttpsStream::Http(http.clone().call(uri).await?),
-            Connector::Tls(https) => https.clone().call(uri).await?,
+            Connector::Tls(https) => tokio::time::timeout(self.connect_timeout, https.clone().call(uri))
+                .await
+                .map_err(|_| format!("no TLS connection within connect_timeout ({:?})", self.connect_timeout))??,
         };
         Ok(http1::Builder::new().max_buf_size(MAX_RESPONSE_HEAD).handshake(io).await?)
     }
