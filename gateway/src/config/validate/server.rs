@@ -205,6 +205,11 @@ pub(super) fn access_log(report: &mut Report<'_>, raw: Option<&Spanned<RawAccess
             .hint(ACCESS_LOG_HINT);
         return None;
     }
+    if file.is_dir() {
+        (report.error(path.referenced, "access_log.path", format!("{} is a directory, not a file", file.display())))
+            .hint("name a file in it, e.g. access.log at the end of the path");
+        return None;
+    }
     Some(Target::File(file))
 }
 
@@ -216,6 +221,13 @@ mod tests {
 
     fn addr(s: &str) -> SocketAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn access_log_path_that_is_a_directory_refused() {
+        let text = "listeners:\n  - { name: public, address: 127.0.0.1:0 }\naccess_log: { path: /tmp }\nupstreams:\n  echo: { endpoints: [http://127.0.0.1:9001] }\nroutes:\n  - { name: all, upstream: echo }\n";
+        let problems = crate::config::parse("gw.yaml", text).err().map(|p| p.to_string()).unwrap_or_default();
+        assert!(problems.contains("gw.yaml:3:21: access_log.path: /tmp is a directory, not a file"), "{problems}");
     }
 
     #[test]
