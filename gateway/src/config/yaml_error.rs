@@ -113,14 +113,17 @@ fn wrong_type(expected: &str) -> (String, Option<String>) {
 }
 
 fn invalid_scalar(ty: &str) -> (String, Option<String>) {
-    let (message, hint) = match ty {
-        "bool" | "boolean" => ("expected true or false", None),
-        "u8" | "u16" | "u32" | "u64" | "u128" | "usize" => {
-            ("expected a whole number (0 or more)", Some("write digits only, e.g. 100"))
-        }
+    // The largest value, so that a number too large is not taken for one badly written.
+    let max = match ty {
+        "bool" | "boolean" => return ("expected true or false".to_owned(), None),
+        "u8" => u128::from(u8::MAX),
+        "u16" => u128::from(u16::MAX),
+        "u32" => u128::from(u32::MAX),
+        "u64" | "usize" => u128::from(u64::MAX),
+        "u128" => u128::MAX,
         other => return (format!("invalid value: expected {}", clean(other)), None),
     };
-    (message.to_owned(), hint.map(str::to_owned))
+    (format!("expected a whole number from 0 to {max}"), Some("write digits only, e.g. 100".to_owned()))
 }
 
 fn syntax_hint(msg: &str) -> Option<String> {

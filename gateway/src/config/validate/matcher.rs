@@ -113,6 +113,13 @@ fn host(report: &mut Report<'_>, raw: &Spanned<String>, path: &str) -> Option<Ho
     if text == "*" || text == "*." {
         return fail(format!("host {quoted} would match every host"), "leave `host` out to match any host");
     }
+    if let Some((_, rest)) = text.split_once("://") {
+        let name = rest.split(['/', ':']).next().unwrap_or(rest);
+        return fail(
+            format!("host {quoted} is a URL; `host` is a host name only"),
+            &format!("write `host: {name}`"),
+        );
+    }
     if text.contains(':') {
         return fail(
             format!("host {quoted} must not include a port"),
