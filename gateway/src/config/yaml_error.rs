@@ -27,16 +27,25 @@ pub(crate) fn to_problem(file: &str, text: &str, err: &Error) -> Problem {
         Err(_) => (err, None),
         Ok(tree) => (err, Some(tree)),
     };
-    let (line, column) = match err.location() {
+    let (mut line, mut column) = match err.location() {
         Some(loc) if !is_blank(text) => position(loc),
         _ => (1, 1),
     };
     let inner = innermost(err);
     let (message, hint) = describe(inner, text);
-    // An unknown or repeated key is reported at the key; anything else at the value it concerns.
-    let prefer_key = matches!(inner, Error::SerdeUnknownField { .. } | Error::DuplicateMappingKey { .. });
-    let yaml_path = tree.and_then(|tree| path_at(tree, (line, column), prefer_key));
-    Problem::new(Severity::Error, file, (line, column), yaml_path, message).with_hint(hint)
+    let yaml_path = match (inner, tree) {
+        // serde points at some key of the mapping that lacks one: name the mapping, where it starts.
+        (Error::SerdeMissingField { .. }, Some(tree)) => mapping_at(tree, (line, column)).map(|(path, start)| {
+            (line, column) = start;
+            path
+        }),
+        // An unknown or repeated key is reported at the key; anything else at the value it concerns.
+        (_, tree) => {
+            let prefer_key = matches!(inner, Error::SerdeUnknownField { .. } | Error::DuplicateMappingKey { .. });
+            tree.and_then(|tree| path_at(tree, (line, column), prefer_key))
+        }
+    };
+    Problem::new(Severity::Error, file, (line, column), yaml_path.filter(|p| !p.is_empty()), message).with_hint(hint)
 }
 
 /// The error itself, without the snippet or alias wrappers around it.
@@ -159,11 +168,20 @@ fn path_at(root: &Spanned<Node>, at: (usize, usize), prefer_key: bool) -> Option
     best.filter(|p| !p.is_empty())
 }
 
+/// The path and start of the deepest mapping with a key at `at`.
+fn mapping_at(root: &Spanned<Node>, at: (usize, usize)) -> Option<(String, (usize, usize))> {
+    let mut found = Found::default();
+    find(root, &mut String::new(), at, &mut found);
+    found.mapping
+}
+
 /// The deepest matches so far. A mapping starts where its first key does, so both can match.
 #[derive(Default)]
 struct Found {
     key: Option<String>,
     node: Option<String>,
+    /// The mapping holding the key at the spot, and where it starts.
+    mapping: Option<(String, (usize, usize))>,
 }
 
 fn find(node: &Spanned<Node>, path: &mut String, at: (usize, usize), found: &mut Found) {
@@ -182,6 +200,9 @@ fn find(node: &Spanned<Node>, path: &mut String, at: (usize, usize), found: &mut
         }
         Node::Map(entries) => {
             for (key, value) in entries {
+                if start(key) == at {
+                    found.mapping = Some((path.clone(), start(node)));
+                }
                 *path = path_key(path, &key.value);
                 if start(key) == at {
                     found.key = Some(path.clone());

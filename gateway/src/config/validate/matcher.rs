@@ -115,10 +115,7 @@ fn host(report: &mut Report<'_>, raw: &Spanned<String>, path: &str) -> Option<Ho
     }
     if let Some((_, rest)) = text.split_once("://") {
         let name = rest.split(['/', ':']).next().unwrap_or(rest);
-        return fail(
-            format!("host {quoted} is a URL; `host` is a host name only"),
-            &format!("write `host: {name}`"),
-        );
+        return fail(format!("host {quoted} is a URL; `host` is a host name only"), &format!("write `host: {name}`"));
     }
     if text.contains(':') {
         return fail(
