@@ -131,12 +131,11 @@ impl Record {
     /// Records the route's metrics now, not at the drop: a tunnel's session may last hours, which
     /// the request duration histogram is not for. The access log line still waits for the drop.
     pub(super) fn count_now(&mut self) {
-        self.count();
+        self.count(self.started.elapsed());
         self.counted = true;
     }
 
-    fn count(&self) {
-        let duration = self.started.elapsed();
+    fn count(&self, duration: Duration) {
         match self.trace.route.and_then(|index| self.snapshot.routes.get(index)) {
             Some(route) => route.metrics.record(self.status, duration),
             None => self.snapshot.unmatched.record(self.status, duration),
@@ -146,10 +145,10 @@ impl Record {
 
 impl Drop for Record {
     fn drop(&mut self) {
-        if !self.counted {
-            self.count();
-        }
         let duration = self.started.elapsed();
+        if !self.counted {
+            self.count(duration);
+        }
         let route = self.trace.route.and_then(|index| self.snapshot.routes.get(index));
         let (Some(log), Some(seen)) = (&self.snapshot.access_log, &self.seen) else { return };
         let endpoint = self.trace.endpoint.as_ref().map(Authority::as_str);
