@@ -12,34 +12,47 @@ use crate::config::{PathMatch, Rewrite};
 /// a raw `\` (not a URI character; Windows-style servers read it as `/`, so `/\admin` would be
 /// `/admin` there but not here).
 pub fn normalize(path: &str) -> Result<Option<String>, &'static str> {
-    // Most paths have none of it: one pass tells, where a search per kind would take four.
-    if !needs_a_look(path.as_bytes()) {
-        return Ok(None);
-    }
-    if path.contains('\\') {
+    // One pass tells what the path needs, where a search per kind would take four; most need none.
+    let seen = Seen::in_path(path.as_bytes());
+    if seen.backslash {
         return Err("the path must not contain a backslash (write it %5C)");
     }
-    let normalized = merge_slashes_and_decode(path);
-    if has_dot_segment(normalized.as_deref().unwrap_or(path)) {
+    let normalized = if seen.percent || seen.double_slash { merge_slashes_and_decode(path) } else { None };
+    if (seen.dot || seen.percent) && has_dot_segment(normalized.as_deref().unwrap_or(path)) {
         return Err("the path must not contain '.' or '..' segments");
     }
     Ok(normalized)
 }
 
-/// Whether `path` has anything [`normalize`] changes or refuses: `%`, `.`, `\\` or `//`.
-fn needs_a_look(path: &[u8]) -> bool {
-    let mut previous = 0;
-    path.iter().any(|&b| {
-        let found = matches!(b, b'%' | b'.' | b'\\') || (b == b'/' && previous == b'/');
-        previous = b;
-        found
-    })
+/// What in a path [`normalize`] changes or refuses.
+#[derive(Debug, Default)]
+struct Seen {
+    percent: bool,
+    dot: bool,
+    backslash: bool,
+    double_slash: bool,
 }
 
-fn merge_slashes_and_decode(path: &str) -> Option<String> {
-    if !path.contains('%') && !path.contains("//") {
-        return None;
+impl Seen {
+    fn in_path(path: &[u8]) -> Seen {
+        let mut seen = Seen::default();
+        let mut previous = 0;
+        for &b in path {
+            match b {
+                b'%' => seen.percent = true,
+                b'.' => seen.dot = true,
+                b'\\' => seen.backslash = true,
+                b'/' if previous == b'/' => seen.double_slash = true,
+                _ => {}
+            }
+            previous = b;
+        }
+        seen
     }
+}
+
+/// `//` merged and unreserved `%XX` decoded; `None` when that changes nothing.
+fn merge_slashes_and_decode(path: &str) -> Option<String> {
     let bytes = path.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -73,9 +86,6 @@ fn decode_unreserved(hex: &[u8]) -> Option<u8> {
 /// anything from a `;` on left out (servlet containers drop such path parameters: `..;x` is `..`).
 /// Such a path could escape the prefix it was routed by once the upstream normalises it.
 fn has_dot_segment(path: &str) -> bool {
-    if !path.contains(['.', '%']) {
-        return false;
-    }
     let bytes = path.as_bytes();
     let (mut start, mut i) = (0, 0);
     loop {
