@@ -290,7 +290,10 @@ mod tests {
             pool: config::Pool { idle_timeout: Duration::from_secs(1), max_idle_per_host: 1 },
             tls,
             circuit_breaker: None,
-            passive_health: config::PassiveHealth { max_fails: 1, fail_timeout: Duration::from_secs(10) },
+            passive_health: config::PassiveHealth {
+                max_fails: config::defaults::PASSIVE_MAX_FAILS,
+                fail_timeout: config::defaults::PASSIVE_FAIL_TIMEOUT,
+            },
         }
     }
 
