@@ -268,6 +268,23 @@ async fn routing_other_spellings_of_a_path_are_routed_and_forwarded_as_that_path
 }
 
 #[tokio::test]
+async fn routing_path_parameters_that_would_change_the_route_return_400() {
+    let (admin, public) = (Backend::spawn("admin"), Backend::spawn("public"));
+    let gateway = Gateway::start(&admin_and_public_config(&admin, &public));
+    // A servlet container drops `;` parameters: each of these is /admin there, /public's here.
+    for path in ["/admin;x/y", "/admin;jsessionid=1", "/;x/admin/y", "/%61dmin;x/y"] {
+        let reply = client::get(gateway.addr(), path).await;
+        assert_eq!(reply.status, 400, "{path}: {}", reply.text());
+    }
+    assert_eq!(public.stats().await.requests + admin.stats().await.requests, 0, "nothing reaches an upstream");
+    // Parameters that leave the route as it is travel on untouched.
+    for (path, backend) in [("/admin/x;v=1/y", "admin"), ("/files;v=1/a", "public"), ("/admin/x;v=1", "admin")] {
+        let echoed = client::get(gateway.addr(), path).await.echoed();
+        assert_eq!((echoed.backend.as_str(), echoed.path.as_str()), (backend, path));
+    }
+}
+
+#[tokio::test]
 async fn routing_round_robin_spreads_requests_evenly_across_endpoints() {
     let (a, b) = (Backend::spawn("a"), Backend::spawn("b"));
     let yaml = config(

@@ -121,12 +121,21 @@ fn proxy<'a>(
         if !request.uri().path().starts_with('/') {
             return Err(ProxyError::BadRequest("the request target must be an absolute path"));
         }
-        if let Some(normalized) = path::normalize(request.uri().path()).map_err(ProxyError::BadRequest)? {
-            set_path(request.uri_mut(), &normalized)?;
+        let normalized = path::normalize(request.uri().path()).map_err(ProxyError::BadRequest)?;
+        if let Some(path) = &normalized.path {
+            set_path(request.uri_mut(), path)?;
         }
         let path = request.uri().path();
         check_head(&request, snapshot.server.max_headers)?;
-        let index = snapshot.router.find(host, path, request.method(), request.headers()).ok_or(ProxyError::NoRoute)?;
+        let found = snapshot.router.find(host, path, request.method(), request.headers());
+        if let Some(servlet_path) = &normalized.without_parameters {
+            if snapshot.router.find(host, servlet_path, request.method(), request.headers()) != found {
+                return Err(ProxyError::BadRequest(
+                    "a ';' path parameter changes which route this path belongs to (servlet containers drop it)",
+                ));
+            }
+        }
+        let index = found.ok_or(ProxyError::NoRoute)?;
         let route = snapshot.routes.get(index).ok_or(ProxyError::NoRoute)?;
         trace.route = Some(index);
         if stripped > 0 {

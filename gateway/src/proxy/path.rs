@@ -11,17 +11,30 @@ use crate::config::{PathMatch, Rewrite};
 /// route's upstream past the checks of the route that path belongs to. Refused: dot segments, and
 /// a raw `\` (not a URI character; Windows-style servers read it as `/`, so `/\admin` would be
 /// `/admin` there but not here).
-pub fn normalize(path: &str) -> Result<Option<String>, &'static str> {
-    // One pass tells what the path needs, where a search per kind would take four; most need none.
+pub fn normalize(path: &str) -> Result<Normalized, &'static str> {
+    // One pass tells what the path needs, where a search per kind would take five; most need none.
     let seen = Seen::in_path(path.as_bytes());
     if seen.backslash {
         return Err("the path must not contain a backslash (write it %5C)");
     }
     let normalized = if seen.percent || seen.double_slash { merge_slashes_and_decode(path) } else { None };
-    if (seen.dot || seen.percent) && has_dot_segment(normalized.as_deref().unwrap_or(path)) {
+    let path = normalized.as_deref().unwrap_or(path);
+    if (seen.dot || seen.percent) && has_dot_segment(path) {
         return Err("the path must not contain '.' or '..' segments");
     }
-    Ok(normalized)
+    let without_parameters = seen.semicolon.then(|| without_parameters(path));
+    Ok(Normalized { path: normalized, without_parameters })
+}
+
+/// What [`normalize`] made of a path.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Normalized {
+    /// The path to route and forward, when it is not the request's own.
+    pub path: Option<String>,
+    /// The path as servlet containers (Tomcat, Jetty, Spring) read it, when it has `;` path
+    /// parameters: they drop them, so `/admin;x/y` is `/admin/y` there. The router cuts prefixes
+    /// at `/` only and sends it elsewhere; the caller refuses a path the two readings route apart.
+    pub without_parameters: Option<String>,
 }
 
 /// What in a path [`normalize`] changes or refuses.
@@ -31,6 +44,7 @@ struct Seen {
     dot: bool,
     backslash: bool,
     double_slash: bool,
+    semicolon: bool,
 }
 
 impl Seen {
@@ -42,6 +56,7 @@ impl Seen {
                 b'%' => seen.percent = true,
                 b'.' => seen.dot = true,
                 b'\\' => seen.backslash = true,
+                b';' => seen.semicolon = true,
                 b'/' if previous == b'/' => seen.double_slash = true,
                 _ => {}
             }
@@ -71,6 +86,19 @@ fn merge_slashes_and_decode(path: &str) -> Option<String> {
     }
     // ASCII bytes were only dropped or replaced by ASCII, so the text stays UTF-8.
     (out != bytes).then(|| String::from_utf8(out).ok()).flatten()
+}
+
+/// `path` with each segment's `;` parameters dropped and the `//` that leaves merged.
+fn without_parameters(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for segment in path.split('/') {
+        let segment = segment.split(';').next().unwrap_or_default();
+        if !out.ends_with('/') {
+            out.push('/');
+        }
+        out.push_str(segment);
+    }
+    out
 }
 
 /// The unreserved character (`A-Z a-z 0-9 - . _ ~`) that two hex digits encode, if they do.
@@ -199,8 +227,24 @@ mod tests {
             ("/a%zz", None),
         ];
         for (path, expected) in cases {
-            assert_eq!(normalize(path), Ok(expected.map(String::from)), "{path}");
+            assert_eq!(normalize(path).map(|n| n.path), Ok(expected.map(String::from)), "{path}");
         }
+    }
+
+    #[test]
+    fn normalize_reads_paths_with_parameters_as_servlet_containers_do() {
+        let cases = [
+            ("/admin;x/y", "/admin/y"),
+            ("/admin;x", "/admin"),
+            ("/a;x/b;y=1;z/c", "/a/b/c"),
+            ("/;x/admin", "/admin"),
+            ("/a;x/", "/a/"),
+            ("/%61dmin;x/y", "/admin/y"),
+        ];
+        for (path, expected) in cases {
+            assert_eq!(normalize(path).map(|n| n.without_parameters), Ok(Some(expected.to_string())), "{path}");
+        }
+        assert_eq!(normalize("/admin/y").map(|n| n.without_parameters), Ok(None));
     }
 
     #[test]
@@ -208,7 +252,7 @@ mod tests {
         for path in ["/\\admin/x", "/a\\b"] {
             assert!(normalize(path).is_err(), "{path}");
         }
-        assert_eq!(normalize("/a%5Cb"), Ok(None), "encoded, it is data");
+        assert_eq!(normalize("/a%5Cb").map(|n| n.path), Ok(None), "encoded, it is data");
     }
 
     #[test]
