@@ -57,6 +57,22 @@ pub async fn exchange(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
     read_until_close(&mut stream).await
 }
 
+/// An upstream that answers the first read of every connection with `response` and hangs up:
+/// for answers no real backend gives on purpose (a body cut short, an unasked-for `101`).
+pub async fn scripted_upstream(response: &'static [u8]) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("binding: {e}"));
+    let addr = listener.local_addr().unwrap_or_else(|e| panic!("local_addr: {e}"));
+    tokio::spawn(async move {
+        while let Ok((mut connection, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let _ = connection.read(&mut [0u8; 16 * 1024]).await;
+                let _ = connection.write_all(response).await;
+            });
+        }
+    });
+    addr
+}
+
 /// Reads one response (head plus `content-length` or chunked body) from a connection that may stay
 /// open afterwards. If the peer closes or resets first, parses whatever arrived (a reset right after
 /// an early answer must not lose it). Panics if no response head arrived, or after [`TIMEOUT`].

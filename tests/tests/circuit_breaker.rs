@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use e2e::client::{self, Reply};
 use e2e::{config, fetch_until, raw, Backend, Gateway, TIMEOUT};
+use http_body_util::BodyExt;
 use tokio::io::AsyncWriteExt;
 
 /// Opens after 3 requests in the window when at least half failed; probes after 1 s.
@@ -176,7 +177,6 @@ routes:
 
 #[tokio::test]
 async fn breaker_ignores_http2_clients_that_reset_their_upload() {
-    use http_body_util::BodyExt;
     let (flaky, steady) = (Backend::spawn("flaky"), Backend::spawn("steady"));
     let gateway = Gateway::start(&breaker_config(&flaky, &steady));
     // HTTP/2 with prior knowledge: a body that fails makes the client reset the stream.
@@ -222,4 +222,106 @@ async fn breaker_ignores_http2_uploads_reset_with_no_error() {
     assert_eq!(get(&gateway, "/flaky/ok").await.status, 200, "the breaker must stay closed");
     wait_for_metric(&gateway, "gateway_circuit_breaker_state{upstream=\"flaky\"} 0").await;
     wait_for_metric(&gateway, "gateway_upstream_errors_total{kind=\"error\",upstream=\"flaky\"} 0").await;
+}
+
+/// Opens after 3 requests in the window when at least half failed.
+fn one_upstream_breaker_config(endpoint: std::net::SocketAddr) -> String {
+    config(
+        &format!(
+            "upstreams:
+  bad:
+    endpoints: [\"http://{endpoint}\"]
+    circuit_breaker: {{ failure_rate: 0.5, min_requests: 3, window: 60s, open_for: 60s }}
+routes:
+  - {{ name: bad, upstream: bad }}
+"
+        ),
+        &[],
+    )
+}
+
+#[tokio::test]
+async fn breaker_counts_bodies_the_upstream_breaks_off() {
+    // A good head, then 10 of the 100 bytes it announced, then the connection is gone.
+    let upstream = raw::scripted_upstream(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789").await;
+    let gateway = Gateway::start(&one_upstream_breaker_config(upstream));
+    for i in 0..3 {
+        // hyper may drop the connection before it flushed the head: either way, nothing complete.
+        let request = client::request("GET", "/x").body(client::empty()).unwrap();
+        if let Ok(response) = client::open(gateway.addr(), request).await {
+            assert_eq!(response.status(), 200, "request {i}: the head was fine");
+            assert!(
+                response.into_body().collect().await.is_err(),
+                "request {i}: a cut-off body must not look complete"
+            );
+        }
+    }
+    get(&gateway, "/x").await.assert_error(503, "circuit_open");
+    wait_for_metric(&gateway, "gateway_upstream_errors_total{kind=\"error\",upstream=\"bad\"} 3").await;
+}
+
+#[tokio::test]
+async fn breaker_counts_switching_protocols_nobody_asked_for() {
+    let upstream =
+        raw::scripted_upstream(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: x\r\n\r\n").await;
+    let gateway = Gateway::start(&one_upstream_breaker_config(upstream));
+    for _ in 0..3 {
+        get(&gateway, "/x").await.assert_error(502, "upstream_error");
+    }
+    get(&gateway, "/x").await.assert_error(503, "circuit_open");
+    wait_for_metric(&gateway, "gateway_upstream_errors_total{kind=\"error\",upstream=\"bad\"} 3").await;
+}
+
+#[tokio::test]
+async fn breaker_counts_bodies_the_upstream_leaves_waiting() {
+    let (flaky, steady) = (Backend::spawn("flaky"), Backend::spawn("steady"));
+    let yaml = breaker_config(&flaky, &steady)
+        .replace("upstream: flaky, strip_prefix: true", "upstream: flaky, strip_prefix: true, timeout: 200ms");
+    let gateway = Gateway::start(&yaml);
+    for i in 0..3 {
+        // The head comes at once; the body's first byte ten minutes later.
+        let response =
+            client::open(gateway.addr(), client::request("GET", "/flaky/drip/2/600000").body(client::empty()).unwrap());
+        let response = response.await.unwrap_or_else(|e| panic!("request {i}: {e}"));
+        assert_eq!(response.status(), 200, "request {i}");
+        assert!(response.into_body().collect().await.is_err(), "request {i}: the body was cut off");
+    }
+    assert_circuit_open(&get(&gateway, "/flaky/ok").await, "three bodies left waiting");
+}
+
+#[tokio::test]
+async fn breaker_opened_by_a_failed_connect_still_lets_its_request_go_to_the_next_endpoint() {
+    let echo = Backend::spawn("echo");
+    let dead = e2e::closed_port_addr();
+    let yaml = config(
+        &format!(
+            "upstreams:
+  pair:
+    endpoints: [\"http://{dead}\", \"${{echo}}\"]
+    passive_health: {{ max_fails: 0 }}
+    circuit_breaker: {{ failure_rate: 0.5, min_requests: 1, window: 60s, open_for: 60s }}
+routes:
+  - {{ name: pair, upstream: pair }}
+"
+        ),
+        &[&echo],
+    );
+    let gateway = Gateway::start(&yaml);
+    // Round robin: within two requests one meets the dead endpoint first, and that failure opens
+    // the breaker (half or more failed). Its request still goes on to the echo.
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let reply = get(&gateway, "/x").await;
+        statuses.push(reply.status.as_u16());
+        if reply.status == 503 {
+            reply.assert_error(503, "circuit_open");
+            break;
+        }
+    }
+    assert_eq!(statuses.last(), Some(&503), "the breaker opened: {statuses:?}");
+    assert!(
+        statuses[..statuses.len() - 1].iter().all(|&s| s == 200),
+        "before it opened, all were served: {statuses:?}"
+    );
+    wait_for_metric(&gateway, "gateway_upstream_retries_total{reason=\"connect_failed\",upstream=\"pair\"} 1").await;
 }

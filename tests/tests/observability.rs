@@ -827,6 +827,60 @@ async fn access_log_client_gone_midway_is_incomplete() {
 }
 
 #[tokio::test]
+async fn access_log_upstream_bodies_with_trailers_or_cut_short() {
+    let trailers = raw::scripted_upstream(
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nx-t: v\r\n\r\n",
+    );
+    let broken = raw::scripted_upstream(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789");
+    let yaml = format!(
+        r#"
+access_log: {{ path: access.log }}
+upstreams:
+  trailers: {{ endpoints: ["http://{}"] }}
+  broken: {{ endpoints: ["http://{}"] }}
+routes:
+  - {{ name: trailers, match: {{ path_prefix: /trailers }}, upstream: trailers }}
+  - {{ name: broken, match: {{ path_prefix: /broken }}, upstream: broken }}
+"#,
+        trailers.await,
+        broken.await
+    );
+    let dir = ConfigDir::new(&config(&yaml, &[]));
+    let log = dir.path().parent().unwrap_or_else(|| panic!("{} has no parent", dir.path_text())).join("access.log");
+    let gateway = Gateway::start_with_file(dir.path());
+
+    let reply = client::get(gateway.addr(), "/trailers").await;
+    assert_eq!((reply.status.as_u16(), reply.text()), (200, "hello".to_string()));
+    let line = wait_for_line(&log, &request_id(&reply)).await;
+    // Trailers end a body: the client got all of it.
+    assert_eq!(
+        (&line["completed"], &line["bytes_sent"], line.get("error")),
+        (&Value::from(true), &Value::from(5), None),
+        "{line}"
+    );
+
+    // hyper may drop the client's connection before it flushed the head: the line is found by path.
+    let _ = client::open(gateway.addr(), client::request("GET", "/broken").body(client::empty()).unwrap()).await;
+    let line = fetch_until(
+        "the line of /broken",
+        || async { log_lines(&log) },
+        |lines| lines.iter().any(|l| l["path"] == "/broken"),
+        |lines| format!("{lines:?}"),
+    )
+    .await;
+    let line = line.into_iter().find(|l| l["path"] == "/broken").unwrap_or_default();
+    assert_eq!(
+        (&line["error"], &line["completed"], &line["status"]),
+        (&Value::from("upstream_error"), &Value::from(false), &Value::from(200)),
+        "{line}"
+    );
+    scrape_until(&gateway, "the cut-off body counted as the upstream's error", |m| {
+        m.get("gateway_upstream_errors_total", &[("kind", "error"), ("upstream", "broken")]) == Some(1.0)
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn access_log_client_gone_before_the_response_is_499() {
     let fixture = LogFixture::start();
 

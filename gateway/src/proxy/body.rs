@@ -123,14 +123,16 @@ impl Body for ProxyBody {
             match &polled {
                 Poll::Ready(Some(Ok(frame))) => {
                     record.sent(frame.data_ref().map_or(0, |data| data.remaining() as u64));
-                    // hyper stops polling once `is_end_stream` says so.
-                    if this.kind.is_end_stream() {
+                    // hyper stops polling once `is_end_stream` says so, and after trailers, which
+                    // only ever come last.
+                    if this.kind.is_end_stream() || frame.is_trailers() {
                         record.completed();
                     }
                 }
                 Poll::Ready(None) => record.completed(),
                 Poll::Ready(Some(Err(error))) if error.is::<BodyTimeout>() => record.upstream_body_timed_out(),
-                _ => {}
+                Poll::Ready(Some(Err(error))) => record.upstream_body_broke(error.as_ref()),
+                Poll::Pending => {}
             }
         }
         match &polled {

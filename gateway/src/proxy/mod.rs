@@ -196,11 +196,6 @@ fn proxy<'a>(
             let (parts, _) = response.into_parts();
             return Ok(Response::from_parts(parts, ProxyBody::tunnel(record_to)));
         }
-        if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-            // Passed on, it would switch the client's connection to a protocol nobody tunnels.
-            let source = "switched protocols on a request that asked for no WebSocket upgrade".into();
-            return Err(ProxyError::Upstream { upstream: upstream.name.to_string(), source });
-        }
         let (mut parts, body) = response.into_parts();
         headers::remove_hop_by_hop(&mut parts.headers, false);
         if let Some(decision) = &rate_limit {
@@ -393,25 +388,26 @@ fn forward<'a>(
         let upstream = &route.upstream;
         trace.endpoint = Some(in_flight.endpoint().authority.clone());
         let (mut sent, unsent) = send(route, &in_flight, request, upgrade).await;
-        tell_breaker(route, permit, &sent);
+        let mut owed = tell_breaker(route, permit, &sent, upgrade);
         let again = unsent.filter(|request| !upgrade && request.body().is_end_stream());
-        // Asked in turn: only a request that can go again takes a slot on another endpoint, and only
-        // then a permit (the failure just counted may have opened the breaker: the first error stands).
+        // Asked in turn: only a request that can go again takes a slot on another endpoint.
         let other = again.as_ref().and_then(|_| upstream.pick_other(in_flight.endpoint()));
         if let (Some(mut again), Some(other)) = (again, other) {
-            if let Ok(permit) = upstream.permit() {
-                retarget(&mut again, in_flight.endpoint(), other.endpoint());
-                upstream.metrics.retries_after_connect_failure.inc();
-                tracing::debug!(upstream = &*upstream.name, from = %in_flight.endpoint().authority, to = %other.endpoint().authority, "connect failed; sending to another endpoint");
-                in_flight = other;
-                trace.endpoint = Some(in_flight.endpoint().authority.clone());
-                // Boxed: the rare path keeps the common one's future small.
-                (sent, _) = Box::pin(send(route, &in_flight, *again, false)).await;
-                tell_breaker(route, permit, &sent);
-            }
+            // The request was let through: the failure just counted may have opened the breaker,
+            // which then counts nothing of the second attempt, but does not take it away.
+            let permit = upstream.permit().unwrap_or(None);
+            retarget(&mut again, in_flight.endpoint(), other.endpoint());
+            upstream.metrics.retries_after_connect_failure.inc();
+            tracing::debug!(upstream = &*upstream.name, from = %in_flight.endpoint().authority, to = %other.endpoint().authority, "connect failed; sending to another endpoint");
+            in_flight = other;
+            trace.endpoint = Some(in_flight.endpoint().authority.clone());
+            // Boxed: the rare path keeps the common one's future small.
+            (sent, _) = Box::pin(send(route, &in_flight, *again, false)).await;
+            owed = tell_breaker(route, permit, &sent, false);
         }
         let Sent { response, lease, upstream_time } = sent?;
         trace.upstream_time = Some(upstream_time);
+        trace.owed = owed;
         Ok((response, in_flight, lease))
     }
 }
@@ -423,10 +419,22 @@ struct Sent {
     upstream_time: Duration,
 }
 
-/// Tells the upstream's breaker (if any) how a permitted request went.
-fn tell_breaker(route: &RouteRuntime, permit: Option<Permit>, sent: &Result<Sent, ProxyError>) {
-    if let Some(success) = upstream_succeeded(sent) {
-        route.upstream.record(permit, success);
+/// Tells the upstream's breaker (if any) how a permitted request went. A good response head is
+/// not the whole answer: the body may yet break off, so its permit comes back, to be told when the
+/// body ends. A probe's and an upgrade's are told now: a long stream or tunnel would hold them.
+fn tell_breaker(
+    route: &RouteRuntime,
+    permit: Option<Permit>,
+    sent: &Result<Sent, ProxyError>,
+    upgrade: bool,
+) -> Option<Permit> {
+    match upstream_succeeded(sent) {
+        Some(true) if !upgrade && permit.as_ref().is_some_and(|permit| !permit.is_probe()) => permit,
+        Some(success) => {
+            route.upstream.record(permit, success);
+            None
+        }
+        None => None,
     }
 }
 
@@ -473,6 +481,12 @@ async fn send(
         Err(SendError::TimedOut { .. }) => {
             metrics.timeouts.inc();
             Err(ProxyError::UpstreamTimeout { upstream: upstream(), timeout: route.timeout })
+        }
+        Ok((response, _)) if !upgrade && response.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
+            // Passed on, it would switch the client's connection to a protocol nobody tunnels.
+            metrics.errors.inc();
+            let source = "switched protocols on a request that asked for no WebSocket upgrade".into();
+            Err(ProxyError::Upstream { upstream: upstream(), source })
         }
         Ok((response, lease)) => {
             let upstream_time = started.elapsed();

@@ -11,6 +11,7 @@ use http::{header, HeaderValue, Method, Request, Version};
 use super::{trace_context, Connection};
 use crate::access_log::Entry;
 use crate::runtime::Snapshot;
+use crate::upstream::breaker::Permit;
 
 /// What the request path learned along the way.
 #[derive(Debug, Default)]
@@ -20,6 +21,9 @@ pub(super) struct Trace {
     pub endpoint: Option<Authority>,
     /// Until the upstream's response head arrived.
     pub upstream_time: Option<Duration>,
+    /// The breaker's permit for a response whose head was fine: its outcome is told when the body
+    /// ends, as the upstream may yet break it off.
+    pub owed: Option<Permit>,
 }
 
 /// What the access log needs of the request, taken before the request moves on (only when the
@@ -68,6 +72,8 @@ pub(super) struct Record {
     error: Option<&'static str>,
     bytes_sent: u64,
     completed: bool,
+    /// The upstream broke off the body or left it waiting: a failure for its breaker.
+    upstream_failed: bool,
     /// The route's metrics were recorded already (an upgrade: at its `101`).
     counted: bool,
 }
@@ -92,6 +98,7 @@ impl Record {
             error: Some("client_closed_request"),
             bytes_sent: 0,
             completed: false,
+            upstream_failed: false,
             counted: false,
         }
     }
@@ -112,15 +119,27 @@ impl Record {
         self.bytes_sent += bytes;
     }
 
-    /// The upstream left the body waiting past the route's timeout: counted as an upstream
-    /// timeout, and logged with that code (the status stays what was already sent).
+    /// The upstream left the body waiting past the route's timeout: an upstream timeout in the
+    /// metrics, the log line and the breaker's count (the status stays what was already sent).
     pub(super) fn upstream_body_timed_out(&mut self) {
         self.error = Some("upstream_timeout");
-        if let Some(route) = self.trace.route.and_then(|index| self.snapshot.routes.get(index)) {
-            route.upstream.metrics.timeouts.inc();
-            let request_id = self.request_id.to_str().unwrap_or("");
-            tracing::warn!(request_id, upstream = &*route.upstream.name, timeout = ?route.timeout, "the upstream stopped sending the response body; the response was cut off");
-        }
+        self.upstream_failed = true;
+        let Some(route) = self.trace.route.and_then(|index| self.snapshot.routes.get(index)) else { return };
+        route.upstream.metrics.timeouts.inc();
+        let request_id = self.request_id.to_str().unwrap_or("");
+        tracing::warn!(request_id, upstream = &*route.upstream.name, timeout = ?route.timeout, "the upstream stopped sending the response body; the response was cut off");
+    }
+
+    /// The upstream broke off the body (a reset, fewer bytes than it announced, broken chunks): an
+    /// upstream error in the metrics, the log line and the breaker's count.
+    pub(super) fn upstream_body_broke(&mut self, error: &(dyn std::error::Error + 'static)) {
+        self.error = Some("upstream_error");
+        self.upstream_failed = true;
+        let Some(route) = self.trace.route.and_then(|index| self.snapshot.routes.get(index)) else { return };
+        route.upstream.metrics.errors.inc();
+        let request_id = self.request_id.to_str().unwrap_or("");
+        let cause = super::causes(error);
+        tracing::warn!(request_id, upstream = &*route.upstream.name, %error, cause, "the upstream broke off the response body; the response was cut off");
     }
 
     /// The body reached its end.
@@ -150,6 +169,9 @@ impl Drop for Record {
             self.count(duration);
         }
         let route = self.trace.route.and_then(|index| self.snapshot.routes.get(index));
+        if let (Some(route), Some(permit)) = (route, self.trace.owed.take()) {
+            route.upstream.record(Some(permit), !self.upstream_failed);
+        }
         let (Some(log), Some(seen)) = (&self.snapshot.access_log, &self.seen) else { return };
         let endpoint = self.trace.endpoint.as_ref().map(Authority::as_str);
         log.log(&Entry {
