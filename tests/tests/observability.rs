@@ -955,3 +955,25 @@ async fn access_log_websocket_line_is_written_when_the_tunnel_closes() {
     assert_eq!(line["completed"], true, "closed cleanly: {line}");
     assert!(line["bytes_sent"].as_u64().is_some_and(|n| n >= 5), "the echoed message reached the client: {line}");
 }
+
+#[tokio::test]
+async fn access_log_websocket_reset_by_the_client_still_counts_what_it_carried() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::MaybeTlsStream;
+    let fx = LogFixture::start();
+    let (mut socket, response) = tokio_tungstenite::connect_async(format!("ws://{}/ws", fx.gateway.addr()))
+        .await
+        .unwrap_or_else(|e| panic!("upgrade via the gateway: {e}"));
+    let ws_id = response.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let message = "x".repeat(1000);
+    socket.send(Message::text(message.clone())).await.unwrap();
+    assert_eq!(socket.next().await.unwrap().unwrap(), Message::text(message));
+    // A reset, not a close: the tunnel ends in an error.
+    let MaybeTlsStream::Plain(tcp) = socket.get_ref() else { panic!("a plain TCP WebSocket") };
+    tcp.set_zero_linger().unwrap();
+    drop(socket);
+    let line = wait_for_line(&fx.log, &ws_id).await;
+    assert_eq!(line["completed"], false, "reset: {line}");
+    assert!(line["bytes_sent"].as_u64().is_some_and(|n| n >= 1000), "the echoed message reached the client: {line}");
+}

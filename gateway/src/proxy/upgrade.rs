@@ -37,14 +37,18 @@ pub(super) fn tunnel(
                 // timed once one side has ended its half and is no longer read.
                 let mut client = IdleLimit::new(TokioIo::new(client), idle_timeout);
                 let mut upstream = IdleLimit::new(TokioIo::new(upstream), idle_timeout);
-                match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-                    Ok((to_upstream, to_client)) => {
+                let copied = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                // Counted as written, not from the copy's result: a tunnel that ends in an error
+                // (a reset, `idle_timeout`) carried bytes too.
+                let to_client = client.written;
+                match copied {
+                    Ok((to_upstream, _)) => {
                         tracing::debug!(request_id, to_upstream, to_client, "upgraded connection closed");
                         (to_client, true)
                     }
                     Err(error) => {
-                        tracing::debug!(request_id, %error, "upgraded connection ended with an error");
-                        (0, false)
+                        tracing::debug!(request_id, %error, to_client, "upgraded connection ended with an error");
+                        (to_client, false)
                     }
                 }
             }
@@ -68,11 +72,13 @@ pub(super) fn tunnel(
 struct IdleLimit<T> {
     inner: T,
     silence: StallTimer,
+    /// Bytes written to `inner` so far.
+    written: u64,
 }
 
 impl<T> IdleLimit<T> {
     fn new(inner: T, limit: Duration) -> IdleLimit<T> {
-        IdleLimit { inner, silence: StallTimer::new(limit) }
+        IdleLimit { inner, silence: StallTimer::new(limit), written: 0 }
     }
 }
 
@@ -99,8 +105,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleLimit<T> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let written = ready!(Pin::new(&mut this.inner).poll_write(cx, buf));
-        if matches!(written, Ok(n) if n > 0) {
+        if let Ok(n @ 1..) = written {
             this.silence.progressed();
+            this.written += n as u64;
         }
         Poll::Ready(written)
     }
