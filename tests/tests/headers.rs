@@ -283,6 +283,19 @@ async fn headers_missing_or_invalid_traceparent_replaced_by_a_new_trace() {
     assert_eq!(echoed.header("tracestate"), None, "a tracestate of no valid trace is dropped");
 }
 
+#[tokio::test]
+async fn headers_traceparent_named_in_connection_still_reaches_the_upstream() {
+    let echo = Backend::spawn("echo");
+    let gateway = Gateway::start(&one_route_config(&echo, "", ""));
+    // Whether the gateway started the trace or the client did, the upstream gets it.
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let headers = [("connection", "traceparent"), ("traceparent", traceparent)];
+    let given = client::get_with(gateway.addr(), "/", &headers).await.echoed();
+    assert_eq!(given.header_all("traceparent"), [traceparent]);
+    let started = client::get_with(gateway.addr(), "/", &[("connection", "traceparent")]).await.echoed();
+    assert!(started_by_gateway(started.header("traceparent")), "{:?}", started.header("traceparent"));
+}
+
 /// An upstream that records every byte of one request (chunked, so it reads to the empty line
 /// after the last chunk and its trailers), answers 200, and hands the bytes over.
 async fn recording_upstream() -> (std::net::SocketAddr, tokio::task::JoinHandle<String>) {

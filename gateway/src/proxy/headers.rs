@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use super::trace_context;
 use crate::limit::Decision;
 use crate::random;
 use crate::text::{push_ip, put_hex};
@@ -41,7 +42,9 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers.get_all(header::CONNECTION).iter().flat_map(headers_named_in).collect();
         for name in named {
-            if !(upgrade && name == header::UPGRADE) {
+            // The `traceparent` is the gateway's by now (the access log names its trace): a client
+            // naming it here must not take it away from the upstream.
+            if !(upgrade && name == header::UPGRADE) && name != trace_context::TRACEPARENT {
                 headers.remove(name);
             }
         }

@@ -63,6 +63,8 @@ pub fn handle(
     async move {
         let started = Instant::now();
         let request_id = headers::request_id(request.headers());
+        // Counted before the gateway adds a `traceparent` of its own.
+        let too_many_headers = request.headers().len() > snapshot.server.max_headers;
         trace_context::ensure(request.headers_mut());
         let method = request.method().clone();
         let caller = caller(&snapshot, &conn, request.headers());
@@ -71,6 +73,7 @@ pub fn handle(
         let mut record = Record::start(snapshot, started, request_id.clone(), seen);
         let (snapshot, trace) = record.parts();
         let result = match conn.redirect_https {
+            _ if too_many_headers => Err(ProxyError::TooManyHeaders { limit: snapshot.server.max_headers }),
             Some(port) => redirect::to_https(&request, port),
             None => proxy(snapshot, &conn, caller, request, &request_id, trace).await,
         };
@@ -126,7 +129,7 @@ fn proxy<'a>(
             set_path(request.uri_mut(), path)?;
         }
         let path = request.uri().path();
-        check_head(&request, snapshot.server.max_headers)?;
+        check_head(&request)?;
         let found = snapshot.router.find(host, path, request.method(), request.headers());
         if let Some(servlet_path) = &normalized.without_parameters {
             if snapshot.router.find(host, servlet_path, request.method(), request.headers()) != found {
@@ -240,13 +243,10 @@ pub(crate) fn request_host<B>(request: &Request<B>) -> Option<HeaderValue> {
     }
 }
 
-/// What hyper leaves to the gateway: the header count on HTTP/2 (HTTP/1.1's is hyper's), and no
+/// What hyper leaves to the gateway (besides the header count on HTTP/2, checked in `handle`): no
 /// transfer coding but chunked, the only one hyper decodes (RFC 9112 section 6.1: 501).
-fn check_head(request: &Request<Incoming>, max_headers: usize) -> Result<(), ProxyError> {
+fn check_head(request: &Request<Incoming>) -> Result<(), ProxyError> {
     let headers = request.headers();
-    if headers.len() > max_headers {
-        return Err(ProxyError::TooManyHeaders { limit: max_headers });
-    }
     let chunked_only = |value: &HeaderValue| {
         value
             .to_str()
