@@ -40,6 +40,8 @@ struct State {
     fetches: AtomicU64,
     /// How long each fetch waits before being answered.
     delay: Mutex<Duration>,
+    /// The `Cache-Control` answers carry, if any.
+    cache_control: Mutex<Option<&'static str>>,
 }
 
 impl JwksServer {
@@ -65,6 +67,7 @@ impl JwksServer {
             document: Mutex::new(Bytes::from(document.to_string())),
             fetches: AtomicU64::new(0),
             delay: Mutex::new(Duration::ZERO),
+            cache_control: Mutex::new(None),
         };
         JwksServer { addr, state: Arc::new(state), serving: Mutex::new(None) }
     }
@@ -93,6 +96,11 @@ impl JwksServer {
     /// default) answers at once.
     pub fn set_delay(&self, delay: Duration) {
         *lock(&self.state.delay) = delay;
+    }
+
+    /// Answers from now on with this `Cache-Control` (none by default).
+    pub fn set_cache_control(&self, value: &'static str) {
+        *lock(&self.state.cache_control) = Some(value);
     }
 
     /// How many `GET /.well-known/jwks.json` requests arrived so far (across restarts), whether
@@ -172,7 +180,11 @@ async fn answer(request: Request<Incoming>, state: Arc<State>) -> Result<Respons
             tokio::time::sleep(delay).await;
         }
         let document = lock(&state.document).clone();
-        Response::builder().header(header::CONTENT_TYPE, "application/json").body(Full::new(document))
+        let mut response = Response::builder().header(header::CONTENT_TYPE, "application/json");
+        if let Some(cache_control) = *lock(&state.cache_control) {
+            response = response.header(header::CACHE_CONTROL, cache_control);
+        }
+        response.body(Full::new(document))
     } else {
         Response::builder().status(StatusCode::NOT_FOUND).body(Full::new(Bytes::from_static(b"not found\n")))
     };

@@ -12,7 +12,7 @@ use e2e::client::{self, Reply};
 use e2e::jwks::JwksServer;
 use e2e::tls::TestCa;
 use e2e::upstream_tls::TlsUpstream;
-use e2e::{fetch_until, gateway_check, Backend, ConfigDir, Gateway, TIMEOUT};
+use e2e::{eventually, fetch_until, gateway_check, Backend, ConfigDir, Gateway, TIMEOUT};
 use futures_util::future::join_all;
 use http::HeaderValue;
 use serde_json::{json, Value};
@@ -646,6 +646,47 @@ async fn auth_jwks_unknown_kids_during_a_slow_fetch_wait_for_it_instead_of_fetch
     // The first request fetches; the others arrive while that fetch is in flight and wait for it.
     let refetches = jwks.fetches() - before;
     assert_eq!(refetches, 1, "{CONCURRENT} concurrent unknown kids, fetches slower than the cooldown");
+}
+
+#[tokio::test]
+async fn auth_jwks_max_age_from_an_unknown_kid_fetch_reschedules_the_refresh() {
+    let key = SigningKey::generate(Algorithm::ES256, "k1");
+    let jwks = JwksServer::start(&[&key]);
+    // Without a max-age the next refresh would be an hour away.
+    let fixture = Fixture::jwks(&jwks, "ES256", "min_cache_age: 1s\nrefresh_interval: 1h");
+    fixture.poll_until_accepted("/account", &key.sign(&valid_claims()), &[(503, "auth_unavailable")]).await;
+
+    jwks.set_cache_control("max-age=1");
+    let stranger = SigningKey::generate(Algorithm::ES256, "not-published");
+    let token = stranger.sign(&valid_claims());
+    // Past the cooldown the unknown kid fetches, and learns max-age=1 (the floor, min_cache_age).
+    let fetched = jwks.fetches();
+    eventually("an unknown kid to fetch", || async {
+        assert_invalid_token(&fixture.bearer("/account", &token).await, "unknown kid");
+        jwks.fetches() > fetched
+    })
+    .await;
+    // From then on the background refresh follows it, with no request asking.
+    let after = jwks.fetches();
+    eventually("a refresh a second later", || async { jwks.fetches() >= after + 2 }).await;
+}
+
+#[tokio::test]
+async fn auth_jwks_fetch_for_an_unknown_kid_outlives_the_client_that_asked() {
+    let (old, new) = (SigningKey::generate(Algorithm::ES256, "k1"), SigningKey::generate(Algorithm::ES256, "k2"));
+    let jwks = JwksServer::start(&[&old]);
+    let fixture = Fixture::jwks(&jwks, "ES256", "min_cache_age: 1s\nrefresh_interval: 1h");
+    fixture.poll_until_accepted("/account", &old.sign(&valid_claims()), &[(503, "auth_unavailable")]).await;
+
+    jwks.set_keys(&[&old, &new]);
+    jwks.set_delay(Duration::from_secs(2));
+    // Let the cooldown since the startup fetch run out, so the new kid does fetch.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let token = new.sign(&valid_claims());
+    let asked = tokio::time::timeout(Duration::from_millis(300), fixture.bearer("/account", &token)).await;
+    assert!(asked.is_err(), "the client gave up before the slow fetch ended");
+    // The fetch it started still ends, and brings the new key.
+    eventually("the new key loaded", || async { jwt_status(&fixture).await["keys"] == 2 }).await;
 }
 
 #[tokio::test]

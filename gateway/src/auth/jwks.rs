@@ -37,10 +37,13 @@ pub struct Jwks {
     keys: ArcSwapOption<KeySet>,
     /// Bumped whenever the fetched keys differ from the previous set: cached tokens re-verify.
     generation: AtomicU64,
-    /// When the last fetch (scheduled or on demand) ended, whatever its outcome; for an on-demand
-    /// fetch abandoned midway (its request was dropped), when it started. Held across every fetch,
-    /// so requests with unknown `kid`s wait for the fetch in flight, then find it within the cooldown.
+    /// When the last fetch (scheduled or on demand) ended, whatever its outcome. Held across every
+    /// fetch, so requests with unknown `kid`s wait for the fetch in flight, then find it within the
+    /// cooldown.
     last_fetch: tokio::sync::Mutex<Option<Instant>>,
+    /// When the background refresh fetches next: a successful on-demand fetch moves it, so the
+    /// `max-age` it brought rules from then on.
+    refresh_due: tokio::sync::watch::Sender<tokio::time::Instant>,
     /// What `/admin/jwt` shows about fetching.
     fetches: std::sync::Mutex<FetchLog>,
 }
@@ -115,6 +118,7 @@ impl Jwks {
         // No pooling: fetches are minutes apart, and a pooled connection would belong to whichever
         // runtime happened to open it.
         let client = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(0).build(connector);
+        let (refresh_due, due) = tokio::sync::watch::channel(tokio::time::Instant::now());
         let jwks = Arc::new(Jwks {
             provider,
             config: config.clone(),
@@ -122,11 +126,12 @@ impl Jwks {
             keys: ArcSwapOption::empty(),
             generation: AtomicU64::new(0),
             last_fetch: tokio::sync::Mutex::new(None),
+            refresh_due,
             fetches: std::sync::Mutex::default(),
         });
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
-                runtime.spawn(refresh_loop(Arc::downgrade(&jwks)));
+                runtime.spawn(refresh_loop(Arc::downgrade(&jwks), due));
             }
             Err(_) => tracing::debug!(provider = &*jwks.provider, "no runtime: JWKS fetched on first use"),
         }
@@ -156,15 +161,23 @@ impl Jwks {
     /// `kid`s off the issuer. Requests arriving during a fetch wait for it to end, and so find it
     /// within the cooldown (`min_cache_age` is at least 1s) whether it succeeded, failed or timed
     /// out: however slow the issuer, they cause no fetch of their own.
-    pub async fn refetch_for_unknown_kid(&self) {
-        let mut last = self.last_fetch.lock().await;
-        if last.is_some_and(|at| at.elapsed() < self.config.min_cache_age) {
-            return;
-        }
-        // Stamped first too: if this request is dropped midway, the fetch still starts the cooldown.
-        *last = Some(Instant::now());
-        let _ = self.fetch("unknown kid").await;
-        *last = Some(Instant::now());
+    ///
+    /// The fetch runs in a task of its own: one that died with the request that started it (its
+    /// client went away) would leave the requests waiting on it without the keys, and start the
+    /// cooldown all the same.
+    pub async fn refetch_for_unknown_kid(self: &Arc<Self>) {
+        let jwks = Arc::clone(self);
+        let _ = tokio::spawn(async move {
+            let mut last = jwks.last_fetch.lock().await;
+            if last.is_some_and(|at| at.elapsed() < jwks.config.min_cache_age) {
+                return;
+            }
+            if let Ok(max_age) = jwks.fetch("unknown kid").await {
+                jwks.refresh_due.send_replace(tokio::time::Instant::now() + jwks.next_refresh(max_age));
+            }
+            *last = Some(Instant::now());
+        })
+        .await;
     }
 
     /// The background refresh: always fetches, and starts the cooldown when done like any fetch.
@@ -242,8 +255,9 @@ impl Jwks {
     }
 }
 
-/// Refreshes while the `Jwks` is in use; ends once the last snapshot using it is gone.
-async fn refresh_loop(jwks: Weak<Jwks>) {
+/// Refreshes while the `Jwks` is in use; ends once the last snapshot using it is gone. Sleeps
+/// until `due`, which an on-demand fetch may move meanwhile.
+async fn refresh_loop(jwks: Weak<Jwks>, mut due: tokio::sync::watch::Receiver<tokio::time::Instant>) {
     let mut retry = FIRST_RETRY;
     loop {
         let Some(strong) = jwks.upgrade() else { return };
@@ -258,8 +272,16 @@ async fn refresh_loop(jwks: Weak<Jwks>) {
                 wait
             }
         };
+        strong.refresh_due.send_replace(tokio::time::Instant::now() + wait);
         drop(strong);
-        tokio::time::sleep(wait).await;
+        loop {
+            let at = *due.borrow_and_update();
+            tokio::select! {
+                () = tokio::time::sleep_until(at) => break,
+                // Gone with the `Jwks`.
+                changed = due.changed() => if changed.is_err() { return },
+            }
+        }
     }
 }
 
