@@ -148,6 +148,7 @@ fn read_chain(
             None
         }
         Err(error) => {
+            let error = pem_error(&error);
             report.error(raw.referenced, path, format!("{}: not a PEM certificate chain: {error}", file.display()));
             None
         }
@@ -165,10 +166,26 @@ fn read_key(
         Ok(key) => Some(key),
         Err(error) => {
             report
-                .error(raw.referenced, path, format!("{}: no usable private key: {error}", file.display()))
+                .error(
+                    raw.referenced,
+                    path,
+                    format!("{}: no usable private key: {}", file.display(), pem_error(&error)),
+                )
                 .hint("expected a PEM `PRIVATE KEY` (PKCS#8), `RSA PRIVATE KEY` (PKCS#1) or `EC PRIVATE KEY` (SEC1)");
             None
         }
+    }
+}
+
+/// A PEM error as text: the parser shows the lines it quotes as byte lists (`[67, 69, ...]`).
+fn pem_error(error: &rustls_pki_types::pem::Error) -> String {
+    use rustls_pki_types::pem::Error;
+    match error {
+        Error::MissingSectionEnd { end_marker } => {
+            format!("no `-----END {}-----` line (is the file cut short?)", String::from_utf8_lossy(end_marker))
+        }
+        Error::IllegalSectionStart { line } => format!("malformed line `{}`", String::from_utf8_lossy(line)),
+        other => other.to_string(),
     }
 }
 
@@ -227,5 +244,18 @@ pub(super) fn host_coverage(report: &mut Report<'_>, raw: &[RawListener], listen
                     .hint("check the certificate's names; clients it would serve get a name mismatch");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::CertificateDer;
+
+    #[test]
+    fn pem_errors_quote_lines_as_text() {
+        let cut_short = b"-----BEGIN CERTIFICATE-----\nMIIB\n";
+        let Some(Err(error)) = CertificateDer::pem_slice_iter(cut_short).next() else { panic!("no error") };
+        assert_eq!(super::pem_error(&error), "no `-----END CERTIFICATE-----` line (is the file cut short?)");
     }
 }
