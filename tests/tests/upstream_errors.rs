@@ -1,8 +1,9 @@
 //! Upstream failures map to 502 / 504 JSON errors, and the gateway keeps serving afterwards.
 
 use e2e::client::{empty, request};
-use e2e::{client, closed_port_addr, config, one_route_config, Backend, Gateway};
+use e2e::{client, closed_port_addr, config, one_route_config, raw, Backend, Gateway};
 use http_body_util::BodyExt;
+use tokio::io::AsyncWriteExt;
 
 /// The gateway is still up and proxying: a plain request through it succeeds.
 async fn assert_still_serving(gateway: &Gateway, path: &str) {
@@ -205,4 +206,29 @@ async fn upstream_that_stops_reading_an_upload_returns_504_upstream_timeout() {
     let metrics = client::get(gateway.admin_addr(), "/metrics").await.text();
     let timeouts = r#"gateway_upstream_errors_total{kind="timeout",upstream="stuck"} 1"#;
     assert!(metrics.lines().any(|l| l == timeouts), "{metrics}");
+}
+
+/// One route to an upstream that answers every request with `response` and hangs up.
+async fn scripted(response: &'static [u8]) -> Gateway {
+    let upstream = raw::scripted_upstream(response).await;
+    let yaml = format!("\nupstreams:\n  scripted: {{ endpoints: [\"http://{upstream}\"] }}\nroutes:\n  - {{ name: all, upstream: scripted }}\n");
+    Gateway::start(&config(&yaml, &[]))
+}
+
+#[tokio::test]
+async fn upstream_speaking_http10_is_answered_as_http11() {
+    let gateway = scripted(b"HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\n\r\nhello").await;
+    // Two requests on one connection: the first did not turn it into an HTTP/1.0 one.
+    let mut stream = raw::connect(gateway.addr()).await;
+    for i in 0..2 {
+        stream.write_all(b"GET / HTTP/1.1\r\nhost: gw.test\r\n\r\n").await.unwrap();
+        let reply = raw::read_response(&mut stream).await;
+        assert_eq!((reply.status, reply.body.as_slice()), (200, &b"hello"[..]), "request {i}: {reply:?}");
+    }
+}
+
+#[tokio::test]
+async fn upstream_transfer_coding_other_than_chunked_returns_502() {
+    let gateway = scripted(b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n").await;
+    client::get(gateway.addr(), "/").await.assert_error(502, "upstream_error");
 }

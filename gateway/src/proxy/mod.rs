@@ -200,6 +200,9 @@ fn proxy<'a>(
             return Ok(Response::from_parts(parts, ProxyBody::tunnel(record_to)));
         }
         let (mut parts, body) = response.into_parts();
+        // The client's connection speaks HTTP/1.1 (hyper downgrades for an HTTP/1.0 client): an
+        // HTTP/1.0 upstream's status line would turn it into an HTTP/1.0 one, closed after this.
+        parts.version = Version::HTTP_11;
         headers::remove_hop_by_hop(&mut parts.headers, false);
         if let Some(decision) = &rate_limit {
             headers::set_rate_limit(&mut parts.headers, decision);
@@ -246,17 +249,20 @@ pub(crate) fn request_host<B>(request: &Request<B>) -> Option<HeaderValue> {
 /// What hyper leaves to the gateway (besides the header count on HTTP/2, checked in `handle`): no
 /// transfer coding but chunked, the only one hyper decodes (RFC 9112 section 6.1: 501).
 fn check_head(request: &Request<Incoming>) -> Result<(), ProxyError> {
-    let headers = request.headers();
-    let chunked_only = |value: &HeaderValue| {
-        value
-            .to_str()
-            .is_ok_and(|codings| codings.split(',').all(|coding| coding.trim().eq_ignore_ascii_case("chunked")))
-    };
     // A coding comes with a body: requests without one (most) skip the lookup.
-    if !request.body().is_end_stream() && !headers.get_all(header::TRANSFER_ENCODING).iter().all(chunked_only) {
+    if !request.body().is_end_stream() && !only_chunked(request.headers()) {
         return Err(ProxyError::UnsupportedTransferCoding);
     }
     Ok(())
+}
+
+/// Whether `Transfer-Encoding`, if any, names no coding but chunked.
+fn only_chunked(headers: &http::HeaderMap) -> bool {
+    headers.get_all(header::TRANSFER_ENCODING).iter().all(|value| {
+        value
+            .to_str()
+            .is_ok_and(|codings| codings.split(',').all(|coding| coding.trim().eq_ignore_ascii_case("chunked")))
+    })
 }
 
 /// [`request_host`], for a request to serve: an HTTP/1.1 request must carry exactly one Host, and
@@ -486,6 +492,13 @@ async fn send(
             // Passed on, it would switch the client's connection to a protocol nobody tunnels.
             metrics.errors.inc();
             let source = "switched protocols on a request that asked for no WebSocket upgrade".into();
+            Err(ProxyError::Upstream { upstream: upstream(), source })
+        }
+        // hyper takes off the chunks only: what another coding left would reach the client
+        // undecodable, with nothing to say so (a length or chunks tell it that no coding is left).
+        Ok((response, _)) if response.body().size_hint().exact().is_none() && !only_chunked(response.headers()) => {
+            metrics.errors.inc();
+            let source = "answered with a transfer coding other than chunked, which the gateway does not decode".into();
             Err(ProxyError::Upstream { upstream: upstream(), source })
         }
         Ok((response, lease)) => {
