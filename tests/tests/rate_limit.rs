@@ -388,7 +388,7 @@ async fn rate_limit_redis_two_gateways_share_budget() {
     assert_denied(&get(&b, "/limited").await, 5, "gateway B, shared budget spent");
 
     assert_eq!(echo.stats().await.requests, 5, "requests that reached the upstream");
-    assert!(redis.key_count() > 0, "the counts are not in Redis: it holds no key");
+    assert!(counters(&redis) > 0, "the counts are not in Redis: it holds no counter");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -404,6 +404,14 @@ async fn rate_limit_redis_concurrent_requests_across_gateways_allow_exactly_budg
 
     assert_exact_budget(&replies, 6, "24 concurrent requests over two gateways");
     assert_eq!(echo.stats().await.requests, 6, "requests that reached the upstream");
+}
+
+/// How many counters `redis` holds: its keys but the gateways' probe (`gw:rl:probe`, kept while
+/// they are connected).
+fn counters(redis: &RedisServer) -> u64 {
+    // The probe first: it may appear between the two, never disappear.
+    let probe: u64 = redis.command(&["EXISTS", "gw:rl:probe"]).parse().unwrap_or(0);
+    redis.key_count().saturating_sub(probe)
 }
 
 /// Redis at `redis`, limit `shared` (4 per client address) on `/limited`: two gateways, both
@@ -442,7 +450,7 @@ async fn rate_limit_redis_stopped_counts_in_process_then_reconnects_and_shares()
     assert_denied(&get(&b, "/limited").await, 4, "gateway B, shared budget spent");
     assert_denied(&get(&a, "/limited").await, 4, "gateway A, shared budget spent");
     assert_eq!(echo.stats().await.requests, 9, "requests that reached the upstream");
-    assert!(redis.key_count() > 0, "the counts are not in Redis: it holds no key");
+    assert!(counters(&redis) > 0, "the counts are not in Redis: it holds no counter");
 }
 
 /// A gateway that has no traffic while Redis is down notices the outage by itself (a PING every
@@ -500,6 +508,107 @@ async fn rate_limit_redis_silent_server_limits_in_process() {
     assert_denied(&get(&gateway, "/limited").await, 3, "Redis silent, in-process budget spent");
     assert_eq!(echo.stats().await.requests, 3, "requests that reached the upstream");
     drop(silent);
+}
+
+/// The gateway's log lines from the Redis store at `level` (`WARN`, `INFO`).
+fn redis_log_lines(gateway: &Gateway, level: &str) -> Vec<String> {
+    let stderr = gateway.stderr();
+    let lines = stderr.lines().filter(|line| line.contains(&format!(" {level} ")) && line.contains("limit::redis"));
+    lines.map(str::to_owned).collect()
+}
+
+/// Asserts the Redis store logged exactly one warning, naming `code`, and returns it.
+fn assert_one_redis_warning(gateway: &Gateway, code: &str) -> String {
+    let warnings = redis_log_lines(gateway, "WARN");
+    assert_eq!(warnings.len(), 1, "one warning for the outage; stderr:\n{}", gateway.stderr());
+    assert!(warnings[0].contains(code), "the warning names {code}: {}", warnings[0]);
+    warnings[0].clone()
+}
+
+/// Waits until `/admin/ratelimit` reports the outage with `code` in `last_error`, and asserts
+/// `/metrics` agrees.
+async fn wait_redis_refusing(gateway: &Gateway, url: &str, code: &str) {
+    let json = wait_redis_disconnected(gateway, url).await;
+    let last_error = json["redis"]["last_error"].as_str().unwrap_or_default();
+    assert!(last_error.contains(code), "last_error names {code} in {json:#}");
+    let metrics = client::get(gateway.admin_addr(), "/metrics").await.text();
+    assert!(metrics.lines().any(|line| line == "gateway_redis_connected 0"), "{metrics}");
+}
+
+/// A Redis that answers every call with an error (here a read-only replica) cannot count: an
+/// outage like an unreachable one, warned once and shown, not a silent fallback on every request.
+#[tokio::test]
+async fn rate_limit_redis_read_only_replica_is_a_reported_outage() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let (a, _b, echo) = two_gateways_on(&redis).await;
+    let nowhere = closed_port_addr().port().to_string();
+    assert_eq!(redis.command(&["REPLICAOF", "127.0.0.1", &nowhere]), "OK");
+
+    spend(&a, "/limited", 4, 3, 4, "gateway A, Redis read-only").await;
+    assert_denied(&get(&a, "/limited").await, 4, "gateway A, Redis read-only, in-process budget spent");
+    wait_redis_refusing(&a, &url, "READONLY").await;
+    assert_eq!(echo.stats().await.requests, 4, "requests that reached the upstream");
+
+    assert_eq!(redis.command(&["REPLICAOF", "NO", "ONE"]), "OK");
+    wait_redis_connected(&a, &url).await;
+    assert_one_redis_warning(&a, "READONLY");
+    // The recovery is logged once: the first connect and this one.
+    assert_eq!(redis_log_lines(&a, "INFO").iter().filter(|l| l.contains("connected to Redis")).count(), 2);
+}
+
+/// Without the password the server requires, the gateway never reports Redis connected and warns
+/// once: it used to flap between `connected to Redis` and `lost the connection ... NOAUTH`.
+#[tokio::test]
+async fn rate_limit_redis_without_required_password_warns_once_and_never_connects() {
+    let redis = RedisServer::with_password("needed-pw");
+    let echo = Backend::spawn("echo");
+    let url = format!("redis://{}", redis.addr());
+    let gateway = Gateway::start(&one_limit_config(&echo, 3, "client_ip", Some(&url)));
+
+    wait_redis_refusing(&gateway, &url, "NOAUTH").await;
+    spend(&gateway, "/limited", 3, 2, 3, "Redis refuses").await;
+    assert_denied(&get(&gateway, "/limited").await, 3, "Redis refuses, in-process budget spent");
+    admin_ratelimit_until(&gateway, "4 decisions in-process", |json| {
+        admin_limit(json, "shared")["fallback_decisions"] == 4
+    })
+    .await;
+    wait_redis_refusing(&gateway, &url, "NOAUTH").await;
+    assert!(redis_log_lines(&gateway, "INFO").is_empty(), "never connected; stderr:\n{}", gateway.stderr());
+    assert_one_redis_warning(&gateway, "NOAUTH");
+}
+
+/// [`jwt_head`] counted in Redis at `url`: limit `per_user` (`requests` by `jwt.sub`) on `/cart`.
+fn jwt_redis_config(echo: &Backend, url: &str, requests: u32) -> String {
+    let head = format!("{}{}", redis_block(url), jwt_head(&[("per_user", requests, "jwt.sub")]));
+    let route = "  - { name: cart, match: { path_prefix: /cart }, upstream: echo, auth: { provider: main }, \
+                 rate_limit: per_user }\n";
+    gateway_config(echo, &head, route)
+}
+
+/// A Redis that counts but refuses the expiries after (an ACL without PEXPIRE) is reported once
+/// and shown, not warned about once per call while `last_error` stays empty.
+#[tokio::test]
+async fn rate_limit_redis_refusing_expiries_is_one_warned_outage() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let echo = Backend::spawn("echo");
+    let key = SigningKey::generate(Algorithm::HS256, "hs");
+    let gateway = start_with_secret(&jwt_redis_config(&echo, &url, 5), &key);
+    wait_redis_connected(&gateway, &url).await;
+    assert_eq!(redis.command(&["ACL", "SETUSER", "default", "-pexpire"]), "OK");
+
+    // Each user's first request creates a counter, whose expiry is refused.
+    for user in 0..20 {
+        let token = token_for(&key, &format!("user-{user}"));
+        assert_allowed(&get_bearer(&gateway, "/cart", &token).await, 5, 4, &format!("user {user}"));
+    }
+    wait_redis_refusing(&gateway, &url, "NOPERM").await;
+    assert_one_redis_warning(&gateway, "NOPERM");
+
+    assert_eq!(redis.command(&["ACL", "SETUSER", "default", "+pexpire"]), "OK");
+    wait_redis_connected(&gateway, &url).await;
+    assert_eq!(echo.stats().await.requests, 20, "requests that reached the upstream");
 }
 
 // ---------------------------------------------------------------------------------------------------

@@ -5,21 +5,27 @@
 //! (instances should run NTP). The `{..}` hash tag keeps a key's two counters in one Redis Cluster
 //! slot; inside it `%`, `{` and `}` are percent-encoded (see [`hash_tag`]). (A batch spans keys of
 //! any slot, so Cluster itself is not supported; the tags keep the key layout ready for it.)
+//!
+//! Connected means able to count: a connection is only used once a probe (the commands the
+//! counting uses, on a key of its own) has passed, and the probe is repeated every second. A
+//! server that answers with errors saying it cannot count now (read-only replica, out of memory,
+//! not authenticated, no permission, loading) is an outage like an unreachable one.
 
 use std::borrow::Cow;
 use std::fmt;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwapOption;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, RedisError};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use self::batch::{Batcher, Question};
-use self::count::{Outcome, Plan, SettledCounts};
+use self::count::{Outcome, OwedExpiries, Plan, SettledCounts};
 use super::Decision;
 use crate::config::Redis;
 use crate::metrics;
@@ -27,13 +33,25 @@ use crate::worker;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// Timed-out calls in a row (no reply in between) that condemn the connection: one slow call is
-/// only slow, but a connection into a black hole (host gone, no reset) would otherwise cost every
-/// request the full timeout forever.
-const TIMEOUTS_IN_A_ROW: u32 = 3;
-/// How often an established connection is checked with PING, and how long the answer may take.
+/// Failed calls (timed out or answered with an error) in a row that condemn the connection: one
+/// slow call is only slow, but a connection into a black hole (host gone, no reset), or to a
+/// server that refuses every call, would otherwise fail every request forever.
+const FAILURES_IN_A_ROW: u32 = 3;
+/// How often an established connection is probed (see [`probe`]), and how long the answer may take.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+/// The probe's key: outside the counters' `gw:rl:{..}:<index>` names, shared by every gateway.
+const PROBE_KEY: &str = "gw:rl:probe";
+const PROBE_EXPIRY_MS: u64 = 10_000;
+/// Error codes of a server that cannot count now, whatever the keys: an outage, not a failed call.
+/// (`NOAUTH`, `WRONGPASS`, `OOM` and `MISCONF` have no kind of their own in the client.)
+const CANNOT_COUNT: [&str; 8] =
+    ["READONLY", "OOM", "NOAUTH", "WRONGPASS", "NOPERM", "MASTERDOWN", "LOADING", "MISCONF"];
+/// Owed expiries set per pipeline (see [`RedisStore::pay_owed_expiries`]).
+const OWED_PER_CALL: usize = 1_024;
+/// A repeating warning (decisions timing out, failing follow-ups, flapping connections) is logged
+/// at most this often; `last_error` shows the latest one meanwhile.
+const WARN_EVERY: Duration = Duration::from_secs(60);
 
 /// Why Redis could not decide; the caller then decides in-process. Never holds the password.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -59,6 +77,21 @@ struct WorkerConnection {
     batcher: Batcher,
 }
 
+/// Lets a warning through at most once per [`WARN_EVERY`].
+#[derive(Default)]
+struct Throttle(Mutex<Option<Instant>>);
+
+impl Throttle {
+    fn allows(&self) -> bool {
+        let mut last = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if last.is_some_and(|at| at.elapsed() < WARN_EVERY) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        true
+    }
+}
+
 /// The connection to the Redis server every gateway instance counts through.
 pub struct RedisStore {
     /// Itself, for the batching tasks: they must not keep the store alive.
@@ -80,8 +113,13 @@ pub struct RedisStore {
     /// What the worker connections are made with; `None` when the URL is invalid.
     client: Option<(Client, AsyncConnectionConfig)>,
     last_error: Mutex<Option<String>>,
-    /// Calls timed out since the last reply.
-    timeouts_in_a_row: AtomicU32,
+    /// Calls failed (timed out or refused) since the last reply.
+    failures_in_a_row: AtomicU32,
+    /// Counters that may have been left without expiry, set by the health check.
+    owed: Mutex<OwedExpiries>,
+    decisions_timing_out: Throttle,
+    follow_ups_failing: Throttle,
+    owed_forgotten: Throttle,
     /// Wakes the connection task to reconnect; dropping it (with the store) ends the task.
     reconnect: mpsc::Sender<()>,
 }
@@ -111,7 +149,11 @@ impl RedisStore {
             workers: (0..workers.max(1)).map(|_| WorkerConnection::default()).collect(),
             client: client.as_ref().ok().map(|client| (client.clone(), settings.clone())),
             last_error: Mutex::new(None),
-            timeouts_in_a_row: AtomicU32::new(0),
+            failures_in_a_row: AtomicU32::new(0),
+            owed: Mutex::default(),
+            decisions_timing_out: Throttle::default(),
+            follow_ups_failing: Throttle::default(),
+            owed_forgotten: Throttle::default(),
             reconnect,
         });
         let never = match (client, tokio::runtime::Handle::try_current()) {
@@ -135,9 +177,10 @@ impl RedisStore {
 
     /// One decision for `key` (e.g. "per_user:alice", any text), counted in Redis when allowed,
     /// within `config.timeout`. It goes out in the next pipeline of the calling worker, along
-    /// with the other decisions asked for meanwhile (see `batch`). A connection-level failure drops
-    /// the connection and wakes the reconnecting task, and so do [`TIMEOUTS_IN_A_ROW`] calls timed
-    /// out; one timeout or a Redis error only fails the decisions of that call.
+    /// with the other decisions asked for meanwhile (see `batch`). A connection-level failure or an
+    /// error saying Redis cannot count ([`CANNOT_COUNT`]) drops the connection and wakes the
+    /// reconnecting task, and so do [`FAILURES_IN_A_ROW`] failed calls; one timeout or another
+    /// error only fails the decisions of that call.
     pub async fn check(&self, key: impl Into<String>, limit: u32, window: Duration) -> Result<Decision, Unavailable> {
         if self.connection.load().is_none() {
             return Err(Unavailable::NotConnected);
@@ -155,6 +198,8 @@ impl RedisStore {
 
     /// Decides `batch` in order with one pipeline (see `count`) on the calling worker's
     /// connection: a decision per question, or why none could be made. `settled` is the worker's.
+    /// Making the worker's connection and the call share one `config.timeout`, so a batch never
+    /// holds up the worker's queue longer than that.
     async fn decide_batch(
         &self,
         batch: &[Question],
@@ -163,83 +208,182 @@ impl RedisStore {
         let Some(control) = self.connection.load_full() else {
             return Err(Unavailable::NotConnected);
         };
-        let connection = self.worker_connection().await.unwrap_or(control);
+        let deadline = Instant::now() + self.config.timeout;
+        let connection = self.worker_connection(deadline).await.unwrap_or(control);
         let now_ms = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX));
         let plan = Plan::new(batch, now_ms, settled);
         let mut call = (*connection).clone();
         let pipeline = plan.pipeline();
-        let reply = pipeline.query_async::<Vec<redis::Value>>(&mut call);
         let sent = Instant::now();
-        let error = match tokio::time::timeout(self.config.timeout, reply).await {
-            Ok(Ok(reply)) => {
-                self.timeouts_in_a_row.store(0, Ordering::Relaxed);
-                let metrics = &metrics::global().redis;
-                metrics.call_time.observe(sent.elapsed().as_secs_f64());
-                metrics.batch_size.observe(batch.len() as f64);
-                let Some(Outcome { decisions, take_back, to_expire }) = plan.decide(batch, &reply, settled) else {
-                    let error = format!("unexpected reply to a batch of {} decisions: {reply:?}", batch.len());
-                    self.set_last_error(Some(error.clone()));
-                    return Err(Unavailable::Redis(error));
-                };
-                if !take_back.is_empty() || !to_expire.is_empty() {
-                    let mut pipe = redis::pipe();
-                    for (counter, denied) in take_back {
-                        pipe.cmd("DECRBY").arg(counter).arg(denied).ignore();
-                    }
-                    for (counter, expiry_ms) in to_expire {
-                        pipe.cmd("PEXPIRE").arg(counter).arg(expiry_ms).ignore();
-                    }
-                    // Not waited for: the answers need not wait for Redis to take back or expire.
-                    let timeout = self.config.timeout;
-                    tokio::spawn(async move {
-                        if let Ok(Err(error)) = tokio::time::timeout(timeout, pipe.exec_async(&mut call)).await {
-                            tracing::warn!(%error, "cannot take back denied counts or set counter expiries");
-                        }
-                    });
-                }
-                return Ok(decisions);
-            }
-            Ok(Err(error)) if !error.is_timeout() => error,
-            Ok(Err(_)) | Err(_) => {
-                let error = Unavailable::TimedOut(self.config.timeout);
-                self.set_last_error(Some(error.to_string()));
-                if self.timeouts_in_a_row.fetch_add(1, Ordering::Relaxed) + 1 >= TIMEOUTS_IN_A_ROW {
-                    self.drop_connection(&connection);
-                }
-                return Err(error);
-            }
+        let reply = match tokio::time::timeout_at(deadline, pipeline.query_async::<Vec<redis::Value>>(&mut call)).await
+        {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(error)) if !error.is_timeout() => return Err(self.call_failed(&plan, &connection, Some(&error))),
+            Ok(Err(_)) | Err(_) => return Err(self.call_failed(&plan, &connection, None)),
         };
-        self.timeouts_in_a_row.store(0, Ordering::Relaxed);
-        let text = self.scrub(&error.to_string());
-        self.set_last_error(Some(text.clone()));
-        if is_connection_level(&error) {
-            self.drop_connection(&connection);
-        }
-        Err(Unavailable::Redis(text))
+        self.failures_in_a_row.store(0, Ordering::Relaxed);
+        let metrics = &metrics::global().redis;
+        metrics.call_time.observe(sent.elapsed().as_secs_f64());
+        metrics.batch_size.observe(batch.len() as f64);
+        let Some(Outcome { decisions, take_back, to_expire }) = plan.decide(batch, &reply, settled) else {
+            // The INCRBYs went through, whatever they answered.
+            self.owe_expiries(plan.counters());
+            let error = format!("unexpected reply to a batch of {} decisions: {reply:?}", batch.len());
+            self.set_last_error(Some(error.clone()));
+            return Err(Unavailable::Redis(error));
+        };
+        self.follow_up(connection, &take_back, &to_expire);
+        Ok(decisions)
     }
 
-    /// The calling worker's connection, made now if it has none (within `config.timeout`);
-    /// `None` off worker threads or when it cannot be made (the control connection serves then).
-    async fn worker_connection(&self) -> Option<Arc<MultiplexedConnection>> {
+    /// Records a call that failed (`error`) or timed out (`None`), whose INCRBYs may have been
+    /// applied all the same: its counters are owed their expiry. Condemns `connection` when the
+    /// error says Redis cannot count or this is one failure too many.
+    fn call_failed(
+        &self,
+        plan: &Plan,
+        connection: &Arc<MultiplexedConnection>,
+        error: Option<&RedisError>,
+    ) -> Unavailable {
+        self.owe_expiries(plan.counters());
+        let failure = match error {
+            Some(error) => Unavailable::Redis(self.scrub(&describe(error))),
+            None => Unavailable::TimedOut(self.config.timeout),
+        };
+        self.set_last_error(Some(match &failure {
+            Unavailable::Redis(text) => text.clone(),
+            other => other.to_string(),
+        }));
+        let in_a_row = self.failures_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
+        if in_a_row >= FAILURES_IN_A_ROW || error.is_some_and(|e| is_connection_level(e) || cannot_count(e)) {
+            self.drop_connection(connection);
+        }
+        failure
+    }
+
+    /// Sends the DECRBYs and PEXPIREs a decided batch calls for, without waiting: the answers need
+    /// not wait for them. When they fail, the expiries are owed (set once Redis answers again); the
+    /// denied counts not taken back keep a key's budget spent a little sooner, until the window ends.
+    fn follow_up(&self, connection: Arc<MultiplexedConnection>, take_back: &[(&str, u64)], to_expire: &[(&str, u64)]) {
+        if take_back.is_empty() && to_expire.is_empty() {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        for &(counter, denied) in take_back {
+            pipe.cmd("DECRBY").arg(counter).arg(denied).ignore();
+        }
+        for &(counter, expiry_ms) in to_expire {
+            pipe.cmd("PEXPIRE").arg(counter).arg(expiry_ms).ignore();
+        }
+        let expiring: Vec<(String, u64)> = to_expire.iter().map(|&(counter, ms)| (counter.to_owned(), ms)).collect();
+        let (store, timeout) = (self.me.clone(), self.config.timeout);
+        tokio::spawn(async move {
+            let mut call = (*connection).clone();
+            let error = match tokio::time::timeout(timeout, pipe.exec_async(&mut call)).await {
+                Ok(Ok(())) => return,
+                Ok(Err(error)) => Some(error),
+                Err(_) => None,
+            };
+            if let Some(store) = store.upgrade() {
+                store.owe_expiries(expiring.iter().map(|(counter, ms)| (counter.as_str(), *ms)));
+                store.follow_up_failed(&connection, error.as_ref());
+            }
+        });
+    }
+
+    /// A follow-up failed (`error`) or timed out (`None`): shown in `last_error`, logged once a
+    /// minute at most, and an outage when the error says Redis cannot count (the connection task
+    /// then warns once).
+    fn follow_up_failed(&self, connection: &Arc<MultiplexedConnection>, error: Option<&RedisError>) {
+        let why = match error {
+            Some(error) => self.scrub(&describe(error)),
+            None => format!("no answer within {}ms", self.config.timeout.as_millis()),
+        };
+        self.set_last_error(Some(format!("cannot take back denied counts or set counter expiries: {why}")));
+        if error.is_some_and(|e| is_connection_level(e) || cannot_count(e)) {
+            self.drop_connection(connection);
+        } else if self.follow_ups_failing.allows() {
+            // The expiries are owed, and set once Redis answers again.
+            tracing::warn!(error = %why, "cannot take back denied counts or set counter expiries (logged once a minute)");
+        }
+    }
+
+    /// Remembers `counters` as owed their expiry; warns (once a minute at most) when the list is
+    /// full and some are forgotten.
+    fn owe_expiries<'a>(&self, counters: impl Iterator<Item = (&'a str, u64)>) {
+        let mut owed = self.owed.lock().unwrap_or_else(PoisonError::into_inner);
+        let before = owed.forgotten();
+        counters.for_each(|(counter, expiry_ms)| {
+            owed.owe(counter, expiry_ms);
+        });
+        let forgotten = owed.forgotten();
+        drop(owed);
+        if forgotten > before && self.owed_forgotten.allows() {
+            tracing::warn!(
+                forgotten,
+                "too many Redis counters owe an expiry: those past the limit may stay without one"
+            );
+        }
+    }
+
+    /// Sets the owed expiries on `connection` (the health check's, once the probe passed), in
+    /// pipelines of [`OWED_PER_CALL`]; what fails stays owed for the next check.
+    async fn pay_owed_expiries(&self, connection: &MultiplexedConnection, patience: Duration) {
+        loop {
+            let owed = self.owed.lock().unwrap_or_else(PoisonError::into_inner).take(OWED_PER_CALL);
+            if owed.is_empty() {
+                return;
+            }
+            let mut pipe = redis::pipe();
+            for (counter, expiry_ms) in &owed {
+                pipe.cmd("PEXPIRE").arg(counter).arg(*expiry_ms).ignore();
+            }
+            let mut call = connection.clone();
+            call.set_response_timeout(patience);
+            if !matches!(tokio::time::timeout(patience, pipe.exec_async(&mut call)).await, Ok(Ok(()))) {
+                self.owe_expiries(owed.iter().map(|(counter, ms)| (counter.as_str(), *ms)));
+                return;
+            }
+        }
+    }
+
+    /// A decision waited its whole `timeout` (see `batch`): logged once a minute at most, as with
+    /// a round trip near `timeout` this happens to many decisions while every call is in time.
+    fn decision_timed_out(&self) {
+        let error = format!(
+            "decisions time out after {}ms (each may wait for the call already out, then its own: keep \
+             redis.timeout above twice the round trip)",
+            self.config.timeout.as_millis()
+        );
+        if self.decisions_timing_out.allows() {
+            tracing::warn!(%error, "Redis decisions time out: deciding them in-process (logged once a minute at most)");
+        }
+        self.set_last_error(Some(error));
+    }
+
+    /// The calling worker's connection, made now if it has none (by `deadline`); `None` off worker
+    /// threads or when it cannot be made (the control connection serves then).
+    async fn worker_connection(&self, deadline: Instant) -> Option<Arc<MultiplexedConnection>> {
         let slot = self.workers.get(worker::index())?;
         if let Some(connection) = slot.connection.load_full() {
             return Some(connection);
         }
-        let _connecting = slot.connecting.lock().await;
+        let _connecting = tokio::time::timeout_at(deadline, slot.connecting.lock()).await.ok()?;
         if let Some(connection) = slot.connection.load_full() {
             return Some(connection);
         }
         let (client, settings) = self.client.as_ref()?;
         let connect = client.get_multiplexed_async_connection_with_config(settings);
-        let connection = Arc::new(tokio::time::timeout(self.config.timeout, connect).await.ok()?.ok()?);
+        let connection = Arc::new(tokio::time::timeout_at(deadline, connect).await.ok()?.ok()?);
         slot.connection.store(Some(connection.clone()));
         Some(connection)
     }
 
-    /// For `GET /admin/ratelimit`. `connected` turns false when a call or the PING every second
-    /// finds the connection broken; `last_error` is the latest failure since the last connect (`null`: none).
+    /// For `GET /admin/ratelimit`. `connected` turns false when a call or the probe every second
+    /// finds the connection broken or Redis unable to count, and back once a probe passes;
+    /// `last_error` is the latest failure since the last connect (`null`: none).
     pub fn status(&self) -> Value {
         let last_error = self.last_error.lock().unwrap_or_else(PoisonError::into_inner).clone();
         json!({ "url": self.shown_url, "connected": self.connection.load().is_some(), "last_error": last_error })
@@ -258,9 +402,15 @@ impl RedisStore {
         for worker in self.workers.iter() {
             worker.connection.store(None);
         }
-        self.timeouts_in_a_row.store(0, Ordering::Relaxed);
+        self.failures_in_a_row.store(0, Ordering::Relaxed);
         // Full: a wake is pending already.
         let _ = self.reconnect.try_send(());
+    }
+
+    /// How long a probe may take. Generous: only a server that is gone, not one that is busy,
+    /// should cost the connection.
+    fn patience(&self) -> Duration {
+        self.config.timeout.max(HEALTH_TIMEOUT)
     }
 
     fn set_last_error(&self, error: Option<String>) {
@@ -287,9 +437,10 @@ impl fmt::Debug for RedisStore {
     }
 }
 
-/// Connects, then waits for the connection to break (see [`watch`]), and connects again; backs
-/// off (100 ms doubling to 5 s) after failed attempts and after connections that broke within 5 s.
-/// Logs transitions only: WARN once per outage, INFO when connected.
+/// Connects and probes (see [`connect`]), then waits for the connection to break (see [`watch`]),
+/// and connects again; backs off (100 ms doubling to 5 s) after failed attempts and after
+/// connections that broke within 5 s. Logs transitions only: WARN once per outage, INFO when
+/// connected; a connection that keeps breaking within 5 s of being made logs them once a minute.
 async fn keep_connected(
     store: Weak<RedisStore>,
     client: Client,
@@ -298,36 +449,52 @@ async fn keep_connected(
 ) {
     let mut backoff = MIN_BACKOFF;
     let mut outage_logged = false;
+    // When an outage was last logged at WARN, and whether the one under way was not (a flap).
+    let mut warned_at: Option<Instant> = None;
+    let mut quiet = false;
     loop {
-        let attempt = client.get_multiplexed_async_connection_with_config(&settings).await;
+        let Some(patience) = store.upgrade().map(|live| live.patience()) else { return };
+        let attempt = connect(&client, &settings, patience).await;
         let Some(live) = store.upgrade() else { return };
         match attempt {
             Ok(connection) => {
-                tracing::info!(url = %live.shown_url, "connected to Redis");
+                if quiet {
+                    tracing::debug!(url = %live.shown_url, "connected to Redis");
+                } else {
+                    tracing::info!(url = %live.shown_url, "connected to Redis");
+                }
                 live.set_last_error(None);
                 live.connection.store(Some(Arc::new(connection)));
                 drop(live);
-                let connected_at = tokio::time::Instant::now();
+                let connected_at = Instant::now();
                 if !watch(&store, &mut reconnect_requests).await {
                     return;
                 }
                 let Some(live) = store.upgrade() else { return };
                 let error = live.last_error();
-                tracing::warn!(url = %live.shown_url, %error, "lost the connection to Redis: counting in-process");
+                let flapped = connected_at.elapsed() < MAX_BACKOFF;
+                quiet = flapped && warned_at.is_some_and(|at| at.elapsed() < WARN_EVERY);
+                if quiet {
+                    tracing::debug!(url = %live.shown_url, %error, "lost the connection to Redis again");
+                } else {
+                    tracing::warn!(url = %live.shown_url, %error, "lost the connection to Redis: counting in-process");
+                    warned_at = Some(Instant::now());
+                }
                 outage_logged = true;
                 drop(live);
-                if connected_at.elapsed() >= MAX_BACKOFF {
+                if !flapped {
                     backoff = MIN_BACKOFF;
                     continue;
                 }
             }
             Err(error) => {
-                let error = live.scrub(&error.to_string());
+                let error = live.scrub(&error);
                 if outage_logged {
-                    tracing::debug!(url = %live.shown_url, %error, "cannot connect to Redis yet");
+                    tracing::debug!(url = %live.shown_url, %error, "cannot use Redis yet");
                 } else {
-                    tracing::warn!(url = %live.shown_url, %error, "cannot connect to Redis: counting in-process");
+                    tracing::warn!(url = %live.shown_url, %error, "cannot use Redis: counting in-process");
                     outage_logged = true;
+                    warned_at = Some(Instant::now());
                 }
                 live.set_last_error(Some(error));
                 drop(live);
@@ -346,11 +513,41 @@ async fn keep_connected(
     }
 }
 
-/// Waits until a check reports the connection broken, or a PING every [`HEALTH_INTERVAL`] finds
+/// A new connection that passed the probe, or why there is none (unscrubbed).
+async fn connect(
+    client: &Client,
+    settings: &AsyncConnectionConfig,
+    patience: Duration,
+) -> Result<MultiplexedConnection, String> {
+    let connection = client.get_multiplexed_async_connection_with_config(settings).await.map_err(|e| describe(&e))?;
+    probe(&connection, patience).await.map_err(|error| format!("connected, but Redis cannot count: {error}"))?;
+    Ok(connection)
+}
+
+/// Whether Redis can count on `connection`: the commands the counting uses (INCRBY, PEXPIRE,
+/// DECRBY, MGET) on [`PROBE_KEY`], which they leave at 0 with a short expiry. A PING would pass on
+/// a read-only replica, a full server or without the password, where every call then fails.
+async fn probe(connection: &MultiplexedConnection, patience: Duration) -> Result<(), String> {
+    let mut probe = connection.clone();
+    probe.set_response_timeout(patience);
+    let mut pipe = redis::pipe();
+    pipe.cmd("INCRBY").arg(PROBE_KEY).arg(1).ignore();
+    pipe.cmd("PEXPIRE").arg(PROBE_KEY).arg(PROBE_EXPIRY_MS).ignore();
+    pipe.cmd("DECRBY").arg(PROBE_KEY).arg(1).ignore();
+    pipe.cmd("MGET").arg(PROBE_KEY).ignore();
+    match tokio::time::timeout(patience, pipe.exec_async(&mut probe)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(describe(&error)),
+        Err(_) => Err(format!("no answer to the probe within {}ms", patience.as_millis())),
+    }
+}
+
+/// Waits until a check reports the connection broken, or a probe every [`HEALTH_INTERVAL`] finds
 /// it so: an idle gateway must notice an outage too, or its first request after one would meet a
-/// dead socket. False when the store is gone.
+/// dead socket (or a server that cannot count). After a probe that passed, sets the expiries owed.
+/// False when the store is gone.
 async fn watch(store: &Weak<RedisStore>, reconnect_requests: &mut mpsc::Receiver<()>) -> bool {
-    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + HEALTH_INTERVAL, HEALTH_INTERVAL);
+    let mut ticks = tokio::time::interval_at(Instant::now() + HEALTH_INTERVAL, HEALTH_INTERVAL);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -358,23 +555,42 @@ async fn watch(store: &Weak<RedisStore>, reconnect_requests: &mut mpsc::Receiver
             _ = ticks.tick() => {
                 let Some(live) = store.upgrade() else { return false };
                 let Some(connection) = live.connection.load_full() else { continue };
-                let mut ping = (*connection).clone();
-                // Generous: only a server that is gone, not one that is busy, should cost the connection.
-                let patience = live.config.timeout.max(HEALTH_TIMEOUT);
-                match tokio::time::timeout(patience, redis::cmd("PING").query_async::<String>(&mut ping)).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(error)) => {
-                        live.set_last_error(Some(live.scrub(&error.to_string())));
-                        live.drop_connection(&connection);
-                    }
-                    Err(_) => {
-                        live.set_last_error(Some(format!("no answer to PING within {}ms", patience.as_millis())));
+                let patience = live.patience();
+                match probe(&connection, patience).await {
+                    Ok(()) => live.pay_owed_expiries(&connection, patience).await,
+                    Err(error) => {
+                        live.set_last_error(Some(live.scrub(&error)));
                         live.drop_connection(&connection);
                     }
                 }
             }
         }
     }
+}
+
+/// What `error` says, with a server's error replies as Redis wrote them (`NOPERM this user has
+/// no permissions ...`), which the operator can look up.
+fn describe(error: &RedisError) -> String {
+    match error.clone().into_server_errors() {
+        Some(errors) => {
+            let mut replies: Vec<String> = Vec::new();
+            for (_, error) in errors.iter() {
+                let reply = format!("{} {}", error.code(), error.details().unwrap_or_default());
+                // A refused batch answers the same for each of its commands.
+                if !replies.contains(&reply) {
+                    replies.push(reply);
+                }
+            }
+            replies.join("; ")
+        }
+        None => error.to_string(),
+    }
+}
+
+/// Whether Redis says it cannot count now, whatever the keys (see [`CANNOT_COUNT`]).
+fn cannot_count(error: &RedisError) -> bool {
+    let codes = error.clone().into_server_errors();
+    codes.is_some_and(|errors| errors.iter().any(|(_, error)| CANNOT_COUNT.contains(&error.code())))
 }
 
 /// Whether the connection itself is broken (I/O, dropped, protocol out of step): a new one is

@@ -3,6 +3,10 @@
 //! system calls on both ends) are paid once per batch, not once per request. Every decision is
 //! still counted in Redis before it is answered: batching delays a decision by at most one round
 //! trip, and never skips Redis.
+//!
+//! An asker waits `timeout` at most, counted from when it asked: for the call already out, then for
+//! its own. So `timeout` must be above twice the round trip, or decisions asked while a call is out
+//! time out (and are decided in-process) though every call takes less than `timeout`.
 
 use std::sync::Weak;
 use std::time::Duration;
@@ -31,29 +35,15 @@ pub(super) struct Question {
 
 /// Who asked, waiting for the answer.
 struct Asker {
-    /// When the asker stops waiting: answered `TimedOut` then, whether or not its call is out.
+    /// When the asker stops waiting (it times out by itself, see [`Batcher::decide`]).
     deadline: Instant,
-    /// Taken when answered.
-    reply: Option<oneshot::Sender<Result<Decision, Unavailable>>>,
+    reply: oneshot::Sender<Result<Decision, Unavailable>>,
 }
 
 impl Asker {
-    fn answer(&mut self, decision: Result<Decision, Unavailable>) {
-        if let Some(reply) = self.reply.take() {
-            let _ = reply.send(decision);
-        }
-    }
-
-    /// Answers `TimedOut` if the deadline has come by `now`.
-    fn expire(&mut self, now: Instant, timeout: Duration) {
-        if self.deadline <= now {
-            self.answer(Err(Unavailable::TimedOut(timeout)));
-        }
-    }
-
-    /// Answered already, or gone (the client went away).
-    fn settled(&self) -> bool {
-        self.reply.as_ref().is_none_or(oneshot::Sender::is_closed)
+    /// Still waiting at `now`: not past its deadline, and not gone (timed out, or the client went away).
+    fn waiting(&self, now: Instant) -> bool {
+        self.deadline > now && !self.reply.is_closed()
     }
 }
 
@@ -76,61 +66,58 @@ impl Batcher {
         window_ms: u64,
         timeout: Duration,
     ) -> Result<Decision, Unavailable> {
+        let deadline = Instant::now() + timeout;
         let (reply, decision) = oneshot::channel();
-        let asker = Asker { deadline: Instant::now() + timeout, reply: Some(reply) };
-        let mut ask = (Question { tag, limit, window_ms }, asker);
-        if let Some(queue) = self.queue.load().as_deref() {
-            match queue.send(ask) {
-                Ok(()) => return decision.await.unwrap_or(Err(Unavailable::NotConnected)),
-                // The task is gone with its runtime: start another here.
-                Err(mpsc::error::SendError(returned)) => ask = returned,
+        let ask = (Question { tag, limit, window_ms }, Asker { deadline, reply });
+        let unsent = match self.queue.load().as_deref() {
+            // Err: the task is gone with its runtime; another is started here.
+            Some(queue) => queue.send(ask).err().map(|mpsc::error::SendError(returned)| returned),
+            None => Some(ask),
+        };
+        if let Some(ask) = unsent {
+            let (queue, asks) = mpsc::unbounded_channel();
+            let _ = queue.send(ask);
+            self.queue.store(Some(queue.into()));
+            tokio::spawn(run(store.clone(), asks));
+        }
+        // Timed out here, not by the task: that one may be busy with a call (or with making its
+        // connection) past this deadline.
+        match tokio::time::timeout_at(deadline, decision).await {
+            Ok(answer) => answer.unwrap_or(Err(Unavailable::NotConnected)),
+            Err(_) => {
+                if let Some(store) = store.upgrade() {
+                    store.decision_timed_out();
+                }
+                Err(Unavailable::TimedOut(timeout))
             }
         }
-        let (queue, asks) = mpsc::unbounded_channel();
-        let _ = queue.send(ask);
-        self.queue.store(Some(queue.into()));
-        tokio::spawn(run(store.clone(), asks, timeout));
-        // Dropped unanswered only when the store is.
-        decision.await.unwrap_or(Err(Unavailable::NotConnected))
     }
 }
 
 /// Sends what is queued as one call, answers it, and again; ends when the store (holding the
-/// sending side) is dropped. Askers are answered `TimedOut` at their deadline, even while their
-/// call is still out (it goes on, and may count them: Redis is not told they were given up).
-async fn run(store: Weak<RedisStore>, mut queue: mpsc::UnboundedReceiver<(Question, Asker)>, timeout: Duration) {
+/// sending side) is dropped. Askers that stopped waiting before their call went out are left out;
+/// one that stops while its call is out may still be counted (Redis is not told it was given up).
+async fn run(store: Weak<RedisStore>, mut queue: mpsc::UnboundedReceiver<(Question, Asker)>) {
     let mut asks = Vec::with_capacity(MAX_BATCH);
     let mut settled = SettledCounts::default();
     while queue.recv_many(&mut asks, MAX_BATCH).await > 0 {
         let now = Instant::now();
-        let (questions, mut askers): (Vec<Question>, Vec<Asker>) = asks
-            .drain(..)
-            .filter_map(|(question, mut asker)| {
-                asker.expire(now, timeout);
-                // Given up on while queued: not counted.
-                (!asker.settled()).then_some((question, asker))
-            })
-            .unzip();
+        let (questions, askers): (Vec<Question>, Vec<Asker>) =
+            asks.drain(..).filter(|(_, asker)| asker.waiting(now)).unzip();
         if questions.is_empty() {
             continue;
         }
         let Some(live) = store.upgrade() else { return };
-        let call = live.decide_batch(&questions, &mut settled);
-        tokio::pin!(call);
-        let decisions = loop {
-            // Askers are queued in order, so the first one waiting has the earliest deadline.
-            let next_deadline = askers.iter().find(|asker| !asker.settled()).map(|asker| asker.deadline);
-            tokio::select! {
-                decisions = &mut call => break decisions,
-                () = tokio::time::sleep_until(next_deadline.unwrap_or_else(Instant::now)), if next_deadline.is_some() => {
-                    let now = Instant::now();
-                    askers.iter_mut().for_each(|asker| asker.expire(now, timeout));
-                }
-            }
-        };
+        let decisions = live.decide_batch(&questions, &mut settled).await;
+        drop(live);
+        // An asker that timed out meanwhile is gone: its answer goes nowhere.
         match decisions {
-            Ok(decisions) => askers.iter_mut().zip(decisions).for_each(|(asker, decision)| asker.answer(Ok(decision))),
-            Err(error) => askers.iter_mut().for_each(|asker| asker.answer(Err(error.clone()))),
+            Ok(decisions) => askers.into_iter().zip(decisions).for_each(|(asker, decision)| {
+                let _ = asker.reply.send(Ok(decision));
+            }),
+            Err(error) => askers.into_iter().for_each(|asker| {
+                let _ = asker.reply.send(Err(error.clone()));
+            }),
         }
     }
 }

@@ -11,8 +11,10 @@
 //! No MULTI/EXEC: the invariant above needs only INCRBY's atomicity, and a transaction costs both
 //! ends a reply per queued command. An expiry is set only on a counter the batch created (its total
 //! is what the batch added), right after the reply, instead of a PEXPIRE per counter per batch: a
-//! counter then lives without expiry for one round trip, and stays behind (never read again) only
-//! if its gateway dies or loses the connection within it.
+//! counter then lives without expiry for one round trip. When a call fails or times out (its
+//! INCRBYs may still have been applied) or the PEXPIREs after it fail, the counters it touched go
+//! into [`OwedExpiries`], which are set once Redis answers again: a counter stays behind without
+//! expiry only if its gateway dies first, or the list is full (see [`MAX_OWED`]).
 //!
 //! A previous window's count is read once per key and worker after it has settled (see
 //! [`SettledCounts`]), not in every batch: with per-user keys, the reads would otherwise double the
@@ -33,6 +35,47 @@ const SETTLE_MS: u64 = 1_000;
 /// Keys a worker remembers settled counts of. Past it the memory starts over (each key is read
 /// again once); at about 100 bytes per key this caps it near 6.5 MiB per worker.
 const MAX_SETTLED: usize = 65_536;
+
+/// Counters owed an expiry, at most this many. Past it more are not remembered (and counted, see
+/// [`OwedExpiries::forgotten`]): those may stay in Redis without expiry. A failed call owes one per
+/// key it carried, and calls stop while Redis is unreachable, so only a long run of failed calls
+/// with many distinct keys fills it; at about 100 bytes per counter this caps it near 6.5 MiB.
+pub(super) const MAX_OWED: usize = 65_536;
+
+/// Counters whose expiry may be missing, by name, with the expiry (ms) to give them.
+#[derive(Debug, Default)]
+pub(super) struct OwedExpiries {
+    by_counter: HashMap<String, u64>,
+    /// Counters not remembered because the list was full.
+    forgotten: u64,
+}
+
+impl OwedExpiries {
+    /// Remembers `counter` (again: a counter owed twice gets the longer expiry); false when full.
+    pub(super) fn owe(&mut self, counter: &str, expiry_ms: u64) -> bool {
+        if let Some(owed) = self.by_counter.get_mut(counter) {
+            *owed = (*owed).max(expiry_ms);
+            return true;
+        }
+        if self.by_counter.len() >= MAX_OWED {
+            self.forgotten += 1;
+            return false;
+        }
+        self.by_counter.insert(counter.to_owned(), expiry_ms);
+        true
+    }
+
+    /// Up to `most` of the owed expiries, no longer owed: owe them again if setting them fails.
+    pub(super) fn take(&mut self, most: usize) -> Vec<(String, u64)> {
+        let taken: Vec<String> = self.by_counter.keys().take(most).cloned().collect();
+        taken.into_iter().filter_map(|counter| self.by_counter.remove_entry(&counter)).collect()
+    }
+
+    /// How many counters were not remembered because the list was full.
+    pub(super) fn forgotten(&self) -> u64 {
+        self.forgotten
+    }
+}
 
 /// A worker's settled previous-window counts, by hash tag: a settled counter no longer changes,
 /// so the batches of the rest of the window need not read it again.
@@ -154,6 +197,12 @@ impl Plan {
             })
             .collect();
         Plan { counters, counter_of }
+    }
+
+    /// Every counter the batch adds to, with the expiry (ms) it gets when created: what a failed
+    /// call may have left without one.
+    pub(super) fn counters(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.counters.iter().map(|counter| (counter.current.as_str(), counter.window_ms.saturating_mul(2)))
     }
 
     /// The previous counters to read, in the counters' order.
@@ -376,6 +425,23 @@ mod tests {
         settled.remember("new", count(1));
         assert_eq!(settled.by_tag.len(), 1);
         assert_eq!(settled.get("new", LONG, 1), Some(1));
+    }
+
+    #[test]
+    fn owed_expiries_keep_the_longest_and_forget_past_the_cap() {
+        let mut owed = OwedExpiries::default();
+        assert!(owed.owe("a", 10) && owed.owe("a", 30) && owed.owe("a", 20));
+        assert_eq!(owed.take(5), [("a".to_owned(), 30)]);
+        assert!(owed.take(5).is_empty(), "taken means no longer owed");
+        for i in 0..MAX_OWED {
+            assert!(owed.owe(&i.to_string(), 1));
+        }
+        // Full: a new counter is forgotten (and counted), one owed already is still remembered.
+        assert!(!owed.owe("new", 1));
+        assert!(owed.owe("0", 2));
+        assert_eq!(owed.forgotten(), 1);
+        assert_eq!(owed.take(10).len(), 10);
+        assert!(owed.owe("new", 1), "room again");
     }
 
     #[test]

@@ -11,11 +11,16 @@ fn config(url: &str) -> Redis {
     Redis { url: url.to_owned(), timeout: Duration::from_millis(200), connect_timeout: Duration::from_millis(500) }
 }
 
-/// How many times the server has run `command` since its stats were last reset.
+/// How many times the server has run `command` for the decisions since its stats were last reset:
+/// the probe every second (see `probe`) runs INCRBY, PEXPIRE, DECRBY and MGET once each, and is
+/// not counted. Only for tests where nothing is denied, so DECRBY is the probe's alone.
 async fn calls(connection: &mut MultiplexedConnection, command: &str) -> u64 {
     let info: String = redis::cmd("INFO").arg("commandstats").query_async(connection).await.unwrap();
-    let line = info.lines().find(|line| line.starts_with(&format!("cmdstat_{command}:")));
-    line.and_then(|line| line.split(['=', ',']).nth(1)?.parse::<u64>().ok()).unwrap_or(0)
+    let count = |command: &str| {
+        let line = info.lines().find(|line| line.starts_with(&format!("cmdstat_{command}:")));
+        line.and_then(|line| line.split(['=', ',']).nth(1)?.parse::<u64>().ok()).unwrap_or(0)
+    };
+    count(command) - count("decrby")
 }
 
 /// The counter's expiry in ms, once it has one (it is set right after the call that created it).
@@ -167,7 +172,7 @@ async fn check_timeouts_in_a_row_drop_connection_then_reconnects() {
     let mut admin = admin(&server).await;
     redis::cmd("CLIENT").arg("PAUSE").arg(2000).arg("ALL").query_async::<()>(&mut admin).await.unwrap();
 
-    for _ in 0..TIMEOUTS_IN_A_ROW {
+    for _ in 0..FAILURES_IN_A_ROW {
         let outcome = tokio::time::timeout(HANG, store.check("k", 5, MINUTE)).await.expect("check hung");
         assert_eq!(outcome, Err(Unavailable::TimedOut(Duration::from_millis(200))));
     }
@@ -204,7 +209,10 @@ async fn check_batches_concurrent_decisions_into_few_calls() {
         assert!(mine.iter().filter(|d| !d.allowed).all(|d| d.remaining == 0 && d.retry_after > Duration::ZERO));
     }
     // A call adds to each of its keys once: one INCRBY per key and call.
-    let increments = calls(&mut admin, "incrby").await;
+    // Denials here: DECRBY is not the probe's alone, and a probe or two more is within the bounds.
+    let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut admin).await.unwrap();
+    let line = info.lines().find(|line| line.starts_with("cmdstat_incrby:")).unwrap();
+    let increments: u64 = line.split(['=', ',']).nth(1).unwrap().parse().unwrap();
     assert!((2..=12).contains(&increments), "600 decisions took {increments} INCRBYs");
     // Each call is in /metrics, with the decisions it carried.
     let text = metrics::global().render(&metrics::Readings::default());
@@ -393,4 +401,148 @@ async fn check_sets_an_expiry_once_per_counter_and_again_when_it_was_lost() {
     let ttl = expiry_ms(&admin, &counter).await;
     assert!(ttl > 3_600_000 && ttl <= 7_200_000, "{ttl}");
     assert_eq!(calls(&mut admin, "pexpire").await, 2);
+}
+
+/// A call that times out may still be counted (here after the pause): its counter gets its
+/// expiry once Redis answers again, though the reply that would have set it never came.
+#[tokio::test]
+async fn check_timed_out_call_counter_gets_its_expiry_once_redis_answers() {
+    let (server, store) = connected_store().await;
+    let mut admin = admin(&server).await;
+    redis::cmd("CLIENT").arg("PAUSE").arg(500).arg("WRITE").query_async::<()>(&mut admin).await.unwrap();
+
+    assert_eq!(store.check("t", 5, HOUR).await, Err(Unavailable::TimedOut(Duration::from_millis(200))));
+    eventually("the INCRBY applied after the pause", || {
+        let mut admin = admin.clone();
+        async move {
+            let keys: Vec<String> = redis::cmd("KEYS").arg("gw:rl:{t}:*").query_async(&mut admin).await.unwrap();
+            keys.len() == 1
+        }
+    })
+    .await;
+    let counter = only_counter(&mut admin, "t").await;
+    let ttl = expiry_ms(&admin, &counter).await;
+    assert!(ttl > 3_600_000 && ttl <= 7_200_000, "{ttl}");
+}
+
+async fn acl_default_user(admin: &mut MultiplexedConnection, rule: &str) {
+    redis::cmd("ACL").arg("SETUSER").arg("default").arg(rule).query_async::<()>(admin).await.unwrap();
+}
+
+/// A Redis that counts but refuses the expiry after is an outage (reported, not one warning per
+/// batch); the counter left without expiry gets it once Redis can count again.
+#[tokio::test]
+async fn check_expiry_refused_is_an_outage_and_the_expiry_is_set_after() {
+    let (server, store) = connected_store().await;
+    let mut admin = admin(&server).await;
+    acl_default_user(&mut admin, "-pexpire").await;
+
+    assert!(store.check("p", 5, HOUR).await.unwrap().allowed);
+    eventually("an outage", || async { store.status()["connected"] == false }).await;
+    let last_error = store.status()["last_error"].as_str().unwrap_or_default().to_owned();
+    assert!(last_error.contains("NOPERM"), "{last_error}");
+    assert_eq!(store.check("p", 5, HOUR).await, Err(Unavailable::NotConnected));
+    let counter = only_counter(&mut admin, "p").await;
+    let ttl: i64 = redis::cmd("PTTL").arg(&counter).query_async(&mut admin).await.unwrap();
+    assert_eq!(ttl, -1, "refused");
+
+    acl_default_user(&mut admin, "+pexpire").await;
+    connected(&store).await;
+    let ttl = expiry_ms(&admin, &counter).await;
+    assert!(ttl > 3_600_000 && ttl <= 7_200_000, "{ttl}");
+    assert_eq!(store.check("p", 5, HOUR).await.unwrap().remaining, 3);
+}
+
+/// Puts `server` in a state where it cannot count (`refuse`), checks that a decision then finds
+/// an outage naming `code` and no more decisions go to Redis, and that `repair` ends it.
+async fn assert_outage_until_repaired(refuse: &[&str], code: &str, repair: &[&str]) {
+    let (server, store) = connected_store().await;
+    let mut admin = admin(&server).await;
+    redis::cmd(refuse[0]).arg(&refuse[1..]).query_async::<()>(&mut admin).await.unwrap();
+
+    assert!(store.check("k", 5, HOUR).await.is_err());
+    eventually("an outage", || async { store.status()["connected"] == false }).await;
+    let last_error = store.status()["last_error"].as_str().unwrap_or_default().to_owned();
+    assert!(last_error.contains(code), "{last_error}");
+    assert_eq!(store.check("k", 5, HOUR).await, Err(Unavailable::NotConnected));
+
+    redis::cmd(repair[0]).arg(&repair[1..]).query_async::<()>(&mut admin).await.unwrap();
+    connected(&store).await;
+    assert!(store.check("k", 5, HOUR).await.unwrap().allowed);
+    assert_eq!(store.status()["last_error"], Value::Null);
+}
+
+#[tokio::test]
+async fn check_read_only_replica_is_an_outage_until_it_can_count() {
+    let nowhere = RedisServer::start().port(); // stopped at once: the master is never reached
+    let nowhere = nowhere.to_string();
+    assert_outage_until_repaired(&["REPLICAOF", "127.0.0.1", &nowhere], "READONLY", &["REPLICAOF", "NO", "ONE"]).await;
+}
+
+#[tokio::test]
+async fn check_out_of_memory_is_an_outage_until_it_can_count() {
+    let refuse = ["CONFIG", "SET", "maxmemory", "1"];
+    assert_outage_until_repaired(&refuse, "OOM", &["CONFIG", "SET", "maxmemory", "0"]).await;
+}
+
+/// Without the password the server requires, connections are made but cannot count: never
+/// reported connected (it used to flap between connected and lost).
+#[tokio::test]
+async fn start_without_the_required_password_is_never_connected() {
+    let server = RedisServer::with_password("needed-pw");
+    let store = RedisStore::start(&config(&format!("redis://127.0.0.1:{}", server.port())), 1);
+    let reported = || store.status()["last_error"].as_str().is_some_and(|error| error.contains("NOAUTH"));
+    eventually("NOAUTH reported", || async {
+        assert_eq!(store.status()["connected"], false);
+        reported()
+    })
+    .await;
+    // Two probes' worth of attempts.
+    let until = tokio::time::Instant::now() + 2 * HEALTH_INTERVAL;
+    while tokio::time::Instant::now() < until {
+        assert_eq!(store.status()["connected"], false);
+        assert_eq!(store.check("k", 1, MINUTE).await, Err(Unavailable::NotConnected));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(reported(), "{}", store.status());
+}
+
+/// The process id of the server behind `admin`.
+async fn server_pid(admin: &mut MultiplexedConnection) -> String {
+    let info: String = redis::cmd("INFO").arg("server").query_async(admin).await.unwrap();
+    info.lines().find_map(|line| line.strip_prefix("process_id:")).unwrap().trim().to_owned()
+}
+
+/// Sends `signal` (`STOP`, `CONT`) to process `pid`.
+fn signal(pid: &str, signal: &str) {
+    let status = std::process::Command::new("kill").arg(format!("-{signal}")).arg(pid).status().unwrap();
+    assert!(status.success());
+}
+
+/// A decision asked while its worker is busy making its connection and calling waits `timeout`
+/// at most: it used to wait for the batch before it to end, up to twice that. On a paused clock:
+/// Redis is stopped (it accepts connections but answers nothing), so the clock jumps from timer
+/// to timer.
+#[tokio::test]
+async fn check_queued_behind_a_slow_batch_waits_no_longer_than_timeout() {
+    let (server, store) = connected_store().await;
+    let mut admin = admin(&server).await;
+    // The worker has no connection yet: its first batch makes one, then calls.
+    let pid = server_pid(&mut admin).await;
+    signal(&pid, "STOP");
+    tokio::time::pause();
+    let timeout = Duration::from_millis(200);
+
+    let first = store.check("q", 5, MINUTE);
+    let second = async {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let asked = tokio::time::Instant::now();
+        (store.check("q", 5, MINUTE).await, asked.elapsed())
+    };
+    let (first, (second, waited)) = tokio::join!(first, second);
+    signal(&pid, "CONT");
+    assert_eq!(first, Err(Unavailable::TimedOut(timeout)));
+    assert_eq!(second, Err(Unavailable::TimedOut(timeout)));
+    // The timer's resolution is a millisecond.
+    assert!(waited <= timeout + Duration::from_millis(1), "waited {waited:?}");
 }
