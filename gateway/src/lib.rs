@@ -18,6 +18,7 @@ pub mod server;
 mod stall;
 pub mod telemetry;
 pub(crate) mod text;
+mod throttle;
 pub mod timefmt;
 pub mod tls;
 pub mod upstream;

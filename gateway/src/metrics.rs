@@ -42,6 +42,8 @@ pub struct Metrics {
     jwt_checks: IntCounterVec,
     reloads: IntCounterVec,
     redis_connected: IntGauge,
+    client_connections: IntGauge,
+    client_connections_max: IntGauge,
     pub redis: RedisMetrics,
     access_log_dropped: IntGauge,
     process: process::ProcessMetrics,
@@ -53,6 +55,9 @@ pub struct Readings<'a> {
     /// `None` when no Redis is configured.
     pub redis_connected: Option<bool>,
     pub access_log_dropped: u64,
+    /// Client connections open now, and the most allowed (`server.max_connections`).
+    pub client_connections: usize,
+    pub client_connections_max: usize,
     /// Requests in flight to each upstream of the current config.
     pub upstream_in_flight: Vec<(&'a str, usize)>,
     /// Upstream, endpoint, and whether it is in rotation, for each endpoint of the current config.
@@ -216,6 +221,12 @@ impl Metrics {
             ),
             reloads,
             redis_connected: gauge(&r, "gateway_redis_connected", "1 while the rate-limit Redis connection is up."),
+            client_connections: gauge(&r, "gateway_client_connections", "Client connections open now, every listener."),
+            client_connections_max: gauge(
+                &r,
+                "gateway_client_connections_max",
+                "The most client connections open at once (server.max_connections); new ones wait past it.",
+            ),
             redis: RedisMetrics {
                 call_time: plain_histogram(
                     &r,
@@ -294,6 +305,8 @@ impl Metrics {
     pub fn render(&self, readings: &Readings<'_>) -> String {
         self.redis_connected.set(i64::from(readings.redis_connected.unwrap_or(false)));
         self.access_log_dropped.set(i64::try_from(readings.access_log_dropped).unwrap_or(i64::MAX));
+        self.client_connections.set(i64::try_from(readings.client_connections).unwrap_or(i64::MAX));
+        self.client_connections_max.set(i64::try_from(readings.client_connections_max).unwrap_or(i64::MAX));
         // Upstreams a reload removed must not linger with their last count.
         self.upstream_in_flight.reset();
         for (upstream, in_flight) in &readings.upstream_in_flight {

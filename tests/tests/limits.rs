@@ -1,7 +1,9 @@
 //! Size and time limits on the client side: 413, 431, 408, idle keep-alive connections, clients
 //! that stop reading; and request heads the gateway refuses (400, 501).
 
-use e2e::client::Reply;
+use std::time::Duration;
+
+use e2e::client::{self, Reply};
 use e2e::raw::{self, RawReply};
 use e2e::{one_route_config, Backend, Gateway};
 use tokio::io::AsyncWriteExt;
@@ -280,4 +282,32 @@ async fn limits_keepalive_connection_serves_several_requests() {
         let json: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
         assert_eq!(json["path"], path);
     }
+}
+
+#[tokio::test]
+async fn limits_max_connections_holds_new_connections_until_one_closes() {
+    let echo = Backend::spawn("echo");
+    let gateway = Gateway::start(&one_route_config(&echo, "max_connections: 2", ""));
+    let get = b"GET / HTTP/1.1\r\nhost: gw.test\r\n\r\n";
+    // Two keep-alive connections, each served once: both open.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut stream = raw::connect(gateway.addr()).await;
+        stream.write_all(get).await.unwrap();
+        assert_eq!(raw::read_response(&mut stream).await.status, 200);
+        held.push(stream);
+    }
+    // A third waits in the backlog: connected by the kernel, not yet served.
+    let mut third = raw::connect(gateway.addr()).await;
+    third.write_all(get).await.unwrap();
+    let early = tokio::time::timeout(Duration::from_millis(300), raw::read_response(&mut third)).await;
+    assert!(early.is_err(), "served past max_connections: {early:?}");
+    // The admin listener is not counted: it answers, and tells.
+    let metrics = client::get(gateway.admin_addr(), "/metrics").await.text();
+    for line in ["gateway_client_connections 2", "gateway_client_connections_max 2"] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in {metrics}");
+    }
+    // One closes: the third is served.
+    drop(held.pop());
+    assert_eq!(raw::read_response(&mut third).await.status, 200);
 }

@@ -233,6 +233,9 @@ pub struct Server {
     pub max_header_size: usize,
     /// Most request headers accepted; more gets 431.
     pub max_headers: usize,
+    /// Most client connections open at once, across listeners; `None`: half the file descriptors
+    /// the process may open (see `server::connections`).
+    pub max_connections: Option<usize>,
     /// A request head must arrive within this time once its first byte has; else 408.
     pub header_read_timeout: Duration,
     /// A keep-alive connection with no request in flight is closed after this long; so is one

@@ -116,6 +116,15 @@ fn server_section_parsed_values() {
     assert_eq!(server.max_headers, 7);
     let nets: Vec<String> = server.trusted_proxies.iter().map(ToString::to_string).collect();
     assert_eq!(nets, ["10.0.0.0/8", "10.1.2.3/32", "::1/128", "192.168.0.0/16"]);
+    assert_eq!(server.max_connections, None, "derived from the file descriptor limit when left out");
+}
+
+#[test]
+fn server_max_connections_at_least_one() {
+    let parsed = |n: &str| parse("gw.yaml", &format!("{MINIMAL}server:\n  max_connections: {n}\n"));
+    assert_eq!(parsed("500").unwrap().config.server.max_connections, Some(500));
+    let error = parsed("0").unwrap_err().to_string();
+    assert!(error.contains("server.max_connections: max_connections must be at least 1"), "{error}");
 }
 
 #[test]

@@ -29,6 +29,7 @@ use self::count::{Outcome, OwedExpiries, Plan, SettledCounts};
 use super::Decision;
 use crate::config::Redis;
 use crate::metrics;
+use crate::throttle::Throttle;
 use crate::worker;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -75,21 +76,6 @@ struct WorkerConnection {
     /// Held while connecting, so the worker's concurrent requests wait for one connection.
     connecting: tokio::sync::Mutex<()>,
     batcher: Batcher,
-}
-
-/// Lets a warning through at most once per [`WARN_EVERY`].
-#[derive(Default)]
-struct Throttle(Mutex<Option<Instant>>);
-
-impl Throttle {
-    fn allows(&self) -> bool {
-        let mut last = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if last.is_some_and(|at| at.elapsed() < WARN_EVERY) {
-            return false;
-        }
-        *last = Some(Instant::now());
-        true
-    }
 }
 
 /// The connection to the Redis server every gateway instance counts through.
@@ -151,9 +137,9 @@ impl RedisStore {
             last_error: Mutex::new(None),
             failures_in_a_row: AtomicU32::new(0),
             owed: Mutex::default(),
-            decisions_timing_out: Throttle::default(),
-            follow_ups_failing: Throttle::default(),
-            owed_forgotten: Throttle::default(),
+            decisions_timing_out: Throttle::new(WARN_EVERY),
+            follow_ups_failing: Throttle::new(WARN_EVERY),
+            owed_forgotten: Throttle::new(WARN_EVERY),
             reconnect,
         });
         let never = match (client, tokio::runtime::Handle::try_current()) {

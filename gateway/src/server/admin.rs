@@ -27,7 +27,11 @@ pub(super) async fn serve(
         let (stream, _) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(error) => {
-                tracing::warn!(%error, "admin accept failed");
+                static FAILING: crate::throttle::Throttle =
+                    crate::throttle::Throttle::new(std::time::Duration::from_secs(10));
+                if FAILING.allows() {
+                    tracing::warn!(%error, "admin accept failed (logged once in 10 s at most)");
+                }
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             }
@@ -101,6 +105,8 @@ fn metrics(runtime: &Runtime) -> String {
     let readings = crate::metrics::Readings {
         redis_connected: snapshot.redis.as_ref().map(|redis| redis.status()["connected"].as_bool() == Some(true)),
         access_log_dropped: snapshot.access_log.as_ref().map_or(0, |log| log.dropped()),
+        client_connections: super::connections::open(),
+        client_connections_max: super::connections::limit(&snapshot.server),
         upstream_in_flight: snapshot.upstreams.values().map(|u| (&*u.name, u.in_flight())).collect(),
         endpoints_in_rotation: (snapshot.upstreams.values())
             .flat_map(|u| u.endpoints_in_rotation().map(|(endpoint, yes)| (&*u.name, endpoint, yes)))

@@ -57,7 +57,15 @@ where
 
 /// Serves one accepted connection until it closes or the graceful shutdown ends it. On a TLS
 /// listener the handshake runs here, in the connection's own task, never in the accept loop.
-pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, listener: Arc<str>, runtime: Runtime, watcher: Watcher) {
+/// `_open` counts it against `server.max_connections` until it closes.
+pub(super) async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    listener: Arc<str>,
+    runtime: Runtime,
+    watcher: Watcher,
+    _open: super::connections::Open,
+) {
     // Small responses must not wait for Nagle.
     let _ = stream.set_nodelay(true);
     let Some(settings) = runtime.load().listeners.get(&*listener).cloned() else {

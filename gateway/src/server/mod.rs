@@ -6,6 +6,7 @@
 
 mod admin;
 mod conn;
+pub mod connections;
 mod timed_io;
 
 use std::future::Future;
@@ -24,6 +25,7 @@ use tokio::task::JoinSet;
 use crate::config::Config;
 use crate::reload::Status;
 use crate::runtime::{BuildError, Runtime, Snapshot};
+use crate::throttle::Throttle;
 use crate::worker;
 
 /// Pending connections the kernel queues per socket before accept.
@@ -251,19 +253,27 @@ async fn accept_loop(
     mut stopped: watch::Receiver<bool>,
 ) {
     let name: Arc<str> = Arc::from(name);
+    let accept = || async {
+        connections::room(|| connections::limit(&runtime.load().server)).await;
+        listener.accept().await
+    };
     loop {
         tokio::select! {
             biased;
             // Also ends if the sender is gone: nobody could stop this loop any more.
             () = async { let _ = stopped.wait_for(|stop| *stop).await; } => return,
-            accepted = listener.accept() => match accepted {
+            accepted = accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let watcher = graceful.watcher();
-                    tokio::spawn(conn::serve(stream, peer, name.clone(), runtime.clone(), watcher));
+                    let (watcher, open) = (graceful.watcher(), connections::Open::new());
+                    tokio::spawn(conn::serve(stream, peer, name.clone(), runtime.clone(), watcher, open));
                 }
                 Err(error) => {
-                    // Usually out of file descriptors: back off instead of spinning.
-                    tracing::warn!(listener = %name, %error, "accept failed");
+                    // Usually out of file descriptors: back off instead of spinning, and say so
+                    // without a line per attempt.
+                    static FAILING: Throttle = Throttle::new(Duration::from_secs(10));
+                    if FAILING.allows() {
+                        tracing::warn!(listener = %name, %error, "accept failed (logged once in 10 s at most)");
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },

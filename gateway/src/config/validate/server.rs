@@ -141,9 +141,20 @@ pub(super) fn server(report: &mut Report<'_>, raw: Option<&RawServer>) -> Server
         Some(n) => n.value,
         None => defaults::MAX_HEADERS,
     };
+    let max_connections = match &raw.max_connections {
+        Some(n) if n.value == 0 => {
+            report
+                .error(n.referenced, "server.max_connections", "max_connections must be at least 1")
+                .hint("leave it out to take half the file descriptors the process may open");
+            None
+        }
+        Some(n) => Some(n.value),
+        None => None,
+    };
     Server {
         max_header_size: usize::try_from(max_header_size).unwrap_or(usize::MAX),
         max_headers,
+        max_connections,
         header_read_timeout: duration(
             report,
             raw.header_read_timeout.as_ref(),

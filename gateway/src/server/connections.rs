@@ -1,0 +1,115 @@
+//! The cap on client connections open at once (`server.max_connections`), across every listener
+//! and worker: past it the accept loops stop accepting, and new connections wait in the kernel's
+//! backlog until one closes. Without it, a flood of connections runs the process out of file
+//! descriptors, and then nothing works: not upstream connections, not the admin listener's
+//! `/healthz`, not the config file's reload.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use crate::config::Server;
+use crate::throttle::Throttle;
+
+static OPEN: AtomicUsize = AtomicUsize::new(0);
+/// Woken whenever a connection closes.
+static CLOSED: Notify = Notify::const_new();
+
+/// One open client connection, counted until dropped.
+#[derive(Debug)]
+pub(super) struct Open(());
+
+impl Open {
+    pub(super) fn new() -> Open {
+        OPEN.fetch_add(1, Ordering::Relaxed);
+        Open(())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        OPEN.fetch_sub(1, Ordering::Relaxed);
+        CLOSED.notify_waiters();
+    }
+}
+
+/// Client connections open now.
+pub fn open() -> usize {
+    OPEN.load(Ordering::Relaxed)
+}
+
+/// The cap in force: `server.max_connections`, or else one derived from the process's file
+/// descriptor limit (see [`from_fd_limit`]).
+pub fn limit(server: &Server) -> usize {
+    server.max_connections.unwrap_or_else(|| *DEFAULT.get_or_init(from_fd_limit))
+}
+
+static DEFAULT: OnceLock<usize> = OnceLock::new();
+
+/// Descriptors kept for everything but client connections: listeners, Redis, JWKS fetches, the
+/// access log, the config watcher, the admin listener's own connections.
+const RESERVED_FDS: usize = 256;
+
+/// Half of what the soft `RLIMIT_NOFILE` leaves after [`RESERVED_FDS`]: each client connection
+/// may hold an upstream connection too. Unlimited when the limit cannot be read (no `/proc`).
+fn from_fd_limit() -> usize {
+    let soft = std::fs::read_to_string("/proc/self/limits").ok().and_then(|text| soft_open_files(&text));
+    soft.map_or(usize::MAX, |soft| (soft.saturating_sub(RESERVED_FDS) / 2).max(1))
+}
+
+/// The soft limit of the `Max open files` line of `/proc/self/limits`.
+fn soft_open_files(limits: &str) -> Option<usize> {
+    let line = limits.lines().find(|line| line.starts_with("Max open files"))?;
+    match line.trim_start_matches("Max open files").split_whitespace().next()? {
+        "unlimited" => Some(usize::MAX),
+        soft => soft.parse().ok(),
+    }
+}
+
+/// Returns once fewer than `limit()` connections are open. Each accept loop checks on its own, so
+/// the cap may be passed by one connection per listener and worker.
+pub(super) async fn room(limit: impl Fn() -> usize) {
+    loop {
+        let closed = CLOSED.notified();
+        tokio::pin!(closed);
+        // Registered before the count is read: a close in between still wakes it.
+        closed.as_mut().enable();
+        let limit = limit();
+        if open() < limit {
+            return;
+        }
+        warn_full(limit);
+        closed.await;
+    }
+}
+
+/// Warns that the cap was reached, at most once a minute.
+fn warn_full(limit: usize) {
+    static FULL: Throttle = Throttle::new(Duration::from_secs(60));
+    if FULL.allows() {
+        tracing::warn!(
+            limit,
+            "server.max_connections reached: new connections wait until one closes (logged once a minute at most)"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn soft_open_files_read_from_proc_limits() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                      Max processes             127764               127764               processes \n\
+                      Max open files            1024                 524288               files     \n";
+        assert_eq!(soft_open_files(limits), Some(1024));
+        assert_eq!(
+            soft_open_files("Max open files            unlimited            unlimited            files"),
+            Some(usize::MAX)
+        );
+        assert_eq!(soft_open_files("Max processes 1 1 processes"), None);
+    }
+}
