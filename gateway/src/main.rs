@@ -150,6 +150,7 @@ fn run(path: &std::path::Path) -> anyhow::Result<ExitCode> {
     // workers carry the traffic. Entered before the first snapshot is built so it can start those.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
     let entered = runtime.enter();
+    gateway::server::connections::raise_fd_limit();
     let server = Server::bind(&loaded.config, worker::count())?;
     let reloader = Arc::new(Reloader::new(path.to_owned(), loaded.config, version, server.runtime(), server.workers()));
     let served = runtime.block_on(async {

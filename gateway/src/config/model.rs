@@ -233,8 +233,8 @@ pub struct Server {
     pub max_header_size: usize,
     /// Most request headers accepted; more gets 431.
     pub max_headers: usize,
-    /// Most client connections open at once, across listeners; `None`: half the file descriptors
-    /// the process may open (see `server::connections`).
+    /// Most client connections open at once, across listeners; `None`: derived from the file
+    /// descriptor limit (see `server::connections`).
     pub max_connections: Option<usize>,
     /// A request head must arrive within this time once its first byte has; else 408.
     pub header_read_timeout: Duration,

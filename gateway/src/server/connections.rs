@@ -50,21 +50,26 @@ static DEFAULT: OnceLock<usize> = OnceLock::new();
 
 /// Descriptors kept for everything but client connections: listeners, Redis, JWKS fetches, the
 /// access log, the config watcher, the admin listener's own connections.
-const RESERVED_FDS: usize = 256;
+const RESERVED_FDS: u64 = 256;
 
 /// Half of what the soft `RLIMIT_NOFILE` leaves after [`RESERVED_FDS`]: each client connection
-/// may hold an upstream connection too. Unlimited when the limit cannot be read (no `/proc`).
+/// may hold an upstream connection too. Unlimited when the limit cannot be read.
 fn from_fd_limit() -> usize {
-    let soft = std::fs::read_to_string("/proc/self/limits").ok().and_then(|text| soft_open_files(&text));
-    soft.map_or(usize::MAX, |soft| (soft.saturating_sub(RESERVED_FDS) / 2).max(1))
+    match rlimit::Resource::NOFILE.get() {
+        Ok((soft, _)) => usize::try_from((soft.saturating_sub(RESERVED_FDS) / 2).max(1)).unwrap_or(usize::MAX),
+        Err(_) => usize::MAX,
+    }
 }
 
-/// The soft limit of the `Max open files` line of `/proc/self/limits`.
-fn soft_open_files(limits: &str) -> Option<usize> {
-    let line = limits.lines().find(|line| line.starts_with("Max open files"))?;
-    match line.trim_start_matches("Max open files").split_whitespace().next()? {
-        "unlimited" => Some(usize::MAX),
-        soft => soft.parse().ok(),
+/// Raises the soft file descriptor limit to the hard one, as nginx's `worker_rlimit_nofile` would:
+/// systemd starts services with 1,024 soft (and 524,288 hard), which would cap the gateway near
+/// 400 connections. Called once at start, before the default cap is taken from it.
+pub fn raise_fd_limit() {
+    let before = rlimit::Resource::NOFILE.get().map_or(0, |(soft, _)| soft);
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(now) if before < now => tracing::info!(from = before, to = now, "raised the open file limit"),
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "cannot raise the open file limit"),
     }
 }
 
@@ -93,23 +98,5 @@ fn warn_full(limit: usize) {
             limit,
             "server.max_connections reached: new connections wait until one closes (logged once a minute at most)"
         );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn soft_open_files_read_from_proc_limits() {
-        let limits = "Limit                     Soft Limit           Hard Limit           Units     \n\
-                      Max processes             127764               127764               processes \n\
-                      Max open files            1024                 524288               files     \n";
-        assert_eq!(soft_open_files(limits), Some(1024));
-        assert_eq!(
-            soft_open_files("Max open files            unlimited            unlimited            files"),
-            Some(usize::MAX)
-        );
-        assert_eq!(soft_open_files("Max processes 1 1 processes"), None);
     }
 }

@@ -145,7 +145,7 @@ pub(super) fn server(report: &mut Report<'_>, raw: Option<&RawServer>) -> Server
         Some(n) if n.value == 0 => {
             report
                 .error(n.referenced, "server.max_connections", "max_connections must be at least 1")
-                .hint("leave it out to take half the file descriptors the process may open");
+                .hint("leave it out to derive it from the open file limit");
             None
         }
         Some(n) => Some(n.value),
