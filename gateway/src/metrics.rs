@@ -41,6 +41,7 @@ pub struct Metrics {
     rate_limit_decisions: IntCounterVec,
     jwt_checks: IntCounterVec,
     reloads: IntCounterVec,
+    client_rejections: IntCounterVec,
     redis_connected: IntGauge,
     client_connections: IntGauge,
     client_connections_max: IntGauge,
@@ -220,6 +221,12 @@ impl Metrics {
                 &["provider", "result"],
             ),
             reloads,
+            client_rejections: counter(
+                &r,
+                "gateway_client_rejections_total",
+                "Request heads refused before routing, with no access log line: malformed (400), head_too_large (431), head_timeout (408).",
+                &["reason"],
+            ),
             redis_connected: gauge(&r, "gateway_redis_connected", "1 while the rate-limit Redis connection is up."),
             client_connections: gauge(&r, "gateway_client_connections", "Client connections open now, every listener."),
             client_connections_max: gauge(
@@ -302,6 +309,11 @@ impl Metrics {
     }
 
     /// The text exposition, with the gauges that are read off the running state set first.
+    /// A request head refused by the HTTP layer before any routing (see `server::conn`).
+    pub fn client_rejected(&self, reason: &str) {
+        self.client_rejections.with_label_values(&[reason]).inc();
+    }
+
     pub fn render(&self, readings: &Readings<'_>) -> String {
         self.redis_connected.set(i64::from(readings.redis_connected.unwrap_or(false)));
         self.access_log_dropped.set(i64::try_from(readings.access_log_dropped).unwrap_or(i64::MAX));

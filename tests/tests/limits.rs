@@ -311,3 +311,20 @@ async fn limits_max_connections_holds_new_connections_until_one_closes() {
     drop(held.pop());
     assert_eq!(raw::read_response(&mut third).await.status, 200);
 }
+
+#[tokio::test]
+async fn limits_heads_refused_before_routing_are_counted() {
+    let echo = Backend::spawn("echo");
+    let gateway = Gateway::start(&one_route_config(&echo, "header_read_timeout: 300ms\nmax_header_size: 8KiB", ""));
+    let huge = format!("GET / HTTP/1.1\r\nhost: gw.test\r\nx-big: {}\r\n\r\n", "x".repeat(16 * 1024));
+    for (request, status) in
+        [(&b"GET / HTTP/9.9\r\n\r\n"[..], 400), (huge.as_bytes(), 431), (b"GET / HTTP/1.1\r\n", 408)]
+    {
+        assert_eq!(status_of(&raw::exchange(gateway.addr(), request).await), status);
+    }
+    let metrics = client::get(gateway.admin_addr(), "/metrics").await.text();
+    for reason in ["malformed", "head_too_large", "head_timeout"] {
+        let line = format!("gateway_client_rejections_total{{reason=\"{reason}\"}} 1");
+        assert!(metrics.lines().any(|l| l == line), "{line} in {metrics}");
+    }
+}

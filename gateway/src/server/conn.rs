@@ -123,8 +123,34 @@ where
     });
     let served = watcher.watch(server.serve_connection_with_upgrades(io, service)).await;
     if let Err(error) = served {
+        if let Some(reason) = rejection(&*error) {
+            crate::metrics::global().client_rejected(reason);
+        }
         tracing::debug!(%peer, %error, "client connection ended with an error");
     }
+}
+
+/// Why hyper refused a request head itself (answering 400, 431 or 408 before the gateway saw a
+/// request), if it did: these never reach the access log, so the metrics count them.
+fn rejection(error: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    let mut current = Some(error);
+    while let Some(error) = current {
+        if let Some(hyper) = error.downcast_ref::<hyper::Error>() {
+            if hyper.is_parse_too_large() {
+                return Some("head_too_large");
+            }
+            if hyper.is_parse() {
+                return Some("malformed");
+            }
+        }
+        // The 408 is `TimedIo`'s (hyper's own header timer is not used; see there).
+        let io = error.downcast_ref::<std::io::Error>();
+        if io.and_then(std::io::Error::get_ref).is_some_and(|inner| inner.is::<super::timed_io::HeadTimedOut>()) {
+            return Some("head_timeout");
+        }
+        current = error.source();
+    }
+    None
 }
 
 /// A response body that keeps its request counted as in flight until it has been sent.

@@ -21,6 +21,11 @@ use tokio::time::{Instant, Sleep};
 
 use crate::stall::StallTimer;
 
+/// A request head that did not arrive within `header_read_timeout` (answered 408).
+#[derive(Debug, thiserror::Error)]
+#[error("request head not received in time")]
+pub(super) struct HeadTimedOut;
+
 const REQUEST_TIMEOUT_RESPONSE: &[u8] =
     b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
 
@@ -183,7 +188,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TimedIo<S> {
             Wait::Head => {
                 // Best effort: the socket buffer is empty on a stalled connection, so this rarely waits.
                 let _ = Pin::new(&mut self.inner).poll_write(cx, REQUEST_TIMEOUT_RESPONSE);
-                Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "request head not received in time")))
+                Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, HeadTimedOut)))
             }
         }
     }
