@@ -1,6 +1,6 @@
-//! The cap on client connections open at once (`server.max_connections`), across every listener
-//! and worker: past it the accept loops stop accepting, and new connections wait in the kernel's
-//! backlog until one closes. Without it, a flood of connections runs the process out of file
+//! The cap on client connections served at once (`server.max_connections`), across every listener
+//! and worker: past it each accept loop holds the connection it accepted last, unserved, and
+//! accepts no more, so new connections wait in the kernel's backlog until one closes. Without it, a flood of connections runs the process out of file
 //! descriptors, and then nothing works: not upstream connections, not the admin listener's
 //! `/healthz`, not the config file's reload.
 
@@ -14,25 +14,30 @@ use crate::config::Server;
 use crate::throttle::Throttle;
 
 static OPEN: AtomicUsize = AtomicUsize::new(0);
-/// Woken whenever a connection closes.
+/// Accept loops waiting for room; a closing connection wakes them only when there are any, so the
+/// common close touches no lock shared by the workers.
+static WAITING: AtomicUsize = AtomicUsize::new(0);
 static CLOSED: Notify = Notify::const_new();
 
 /// One open client connection, counted until dropped.
 #[derive(Debug)]
 pub(super) struct Open(());
 
-impl Open {
-    pub(super) fn new() -> Open {
-        OPEN.fetch_add(1, Ordering::Relaxed);
-        Open(())
+impl Drop for Open {
+    fn drop(&mut self) {
+        // SeqCst with `room`: either this sees its waiter, or the waiter sees this close.
+        OPEN.fetch_sub(1, Ordering::SeqCst);
+        if WAITING.load(Ordering::SeqCst) > 0 {
+            CLOSED.notify_waiters();
+        }
     }
 }
 
-impl Drop for Open {
-    fn drop(&mut self) {
-        OPEN.fetch_sub(1, Ordering::Relaxed);
-        CLOSED.notify_waiters();
-    }
+/// Counts one more connection, unless `limit` are open.
+fn try_open(limit: usize) -> Option<Open> {
+    OPEN.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |open| (open < limit).then_some(open + 1))
+        .ok()
+        .map(|_| Open(()))
 }
 
 /// Client connections open now.
@@ -73,17 +78,29 @@ pub fn raise_fd_limit() {
     }
 }
 
-/// Returns once fewer than `limit()` connections are open. Each accept loop checks on its own, so
-/// the cap may be passed by one connection per listener and worker.
-pub(super) async fn room(limit: impl Fn() -> usize) {
+/// A place for a connection just accepted, once fewer than `limit()` are open. Meanwhile its
+/// accept loop accepts no more: the rest wait in the kernel's backlog.
+pub(super) async fn room(limit: impl Fn() -> usize) -> Open {
+    if let Some(open) = try_open(limit()) {
+        return open;
+    }
+    // Counted until this returns or is dropped (the loop stopping at shutdown).
+    struct Waiting;
+    impl Drop for Waiting {
+        fn drop(&mut self) {
+            WAITING.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+    WAITING.fetch_add(1, Ordering::SeqCst);
+    let _waiting = Waiting;
     loop {
         let closed = CLOSED.notified();
         tokio::pin!(closed);
-        // Registered before the count is read: a close in between still wakes it.
+        // Registered before the count is read again: a close in between still wakes it.
         closed.as_mut().enable();
         let limit = limit();
-        if open() < limit {
-            return;
+        if let Some(open) = try_open(limit) {
+            return open;
         }
         warn_full(limit);
         closed.await;

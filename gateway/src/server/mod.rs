@@ -253,9 +253,11 @@ async fn accept_loop(
     mut stopped: watch::Receiver<bool>,
 ) {
     let name: Arc<str> = Arc::from(name);
+    // The connection waits for room once accepted, so a loop holds at most one unserved.
     let accept = || async {
-        connections::room(|| connections::limit(&runtime.load().server)).await;
-        listener.accept().await
+        let (stream, peer) = listener.accept().await?;
+        let open = connections::room(|| connections::limit(&runtime.load().server)).await;
+        Ok::<_, std::io::Error>((stream, peer, open))
     };
     loop {
         tokio::select! {
@@ -263,8 +265,8 @@ async fn accept_loop(
             // Also ends if the sender is gone: nobody could stop this loop any more.
             () = async { let _ = stopped.wait_for(|stop| *stop).await; } => return,
             accepted = accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let (watcher, open) = (graceful.watcher(), connections::Open::new());
+                Ok((stream, peer, open)) => {
+                    let watcher = graceful.watcher();
                     tokio::spawn(conn::serve(stream, peer, name.clone(), runtime.clone(), watcher, open));
                 }
                 Err(error) => {
