@@ -155,13 +155,15 @@ fn run(path: &std::path::Path) -> anyhow::Result<ExitCode> {
     let reloader = Arc::new(Reloader::new(path.to_owned(), loaded.config, version, server.runtime(), server.workers()));
     let served = runtime.block_on(async {
         let _watching = reload::watch(reloader.clone())?;
+        // Listened for before `ready`: a stop signal sent right after it must drain, not kill.
+        let signals = StopSignals::listen().context("listening for SIGTERM and SIGINT")?;
         for (name, address) in server.local_addrs() {
             // Machine-readable: tests and scripts read the bound ports (port 0 gets a free one).
             announce(&format!("listening {name} {address}"));
             tracing::info!(listener = %name, %address, "listening");
         }
         announce("ready");
-        server.run(shutdown_signal(), Some(reloader.status())).await?;
+        server.run(shutdown_signal(signals), Some(reloader.status())).await?;
         tracing::info!("all connections drained; stopped");
         Ok(ExitCode::SUCCESS)
     });
@@ -196,33 +198,49 @@ fn announce(line: &str) {
 
 /// Completes on the first SIGTERM or SIGINT. A second one during the drain exits at once (status 1)
 /// without waiting for in-flight requests: an operator who means now should not need SIGKILL.
-async fn shutdown_signal() {
-    stop_signal().await;
-    tokio::spawn(async {
-        stop_signal().await;
+async fn shutdown_signal(mut signals: StopSignals) {
+    signals.next().await;
+    tokio::spawn(async move {
+        signals.next().await;
         tracing::warn!("second stop signal: exiting without waiting for in-flight requests");
         std::process::exit(1);
     });
 }
 
-/// Completes on the next SIGTERM or SIGINT.
-async fn stop_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(signal) => signal,
-            Err(error) => {
-                tracing::warn!(%error, "cannot listen for SIGTERM; only SIGINT stops the gateway");
-                let _ = interrupt.await;
-                return;
-            }
-        };
+/// SIGTERM and SIGINT, caught from the moment this is made (a signal that comes before would
+/// end the process unhandled, and one that comes before a listener exists is not seen by it).
+#[cfg(unix)]
+struct StopSignals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+#[cfg(unix)]
+impl StopSignals {
+    fn listen() -> std::io::Result<StopSignals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(StopSignals { terminate: signal(SignalKind::terminate())?, interrupt: signal(SignalKind::interrupt())? })
+    }
+
+    /// Completes on the next SIGTERM or SIGINT.
+    async fn next(&mut self) {
         tokio::select! {
-            _ = interrupt => tracing::info!("SIGINT received"),
-            _ = terminate.recv() => tracing::info!("SIGTERM received"),
+            _ = self.interrupt.recv() => tracing::info!("SIGINT received"),
+            _ = self.terminate.recv() => tracing::info!("SIGTERM received"),
         }
     }
-    #[cfg(not(unix))]
-    let _ = interrupt.await;
+}
+
+#[cfg(not(unix))]
+struct StopSignals;
+
+#[cfg(not(unix))]
+impl StopSignals {
+    fn listen() -> std::io::Result<StopSignals> {
+        Ok(StopSignals)
+    }
+
+    async fn next(&mut self) {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
