@@ -328,3 +328,40 @@ async fn limits_heads_refused_before_routing_are_counted() {
         assert!(metrics.lines().any(|l| l == line), "{line} in {metrics}");
     }
 }
+
+#[tokio::test]
+async fn limits_max_connections_counts_websocket_tunnels_until_they_close() {
+    use futures_util::SinkExt;
+    let echo = Backend::spawn("echo");
+    let gateway = Gateway::start(&one_route_config(&echo, "max_connections: 1", ""));
+    let (mut socket, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", gateway.addr()))
+        .await
+        .unwrap_or_else(|e| panic!("upgrade via the gateway: {e}"));
+    // The upgraded connection still holds the one place.
+    let mut waiting = raw::connect(gateway.addr()).await;
+    waiting.write_all(b"GET / HTTP/1.1\r\nhost: gw.test\r\n\r\n").await.unwrap();
+    let early = tokio::time::timeout(Duration::from_millis(300), raw::read_response(&mut waiting)).await;
+    assert!(early.is_err(), "served while a WebSocket held the only place: {early:?}");
+    socket.close(None).await.unwrap();
+    drop(socket);
+    assert_eq!(raw::read_response(&mut waiting).await.status, 200, "served once the tunnel closed");
+}
+
+#[tokio::test]
+async fn limits_max_connections_raised_by_a_reload_lets_waiting_connections_in() {
+    let echo = Backend::spawn("echo");
+    let dir = e2e::ConfigDir::new(&one_route_config(&echo, "max_connections: 1", ""));
+    let gateway = Gateway::start_with_file(dir.path());
+    let get = b"GET / HTTP/1.1\r\nhost: gw.test\r\n\r\n";
+    let mut held = raw::connect(gateway.addr()).await;
+    held.write_all(get).await.unwrap();
+    assert_eq!(raw::read_response(&mut held).await.status, 200);
+    let mut waiting = raw::connect(gateway.addr()).await;
+    waiting.write_all(get).await.unwrap();
+    let early = tokio::time::timeout(Duration::from_millis(300), raw::read_response(&mut waiting)).await;
+    assert!(early.is_err(), "served past max_connections: {early:?}");
+    // Nothing closes; the reload alone makes room.
+    dir.replace(&one_route_config(&echo, "max_connections: 2", ""));
+    assert_eq!(raw::read_response(&mut waiting).await.status, 200, "served after the reload");
+    drop(held);
+}

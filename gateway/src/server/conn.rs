@@ -57,14 +57,14 @@ where
 
 /// Serves one accepted connection until it closes or the graceful shutdown ends it. On a TLS
 /// listener the handshake runs here, in the connection's own task, never in the accept loop.
-/// `_open` counts it against `server.max_connections` until it closes.
+/// `open` counts it against `server.max_connections` until the socket closes.
 pub(super) async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     listener: Arc<str>,
     runtime: Runtime,
     watcher: Watcher,
-    _open: super::connections::Open,
+    open: super::connections::Open,
 ) {
     // Small responses must not wait for Nagle.
     let _ = stream.set_nodelay(true);
@@ -74,14 +74,14 @@ pub(super) async fn serve(
     };
     let Some(acceptor) = &settings.tls else {
         let connection = proxy::Connection { peer, proto: "http", redirect_https: settings.redirect_https, hsts: None };
-        return serve_http(stream, connection, runtime, watcher).await;
+        return serve_http(stream, connection, runtime, watcher, open).await;
     };
     let handshake = tokio_rustls::TlsAcceptor::from(acceptor.config.clone()).accept(stream);
     match tokio::time::timeout(acceptor.handshake_timeout, handshake).await {
         Ok(Ok(stream)) => {
             let connection =
                 proxy::Connection { peer, proto: "https", redirect_https: None, hsts: acceptor.hsts.clone() };
-            serve_http(stream, connection, runtime, watcher).await;
+            serve_http(stream, connection, runtime, watcher, open).await;
         }
         Ok(Err(error)) => {
             tls::count_handshake_failure();
@@ -94,8 +94,13 @@ pub(super) async fn serve(
     }
 }
 
-async fn serve_http<S>(stream: S, connection: proxy::Connection, runtime: Runtime, watcher: Watcher)
-where
+async fn serve_http<S>(
+    stream: S,
+    connection: proxy::Connection,
+    runtime: Runtime,
+    watcher: Watcher,
+    open: super::connections::Open,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     // Limits come from the snapshot current at accept time, so a reload applies to new connections.
@@ -106,7 +111,7 @@ where
         (http_server(&snapshot.server), timeouts)
     };
     let activity = Arc::new(Activity::default());
-    let io = TokioIo::new(TimedIo::new(stream, activity.clone(), timeouts));
+    let io = TokioIo::new(TimedIo::new(stream, activity.clone(), timeouts).counted(open));
     let peer = connection.peer;
     let service = service_fn(move |request| {
         // One snapshot for the whole request, loaded once.

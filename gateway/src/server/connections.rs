@@ -18,6 +18,8 @@ static OPEN: AtomicUsize = AtomicUsize::new(0);
 /// common close touches no lock shared by the workers.
 static WAITING: AtomicUsize = AtomicUsize::new(0);
 static CLOSED: Notify = Notify::const_new();
+/// How often a loop waiting for room reads the limit again, which a reload may raise.
+const RECHECK: Duration = Duration::from_secs(1);
 
 /// One open client connection, counted until dropped.
 #[derive(Debug)]
@@ -103,7 +105,8 @@ pub(super) async fn room(limit: impl Fn() -> usize) -> Open {
             return open;
         }
         warn_full(limit);
-        closed.await;
+        // Also looked at again each second: a reload may have raised the limit.
+        let _ = tokio::time::timeout(RECHECK, closed).await;
     }
 }
 

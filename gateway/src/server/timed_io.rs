@@ -19,6 +19,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+use super::connections::Open;
 use crate::stall::StallTimer;
 
 /// A request head that did not arrive within `header_read_timeout` (answered 408).
@@ -112,6 +113,9 @@ pub(crate) struct TimedIo<S> {
     timer: Pin<Box<Sleep>>,
     /// Runs while a write waits for the client to take bytes.
     write_stall: StallTimer,
+    /// The connection's place under `server.max_connections`: freed when the socket closes, with
+    /// hyper's connection or, after an upgrade, with the tunnel that took the socket over.
+    open: Option<Open>,
 }
 
 impl<S> TimedIo<S> {
@@ -125,7 +129,14 @@ impl<S> TimedIo<S> {
             deadline: Instant::now() + timeouts.idle,
             timer: Box::pin(tokio::time::sleep(timeouts.idle)),
             write_stall: StallTimer::new(timeouts.idle),
+            open: None,
         }
+    }
+
+    /// Holds `open` for as long as the socket lives.
+    pub(crate) fn counted(mut self, open: Open) -> TimedIo<S> {
+        self.open = Some(open);
+        self
     }
 
     /// Starts waiting for `wait`; the timer itself is registered by `poll_deadline` if needed. An
