@@ -231,4 +231,8 @@ async fn upstream_speaking_http10_is_answered_as_http11() {
 async fn upstream_transfer_coding_other_than_chunked_returns_502() {
     let gateway = scripted(b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n").await;
     client::get(gateway.addr(), "/").await.assert_error(502, "upstream_error");
+    // Chunked twice: one layer of chunks would reach the client as the body.
+    let gateway =
+        scripted(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, chunked\r\n\r\na\r\n5\r\nhello\r\n0\r\n\r\n").await;
+    client::get(gateway.addr(), "/").await.assert_error(502, "upstream_error");
 }

@@ -256,13 +256,20 @@ fn check_head(request: &Request<Incoming>) -> Result<(), ProxyError> {
     Ok(())
 }
 
-/// Whether `Transfer-Encoding`, if any, names no coding but chunked.
+/// Whether `Transfer-Encoding`, if any, names no coding but chunked, and that once: hyper takes
+/// off one layer of chunks, and a second would be passed on as if it were the body.
 fn only_chunked(headers: &http::HeaderMap) -> bool {
-    headers.get_all(header::TRANSFER_ENCODING).iter().all(|value| {
-        value
-            .to_str()
-            .is_ok_and(|codings| codings.split(',').all(|coding| coding.trim().eq_ignore_ascii_case("chunked")))
-    })
+    let mut chunked = 0;
+    for value in headers.get_all(header::TRANSFER_ENCODING) {
+        let Ok(codings) = value.to_str() else { return false };
+        for coding in codings.split(',') {
+            if !coding.trim().eq_ignore_ascii_case("chunked") {
+                return false;
+            }
+            chunked += 1;
+        }
+    }
+    chunked <= 1
 }
 
 /// [`request_host`], for a request to serve: an HTTP/1.1 request must carry exactly one Host, and
