@@ -256,6 +256,8 @@ async fn breaker_counts_bodies_the_upstream_breaks_off() {
             );
         }
     }
+    // Told when the body ends, which the client may see first.
+    wait_for_metric(&gateway, "gateway_circuit_breaker_state{upstream=\"bad\"} 1").await;
     get(&gateway, "/x").await.assert_error(503, "circuit_open");
     wait_for_metric(&gateway, "gateway_upstream_errors_total{kind=\"error\",upstream=\"bad\"} 3").await;
 }
@@ -286,6 +288,8 @@ async fn breaker_counts_bodies_the_upstream_leaves_waiting() {
         assert_eq!(response.status(), 200, "request {i}");
         assert!(response.into_body().collect().await.is_err(), "request {i}: the body was cut off");
     }
+    // Told when the body ends, which the client may see first.
+    wait_for_metric(&gateway, "gateway_circuit_breaker_state{upstream=\"flaky\"} 1").await;
     assert_circuit_open(&get(&gateway, "/flaky/ok").await, "three bodies left waiting");
 }
 
