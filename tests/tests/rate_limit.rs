@@ -517,8 +517,10 @@ fn redis_log_lines(gateway: &Gateway, level: &str) -> Vec<String> {
     lines.map(str::to_owned).collect()
 }
 
-/// Asserts the Redis store logged exactly one warning, naming `code`, and returns it.
-fn assert_one_redis_warning(gateway: &Gateway, code: &str) -> String {
+/// Asserts the Redis store logged exactly one warning, naming `code`, and returns it. Waits for
+/// the first: the connection task logs the outage just after `/admin` shows it.
+async fn assert_one_redis_warning(gateway: &Gateway, code: &str) -> String {
+    e2e::eventually("the Redis outage warning", || async { !redis_log_lines(gateway, "WARN").is_empty() }).await;
     let warnings = redis_log_lines(gateway, "WARN");
     assert_eq!(warnings.len(), 1, "one warning for the outage; stderr:\n{}", gateway.stderr());
     assert!(warnings[0].contains(code), "the warning names {code}: {}", warnings[0]);
@@ -552,9 +554,11 @@ async fn rate_limit_redis_read_only_replica_is_a_reported_outage() {
 
     assert_eq!(redis.command(&["REPLICAOF", "NO", "ONE"]), "OK");
     wait_redis_connected(&a, &url).await;
-    assert_one_redis_warning(&a, "READONLY");
-    // The recovery is logged once: the first connect and this one.
-    assert_eq!(redis_log_lines(&a, "INFO").iter().filter(|l| l.contains("connected to Redis")).count(), 2);
+    assert_one_redis_warning(&a, "READONLY").await;
+    // The recovery is logged once: the first connect and this one (read as the log catches up).
+    let connects = || redis_log_lines(&a, "INFO").iter().filter(|l| l.contains("connected to Redis")).count();
+    e2e::eventually("the recovery logged", || async { connects() >= 2 }).await;
+    assert_eq!(connects(), 2, "stderr:\n{}", a.stderr());
 }
 
 /// Without the password the server requires, the gateway never reports Redis connected and warns
@@ -575,7 +579,7 @@ async fn rate_limit_redis_without_required_password_warns_once_and_never_connect
     .await;
     wait_redis_refusing(&gateway, &url, "NOAUTH").await;
     assert!(redis_log_lines(&gateway, "INFO").is_empty(), "never connected; stderr:\n{}", gateway.stderr());
-    assert_one_redis_warning(&gateway, "NOAUTH");
+    assert_one_redis_warning(&gateway, "NOAUTH").await;
 }
 
 /// [`jwt_head`] counted in Redis at `url`: limit `per_user` (`requests` by `jwt.sub`) on `/cart`.
@@ -604,7 +608,7 @@ async fn rate_limit_redis_refusing_expiries_is_one_warned_outage() {
         assert_allowed(&get_bearer(&gateway, "/cart", &token).await, 5, 4, &format!("user {user}"));
     }
     wait_redis_refusing(&gateway, &url, "NOPERM").await;
-    assert_one_redis_warning(&gateway, "NOPERM");
+    assert_one_redis_warning(&gateway, "NOPERM").await;
 
     assert_eq!(redis.command(&["ACL", "SETUSER", "default", "+pexpire"]), "OK");
     wait_redis_connected(&gateway, &url).await;
