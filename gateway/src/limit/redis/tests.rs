@@ -236,9 +236,12 @@ async fn check_batches_concurrent_decisions_into_few_calls() {
 async fn check_given_up_while_queued_is_not_counted() {
     let (server, store) = connected_store().await;
     let mut admin = admin(&server).await;
-    redis::cmd("CLIENT").arg("PAUSE").arg(300).arg("WRITE").query_async::<()>(&mut admin).await.unwrap();
+    // Well past the 200 ms timeout, so the first call times out even if it goes out late; short of
+    // the three timed-out calls in a row (this one and the polls below) that drop the connection,
+    // and with it the call still queued in Redis.
+    redis::cmd("CLIENT").arg("PAUSE").arg(500).arg("WRITE").query_async::<()>(&mut admin).await.unwrap();
 
-    // The first call waits out the pause; the second decision is asked meanwhile and its asker
+    // The first call times out in the pause; the second decision is asked meanwhile and its asker
     // leaves before that call returns.
     let first = store.check("k", 5, MINUTE);
     let second = async {
