@@ -501,7 +501,7 @@ async fn start_without_the_required_password_is_never_connected() {
     })
     .await;
     // Two probes' worth of attempts.
-    let until = tokio::time::Instant::now() + 2 * HEALTH_INTERVAL;
+    let until = tokio::time::Instant::now() + 2 * connection::HEALTH_INTERVAL;
     while tokio::time::Instant::now() < until {
         assert_eq!(store.status()["connected"], false);
         assert_eq!(store.check("k", 1, MINUTE).await, Err(Unavailable::NotConnected));
