@@ -10,7 +10,7 @@ use http::{header, HeaderValue, Method, Request, Version};
 
 use super::{trace_context, Connection};
 use crate::access_log::Entry;
-use crate::runtime::Snapshot;
+use crate::runtime::{RouteRuntime, Snapshot};
 use crate::upstream::breaker::Permit;
 
 /// What the request path learned along the way.
@@ -124,7 +124,7 @@ impl Record {
     pub(super) fn upstream_body_timed_out(&mut self) {
         self.error = Some("upstream_timeout");
         self.upstream_failed = true;
-        let Some(route) = self.trace.route.and_then(|index| self.snapshot.routes.get(index)) else { return };
+        let Some(route) = self.route() else { return };
         route.upstream.metrics.timeouts.inc();
         let request_id = self.request_id.to_str().unwrap_or("");
         tracing::warn!(request_id, upstream = &*route.upstream.name, timeout = ?route.timeout, "the upstream stopped sending the response body; the response was cut off");
@@ -135,7 +135,7 @@ impl Record {
     pub(super) fn upstream_body_broke(&mut self, error: &(dyn std::error::Error + 'static)) {
         self.error = Some("upstream_error");
         self.upstream_failed = true;
-        let Some(route) = self.trace.route.and_then(|index| self.snapshot.routes.get(index)) else { return };
+        let Some(route) = self.route() else { return };
         route.upstream.metrics.errors.inc();
         let request_id = self.request_id.to_str().unwrap_or("");
         let cause = super::causes(error);
@@ -154,8 +154,13 @@ impl Record {
         self.counted = true;
     }
 
+    /// The route the request matched, if it got that far.
+    fn route(&self) -> Option<&RouteRuntime> {
+        self.trace.route.and_then(|index| self.snapshot.routes.get(index))
+    }
+
     fn count(&self, duration: Duration) {
-        match self.trace.route.and_then(|index| self.snapshot.routes.get(index)) {
+        match self.route() {
             Some(route) => route.metrics.record(self.status, duration),
             None => self.snapshot.unmatched.record(self.status, duration),
         }
@@ -168,8 +173,9 @@ impl Drop for Record {
         if !self.counted {
             self.count(duration);
         }
-        let route = self.trace.route.and_then(|index| self.snapshot.routes.get(index));
-        if let (Some(route), Some(permit)) = (route, self.trace.owed.take()) {
+        let owed = self.trace.owed.take();
+        let route = self.route();
+        if let (Some(route), Some(permit)) = (route, owed) {
             route.upstream.record(Some(permit), !self.upstream_failed);
         }
         let (Some(log), Some(seen)) = (&self.snapshot.access_log, &self.seen) else { return };
