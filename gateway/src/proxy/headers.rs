@@ -208,7 +208,7 @@ pub fn set_forwarding(headers: &mut HeaderMap, client: Client<'_>) {
 pub fn forwarded_client_ip(headers: &HeaderMap, peer: IpAddr, is_trusted: impl Fn(IpAddr) -> bool) -> IpAddr {
     let entries = headers.get_all(&X_FORWARDED_FOR).iter().rev().flat_map(|value| {
         let entries = value.to_str().unwrap_or("").split(',').rev();
-        entries.map(|entry| entry.trim().parse::<IpAddr>().ok())
+        entries.map(forwarded_entry_ip)
     });
     let mut client = peer;
     for entry in entries {
@@ -223,6 +223,21 @@ pub fn forwarded_client_ip(headers: &HeaderMap, peer: IpAddr, is_trusted: impl F
         }
     }
     client
+}
+
+/// The address in one `X-Forwarded-For` entry: a bare address, or one with a port as some load
+/// balancers write it (`203.0.113.7:5123`, `[2001:db8::7]:5123`); IPv4-mapped IPv6 as IPv4, as
+/// for peers.
+fn forwarded_entry_ip(entry: &str) -> Option<IpAddr> {
+    let entry = entry.trim();
+    let ip = match entry.parse::<IpAddr>() {
+        Ok(ip) => ip,
+        Err(_) => match entry.parse::<std::net::SocketAddr>() {
+            Ok(address) => address.ip(),
+            Err(_) => entry.strip_prefix('[')?.strip_suffix(']')?.parse().ok()?,
+        },
+    };
+    Some(ip.to_canonical())
 }
 
 /// `RateLimit-Limit`, `-Remaining` and `-Reset` (seconds) from a rate-limit decision.

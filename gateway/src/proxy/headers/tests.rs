@@ -225,6 +225,19 @@ fn forwarded_client_ip_without_header_or_with_garbage_is_the_peer() {
 }
 
 #[test]
+fn forwarded_client_ip_reads_entries_with_ports_brackets_and_mapped_ipv4() {
+    let peer = ip("10.0.0.1");
+    let nearest = |value: &str| forwarded_client_ip(&map(&[("x-forwarded-for", value)]), peer, is_trusted);
+    assert_eq!(nearest("6.6.6.6, 1.2.3.4:5123"), ip("1.2.3.4"));
+    assert_eq!(nearest("6.6.6.6, [2001:db8::7]:5123"), ip("2001:db8::7"));
+    assert_eq!(nearest("6.6.6.6, [2001:db8::7]"), ip("2001:db8::7"));
+    assert_eq!(nearest("6.6.6.6, ::ffff:1.2.3.4"), ip("1.2.3.4"));
+    // A trusted proxy written with a port is still skipped.
+    assert_eq!(nearest("1.2.3.4, 10.0.0.2:80"), ip("1.2.3.4"));
+    assert_eq!(nearest("1.2.3.4, 10.0.0.2:port"), peer, "unreadable: the peer");
+}
+
+#[test]
 fn forwarded_client_ip_all_trusted_is_the_leftmost() {
     let headers = map(&[("x-forwarded-for", "10.1.1.1, 10.2.2.2")]);
     assert_eq!(forwarded_client_ip(&headers, ip("10.0.0.1"), is_trusted), ip("10.1.1.1"));
