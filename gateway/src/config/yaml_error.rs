@@ -32,7 +32,15 @@ pub(crate) fn to_problem(file: &str, text: &str, err: &Error) -> Problem {
         _ => (1, 1),
     };
     let inner = innermost(err);
-    let (message, hint) = describe(inner, text);
+    let (mut message, mut hint) = describe(inner, text);
+    // The parser notices an unclosed quote only where the value can no longer go on, lines later.
+    if let Error::ExternalMessage { msg, .. } = inner {
+        if let Some(opened) = msg.contains("quoted scalar").then(|| unclosed_quote(text, line)).flatten() {
+            (line, column) = opened;
+            message = "YAML syntax error: this quote is never closed".to_owned();
+            hint = Some("end the value with the same quote on this line".to_owned());
+        }
+    }
     let yaml_path = match (inner, tree) {
         // serde points at some key of the mapping that lacks one: name the mapping, where it starts.
         (Error::SerdeMissingField { .. }, Some(tree)) => mapping_at(tree, (line, column)).map(|(path, start)| {
@@ -148,6 +156,41 @@ fn syntax_hint(msg: &str) -> Option<String> {
         return None;
     };
     Some(hint.to_owned())
+}
+
+/// Where the quote open at the end of the nearest line above `error_line` starts (1-based line and
+/// column), if any: the lines in between would be the quoted value's continuation.
+fn unclosed_quote(text: &str, error_line: usize) -> Option<(usize, usize)> {
+    let lines: Vec<&str> = text.lines().take(error_line.saturating_sub(1)).collect();
+    lines.iter().enumerate().rev().find_map(|(i, line)| open_quote_at_end(line).map(|column| (i + 1, column)))
+}
+
+/// The column of the quote still open at the end of `line`, read as YAML: `"` with backslash
+/// escapes, `'` with `''`, a `'` opens only where a value starts (not in `don't`), and `#` after a
+/// space starts a comment.
+fn open_quote_at_end(line: &str) -> Option<usize> {
+    let mut open: Option<(char, usize)> = None;
+    let mut previous = ' ';
+    let mut chars = line.chars().enumerate().peekable();
+    while let Some((i, c)) = chars.next() {
+        match open {
+            Some(('"', _)) if c == '\\' => {
+                chars.next();
+            }
+            Some(('\'', _)) if c == '\'' && chars.peek().is_some_and(|&(_, next)| next == '\'') => {
+                chars.next();
+            }
+            Some((quote, _)) if c == quote => open = None,
+            Some(_) => {}
+            None if c == '#' && previous.is_whitespace() => break,
+            None if c == '"' || (c == '\'' && (previous.is_whitespace() || ":-[{,".contains(previous))) => {
+                open = Some((c, i + 1));
+            }
+            None => {}
+        }
+        previous = c;
+    }
+    open.map(|(_, column)| column)
 }
 
 /// Nothing but whitespace and comments.
@@ -298,5 +341,30 @@ impl<'de> Visitor<'de> for NodeVisitor {
             entries.push(entry);
         }
         Ok(Node::Map(entries))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{open_quote_at_end, unclosed_quote};
+
+    #[test]
+    fn open_quote_at_end_reads_escapes_apostrophes_and_comments() {
+        assert_eq!(open_quote_at_end(r#"    address: "127.0.0.1:8080"#), Some(14));
+        assert_eq!(open_quote_at_end(r#"  a: "x\"y"  # "z"#), None, "an escaped quote, then a comment");
+        assert_eq!(open_quote_at_end(r#"  a: "x\"y"#), Some(6));
+        assert_eq!(open_quote_at_end("  a: 'it''s"), Some(6), "'' is an escaped quote");
+        assert_eq!(open_quote_at_end("  a: 'it''s'"), None);
+        assert_eq!(open_quote_at_end("  # don't"), None);
+        assert_eq!(open_quote_at_end("  a: don't"), None, "an apostrophe inside a plain value");
+        assert_eq!(open_quote_at_end("  a: [x, 'y"), Some(10));
+        assert_eq!(open_quote_at_end(r##"  a: "#x"##), Some(6), "a # inside quotes is no comment");
+    }
+
+    #[test]
+    fn unclosed_quote_is_the_nearest_line_above_left_open() {
+        let text = "a: \"one\n  two\nb: 1\n";
+        assert_eq!(unclosed_quote(text, 3), Some((1, 4)), "line 2 continues the value");
+        assert_eq!(unclosed_quote("a: 1\nb: 2\n", 2), None);
     }
 }
