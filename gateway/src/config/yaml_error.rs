@@ -6,7 +6,7 @@
 use std::fmt::{self, Write as _};
 
 use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde_saphyr::{DuplicateKeyPolicy, Error, MessageFormatter, Spanned, UserMessageFormatter};
+use serde_saphyr::{DuplicateKeyPolicy, Error, MessageFormatter, NonFiniteFloatPolicy, Spanned, UserMessageFormatter};
 
 use super::problem::{Problem, Severity};
 use super::suggest;
@@ -20,7 +20,11 @@ use super::validate::{path_key, position};
 /// a path. Otherwise the tree gives the YAML path of the spot the serde error points at.
 pub(crate) fn to_problem(file: &str, text: &str, err: &Error) -> Problem {
     // Duplicate keys are a serde-level error we want a path for: let this read accept them.
-    let options = serde_saphyr::options! { duplicate_keys: DuplicateKeyPolicy::LastWins };
+    // `.inf` and `.nan` are values whose spot needs a path like any other.
+    let options = serde_saphyr::options! {
+        duplicate_keys: DuplicateKeyPolicy::LastWins,
+        non_finite_float_policy: NonFiniteFloatPolicy::PassThrough,
+    };
     let tree = serde_saphyr::from_str_with_options::<Spanned<Node>>(text, options);
     let (err, tree) = match &tree {
         Err(syntax) if matches!(innermost(syntax), Error::ExternalMessage { .. } | Error::Eof { .. }) => (syntax, None),
