@@ -4,19 +4,28 @@
 use std::fmt;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::state::keyed::DashMapStateStore;
 use governor::{Quota, RateLimiter};
 
 use super::Decision;
+use crate::throttle::Throttle;
 
 /// A sweep is considered once per this many checks (a power of two).
 const SWEEP_EVERY: u64 = 4096;
 /// Below this many keys a sweep is not worth its scan.
 const SWEEP_MIN_KEYS: usize = 1024;
+/// Keys one limit tracks at most (about 100 MB at ~100 bytes a key). Only many distinct keys
+/// within one `window / limit` reach it: say, IPv6 addresses on a limit of a few requests a day.
+const MAX_KEYS: usize = 1_000_000;
+
+/// Forgetting every key is logged at most this often.
+static FORGOT_ALL_WARNING: Throttle = Throttle::new(Duration::from_secs(60));
 
 type Keyed<C> = RateLimiter<String, DashMapStateStore<String>, C, StateInformationMiddleware>;
 
@@ -28,8 +37,18 @@ type Keyed<C> = RateLimiter<String, DashMapStateStore<String>, C, StateInformati
 /// drops the keys whose bucket is full again (`retain_recent`) and gives the memory back
 /// (`shrink_to_fit`). The map so holds at most about twice the keys active within a window, and
 /// the scans cost O(1) per check amortised.
+///
+/// More keys active than [`MAX_KEYS`] (a flood of distinct addresses) would hold memory without
+/// bound. A sweep runs once they reach it, and when it leaves more than half of them, every key
+/// is forgotten and counting starts over: like nginx's `limit_req` zone when full, the limit
+/// gives way rather than the process.
 pub struct LocalLimiter<C: Clock = DefaultClock> {
-    limiter: Keyed<C>,
+    limiter: ArcSwap<Keyed<C>>,
+    quota: Quota,
+    clock: C,
+    max_keys: usize,
+    /// Times every key was forgotten at once (for `/admin/ratelimit`).
+    forgot_all: AtomicU64,
     limit: u32,
     window: Duration,
     /// One request's worth of budget (`window / limit`, at least 1 ns).
@@ -43,18 +62,22 @@ impl LocalLimiter {
     /// A limiter on the real (monotonic) clock. `limit` below 1 counts as 1; `window` should be
     /// at least 1 s (config validation sees to that).
     pub fn new(limit: u32, window: Duration) -> LocalLimiter {
-        LocalLimiter::with_clock(limit, window, DefaultClock::default())
+        LocalLimiter::with_clock(limit, window, DefaultClock::default(), MAX_KEYS)
     }
 }
 
-impl<C: Clock> LocalLimiter<C> {
-    fn with_clock(limit: u32, window: Duration, clock: C) -> LocalLimiter<C> {
+impl<C: Clock + Clone> LocalLimiter<C> {
+    fn with_clock(limit: u32, window: Duration, clock: C, max_keys: usize) -> LocalLimiter<C> {
         let burst = NonZeroU32::new(limit).unwrap_or(NonZeroU32::MIN);
         let period = (window / burst.get()).max(Duration::from_nanos(1));
         let quota = Quota::with_period(period).map_or(Quota::per_second(burst), |q| q.allow_burst(burst));
-        let limiter = RateLimiter::dashmap_with_clock(quota, clock).with_middleware();
+        let limiter = RateLimiter::dashmap_with_clock(quota, clock.clone()).with_middleware();
         LocalLimiter {
-            limiter,
+            limiter: ArcSwap::from_pointee(limiter),
+            quota,
+            clock,
+            max_keys,
+            forgot_all: AtomicU64::new(0),
             limit: burst.get(),
             window,
             period,
@@ -68,8 +91,9 @@ impl<C: Clock> LocalLimiter<C> {
     /// `reset` is an upper bound, within one `window / limit` (governor does not expose the exact
     /// refill time of an allowed request); for a denial it is exact.
     pub fn check(&self, key: &str) -> Decision {
-        let outcome = self.limiter.check_key(&key.to_owned());
-        self.maybe_sweep();
+        let limiter = self.limiter.load();
+        let outcome = limiter.check_key(&key.to_owned());
+        self.maybe_sweep(&limiter);
         match outcome {
             Ok(state) => {
                 let remaining = state.remaining_burst_capacity().min(self.limit);
@@ -82,7 +106,7 @@ impl<C: Clock> LocalLimiter<C> {
                 }
             }
             Err(not_until) => {
-                let retry_after = not_until.wait_time_from(self.limiter.clock().now()).max(Duration::from_millis(1));
+                let retry_after = not_until.wait_time_from(self.clock.now()).max(Duration::from_millis(1));
                 // Full again one burst (limit - 1 periods) after the next request would fit.
                 let reset = retry_after.saturating_add(self.period.saturating_mul(self.limit - 1));
                 Decision { allowed: false, limit: self.limit, remaining: 0, reset, retry_after }
@@ -92,28 +116,54 @@ impl<C: Clock> LocalLimiter<C> {
 
     /// Keys tracked now (for `/admin/ratelimit`).
     pub fn keys(&self) -> usize {
-        self.limiter.len()
+        self.limiter.load().len()
     }
 
-    fn maybe_sweep(&self) {
+    /// Times every key was forgotten because there were too many (see [`MAX_KEYS`]).
+    pub fn forgot_all(&self) -> u64 {
+        self.forgot_all.load(Ordering::Relaxed)
+    }
+
+    fn maybe_sweep(&self, limiter: &Keyed<C>) {
         if self.checks.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY != SWEEP_EVERY - 1 {
             return;
         }
-        let keys = self.limiter.len();
-        if keys >= SWEEP_MIN_KEYS && keys >= self.swept_to.load(Ordering::Relaxed).saturating_mul(2) {
-            self.sweep();
+        let keys = limiter.len();
+        let doubled = keys >= SWEEP_MIN_KEYS && keys >= self.swept_to.load(Ordering::Relaxed).saturating_mul(2);
+        if doubled || keys >= self.max_keys {
+            self.sweep(limiter);
+        }
+        if keys >= self.max_keys {
+            let kept = limiter.len();
+            if kept >= self.max_keys / 2 {
+                self.forget_all(kept);
+            }
         }
     }
 
     /// Forgets the keys whose bucket is full again (governor keeps them one period longer).
-    fn sweep(&self) {
-        self.limiter.retain_recent();
-        self.limiter.shrink_to_fit();
-        self.swept_to.store(self.limiter.len(), Ordering::Relaxed);
+    fn sweep(&self, limiter: &Keyed<C>) {
+        limiter.retain_recent();
+        limiter.shrink_to_fit();
+        self.swept_to.store(limiter.len(), Ordering::Relaxed);
+    }
+
+    /// Starts counting over with no keys: `kept` of them were still within their window.
+    fn forget_all(&self, kept: usize) {
+        self.limiter.store(Arc::new(RateLimiter::dashmap_with_clock(self.quota, self.clock.clone()).with_middleware()));
+        self.swept_to.store(0, Ordering::Relaxed);
+        self.forgot_all.fetch_add(1, Ordering::Relaxed);
+        if FORGOT_ALL_WARNING.allows() {
+            tracing::warn!(
+                keys = kept,
+                max_keys = self.max_keys,
+                "in-process rate limit: too many distinct keys within one window; forgot all of them and counts them again from zero"
+            );
+        }
     }
 }
 
-impl<C: Clock> fmt::Debug for LocalLimiter<C> {
+impl<C: Clock + Clone> fmt::Debug for LocalLimiter<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LocalLimiter")
             .field("limit", &self.limit)
@@ -131,7 +181,7 @@ mod tests {
 
     fn limiter(limit: u32, window: Duration) -> (LocalLimiter<FakeRelativeClock>, FakeRelativeClock) {
         let clock = FakeRelativeClock::default();
-        (LocalLimiter::with_clock(limit, window, clock.clone()), clock)
+        (LocalLimiter::with_clock(limit, window, clock.clone(), MAX_KEYS), clock)
     }
 
     #[test]
@@ -200,10 +250,10 @@ mod tests {
         let (limiter, clock) = limiter(2, Duration::from_secs(2));
         limiter.check("a");
         clock.advance(Duration::from_millis(500));
-        limiter.sweep();
+        limiter.sweep(&limiter.limiter.load());
         assert_eq!(limiter.keys(), 1, "not full yet: kept");
         clock.advance(Duration::from_secs(3));
-        limiter.sweep();
+        limiter.sweep(&limiter.limiter.load());
         assert_eq!(limiter.keys(), 0);
     }
 
@@ -233,5 +283,43 @@ mod tests {
             limiter.check("one");
         }
         assert_eq!(limiter.keys(), 4097);
+    }
+
+    /// A limiter that tracks at most 8191 keys (checked at the 8192nd check), and `alice`, who
+    /// has spent her budget.
+    fn small(clock: &FakeRelativeClock) -> LocalLimiter<FakeRelativeClock> {
+        let limiter = LocalLimiter::with_clock(1, Duration::from_secs(60), clock.clone(), 2 * SWEEP_EVERY as usize - 1);
+        assert!(limiter.check("alice").allowed);
+        assert!(!limiter.check("alice").allowed);
+        limiter
+    }
+
+    #[test]
+    fn check_forgets_every_key_when_too_many_are_live() {
+        let clock = FakeRelativeClock::default();
+        let limiter = small(&clock);
+        for n in 2..2 * SWEEP_EVERY {
+            limiter.check(&n.to_string());
+        }
+        assert_eq!((limiter.keys(), limiter.forgot_all()), (0, 1), "8191 live keys: all forgotten");
+        assert!(limiter.check("alice").allowed, "counting starts over");
+    }
+
+    #[test]
+    fn check_at_most_keys_keeps_counting_when_a_sweep_frees_enough() {
+        let clock = FakeRelativeClock::default();
+        let limiter = LocalLimiter::with_clock(1, Duration::from_secs(60), clock.clone(), 2 * SWEEP_EVERY as usize - 1);
+        for n in 0..6000 {
+            limiter.check(&n.to_string());
+        }
+        clock.advance(Duration::from_secs(121)); // governor keeps a full bucket one period longer
+        assert!(limiter.check("alice").allowed);
+        assert!(!limiter.check("alice").allowed);
+        // The 8192nd check finds 8191 keys, 6000 of them stale: the sweep leaves far fewer.
+        for n in 6000..8190 {
+            limiter.check(&n.to_string());
+        }
+        assert_eq!((limiter.keys(), limiter.forgot_all()), (2191, 0));
+        assert!(!limiter.check("alice").allowed, "still counted");
     }
 }

@@ -150,6 +150,7 @@ impl RateLimit {
                 RateLimitKey::Claim(claim) => format!("jwt.{claim}"),
             },
             "local_keys": self.local.keys(),
+            "local_keys_forgotten": self.local.forgot_all(),
             "fallback_decisions": self.fallbacks.load(Ordering::Relaxed),
         })
     }
