@@ -329,8 +329,13 @@ impl Metrics {
             self.endpoint_in_rotation.with_label_values(&[upstream, endpoint]).set(i64::from(*in_rotation));
         }
         self.process.update();
+        let mut families = self.registry.gather();
+        // Without `redis` there is no connection to be up or down: a 0 would page someone.
+        if readings.redis_connected.is_none() {
+            families.retain(|family| family.name() != "gateway_redis_connected");
+        }
         let mut out = Vec::with_capacity(16 * 1024);
-        if let Err(error) = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+        if let Err(error) = prometheus::TextEncoder::new().encode(&families, &mut out) {
             tracing::warn!(%error, "cannot encode metrics");
         }
         String::from_utf8(out).unwrap_or_default()
@@ -410,6 +415,10 @@ mod tests {
         assert!(text.contains("gateway_requests_total{route=\"metrics-test-route\",status=\"5xx\"} 1"), "{text}");
         assert!(text.contains("gateway_requests_total{route=\"metrics-test-route\",status=\"1xx\"} 1"), "{text}");
         assert!(text.contains("gateway_request_duration_seconds_count{route=\"metrics-test-route\"} 3"), "{text}");
+        assert!(!text.contains("gateway_redis_connected"), "no Redis configured: {text}");
+        let text = metrics.render(&Readings { redis_connected: Some(false), ..Readings::default() });
         assert!(text.contains("gateway_redis_connected 0"), "{text}");
+        let text = metrics.render(&Readings { redis_connected: Some(true), ..Readings::default() });
+        assert!(text.contains("gateway_redis_connected 1"), "{text}");
     }
 }
