@@ -106,7 +106,7 @@ impl<C: Clock + Clone> LocalLimiter<C> {
                 }
             }
             Err(not_until) => {
-                let retry_after = not_until.wait_time_from(self.clock.now()).max(Duration::from_millis(1));
+                let retry_after = not_until.wait_time_from(limiter.clock().now()).max(Duration::from_millis(1));
                 // Full again one burst (limit - 1 periods) after the next request would fit.
                 let reset = retry_after.saturating_add(self.period.saturating_mul(self.limit - 1));
                 Decision { allowed: false, limit: self.limit, remaining: 0, reset, retry_after }
