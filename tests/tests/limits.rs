@@ -272,6 +272,38 @@ async fn limits_client_not_reading_its_response_is_disconnected_after_idle_timeo
     assert!(received.len() < BODY as usize, "the gateway sent the whole body to a client that read nothing for 2 s");
 }
 
+/// HTTP/2 lets a client keep its connection busy (PINGs) while it leaves a stream's window shut:
+/// the response waits on it all the same, and so does its upstream connection.
+#[tokio::test]
+async fn limits_http2_client_keeping_a_window_shut_is_disconnected_despite_pings() {
+    let echo = Backend::spawn("echo");
+    let gateway = Gateway::start(&one_route_config(&echo, "idle_timeout: 300ms", ""));
+
+    let (client, mut connection) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, bytes::Bytes>(raw::connect(gateway.addr()).await)
+        .await
+        .unwrap();
+    let mut ping_pong = connection.ping_pong().unwrap();
+    let mut connection = tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let request = http::Request::get(format!("http://{}/bytes/1000000", gateway.addr())).body(()).unwrap();
+    let (response, _) = client.send_request(request, true).unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), 200);
+    // A PING every 100 ms, the window never opened: closed within a few idle timeouts.
+    for _ in 0..100 {
+        if let Ok(ended) = tokio::time::timeout(Duration::from_millis(100), &mut connection).await {
+            let _ = ended.unwrap();
+            return;
+        }
+        if ping_pong.ping(h2::Ping::opaque()).await.is_err() {
+            return; // closed while pinging
+        }
+    }
+    panic!("the connection is still open after 10 s of PINGs with the response waiting on its window");
+}
+
 #[tokio::test]
 async fn limits_keepalive_connection_serves_several_requests() {
     let echo = Backend::spawn("echo");

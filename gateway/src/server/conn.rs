@@ -16,7 +16,7 @@ use hyper_util::server::graceful::Watcher;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use super::timed_io::{Activity, RequestGuard, TimedIo, Timeouts};
+use super::timed_io::{Activity, ClientWait, RequestGuard, TimedIo, Timeouts};
 use crate::config;
 use crate::proxy::{self, ProxyBody};
 use crate::runtime::Runtime;
@@ -123,7 +123,7 @@ async fn serve_http<S>(
             if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
                 guard.upgraded();
             }
-            Ok::<_, Infallible>(response.map(|body| Tracked { body, _guard: guard }))
+            Ok::<_, Infallible>(response.map(|body| Tracked { body, guard, waiting: None }))
         }
     });
     let served = watcher.watch(server.serve_connection_with_upgrades(io, service)).await;
@@ -158,11 +158,13 @@ fn rejection(error: &(dyn std::error::Error + 'static)) -> Option<&'static str> 
     None
 }
 
-/// A response body that keeps its request counted as in flight until it has been sent.
+/// A response body that keeps its request counted as in flight until it has been sent, and
+/// tells the connection while a piece it handed over waits on the client.
 #[derive(Debug)]
 struct Tracked {
     body: ProxyBody,
-    _guard: RequestGuard,
+    guard: RequestGuard,
+    waiting: Option<ClientWait>,
 }
 
 impl Body for Tracked {
@@ -170,7 +172,15 @@ impl Body for Tracked {
     type Error = <ProxyBody as Body>::Error;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+        let this = self.get_mut();
+        if let Some(wait) = this.waiting.take() {
+            this.guard.client_took(wait);
+        }
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if matches!(polled, Poll::Ready(Some(Ok(_)))) && !this.body.is_end_stream() {
+            this.waiting = Some(this.guard.waiting_on_client());
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -179,5 +189,13 @@ impl Body for Tracked {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        if let Some(wait) = self.waiting.take() {
+            self.guard.client_took(wait);
+        }
     }
 }

@@ -6,7 +6,9 @@
 //! complete within `header_read_timeout`, or the client gets `408 Request Timeout` and the
 //! connection is closed (slow-loris protection). A client that takes nothing of what is written
 //! to it for `idle_timeout` is disconnected too: otherwise a client that stops reading a
-//! response would hold its upstream connection for ever.
+//! response would hold its upstream connection for ever. On HTTP/2 that client may keep the
+//! socket busy (PINGs) while it keeps a stream's window shut, so the responses themselves are
+//! watched: one left waiting on the client for `idle_timeout` closes the connection.
 
 use std::future::Future;
 use std::io;
@@ -27,17 +29,40 @@ use crate::stall::StallTimer;
 #[error("request head not received in time")]
 pub(super) struct HeadTimedOut;
 
+const CLIENT_TOOK_NOTHING: &str = "the client took nothing of the response for idle_timeout";
+
 const REQUEST_TIMEOUT_RESPONSE: &[u8] =
     b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
 
 /// Requests in flight on one connection, shared by the connection's IO and its service.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Activity {
     in_flight: AtomicU32,
     /// Requests started so far: tells a deadline armed in an earlier idle period from a current one.
     started: AtomicU64,
     /// When the last request in flight ended: the connection has been idle since.
     ended_at: Mutex<Option<Instant>>,
+    /// When the connection was accepted: idle since then until a request ends.
+    accepted_at: Instant,
+    /// Ticks of the busy timer (at least `idle_timeout` apart) so far.
+    ticks: AtomicU32,
+    /// Response bodies that handed over a piece and have not been asked for the next one since,
+    /// by the tick (mod 3) they began waiting in. One counted two ticks ago has waited at least
+    /// `idle_timeout`: nothing of its response was taken for that long.
+    waiting_on_client: [AtomicU32; 3],
+}
+
+impl Default for Activity {
+    fn default() -> Activity {
+        Activity {
+            in_flight: AtomicU32::new(0),
+            started: AtomicU64::new(0),
+            ended_at: Mutex::new(None),
+            accepted_at: Instant::now(),
+            ticks: AtomicU32::new(0),
+            waiting_on_client: Default::default(),
+        }
+    }
 }
 
 impl Activity {
@@ -55,12 +80,32 @@ impl Activity {
     fn ended_at(&self) -> Option<Instant> {
         *self.ended_at.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// Moves the busy timer on one tick; true when a response body has waited on the client
+    /// since two ticks ago.
+    fn tick(&self) -> bool {
+        let tick = self.ticks.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+        self.waiting_on_client[(tick as usize + 1) % 3].load(Ordering::Relaxed) > 0
+    }
 }
 
 #[derive(Debug)]
 pub(crate) struct RequestGuard(Arc<Activity>);
 
 impl RequestGuard {
+    /// The response body handed over a piece: until the next is asked for, it waits on the
+    /// client (on HTTP/2, on the window the client opens). Returns what to end the wait with.
+    pub(crate) fn waiting_on_client(&self) -> ClientWait {
+        let slot = self.0.ticks.load(Ordering::Relaxed) as usize % 3;
+        self.0.waiting_on_client[slot].fetch_add(1, Ordering::Relaxed);
+        ClientWait { slot }
+    }
+
+    /// The body was asked for its next piece, or dropped.
+    pub(crate) fn client_took(&self, wait: ClientWait) {
+        self.0.waiting_on_client[wait.slot].fetch_sub(1, Ordering::Relaxed);
+    }
+
     /// The request switched the connection to another protocol (a WebSocket): no HTTP request
     /// follows, so the connection stays busy for good and neither the idle nor the header-read
     /// timeout applies to what the client sends next. The tunnel times itself.
@@ -75,6 +120,12 @@ impl Drop for RequestGuard {
             *self.0.ended_at.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
         }
     }
+}
+
+/// A response body's wait on its client, begun by [`RequestGuard::waiting_on_client`].
+#[derive(Debug)]
+pub(crate) struct ClientWait {
+    slot: usize,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -113,6 +164,8 @@ pub(crate) struct TimedIo<S> {
     timer: Pin<Box<Sleep>>,
     /// Runs while a write waits for the client to take bytes.
     write_stall: StallTimer,
+    /// When the busy timer last ticked (see [`Activity::tick`]).
+    ticked_at: Instant,
     /// The connection's place under `server.max_connections`: freed when the socket closes, with
     /// hyper's connection or, after an upgrade, with the tunnel that took the socket over.
     open: Option<Open>,
@@ -129,6 +182,7 @@ impl<S> TimedIo<S> {
             deadline: Instant::now() + timeouts.idle,
             timer: Box::pin(tokio::time::sleep(timeouts.idle)),
             write_stall: StallTimer::new(timeouts.idle),
+            ticked_at: Instant::now(),
             open: None,
         }
     }
@@ -143,7 +197,8 @@ impl<S> TimedIo<S> {
     /// idle wait counts from the end of the last request, a head's from now.
     fn arm(&mut self, wait: Wait, epoch: u64) {
         self.deadline = match wait {
-            Wait::Idle => self.activity.ended_at().unwrap_or_else(Instant::now) + self.timeouts.idle,
+            // Not from the last bytes read: HTTP/2 PINGs and SETTINGS do not make a connection busy.
+            Wait::Idle => self.activity.ended_at().unwrap_or(self.activity.accepted_at) + self.timeouts.idle,
             Wait::Head => Instant::now() + self.timeouts.header_read,
         };
         self.armed = Some((wait, epoch));
@@ -208,10 +263,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TimedIo<S> {
     /// most every `idle_timeout`: hyper may not read again after a response ends, and waking this
     /// reader when the last request ends would cost every request one more poll of the
     /// connection's task. So the timer is what brings the reader back to start the idle wait,
-    /// which counts from that end.
+    /// which counts from that end. Its ticks also find a response left waiting on the client
+    /// (HTTP/2 reads all the time, so they come; an HTTP/1.1 write that waits has its own timer).
     fn poll_while_busy(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.timer.as_mut().poll(cx).is_ready() {
-            self.timer.as_mut().reset(Instant::now() + self.timeouts.idle);
+            let now = Instant::now();
+            self.timer.as_mut().reset(now + self.timeouts.idle);
+            // The timer may have been set for an earlier idle wait: ticks stay `idle_timeout` apart.
+            if now >= self.ticked_at + self.timeouts.idle {
+                self.ticked_at = now;
+                if self.activity.tick() {
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, CLIENT_TOOK_NOTHING)));
+                }
+            }
         }
         Poll::Pending
     }
@@ -241,10 +305,7 @@ impl<S> TimedIo<S> {
     fn watch_write<T>(&mut self, cx: &mut Context<'_>, polled: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
         match polled {
             Poll::Pending => match self.write_stall.poll_expired(cx) {
-                Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "the client took nothing of the response for idle_timeout",
-                ))),
+                Poll::Ready(()) => Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, CLIENT_TOOK_NOTHING))),
                 Poll::Pending => Poll::Pending,
             },
             ready => {

@@ -140,3 +140,57 @@ async fn client_reading_slowly_but_steadily_is_never_cut_off() {
     io.shutdown().await.unwrap();
     assert_eq!(reader.await.unwrap(), 16 * 1024);
 }
+
+#[tokio::test(start_paused = true)]
+async fn http2_frames_without_a_request_do_not_keep_the_connection_open() {
+    let (mut client, mut io, _) = pair();
+    let start = Instant::now();
+    client.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+    // A PING's worth of bytes every second for longer than idle_timeout, never a request.
+    let pings = tokio::spawn(async move {
+        for _ in 0..30 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if client.write_all(b"12345678").await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut buf = [0u8; 64];
+    while io.read(&mut buf).await.unwrap() > 0 {}
+    assert_eq!(start.elapsed(), TIMEOUTS.idle, "idle since it was accepted");
+    pings.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn response_waiting_on_the_client_for_idle_timeout_ends_the_connection() {
+    let (_client, mut io, activity) = pair();
+    let guard = activity.start_request();
+    let wait = guard.waiting_on_client();
+    let start = Instant::now();
+    let read = tokio::time::timeout(10 * TIMEOUTS.idle, io.read(&mut [0u8; 16])).await;
+    let err = read.expect("still open after 10 idle timeouts").unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    let waited = start.elapsed();
+    assert!(waited >= TIMEOUTS.idle && waited <= 3 * TIMEOUTS.idle, "closed after {waited:?}");
+    guard.client_took(wait);
+}
+
+#[tokio::test(start_paused = true)]
+async fn response_the_client_keeps_taking_is_never_timed_out() {
+    let (_client, mut io, activity) = pair();
+    let guard = activity.start_request();
+    let reading = async {
+        // Each piece is taken within a second of being handed over.
+        loop {
+            let wait = guard.waiting_on_client();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            guard.client_took(wait);
+        }
+    };
+    let mut buf = [0u8; 16];
+    tokio::select! {
+        read = io.read(&mut buf) => panic!("the connection ended: {read:?}"),
+        () = reading => {}
+        () = tokio::time::sleep(Duration::from_secs(3600)) => {}
+    }
+}
