@@ -23,6 +23,9 @@ const REDIS_CALL_BUCKETS: &[f64] =
     &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
 /// Rate-limit decisions per Redis call, up to the most a call carries.
 const REDIS_BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+/// The reasons `server::conn` gives for a request head refused before routing: each is exported
+/// from the start (at 0), so a dashboard finds the series before the first one happens.
+pub const CLIENT_REJECTION_REASONS: [&str; 3] = ["malformed", "head_too_large", "head_timeout"];
 
 /// Every metric of the process.
 pub struct Metrics {
@@ -140,6 +143,15 @@ impl Metrics {
         for result in ["ok", "failed"] {
             reloads.with_label_values(&[result]);
         }
+        let client_rejections = counter(
+            &r,
+            "gateway_client_rejections_total",
+            "Request heads refused before routing, with no access log line: malformed (400), head_too_large (431), head_timeout (408).",
+            &["reason"],
+        );
+        for reason in CLIENT_REJECTION_REASONS {
+            client_rejections.with_label_values(&[reason]);
+        }
         Metrics {
             requests: counter(
                 &r,
@@ -221,12 +233,7 @@ impl Metrics {
                 &["provider", "result"],
             ),
             reloads,
-            client_rejections: counter(
-                &r,
-                "gateway_client_rejections_total",
-                "Request heads refused before routing, with no access log line: malformed (400), head_too_large (431), head_timeout (408).",
-                &["reason"],
-            ),
+            client_rejections,
             redis_connected: gauge(&r, "gateway_redis_connected", "1 while the rate-limit Redis connection is up."),
             client_connections: gauge(&r, "gateway_client_connections", "Client connections open now, every listener."),
             client_connections_max: gauge(
@@ -308,12 +315,13 @@ impl Metrics {
         self.reloads.with_label_values(&[if ok { "ok" } else { "failed" }]).inc();
     }
 
-    /// The text exposition, with the gauges that are read off the running state set first.
-    /// A request head refused by the HTTP layer before any routing (see `server::conn`).
+    /// A request head refused by the HTTP layer before any routing (see `server::conn`); `reason`
+    /// is one of [`CLIENT_REJECTION_REASONS`].
     pub fn client_rejected(&self, reason: &str) {
         self.client_rejections.with_label_values(&[reason]).inc();
     }
 
+    /// The text exposition, with the gauges that are read off the running state set first.
     pub fn render(&self, readings: &Readings<'_>) -> String {
         self.redis_connected.set(i64::from(readings.redis_connected.unwrap_or(false)));
         self.access_log_dropped.set(i64::try_from(readings.access_log_dropped).unwrap_or(i64::MAX));
@@ -416,6 +424,10 @@ mod tests {
         assert!(text.contains("gateway_requests_total{route=\"metrics-test-route\",status=\"1xx\"} 1"), "{text}");
         assert!(text.contains("gateway_request_duration_seconds_count{route=\"metrics-test-route\"} 3"), "{text}");
         assert!(!text.contains("gateway_redis_connected"), "no Redis configured: {text}");
+        for reason in CLIENT_REJECTION_REASONS {
+            let series = format!("gateway_client_rejections_total{{reason=\"{reason}\"}} ");
+            assert!(text.contains(&series), "{series} from the start: {text}");
+        }
         let text = metrics.render(&Readings { redis_connected: Some(false), ..Readings::default() });
         assert!(text.contains("gateway_redis_connected 0"), "{text}");
         let text = metrics.render(&Readings { redis_connected: Some(true), ..Readings::default() });
