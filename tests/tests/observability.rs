@@ -826,6 +826,49 @@ async fn access_log_client_gone_midway_is_incomplete() {
     metrics.assert_value("gateway_requests_total", &requests("bytes", "2xx"), 1.0);
 }
 
+/// A client that hangs up before its body is complete is logged as nginx logs it (499), apart from
+/// one whose body is malformed (400).
+#[tokio::test]
+async fn access_log_upload_abandoned_is_499_and_malformed_is_400() {
+    let fixture = LogFixture::start();
+
+    let mut stream = raw::connect(fixture.gateway.addr()).await;
+    let head = "POST /api/upload HTTP/1.1\r\nhost: gone.test\r\nx-request-id: e2e-abandoned-upload\r\n\
+                content-length: 1000\r\n\r\n0123456789";
+    stream.write_all(head.as_bytes()).await.unwrap_or_else(|e| panic!("sending the upload: {e}"));
+    // 10 of its 1,000 bytes, then the client hangs up once the upload has reached the echo.
+    fetch_until("the upload at the echo", || fixture.echo.stats(), |s| s.requests == 1, |s| s.requests.to_string())
+        .await;
+    drop(stream);
+    let line = wait_for_line(&fixture.log, "e2e-abandoned-upload").await;
+    assert_eq!((&line["status"], &line["error"]), (&Value::from(499), &Value::from("client_closed_request")), "{line}");
+
+    // On HTTP/2 the client resets the stream instead.
+    let (_response, mut upload) = raw::h2_upload(fixture.gateway.addr(), "/api/h2-upload", Some(1000), b"0123").await;
+    fetch_until("the upload at the echo", || fixture.echo.stats(), |s| s.requests == 2, |s| s.requests.to_string())
+        .await;
+    upload.send_reset(h2::Reason::CANCEL);
+    let reset = |l: &&Value| l["path"] == "/api/h2-upload";
+    let lines = fetch_until(
+        "the line of the reset upload",
+        || async { log_lines(&fixture.log) },
+        |lines| lines.iter().any(|l| reset(&l)),
+        |lines| format!("{lines:?}"),
+    )
+    .await;
+    let line = lines.iter().find(reset).unwrap_or_else(|| panic!("no line for the reset upload"));
+    assert_eq!((&line["status"], &line["error"]), (&Value::from(499), &Value::from("client_closed_request")), "{line}");
+
+    let mut stream = raw::connect(fixture.gateway.addr()).await;
+    let head = "POST /api/upload HTTP/1.1\r\nhost: bad.test\r\nx-request-id: e2e-malformed-chunk\r\n\
+                transfer-encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n";
+    stream.write_all(head.as_bytes()).await.unwrap_or_else(|e| panic!("sending the upload: {e}"));
+    let reply = raw::read_response(&mut stream).await;
+    assert_eq!(reply.status, 400, "{reply:?}");
+    let line = wait_for_line(&fixture.log, "e2e-malformed-chunk").await;
+    assert_eq!((&line["status"], &line["error"]), (&Value::from(400), &Value::from("bad_request_body")), "{line}");
+}
+
 #[tokio::test]
 async fn access_log_upstream_bodies_with_trailers_or_cut_short() {
     let trailers = raw::scripted_upstream(

@@ -13,6 +13,12 @@ use crate::text;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// nginx's status for a request the client abandoned before it could be answered.
+const CLIENT_CLOSED_REQUEST: StatusCode = match StatusCode::from_u16(499) {
+    Ok(status) => status,
+    Err(_) => StatusCode::BAD_REQUEST,
+};
+
 /// Why a request could not be proxied. Client-facing messages never name endpoints or addresses.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -26,8 +32,11 @@ pub enum ProxyError {
     TooManyHeaders { limit: usize },
     #[error("transfer codings other than chunked are not supported")]
     UnsupportedTransferCoding,
-    #[error("the request body could not be read: the client ended or reset it, or it was malformed")]
+    #[error("the request body could not be read: it was malformed")]
     ClientBody,
+    /// Not an answer anyone reads: for the access log and metrics (nginx's 499).
+    #[error("the client went away before its request body was complete")]
+    ClientClosed,
     #[error("no more of the request body arrived within this route's timeout of {timeout:?}")]
     ClientBodyTimeout { timeout: Duration },
     #[error("upstream {upstream:?} has no endpoint available")]
@@ -56,6 +65,7 @@ impl ProxyError {
             ProxyError::TooManyHeaders { .. } => (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "too_many_headers"),
             ProxyError::UnsupportedTransferCoding => (StatusCode::NOT_IMPLEMENTED, "unsupported_transfer_coding"),
             ProxyError::ClientBody => (StatusCode::BAD_REQUEST, "bad_request_body"),
+            ProxyError::ClientClosed => (CLIENT_CLOSED_REQUEST, "client_closed_request"),
             ProxyError::ClientBodyTimeout { .. } => (StatusCode::REQUEST_TIMEOUT, "request_body_timeout"),
             ProxyError::NoEndpoint { .. } => (StatusCode::SERVICE_UNAVAILABLE, "no_endpoint"),
             ProxyError::CircuitOpen { .. } => (StatusCode::SERVICE_UNAVAILABLE, "circuit_open"),

@@ -527,7 +527,7 @@ async fn send(
         }
         Err(SendError::Http(error)) if caused_by::<ClientBodyError>(&error) => {
             tracing::debug!(error = %causes(&error), "the client's request body failed");
-            Err(ProxyError::ClientBody)
+            Err(if client_went_away(&error) { ProxyError::ClientClosed } else { ProxyError::ClientBody })
         }
         Err(SendError::Http(error)) => {
             metrics.errors.inc();
@@ -543,7 +543,12 @@ async fn send(
 fn upstream_succeeded(sent: &Result<Sent, ProxyError>) -> Option<bool> {
     match sent {
         Ok(sent) => Some(!matches!(sent.response.status().as_u16(), 502..=504)),
-        Err(ProxyError::PayloadTooLarge { .. } | ProxyError::ClientBody | ProxyError::ClientBodyTimeout { .. }) => None,
+        Err(
+            ProxyError::PayloadTooLarge { .. }
+            | ProxyError::ClientBody
+            | ProxyError::ClientClosed
+            | ProxyError::ClientBodyTimeout { .. },
+        ) => None,
         Err(_) => Some(false),
     }
 }
@@ -557,6 +562,29 @@ pub(crate) fn causes(error: &(dyn std::error::Error + 'static)) -> String {
         current = cause.source();
     }
     chain.join(": ")
+}
+
+/// Whether a request body failed because the client went away (hung up before its end, or reset
+/// its HTTP/2 stream) rather than because it was malformed (a bad chunk, which hyper reports as
+/// invalid data).
+fn client_went_away(error: &(dyn std::error::Error + 'static)) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if matches!(io.kind(), UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe) {
+                return true;
+            }
+        }
+        if e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_incomplete_message) {
+            return true;
+        }
+        if e.downcast_ref::<h2::Error>().is_some_and(|h2| h2.is_reset() && h2.is_remote()) {
+            return true;
+        }
+        current = e.source();
+    }
+    false
 }
 
 fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
