@@ -69,6 +69,8 @@ pub struct RouteRuntime {
     pub timeout: Duration,
     pub preserve_host: bool,
     pub max_body_size: u64,
+    /// Whether its `methods` name TRACE: only then is a TRACE forwarded (see `proxy`).
+    pub allows_trace: bool,
     /// Present when the route checks tokens.
     pub auth: Option<auth::RouteAuth>,
     /// Present when the route draws from a request budget.
@@ -165,6 +167,7 @@ impl Snapshot {
                     upstream,
                     preserve_host: route.preserve_host,
                     max_body_size: route.max_body_size,
+                    allows_trace: route.matcher.methods.contains(&http::Method::TRACE),
                     auth,
                     rate_limit,
                     metrics: metrics::global().route(&route.name),

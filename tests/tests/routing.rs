@@ -306,3 +306,26 @@ routes:
     let count = |name: &str| served.iter().filter(|s| *s == name).count();
     assert_eq!((count("a"), count("b")), (3, 3), "served by {served:?}");
 }
+
+/// TRACE would have the upstream echo the request back, cookies and tokens included: refused with
+/// 405 unless the route names it in `methods`.
+#[tokio::test]
+async fn routing_trace_refused_unless_the_route_lists_it() {
+    let (echo, tracing) = (Backend::spawn("echo"), Backend::spawn("tracing"));
+    let gateway = Gateway::start(&config(
+        r#"
+upstreams:
+  echo: { endpoints: ["${echo}"] }
+  tracing: { endpoints: ["${tracing}"] }
+routes:
+  - { name: all, upstream: echo }
+  - { name: traced, match: { path_prefix: /traced, methods: [TRACE] }, upstream: tracing }
+"#,
+        &[&echo, &tracing],
+    ));
+    let trace = |path: &str| request("TRACE", path).header("cookie", "session=secret").body(empty()).unwrap();
+    client::send(gateway.addr(), trace("/anything")).await.assert_error(405, "method_not_allowed");
+    assert_eq!(echo.stats().await.requests, 0, "the refused TRACE reached the upstream");
+    assert_eq!(client::send(gateway.addr(), trace("/traced")).await.status, 200, "a route that lists TRACE");
+    assert_eq!(tracing.stats().await.requests, 1);
+}

@@ -141,6 +141,11 @@ fn proxy<'a>(
         let index = found.ok_or(ProxyError::NoRoute)?;
         let route = snapshot.routes.get(index).ok_or(ProxyError::NoRoute)?;
         trace.route = Some(index);
+        // An upstream answering TRACE echoes the request back, cookies and tokens with it
+        // (cross-site tracing); nginx refuses it too. A route that names it in `methods` wants it.
+        if request.method() == http::Method::TRACE && !route.allows_trace {
+            return Err(ProxyError::MethodNotAllowed);
+        }
         if stripped > 0 {
             route.metrics.identity_headers_stripped.inc_by(stripped);
             tracing::debug!(route = &*route.name, stripped, "removed client-sent identity headers");
