@@ -236,3 +236,18 @@ async fn upstream_transfer_coding_other_than_chunked_returns_502() {
         scripted(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, chunked\r\n\r\na\r\n5\r\nhello\r\n0\r\n\r\n").await;
     client::get(gateway.addr(), "/").await.assert_error(502, "upstream_error");
 }
+
+#[tokio::test]
+async fn upstream_response_with_more_than_100_header_fields_returns_502() {
+    fn head(fields: usize) -> &'static [u8] {
+        let extra: String = (0..fields - 1).map(|i| format!("x-field-{i}: v\r\n")).collect();
+        format!("HTTP/1.1 200 OK\r\n{extra}content-length: 2\r\n\r\nok").leak().as_bytes()
+    }
+    // Read raw: with the gateway's own fields added, the response has more than a hyper client takes.
+    for (fields, status) in [(100, 200), (101, 502)] {
+        let gateway = scripted(head(fields)).await;
+        let mut stream = raw::connect(gateway.addr()).await;
+        stream.write_all(b"GET / HTTP/1.1\r\nhost: gw.test\r\n\r\n").await.unwrap();
+        assert_eq!(raw::read_response(&mut stream).await.status, status, "{fields} header fields");
+    }
+}
