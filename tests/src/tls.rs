@@ -81,7 +81,24 @@ impl TestCa {
         self.issue_for(names, ExtendedKeyUsagePurpose::ServerAuth)
     }
 
+    /// Like [`TestCa::issue`], valid through 2019 only: expired.
+    pub fn issue_expired(&self, names: &[&str]) -> Leaf {
+        self.issue_with(names, ExtendedKeyUsagePurpose::ServerAuth, |params| {
+            params.not_before = rcgen::date_time_ymd(2019, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2020, 1, 1);
+        })
+    }
+
     fn issue_for(&self, names: &[&str], usage: ExtendedKeyUsagePurpose) -> Leaf {
+        self.issue_with(names, usage, |_| {})
+    }
+
+    fn issue_with(
+        &self,
+        names: &[&str],
+        usage: ExtendedKeyUsagePurpose,
+        adjust: impl FnOnce(&mut CertificateParams),
+    ) -> Leaf {
         let owned: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
         let mut params =
             CertificateParams::new(owned.clone()).unwrap_or_else(|e| panic!("bad certificate names {names:?}: {e}"));
@@ -90,6 +107,7 @@ impl TestCa {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![usage];
         params.use_authority_key_identifier_extension = true;
+        adjust(&mut params);
         let key = KeyPair::generate().unwrap_or_else(|e| panic!("generating a leaf key: {e}"));
         let cert = params.signed_by(&key, &self.issuer).unwrap_or_else(|e| panic!("signing a leaf for {names:?}: {e}"));
         Leaf { names: owned, cert_pem: cert.pem(), key_pem: key.serialize_pem(), der: cert.der().clone() }

@@ -179,6 +179,31 @@ async fn cert_broken_on_disk_keeps_old_serving_and_reports_location() {
     assert_echo_over_https(&reply, "a.test", "after repairing the pair");
 }
 
+/// Clients refuse an expired certificate: a reload must not swap one in for a valid one.
+#[tokio::test]
+async fn cert_expired_on_disk_is_not_applied_by_a_reload() {
+    let ca = TestCa::new("expiry CA");
+    let (old, expired, new) = (ca.issue(&["a.test"]), ca.issue_expired(&["a.test"]), ca.issue(&["a.test"]));
+    let site = Site::start(ca, Backend::spawn("A"), &[entry("a", &old)], "", "");
+    let (addr, all) = (site.gateway.addr(), [&old, &expired, &new]);
+    let active = site.gateway.admin_config().await["version"].clone();
+
+    expired.replace(site.files(), "a");
+    let json = site.gateway.wait_for_failed_reloads_over(0).await;
+    assert_eq!(json["version"], active, "the expired pair was applied: {json:#}");
+    let error = json["last_reload"]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("a.crt expired on 2020-01-01"), "last_reload.error in {json:#}");
+    let negotiated = site.client().handshake(addr, "a.test").await;
+    assert_served(&negotiated.served, &old, &all, "while a.crt holds an expired certificate");
+
+    new.replace(site.files(), "a");
+    site.gateway
+        .admin_config_until("a successful reload of a valid pair", |json| json["last_reload"]["ok"] == true)
+        .await;
+    let negotiated = site.client().handshake(addr, "a.test").await;
+    assert_served(&negotiated.served, &new, &all, "after a valid pair replaced it");
+}
+
 #[tokio::test]
 async fn cert_in_subdirectory_rotated_new_cert_served() {
     let ca = TestCa::new("subdirectory CA");

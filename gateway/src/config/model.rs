@@ -201,6 +201,11 @@ pub struct Certificate {
 }
 
 impl Certificate {
+    /// When the leaf certificate stops being valid, if it says.
+    pub fn not_after(&self) -> Option<std::time::SystemTime> {
+        self.certified.end_entity_cert().ok().and_then(|leaf| super::validate::expiry::not_after(leaf))
+    }
+
     /// Whether the certificate's subject alternative names cover `name` (RFC 6125 rules, as
     /// clients check them: wildcards cover one label).
     pub fn covers(&self, name: &str) -> bool {

@@ -165,6 +165,17 @@ impl Reloader {
                 return;
             }
         };
+        if let Some(message) = newly_expired(&label, &active.config, &loaded.config) {
+            tracing::warn!(
+                ?trigger,
+                version = version.as_str(),
+                "config reload rejected, still serving version {}: {message}",
+                active.version.as_str()
+            );
+            self.status.failed(trigger, Some(version.clone()), message);
+            active.failed = Some(Failure::Rejected(version));
+            return;
+        }
         for warning in &loaded.warnings {
             tracing::warn!("{warning}");
         }
@@ -190,6 +201,29 @@ impl Reloader {
         );
         *active = Active { config: loaded.config, version, failed: None };
     }
+}
+
+/// An expired certificate the new config would bring in: one not served already (a renewal gone
+/// wrong, an old file copied back). Clients refuse it, so the reload is refused and the served one
+/// kept, while it still can be. At start an expired certificate is only a warning: there is nothing
+/// better to serve.
+fn newly_expired(label: &str, running: &Config, new: &Config) -> Option<String> {
+    let served: Vec<_> = certificates(running).map(|(_, certificate)| certificate).collect();
+    let now = std::time::SystemTime::now();
+    certificates(new).filter(|(_, certificate)| !served.contains(certificate)).find_map(|(listener, certificate)| {
+        let not_after = certificate.not_after().filter(|&t| t < now)?;
+        Some(format!(
+            "{label}: listener {listener:?}: {} expired on {}; a reload never brings in an expired certificate",
+            certificate.cert_path.display(),
+            crate::timefmt::rfc3339(not_after)
+        ))
+    })
+}
+
+/// Every listener certificate, with its listener's name.
+fn certificates(config: &Config) -> impl Iterator<Item = (&str, &config::model::Certificate)> {
+    let tls = config.listeners.iter().filter_map(|listener| Some((listener.name.as_str(), listener.tls.as_ref()?)));
+    tls.flat_map(|(name, tls)| tls.certificates.iter().map(move |certificate| (name, certificate)))
 }
 
 #[cfg(test)]

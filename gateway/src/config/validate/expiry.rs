@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::timefmt::days_from_civil;
 
 /// The certificate's `notAfter`, or None when the DER is not shaped like a certificate.
-pub(super) fn not_after(der: &[u8]) -> Option<SystemTime> {
+pub(in crate::config) fn not_after(der: &[u8]) -> Option<SystemTime> {
     let (_, certificate, _) = tlv(der, 0x30)?;
     let (_, tbs, _) = tlv(certificate, 0x30)?;
     // [0] EXPLICIT version is optional (absent means v1).

@@ -5,7 +5,7 @@
 //! run and the author sees every problem in one go. The config is only returned when no error
 //! was recorded, so those stand-ins never escape.
 
-mod expiry;
+pub(in crate::config) mod expiry;
 mod jwt;
 mod matcher;
 mod rate_limits;
