@@ -37,7 +37,7 @@ pub enum ProxyError {
     #[error("the request body could not be read: it was malformed")]
     ClientBody,
     /// Not an answer anyone reads: for the access log and metrics (nginx's 499).
-    #[error("the client went away before its request body was complete")]
+    #[error("the client went away before it was answered")]
     ClientClosed,
     #[error("no more of the request body arrived within this route's timeout of {timeout:?}")]
     ClientBodyTimeout { timeout: Duration },

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 use http::uri::Authority;
 use http::{header, HeaderValue, Method, Request, Version};
 
-use super::{trace_context, Connection};
+use super::{trace_context, Connection, ProxyError};
 use crate::access_log::Entry;
 use crate::runtime::{RouteRuntime, Snapshot};
 use crate::upstream::breaker::Permit;
@@ -78,9 +78,6 @@ pub(super) struct Record {
     counted: bool,
 }
 
-/// Status recorded for a request whose client went away before the response was ready.
-const CLIENT_CLOSED_REQUEST: u16 = 499;
-
 impl Record {
     pub(super) fn start(
         snapshot: Arc<Snapshot>,
@@ -88,14 +85,16 @@ impl Record {
         request_id: HeaderValue,
         seen: Option<Box<Seen>>,
     ) -> Record {
+        // What is recorded unless a response comes: the client went away first.
+        let (status, error) = ProxyError::ClientClosed.status_and_code();
         Record {
             snapshot,
             started,
             trace: Trace::default(),
             request_id,
             seen,
-            status: CLIENT_CLOSED_REQUEST,
-            error: Some("client_closed_request"),
+            status: status.as_u16(),
+            error: Some(error),
             bytes_sent: 0,
             completed: false,
             upstream_failed: false,
