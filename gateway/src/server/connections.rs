@@ -1,8 +1,8 @@
 //! The cap on client connections served at once (`server.max_connections`), across every listener
 //! and worker: past it each accept loop holds the connection it accepted last, unserved, and
-//! accepts no more, so new connections wait in the kernel's backlog until one closes. Without it, a flood of connections runs the process out of file
-//! descriptors, and then nothing works: not upstream connections, not the admin listener's
-//! `/healthz`, not the config file's reload.
+//! accepts no more, so new connections wait in the kernel's backlog until one closes. Without it,
+//! a flood of connections runs the process out of file descriptors, and then nothing works: not
+//! upstream connections, not the admin listener's `/healthz`, not the config file's reload.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
