@@ -256,6 +256,48 @@ async fn limits_idle_keepalive_connection_closed_by_gateway() {
     assert!(rest.is_empty(), "unexpected bytes before close: {:?}", String::from_utf8_lossy(&rest));
 }
 
+/// An idle HTTP/2 connection ends with GOAWAY (NO_ERROR), as nginx's does: a client whose request
+/// raced the close learns it was not processed and may send it again, where a bare close leaves it
+/// not knowing.
+#[tokio::test]
+async fn limits_idle_http2_connection_is_closed_with_goaway() {
+    let echo = Backend::spawn("echo");
+    let gateway = Gateway::start(&one_route_config(&echo, "idle_timeout: 300ms", ""));
+
+    let (client, connection) = h2::client::handshake(raw::connect(gateway.addr()).await).await.unwrap();
+    let connection = tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let request = http::Request::get(format!("http://{}/", gateway.addr())).body(()).unwrap();
+    let (response, _) = client.send_request(request, true).unwrap();
+    assert_eq!(response.await.unwrap().status(), 200);
+    // Idle from here: the gateway closes the connection (h2 answers its PING on its own).
+    let ended = tokio::time::timeout(Duration::from_secs(10), connection).await;
+    assert!(ended.is_ok(), "the idle HTTP/2 connection is still open after 10 s");
+    let error = client.ready().await.expect_err("a request could still be sent on the closed connection");
+    assert!(error.is_go_away() && error.reason() == Some(h2::Reason::NO_ERROR), "closed without GOAWAY: {error:?}");
+}
+
+/// A client that never answers the PING that follows the GOAWAY is closed all the same.
+#[tokio::test]
+async fn limits_idle_http2_client_not_answering_the_goaway_ping_is_closed() {
+    const GOAWAY: u8 = 0x7;
+    let echo = Backend::spawn("echo");
+    let gateway = Gateway::start(&one_route_config(&echo, "idle_timeout: 300ms", ""));
+
+    let mut stream = raw::connect(gateway.addr()).await;
+    // The connection preface and an empty SETTINGS frame; nothing is read or answered after.
+    stream.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0").await.unwrap();
+    let received = raw::read_until_close(&mut stream).await;
+    let mut frames = Vec::new();
+    let mut rest = &received[..];
+    while rest.len() >= 9 {
+        let length = usize::from(rest[0]) << 16 | usize::from(rest[1]) << 8 | usize::from(rest[2]);
+        frames.push(rest[3]);
+        rest = &rest[(9 + length).min(rest.len())..];
+    }
+    assert!(frames.contains(&GOAWAY), "closed without GOAWAY; frame types received: {frames:?}");
+}
+
 #[tokio::test]
 async fn limits_client_not_reading_its_response_is_disconnected_after_idle_timeout() {
     const BODY: u64 = 200 * 1024 * 1024;

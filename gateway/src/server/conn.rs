@@ -1,9 +1,9 @@
 //! One client connection: TLS handshake, timeouts, HTTP/1.1 or HTTP/2, and the per-request service.
 
 use std::convert::Infallible;
-use std::future::Future;
+use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
-use std::pin::Pin;
+use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -12,10 +12,10 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::Watcher;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
+use super::drain::Draining;
 use super::timed_io::{Activity, ClientWait, RequestGuard, TimedIo, Timeouts};
 use crate::config;
 use crate::proxy::{self, ProxyBody};
@@ -55,7 +55,7 @@ where
     }
 }
 
-/// Serves one accepted connection until it closes or the graceful shutdown ends it. On a TLS
+/// Serves one accepted connection until it closes or the drain ends it. On a TLS
 /// listener the handshake runs here, in the connection's own task, never in the accept loop.
 /// `open` counts it against `server.max_connections` until the socket closes.
 pub(super) async fn serve(
@@ -63,7 +63,7 @@ pub(super) async fn serve(
     peer: SocketAddr,
     listener: Arc<str>,
     runtime: Runtime,
-    watcher: Watcher,
+    draining: Draining,
     open: super::connections::Open,
 ) {
     // Small responses must not wait for Nagle.
@@ -74,14 +74,14 @@ pub(super) async fn serve(
     };
     let Some(acceptor) = &settings.tls else {
         let connection = proxy::Connection { peer, proto: "http", redirect_https: settings.redirect_https, hsts: None };
-        return serve_http(stream, connection, runtime, watcher, open).await;
+        return serve_http(stream, connection, runtime, draining, open).await;
     };
     let handshake = tokio_rustls::TlsAcceptor::from(acceptor.config.clone()).accept(stream);
     match tokio::time::timeout(acceptor.handshake_timeout, handshake).await {
         Ok(Ok(stream)) => {
             let connection =
                 proxy::Connection { peer, proto: "https", redirect_https: None, hsts: acceptor.hsts.clone() };
-            serve_http(stream, connection, runtime, watcher, open).await;
+            serve_http(stream, connection, runtime, draining, open).await;
         }
         Ok(Err(error)) => {
             tls::count_handshake_failure();
@@ -98,7 +98,7 @@ async fn serve_http<S>(
     stream: S,
     connection: proxy::Connection,
     runtime: Runtime,
-    watcher: Watcher,
+    mut draining: Draining,
     open: super::connections::Open,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -113,6 +113,7 @@ async fn serve_http<S>(
     let activity = Arc::new(Activity::default());
     let io = TokioIo::new(TimedIo::new(stream, activity.clone(), timeouts).counted(open));
     let peer = connection.peer;
+    let idle = activity.clone();
     let service = service_fn(move |request| {
         // One snapshot for the whole request, loaded once.
         let snapshot = runtime.load_full();
@@ -126,7 +127,22 @@ async fn serve_http<S>(
             Ok::<_, Infallible>(response.map(|body| Tracked { body, guard, waiting: None }))
         }
     });
-    let served = watcher.watch(server.serve_connection_with_upgrades(io, service)).await;
+    let mut connection = pin!(server.serve_connection_with_upgrades(io, service));
+    let mut drain_started = pin!(draining.started());
+    let mut closing = false;
+    let served = poll_fn(|cx| loop {
+        if let Poll::Ready(served) = connection.as_mut().poll(cx) {
+            return Poll::Ready(served);
+        }
+        // Asked to close by the drain, or by the IO once an HTTP/2 connection has idled out: hyper
+        // closes an idle connection at once, and an HTTP/2 one after GOAWAY.
+        if closing || !(drain_started.as_mut().poll(cx).is_ready() || idle.close_asked()) {
+            return Poll::Pending;
+        }
+        connection.as_mut().graceful_shutdown();
+        closing = true;
+    })
+    .await;
     if let Err(error) = served {
         if let Some(reason) = rejection(&*error) {
             crate::metrics::global().client_rejected(reason);

@@ -7,6 +7,7 @@
 mod admin;
 mod conn;
 pub mod connections;
+mod drain;
 mod timed_io;
 
 use std::future::Future;
@@ -16,11 +17,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hyper_util::server::graceful::GracefulShutdown;
 use socket2::{Domain, Socket, Type};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+
+use self::drain::Drain;
 
 use crate::config::Config;
 use crate::reload::Status;
@@ -217,7 +219,7 @@ impl Worker {
     }
 
     async fn serve(self) {
-        let graceful = Arc::new(GracefulShutdown::new());
+        let drain = Arc::new(Drain::new());
         let mut accepting = JoinSet::new();
         for (name, socket) in self.listeners {
             match TcpListener::from_std(socket) {
@@ -226,7 +228,7 @@ impl Worker {
                         name,
                         listener,
                         self.runtime.clone(),
-                        graceful.clone(),
+                        drain.clone(),
                         self.stopped.clone(),
                     ));
                 }
@@ -235,10 +237,10 @@ impl Worker {
         }
         // Accept loops drop their sockets as they end, so new connections are refused from here on.
         while accepting.join_next().await.is_some() {}
-        tracing::debug!(worker = self.index, connections = graceful.count(), "draining");
+        tracing::debug!(worker = self.index, connections = drain.connections(), "draining");
         let drain_timeout = self.runtime.load().drain_timeout;
-        if let Some(graceful) = Arc::into_inner(graceful) {
-            if tokio::time::timeout(drain_timeout, graceful.shutdown()).await.is_err() {
+        if let Some(drain) = Arc::into_inner(drain) {
+            if tokio::time::timeout(drain_timeout, drain.run()).await.is_err() {
                 tracing::warn!(worker = self.index, "drain timeout reached; closing the remaining connections");
             }
         }
@@ -249,7 +251,7 @@ async fn accept_loop(
     name: String,
     listener: TcpListener,
     runtime: Runtime,
-    graceful: Arc<GracefulShutdown>,
+    drain: Arc<Drain>,
     mut stopped: watch::Receiver<bool>,
 ) {
     let name: Arc<str> = Arc::from(name);
@@ -266,8 +268,8 @@ async fn accept_loop(
             () = async { let _ = stopped.wait_for(|stop| *stop).await; } => return,
             accepted = accept() => match accepted {
                 Ok((stream, peer, open)) => {
-                    let watcher = graceful.watcher();
-                    tokio::spawn(conn::serve(stream, peer, name.clone(), runtime.clone(), watcher, open));
+                    let draining = drain.watcher();
+                    tokio::spawn(conn::serve(stream, peer, name.clone(), runtime.clone(), draining, open));
                 }
                 Err(error) => {
                     // Usually out of file descriptors: back off instead of spinning, and say so

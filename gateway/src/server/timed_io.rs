@@ -8,12 +8,13 @@
 //! to it for `idle_timeout` is disconnected too: otherwise a client that stops reading a
 //! response would hold its upstream connection for ever. On HTTP/2 that client may keep the
 //! socket busy (PINGs) while it keeps a stream's window shut, so the responses themselves are
-//! watched: one left waiting on the client for `idle_timeout` closes the connection.
+//! watched: one left waiting on the client for `idle_timeout` closes the connection. An idle
+//! HTTP/2 connection is asked to close gracefully (GOAWAY) before its socket is.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -28,6 +29,10 @@ use crate::stall::StallTimer;
 #[derive(Debug, thiserror::Error)]
 #[error("request head not received in time")]
 pub(super) struct HeadTimedOut;
+
+/// How long an idle HTTP/2 connection asked to close has to answer the PING after the GOAWAY, at
+/// most: a round trip, with room for slow networks.
+const GOAWAY_GRACE: Duration = Duration::from_secs(5);
 
 const CLIENT_TOOK_NOTHING: &str = "the client took nothing of the response for idle_timeout";
 
@@ -50,6 +55,8 @@ pub(crate) struct Activity {
     /// by the tick (mod 3) they began waiting in. One counted two ticks ago has waited at least
     /// `idle_timeout`: nothing of its response was taken for that long.
     waiting_on_client: [AtomicU32; 3],
+    /// The IO asks the connection's task to close gracefully (see [`TimedIo::poll_deadline`]).
+    close_asked: AtomicBool,
 }
 
 impl Default for Activity {
@@ -61,6 +68,7 @@ impl Default for Activity {
             accepted_at: Instant::now(),
             ticks: AtomicU32::new(0),
             waiting_on_client: Default::default(),
+            close_asked: AtomicBool::new(false),
         }
     }
 }
@@ -71,6 +79,16 @@ impl Activity {
         self.started.fetch_add(1, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         RequestGuard(self.clone())
+    }
+
+    /// Whether the IO has asked the connection to close gracefully.
+    pub(crate) fn close_asked(&self) -> bool {
+        self.close_asked.load(Ordering::Relaxed)
+    }
+
+    /// Asks for a graceful close; false if that was asked before.
+    fn ask_to_close(&self) -> bool {
+        !self.close_asked.swap(true, Ordering::Relaxed)
     }
 
     fn state(&self) -> (bool, u64) {
@@ -242,11 +260,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TimedIo<S> {
         }
         loop {
             ready!(self.timer.as_mut().poll(cx));
-            if Instant::now() >= self.deadline {
+            let now = Instant::now();
+            if now < self.deadline {
+                // Fired for an earlier wait: sleep on until the current deadline.
+                self.timer.as_mut().reset(self.deadline);
+            } else if wait == Wait::Idle && self.protocol == Protocol::Http2 && self.activity.ask_to_close() {
+                // The connection's task sees the ask once this read returns, and hyper sends GOAWAY
+                // and a PING, closing when the PING is answered. A client that does not answer is
+                // closed when the grace ends.
+                self.deadline = now + GOAWAY_GRACE.min(self.timeouts.idle);
+                self.timer.as_mut().reset(self.deadline);
+            } else {
                 break;
             }
-            // Fired for an earlier wait: sleep on until the current deadline.
-            self.timer.as_mut().reset(self.deadline);
         }
         match wait {
             // End of stream: hyper closes an idle connection quietly.

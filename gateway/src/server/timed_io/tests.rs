@@ -74,14 +74,22 @@ async fn head_deadline_from_an_earlier_request_does_not_fire_later() {
     assert_eq!(start.elapsed(), TIMEOUTS.idle);
 }
 
+/// No 408 for HTTP/2: at the idle timeout the connection is asked to close (GOAWAY), and the
+/// read ends once the grace for that has run out too.
 #[tokio::test(start_paused = true)]
-async fn http2_preface_is_not_treated_as_a_request_head() {
-    let (mut client, mut io, _) = pair();
+async fn idle_http2_connection_is_asked_to_close_then_ended_after_the_grace() {
+    let (mut client, mut io, activity) = pair();
     client.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
     assert!(io.read(&mut [0u8; 64]).await.unwrap() > 0);
     let start = Instant::now();
-    assert_eq!(io.read(&mut [0u8; 16]).await.unwrap(), 0);
-    assert_eq!(start.elapsed(), TIMEOUTS.idle);
+    let mut read = tokio::spawn(async move { io.read(&mut [0u8; 16]).await });
+    tokio::time::sleep(TIMEOUTS.idle - Duration::from_millis(1)).await;
+    assert!(!activity.close_asked(), "asked to close before the idle timeout");
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    assert!(activity.close_asked(), "not asked to close at the idle timeout");
+    assert!(tokio::time::timeout(Duration::from_millis(1), &mut read).await.is_err(), "ended without a grace");
+    assert_eq!(read.await.unwrap().unwrap(), 0);
+    assert_eq!(start.elapsed(), TIMEOUTS.idle + GOAWAY_GRACE);
 }
 
 /// The reader parks while a request is in flight and is not polled again by anyone else; the
