@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use gateway::config::{HostMatch, PathMatch, Rewrite, Route, RouteMatch};
-use gateway::proxy::{remove_hop_by_hop, request_id, set_forwarding, Client};
+use gateway::proxy::{remove_hop_by_hop, request_id, set_forwarding, Client, Message};
 use gateway::router::Router;
 use gateway::runtime::Snapshot;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
@@ -79,7 +79,7 @@ fn header_processing(c: &mut Criterion) {
             || template.clone(),
             |headers| {
                 let id = request_id(headers);
-                remove_hop_by_hop(headers, false);
+                remove_hop_by_hop(headers, Message::Request);
                 set_forwarding(headers, client);
                 headers.insert(HeaderName::from_static("x-request-id"), id);
             },

@@ -23,22 +23,32 @@ static RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 /// Longest client-sent request id that is kept.
 const MAX_REQUEST_ID_LEN: usize = 128;
 
+/// The message hop-by-hop headers are removed from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Message {
+    Request,
+    /// A WebSocket upgrade request: `Upgrade` is kept and `Connection: upgrade` set, since the
+    /// handshake must reach the upstream.
+    Upgrade,
+    /// `TE` is a request header: a response's is removed whatever it says.
+    Response,
+}
+
 /// Removes hop-by-hop headers (RFC 9110 section 7.6.1): `Connection` and every header it names,
 /// `Keep-Alive`, `Proxy-Connection`, `Transfer-Encoding`, `Upgrade`, and `TE` except `te: trailers`,
 /// which a request may carry end to end (RFC 9110 section 10.1.4).
-///
-/// For a protocol upgrade pass `upgrade: true`: `Upgrade` is kept and `Connection: upgrade` set,
-/// since the upgrade handshake must reach the other side.
-pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+pub fn remove_hop_by_hop(headers: &mut HeaderMap, message: Message) {
+    let upgrade = message == Message::Upgrade;
     // Most messages carry none: one pass over the names instead of six lookups.
     if !upgrade && !headers.keys().any(is_hop_by_hop) {
         return;
     }
     // Decided first: a compliant sender lists TE in Connection (RFC 9110 section 10.1.4).
-    let te_trailers = headers
-        .get_all(header::TE)
-        .iter()
-        .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers"))));
+    let te_trailers = message != Message::Response
+        && headers
+            .get_all(header::TE)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers"))));
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers.get_all(header::CONNECTION).iter().flat_map(headers_named_in).collect();
         for name in named {

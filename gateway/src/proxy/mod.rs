@@ -29,7 +29,7 @@ use hyper::body::Incoming;
 pub use body::ProxyBody;
 pub use error::ProxyError;
 use forward::forward;
-pub use headers::{remove_hop_by_hop, request_id, set_forwarding, Client, IdentityHeaders};
+pub use headers::{remove_hop_by_hop, request_id, set_forwarding, Client, IdentityHeaders, Message};
 use record::{Record, Seen, Trace};
 pub use request_body::{copy_without_body, BodyProgress, UpstreamRequestBody};
 
@@ -208,7 +208,7 @@ fn proxy<'a>(
         // The client's connection speaks HTTP/1.1 (hyper downgrades for an HTTP/1.0 client): an
         // HTTP/1.0 upstream's status line would turn it into an HTTP/1.0 one, closed after this.
         parts.version = Version::HTTP_11;
-        headers::remove_hop_by_hop(&mut parts.headers, false);
+        headers::remove_hop_by_hop(&mut parts.headers, headers::Message::Response);
         if let Some(decision) = &rate_limit {
             headers::set_rate_limit(&mut parts.headers, decision);
         }
@@ -376,7 +376,8 @@ fn upstream_request(
 
     // Room for the forwarding headers and the request id in one step, not a regrowth per insert.
     parts.headers.reserve(5);
-    headers::remove_hop_by_hop(&mut parts.headers, upgrade);
+    let message = if upgrade { headers::Message::Upgrade } else { headers::Message::Request };
+    headers::remove_hop_by_hop(&mut parts.headers, message);
     headers::set_forwarding(&mut parts.headers, client);
     parts.headers.insert(&headers::X_REQUEST_ID, request_id.clone());
     let upstream_host = match client.host.filter(|_| route.preserve_host) {

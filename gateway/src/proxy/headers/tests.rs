@@ -30,7 +30,7 @@ fn remove_hop_by_hop_strips_rfc9110_set_and_connection_named() {
         ("te", "gzip"),
         ("x-kept", "yes"),
     ]);
-    remove_hop_by_hop(&mut h, false);
+    remove_hop_by_hop(&mut h, Message::Request);
     let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
     assert_eq!(names, ["x-kept"]);
 }
@@ -38,16 +38,24 @@ fn remove_hop_by_hop_strips_rfc9110_set_and_connection_named() {
 #[test]
 fn remove_hop_by_hop_keeps_te_trailers_even_when_listed_in_connection() {
     let mut h = map(&[("te", "trailers, deflate"), ("connection", "te")]);
-    remove_hop_by_hop(&mut h, false);
+    remove_hop_by_hop(&mut h, Message::Request);
     assert_eq!(get(&h, "te"), Some("trailers"));
     assert!(h.get("connection").is_none());
+}
+
+#[test]
+fn remove_hop_by_hop_removes_te_from_a_response_whatever_it_says() {
+    let mut h = map(&[("te", "trailers"), ("x-kept", "yes")]);
+    remove_hop_by_hop(&mut h, Message::Response);
+    let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+    assert_eq!(names, ["x-kept"]);
 }
 
 #[test]
 fn remove_hop_by_hop_for_upgrade_keeps_upgrade_and_connection() {
     let mut h = map(&[("connection", "Upgrade, x-private"), ("upgrade", "websocket"), ("x-private", "1")]);
     assert!(is_upgrade_request(&h));
-    remove_hop_by_hop(&mut h, true);
+    remove_hop_by_hop(&mut h, Message::Upgrade);
     assert_eq!(get(&h, "upgrade"), Some("websocket"));
     assert_eq!(get(&h, "connection"), Some("upgrade"));
     assert!(h.get("x-private").is_none());
@@ -67,19 +75,19 @@ fn is_upgrade_request_only_for_websocket() {
         assert!(!is_upgrade_request(&map(&[("connection", "upgrade"), ("upgrade", other)])), "{other}");
     }
     let mut h = map(&[("connection", "Upgrade, HTTP2-Settings"), ("upgrade", "h2c"), ("http2-settings", "AAMAAABk")]);
-    let upgrade = is_upgrade_request(&h);
-    remove_hop_by_hop(&mut h, upgrade);
+    assert!(!is_upgrade_request(&h));
+    remove_hop_by_hop(&mut h, Message::Request);
     assert!(h.is_empty(), "an h2c upgrade goes on as a plain request: {h:?}");
 }
 
 #[test]
 fn remove_hop_by_hop_drops_a_length_sent_with_a_transfer_coding() {
     let mut h = map(&[("transfer-encoding", "chunked"), ("content-length", "3"), ("content-type", "text/plain")]);
-    remove_hop_by_hop(&mut h, false);
+    remove_hop_by_hop(&mut h, Message::Request);
     assert!(h.get("content-length").is_none(), "{h:?}");
     assert_eq!(get(&h, "content-type"), Some("text/plain"));
     let mut h = map(&[("content-length", "3")]);
-    remove_hop_by_hop(&mut h, false);
+    remove_hop_by_hop(&mut h, Message::Request);
     assert_eq!(get(&h, "content-length"), Some("3"), "a length alone stays");
 }
 
