@@ -255,7 +255,7 @@ fn expect_logged(proc: &ProcGuard, path: &Path) -> anyhow::Result<()> {
 }
 
 /// The gauge that counts access log lines dropped because the writer could not keep up.
-pub const ACCESS_LOG_DROPPED_METRIC: &str = "gateway_access_log_dropped_lines";
+pub const ACCESS_LOG_DROPPED_METRIC: &str = "gateway_access_log_dropped_lines_total";
 
 /// What a gateway's access log holds, and what it could not write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -512,9 +512,9 @@ mod tests {
 
     #[test]
     fn metric_value_reads_unlabelled_series_only() {
-        let text = "# HELP gateway_access_log_dropped_lines Access log lines dropped.\n\
-                    # TYPE gateway_access_log_dropped_lines gauge\n\
-                    gateway_access_log_dropped_lines 3\n\
+        let text = "# HELP gateway_access_log_dropped_lines_total Access log lines dropped.\n\
+                    # TYPE gateway_access_log_dropped_lines_total counter\n\
+                    gateway_access_log_dropped_lines_total 3\n\
                     gateway_requests_total{route=\"all\"} 7\n";
         assert_eq!(metric_value(text, ACCESS_LOG_DROPPED_METRIC), Some(3.0));
         assert_eq!(metric_value(text, "gateway_requests_total"), None);

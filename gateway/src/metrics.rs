@@ -49,7 +49,7 @@ pub struct Metrics {
     client_connections: IntGauge,
     client_connections_max: IntGauge,
     pub redis: RedisMetrics,
-    access_log_dropped: IntGauge,
+    access_log_dropped: IntCounter,
     process: process::ProcessMetrics,
 }
 
@@ -58,7 +58,6 @@ pub struct Metrics {
 pub struct Readings<'a> {
     /// `None` when no Redis is configured.
     pub redis_connected: Option<bool>,
-    pub access_log_dropped: u64,
     /// Client connections open now, and the most allowed (`server.max_connections`).
     pub client_connections: usize,
     pub client_connections_max: usize,
@@ -91,6 +90,12 @@ pub fn global() -> &'static Metrics {
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let counter = IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| misdefined(name, &e));
+    register(registry, name, Box::new(counter.clone()));
+    counter
+}
+
+fn plain_counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let counter = IntCounter::new(name, help).unwrap_or_else(|e| misdefined(name, &e));
     register(registry, name, Box::new(counter.clone()));
     counter
 }
@@ -255,9 +260,9 @@ impl Metrics {
                     REDIS_BATCH_BUCKETS,
                 ),
             },
-            access_log_dropped: gauge(
+            access_log_dropped: plain_counter(
                 &r,
-                "gateway_access_log_dropped_lines",
+                "gateway_access_log_dropped_lines_total",
                 "Access log lines dropped because the writer could not keep up.",
             ),
             process: process::ProcessMetrics::register(&r),
@@ -321,10 +326,15 @@ impl Metrics {
         self.client_rejections.with_label_values(&[reason]).inc();
     }
 
+    /// An access log line dropped because its writer fell behind. Counted here, not per log: a
+    /// reload that opens another log must not take the count back.
+    pub fn access_log_line_dropped(&self) {
+        self.access_log_dropped.inc();
+    }
+
     /// The text exposition, with the gauges that are read off the running state set first.
     pub fn render(&self, readings: &Readings<'_>) -> String {
         self.redis_connected.set(i64::from(readings.redis_connected.unwrap_or(false)));
-        self.access_log_dropped.set(i64::try_from(readings.access_log_dropped).unwrap_or(i64::MAX));
         self.client_connections.set(i64::try_from(readings.client_connections).unwrap_or(i64::MAX));
         self.client_connections_max.set(i64::try_from(readings.client_connections_max).unwrap_or(i64::MAX));
         // Upstreams a reload removed must not linger with their last count.

@@ -443,7 +443,7 @@ async fn metrics_count_requests_by_route_and_status_class() {
     metrics.assert_value("gateway_upstream_response_seconds_count", &[("upstream", "echo")], 3.0);
     assert_eq!(metrics.total("gateway_upstream_errors_total"), 0.0, "upstream errors; /metrics:\n{}", metrics.text);
     assert_eq!(metrics.get("gateway_redis_connected", &[]), None, "no `redis` configured; /metrics:\n{}", metrics.text);
-    metrics.assert_value("gateway_access_log_dropped_lines", &[], 0.0);
+    metrics.assert_value("gateway_access_log_dropped_lines_total", &[], 0.0);
     metrics.assert_value("gateway_config_reloads_total", &[("result", "ok")], 0.0);
     metrics.assert_value("gateway_config_reloads_total", &[("result", "failed")], 0.0);
 }

@@ -162,6 +162,7 @@ impl AccessLog {
             // dropped, so in practice never): the line is lost all the same.
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::global().access_log_line_dropped();
             }
         }
     }

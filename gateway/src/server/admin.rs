@@ -104,7 +104,6 @@ fn metrics(runtime: &Runtime) -> String {
     let snapshot = runtime.load();
     let readings = crate::metrics::Readings {
         redis_connected: snapshot.redis.as_ref().map(|redis| redis.status()["connected"].as_bool() == Some(true)),
-        access_log_dropped: snapshot.access_log.as_ref().map_or(0, |log| log.dropped()),
         client_connections: super::connections::open(),
         client_connections_max: super::connections::limit(&snapshot.server),
         upstream_in_flight: snapshot.upstreams.values().map(|u| (&*u.name, u.in_flight())).collect(),
