@@ -103,6 +103,11 @@ impl Gateway {
         self.proc.stderr.text()
     }
 
+    /// Everything the gateway wrote to stdout so far, start-up lines included.
+    pub fn stdout(&self) -> String {
+        self.proc.stdout.text()
+    }
+
     /// The config file path, as passed to `--config`.
     pub fn config_path(&self) -> &Path {
         &self.config

@@ -33,7 +33,7 @@ impl Captured {
 pub(crate) struct Proc {
     what: String,
     pub(crate) child: Child,
-    stdout: Captured,
+    pub(crate) stdout: Captured,
     pub(crate) stderr: Captured,
     lines: mpsc::Receiver<String>,
 }

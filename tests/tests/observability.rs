@@ -677,6 +677,31 @@ async fn access_log_lines_for_proxied_and_refused_requests() {
     }
 }
 
+/// A log shipper reading stdout skips the start-up lines up to `ready`; JSON from there on.
+#[tokio::test]
+async fn access_log_on_stdout_is_json_after_ready() {
+    let echo = Backend::spawn("echo");
+    let config = format!("{}access_log: {{ path: stdout }}\n", one_route_config(&echo, "", ""));
+    let gateway = Gateway::start(&config);
+    for path in ["/one", "/two"] {
+        assert_eq!(client::get(gateway.addr(), path).await.status, 200);
+    }
+    let stdout = fetch_until(
+        "both access log lines on stdout",
+        || async { gateway.stdout() },
+        |text| text.contains(r#""path":"/two""#) && text.contains(r#""path":"/one""#),
+        String::clone,
+    )
+    .await;
+    let (start, log) = stdout.split_once("ready\n").unwrap_or_else(|| panic!("no `ready` line:\n{stdout}"));
+    assert!(start.lines().all(|line| line.starts_with("listening ")), "start-up lines:\n{start}");
+    assert_eq!(log.lines().count(), 2, "one line per request:\n{log}");
+    for line in log.lines() {
+        let json: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert_eq!(json["status"], 200, "{line}");
+    }
+}
+
 #[tokio::test]
 async fn access_log_reopens_on_sighup() {
     let fixture = LogFixture::start();
