@@ -851,6 +851,12 @@ async fn access_log_client_gone_midway_is_incomplete() {
     metrics.assert_value("gateway_requests_total", &requests("bytes", "2xx"), 1.0);
 }
 
+/// The line of a request whose client left first: the 499 the gateway wrote reached nobody.
+fn assert_abandoned(line: &Value) {
+    assert_eq!((&line["status"], &line["error"]), (&Value::from(499), &Value::from("client_closed_request")), "{line}");
+    assert_eq!((&line["completed"], &line["bytes_sent"]), (&Value::from(false), &Value::from(0)), "{line}");
+}
+
 /// A client that hangs up before its body is complete is logged as nginx logs it (499), apart from
 /// one whose body is malformed (400).
 #[tokio::test]
@@ -866,7 +872,7 @@ async fn access_log_upload_abandoned_is_499_and_malformed_is_400() {
         .await;
     drop(stream);
     let line = wait_for_line(&fixture.log, "e2e-abandoned-upload").await;
-    assert_eq!((&line["status"], &line["error"]), (&Value::from(499), &Value::from("client_closed_request")), "{line}");
+    assert_abandoned(&line);
 
     // On HTTP/2 the client resets the stream instead.
     let (_response, mut upload) = raw::h2_upload(fixture.gateway.addr(), "/api/h2-upload", Some(1000), b"0123").await;
@@ -882,7 +888,7 @@ async fn access_log_upload_abandoned_is_499_and_malformed_is_400() {
     )
     .await;
     let line = lines.iter().find(reset).unwrap_or_else(|| panic!("no line for the reset upload"));
-    assert_eq!((&line["status"], &line["error"]), (&Value::from(499), &Value::from("client_closed_request")), "{line}");
+    assert_abandoned(line);
 
     let mut stream = raw::connect(fixture.gateway.addr()).await;
     let head = "POST /api/upload HTTP/1.1\r\nhost: bad.test\r\nx-request-id: e2e-malformed-chunk\r\n\

@@ -115,7 +115,15 @@ impl Record {
 
     /// Body bytes handed to the connection.
     pub(super) fn sent(&mut self, bytes: u64) {
-        self.bytes_sent += bytes;
+        if !self.client_left() {
+            self.bytes_sent += bytes;
+        }
+    }
+
+    /// The answer is a 499: the client went away first, so what is written reaches nobody and
+    /// is logged as not sent, as nginx does.
+    fn client_left(&self) -> bool {
+        self.error == Some(ProxyError::ClientClosed.status_and_code().1)
     }
 
     /// The upstream left the body waiting past the route's timeout: an upstream timeout in the
@@ -143,7 +151,7 @@ impl Record {
 
     /// The body reached its end.
     pub(super) fn completed(&mut self) {
-        self.completed = true;
+        self.completed = !self.client_left();
     }
 
     /// Records the route's metrics now, not at the drop: a tunnel's session may last hours, which
