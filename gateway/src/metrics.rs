@@ -35,6 +35,7 @@ pub struct Metrics {
     identity_headers_stripped: IntCounterVec,
     upstream_errors: IntCounterVec,
     upstream_retries: IntCounterVec,
+    upstream_overloaded: IntCounterVec,
     endpoint_ejections: IntCounterVec,
     upstream_duration: HistogramVec,
     upstream_in_flight: IntGaugeVec,
@@ -182,6 +183,12 @@ impl Metrics {
                 "Failed upstream requests by upstream and kind (connect, timeout, error).",
                 &["upstream", "kind"],
             ),
+            upstream_overloaded: counter(
+                &r,
+                "gateway_upstream_overloaded_total",
+                "Requests answered 503 upstream_overloaded because the upstream had max_requests in flight.",
+                &["upstream"],
+            ),
             upstream_retries: counter(
                 &r,
                 "gateway_upstream_retries_total",
@@ -284,6 +291,7 @@ impl Metrics {
         UpstreamMetrics {
             retries_after_connect_failure: self.upstream_retries.with_label_values(&[upstream, "connect_failed"]),
             retries_after_close: self.upstream_retries.with_label_values(&[upstream, "connection_closed"]),
+            overloaded: self.upstream_overloaded.with_label_values(&[upstream]),
             connect_errors: errors("connect"),
             timeouts: errors("timeout"),
             errors: errors("error"),
@@ -384,6 +392,7 @@ impl RouteMetrics {
 pub struct UpstreamMetrics {
     pub retries_after_connect_failure: IntCounter,
     pub retries_after_close: IntCounter,
+    pub overloaded: IntCounter,
     pub connect_errors: IntCounter,
     pub timeouts: IntCounter,
     pub errors: IntCounter,

@@ -251,3 +251,37 @@ async fn upstream_response_with_more_than_100_header_fields_returns_502() {
         assert_eq!(raw::read_response(&mut stream).await.status, status, "{fields} header fields");
     }
 }
+
+/// `max_requests` caps the requests in flight to an upstream: past it the gateway answers 503
+/// itself, counts it, and takes requests again as soon as one in flight ends.
+#[tokio::test]
+async fn upstream_past_max_requests_returns_503_upstream_overloaded_until_one_ends() {
+    let echo = Backend::spawn("echo");
+    let yaml = config(
+        "upstreams:\n  echo: { endpoints: [\"${echo}\"], max_requests: 2 }\nroutes:\n  - { name: all, upstream: echo }\n",
+        &[&echo],
+    );
+    let gateway = Gateway::start(&yaml);
+    // Two requests the echo holds for far longer than this test runs.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut stream = raw::connect(gateway.addr()).await;
+        stream.write_all(b"GET /slow/600000 HTTP/1.1\r\nhost: gw.test\r\n\r\n").await.unwrap();
+        held.push(stream);
+    }
+    e2e::eventually("both held requests at the echo", || async { echo.stats().await.requests == 2 }).await;
+
+    let refused = client::get(gateway.addr(), "/third").await;
+    refused.assert_error(503, "upstream_overloaded");
+    assert_eq!(echo.stats().await.requests, 2, "the refused request reached the echo");
+    let metrics = client::get(gateway.admin_addr(), "/metrics").await.text();
+    let line = "gateway_upstream_overloaded_total{upstream=\"echo\"} 1";
+    assert!(metrics.lines().any(|l| l == line), "{line} in {metrics}");
+
+    // One client leaves: its request ends, and there is room again.
+    drop(held.pop());
+    e2e::eventually("a request served once a slot is free", || async {
+        client::get(gateway.addr(), "/fourth").await.status == 200
+    })
+    .await;
+}

@@ -270,6 +270,8 @@ pub struct Upstream {
     pub connect_timeout: Duration,
     /// Longest wait for the upstream's response head, then for each piece of its body (routes may override).
     pub request_timeout: Duration,
+    /// Most requests in flight to it at once (all endpoints together); past it, 503. `None`: no cap.
+    pub max_requests: Option<u32>,
     pub pool: Pool,
     /// Present exactly when the endpoints are `https://` (an upstream never mixes schemes).
     pub tls: Option<UpstreamTls>,

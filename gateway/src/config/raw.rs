@@ -161,6 +161,7 @@ pub(crate) struct RawUpstream {
     pub load_balancing: Option<Spanned<String>>,
     pub connect_timeout: Option<Spanned<String>>,
     pub request_timeout: Option<Spanned<String>>,
+    pub max_requests: Option<Spanned<u64>>,
     pub pool: Option<RawPool>,
     pub tls: Option<Spanned<RawUpstreamTls>>,
     pub circuit_breaker: Option<Spanned<RawCircuitBreaker>>,

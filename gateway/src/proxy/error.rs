@@ -43,6 +43,8 @@ pub enum ProxyError {
     ClientBodyTimeout { timeout: Duration },
     #[error("upstream {upstream:?} has no endpoint available")]
     NoEndpoint { upstream: String },
+    #[error("upstream {upstream:?} has {max_requests} requests in flight, its max_requests")]
+    UpstreamOverloaded { upstream: String, max_requests: u32 },
     #[error("upstream {upstream:?} is failing; requests to it are paused (circuit breaker open)")]
     CircuitOpen { upstream: String, retry_after: Duration },
     #[error("could not connect to upstream {upstream:?} at {endpoint}")]
@@ -71,6 +73,7 @@ impl ProxyError {
             ProxyError::ClientClosed => (CLIENT_CLOSED_REQUEST, "client_closed_request"),
             ProxyError::ClientBodyTimeout { .. } => (StatusCode::REQUEST_TIMEOUT, "request_body_timeout"),
             ProxyError::NoEndpoint { .. } => (StatusCode::SERVICE_UNAVAILABLE, "no_endpoint"),
+            ProxyError::UpstreamOverloaded { .. } => (StatusCode::SERVICE_UNAVAILABLE, "upstream_overloaded"),
             ProxyError::CircuitOpen { .. } => (StatusCode::SERVICE_UNAVAILABLE, "circuit_open"),
             ProxyError::UpstreamConnect { .. } => (StatusCode::BAD_GATEWAY, "upstream_connect_error"),
             ProxyError::UpstreamTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),

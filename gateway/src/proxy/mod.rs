@@ -36,7 +36,7 @@ pub use request_body::{copy_without_body, BodyProgress, UpstreamRequestBody};
 use crate::auth::Claims;
 use crate::limit::{Decision, RateLimit};
 use crate::runtime::{RouteRuntime, Snapshot};
-use crate::upstream::Endpoint;
+use crate::upstream::{Endpoint, Refusal};
 
 /// What the gateway knows about the connection a request arrived on, and its listener's rules.
 #[derive(Debug, Clone)]
@@ -84,8 +84,10 @@ pub fn handle(
                 let request_id_text = request_id.to_str().unwrap_or("");
                 // The gateway's or an upstream's failures are worth a warning; a client's own mistakes
                 // (no route, a bad token, over budget) are routine, and a flood of them must not
-                // flood the log.
-                if status.is_server_error() {
+                // flood the log. Nor must load shed on purpose: the breaker and `max_requests` say
+                // so themselves, once.
+                let shed = matches!(error, ProxyError::CircuitOpen { .. } | ProxyError::UpstreamOverloaded { .. });
+                if status.is_server_error() && !shed {
                     let cause = causes(&error);
                     tracing::warn!(request_id = request_id_text, %method, status = status.as_u16(), code, %error, cause, "request failed");
                 } else {
@@ -177,8 +179,12 @@ fn proxy<'a>(
         let upstream = &route.upstream;
         let permit = (upstream.permit())
             .map_err(|retry_after| ProxyError::CircuitOpen { upstream: upstream.name.to_string(), retry_after })?;
-        let in_flight =
-            upstream.pick().ok_or_else(|| ProxyError::NoEndpoint { upstream: upstream.name.to_string() })?;
+        let in_flight = upstream.pick().map_err(|refusal| match refusal {
+            Refusal::NoEndpoint => ProxyError::NoEndpoint { upstream: upstream.name.to_string() },
+            Refusal::Overloaded { max_requests } => {
+                ProxyError::UpstreamOverloaded { upstream: upstream.name.to_string(), max_requests }
+            }
+        })?;
 
         // forward
         let upgrade = headers::is_upgrade_request(request.headers()) && request.version() == Version::HTTP_11;

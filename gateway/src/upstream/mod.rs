@@ -23,6 +23,7 @@ use prometheus::IntCounter;
 use crate::config;
 use crate::metrics::{self, UpstreamMetrics};
 use crate::proxy::UpstreamRequestBody;
+use crate::throttle::Throttle;
 use balancer::Balancer;
 use breaker::{Breaker, Permit, State};
 use health::Health;
@@ -48,6 +49,7 @@ pub struct Upstream {
     pub metrics: UpstreamMetrics,
     /// Present when configured; carried over by reloads that leave its settings unchanged.
     pub breaker: Option<Arc<Breaker>>,
+    overload_warning: Throttle,
 }
 
 /// One endpoint of an upstream, the requests currently in flight to it, and whether it is in rotation.
@@ -61,6 +63,16 @@ pub struct Endpoint {
     health: Health,
     /// Its series of `gateway_upstream_endpoint_ejections_total`.
     ejections: IntCounter,
+}
+
+/// Why [`Upstream::pick`] found no endpoint for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    NoEndpoint,
+    /// `max_requests` requests are in flight already.
+    Overloaded {
+        max_requests: u32,
+    },
 }
 
 /// Holds an endpoint's in-flight slot until dropped (when the response body has been sent).
@@ -131,6 +143,7 @@ impl Upstream {
                 let kept = previous.and_then(|p| p.breaker.as_ref()).filter(|b| b.config() == settings);
                 kept.cloned().unwrap_or_else(|| Arc::new(Breaker::new(settings)))
             }),
+            overload_warning: Throttle::new(Duration::from_secs(10)),
         })
     }
 
@@ -242,17 +255,31 @@ impl Upstream {
         self.endpoints.iter().map(|e| e.in_flight.load(Ordering::Relaxed)).sum()
     }
 
-    /// Picks an endpoint in rotation (any, when none is) and takes an in-flight slot on it; `None`
-    /// when there is none to pick.
-    pub fn pick(&self) -> Option<InFlight> {
+    /// Picks an endpoint in rotation (any, when none is) and takes an in-flight slot on it, unless
+    /// `max_requests` are in flight already.
+    pub fn pick(&self) -> Result<InFlight, Refusal> {
         let index = self.balancer.pick(
             &self.endpoints,
             |e| e.in_flight.load(Ordering::Relaxed),
             |e| e.health.available(&self.config.passive_health),
-        )?;
-        let endpoint = self.endpoints.get(index)?;
-        endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
-        Some(InFlight(endpoint.clone()))
+        );
+        let endpoint = index.and_then(|index| self.endpoints.get(index)).ok_or(Refusal::NoEndpoint)?;
+        // The slot is taken, then the total read, both in one order across threads: of two requests
+        // racing for the last slot, at least one sees the other, so the cap is never passed (both
+        // may be refused).
+        endpoint.in_flight.fetch_add(1, Ordering::SeqCst);
+        let in_flight = InFlight(endpoint.clone());
+        if let Some(max_requests) = self.config.max_requests {
+            let total: usize = self.endpoints.iter().map(|e| e.in_flight.load(Ordering::SeqCst)).sum();
+            if total > max_requests as usize {
+                self.metrics.overloaded.inc();
+                if self.overload_warning.allows() {
+                    tracing::warn!(upstream = &*self.name, max_requests, "upstream has max_requests in flight; answering 503 upstream_overloaded (logged once in 10 s at most)");
+                }
+                return Err(Refusal::Overloaded { max_requests });
+            }
+        }
+        Ok(in_flight)
     }
 }
 
@@ -287,6 +314,7 @@ mod tests {
             load_balancing: config::LoadBalancing::RoundRobin,
             connect_timeout: Duration::from_secs(1),
             request_timeout: Duration::from_secs(1),
+            max_requests: None,
             pool: config::Pool { idle_timeout: Duration::from_secs(1), max_idle_per_host: 1 },
             tls,
             circuit_breaker: None,
@@ -299,6 +327,24 @@ mod tests {
 
     fn tls(insecure_skip_verify: bool) -> Option<config::UpstreamTls> {
         Some(config::UpstreamTls { ca: None, server_name: None, insecure_skip_verify })
+    }
+
+    #[tokio::test]
+    async fn pick_refuses_past_max_requests_across_endpoints_until_a_slot_frees() {
+        let mut config = upstream_config("http://127.0.0.1:1", None);
+        config.endpoints.push(config::Endpoint { uri: "http://127.0.0.1:2".parse().unwrap() });
+        config.max_requests = Some(2);
+        let upstream = Upstream::build(&config, 1, None);
+        let first = upstream.pick().unwrap();
+        let second = upstream.pick().unwrap();
+        assert_ne!(first.endpoint().authority, second.endpoint().authority, "round robin over both");
+        assert_eq!(upstream.pick().unwrap_err(), Refusal::Overloaded { max_requests: 2 });
+        assert_eq!(upstream.in_flight(), 2, "a refused pick gives its slot back");
+        drop(first);
+        let third = upstream.pick().unwrap();
+        assert_eq!(upstream.in_flight(), 2);
+        drop((second, third));
+        assert_eq!(upstream.in_flight(), 0);
     }
 
     #[test]

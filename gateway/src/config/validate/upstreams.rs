@@ -77,6 +77,14 @@ fn upstream(report: &mut Report<'_>, name: &Spanned<String>, raw: &RawUpstream) 
         duration(report, raw.connect_timeout.as_ref(), &format!("{path}.connect_timeout"), defaults::CONNECT_TIMEOUT);
     let request_timeout =
         duration(report, raw.request_timeout.as_ref(), &format!("{path}.request_timeout"), defaults::REQUEST_TIMEOUT);
+    let max_requests = raw.max_requests.as_ref().and_then(|n| {
+        let valid = u32::try_from(n.value).ok().filter(|n| *n > 0);
+        if valid.is_none() {
+            (report.error(n.referenced, &format!("{path}.max_requests"), "max_requests must be 1 to 4294967295"))
+                .hint("the most requests in flight to this upstream at once, e.g. 1024; omit it for no cap");
+        }
+        valid
+    });
     let raw_pool = raw.pool.as_ref();
     let pool = Pool {
         idle_timeout: duration(
@@ -107,6 +115,7 @@ fn upstream(report: &mut Report<'_>, name: &Spanned<String>, raw: &RawUpstream) 
         load_balancing,
         connect_timeout,
         request_timeout,
+        max_requests,
         pool,
         tls,
         circuit_breaker,
