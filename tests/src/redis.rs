@@ -23,7 +23,16 @@ pub struct RedisServer {
     port: u16,
     /// `--requirepass`, when started with one.
     password: Option<String>,
+    /// A TLS port beside the plain one, and the certificate and key it serves.
+    tls: Option<Tls>,
     proc: Option<Proc>,
+}
+
+#[derive(Clone)]
+struct Tls {
+    port: u16,
+    cert: PathBuf,
+    key: PathBuf,
 }
 
 impl RedisServer {
@@ -33,22 +42,33 @@ impl RedisServer {
     /// If `redis-server` is not on `PATH` (with how to install it), or it does not come up; the
     /// message then holds what it printed.
     pub fn start() -> RedisServer {
-        RedisServer::start_with(None)
+        RedisServer::start_with(None, None)
     }
 
     /// Like [`RedisServer::start`], for a server that requires `password` (`--requirepass`).
     /// [`RedisServer::command`] does not authenticate, so it cannot be used on this one.
     pub fn with_password(password: &str) -> RedisServer {
-        RedisServer::start_with(Some(password.to_owned()))
+        RedisServer::start_with(Some(password.to_owned()), None)
     }
 
-    fn start_with(password: Option<String>) -> RedisServer {
+    /// Like [`RedisServer::start`], also serving TLS (`--tls-port`, no client certificates) with
+    /// the PEM certificate and key files given; [`RedisServer::tls_url`] names that port.
+    pub fn with_tls(cert: &Path, key: &Path) -> RedisServer {
+        RedisServer::start_with(None, Some((cert, key)))
+    }
+
+    fn start_with(password: Option<String>, tls_files: Option<(&Path, &Path)>) -> RedisServer {
         let binary = redis_server_binary();
         let mut last_failure = String::new();
         for _ in 0..START_ATTEMPTS {
             let port = crate::closed_port_addr().port();
-            match spawn_and_wait(&binary, port, password.as_deref()) {
-                Ok(proc) => return RedisServer { port, password, proc: Some(proc) },
+            let tls = tls_files.map(|(cert, key)| Tls {
+                port: crate::closed_port_addr().port(),
+                cert: cert.to_owned(),
+                key: key.to_owned(),
+            });
+            match spawn_and_wait(&binary, port, password.as_deref(), tls.as_ref()) {
+                Ok(proc) => return RedisServer { port, password, tls, proc: Some(proc) },
                 // Most likely the port was taken between picking it and the server binding it.
                 Err(failure) => last_failure = failure,
             }
@@ -62,6 +82,12 @@ impl RedisServer {
             Some(password) => format!("redis://:{password}@{}", self.addr()),
             None => format!("redis://{}", self.addr()),
         }
+    }
+
+    /// `rediss://127.0.0.1:T`, the TLS port of a server started [`RedisServer::with_tls`].
+    pub fn tls_url(&self) -> String {
+        let tls = self.tls.as_ref().unwrap_or_else(|| panic!("this redis-server was not started with TLS"));
+        format!("rediss://127.0.0.1:{}", tls.port)
     }
 
     pub fn port(&self) -> u16 {
@@ -93,7 +119,7 @@ impl RedisServer {
     /// If it does not come up within [`TIMEOUT`] (say, another process took the port meanwhile).
     pub fn restart(&mut self) {
         self.stop();
-        let proc = spawn_and_wait(&redis_server_binary(), self.port, self.password.as_deref())
+        let proc = spawn_and_wait(&redis_server_binary(), self.port, self.password.as_deref(), self.tls.as_ref())
             .unwrap_or_else(|failure| panic!("redis-server did not restart on port {}:\n{failure}", self.port));
         self.proc = Some(proc);
     }
@@ -142,7 +168,7 @@ fn is_executable(path: &Path) -> bool {
 
 /// Spawns the server on `port` and waits until it answers PING; on failure it is killed and the
 /// error holds its output.
-fn spawn_and_wait(binary: &Path, port: u16, password: Option<&str>) -> Result<Proc, String> {
+fn spawn_and_wait(binary: &Path, port: u16, password: Option<&str>, tls: Option<&Tls>) -> Result<Proc, String> {
     let mut command = Command::new(binary);
     command
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
@@ -150,6 +176,10 @@ fn spawn_and_wait(binary: &Path, port: u16, password: Option<&str>) -> Result<Pr
         .args(["--dir", &std::env::temp_dir().to_string_lossy()]);
     if let Some(password) = password {
         command.args(["--requirepass", password]);
+    }
+    if let Some(tls) = tls {
+        command.args(["--tls-port", &tls.port.to_string(), "--tls-auth-clients", "no"]);
+        command.arg("--tls-cert-file").arg(&tls.cert).arg("--tls-key-file").arg(&tls.key);
     }
     let mut proc = Proc::spawn(format!("redis-server (port {port})"), command);
     let addr = SocketAddr::from(([127, 0, 0, 1], port));

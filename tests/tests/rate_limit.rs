@@ -406,6 +406,38 @@ async fn rate_limit_redis_concurrent_requests_across_gateways_allow_exactly_budg
     assert_eq!(echo.stats().await.requests, 6, "requests that reached the upstream");
 }
 
+/// `rediss://`: counted in Redis over TLS, the server verified against `redis.ca`. A server the
+/// gateway cannot verify is an outage that says why, and the in-process limiter decides meanwhile.
+#[tokio::test]
+async fn rate_limit_redis_over_tls_counts_in_redis_and_refuses_an_unverified_server() {
+    let files = ConfigDir::new("");
+    let ca = e2e::tls::TestCa::new("e2e redis CA");
+    let ca_file = ca.write(files.path().parent().expect("a config dir"), "redis-ca.crt");
+    let (cert, key) = ca.issue(&["127.0.0.1"]).write(files.path().parent().expect("a config dir"), "redis");
+    let redis = RedisServer::with_tls(&cert, &key);
+    let echo = Backend::spawn("echo");
+    let url = redis.tls_url();
+    let head = format!(
+        "redis:\n  url: {url}\n  ca: {}\n  timeout: 2s\n{}",
+        ca_file.display(),
+        limits(&[("shared", 3, "global")])
+    );
+    let routes = format!("{}{OPEN_ROUTE}", limited_route("limited", "/limited", "shared"));
+    let gateway = Gateway::start(&gateway_config(&echo, &head, &routes));
+    wait_redis_connected(&gateway, &url).await;
+    spend(&gateway, "/limited", 3, 2, 3, "over TLS").await;
+    assert_denied(&get(&gateway, "/limited").await, 3, "over TLS, budget spent");
+    assert!(counters(&redis) > 0, "the counts are not in Redis: it holds no counter");
+
+    // Without `ca` the server's certificate is checked against the Mozilla roots, and fails.
+    let head = format!("redis:\n  url: {url}\n  timeout: 2s\n{}", limits(&[("shared", 3, "global")]));
+    let untrusting = Gateway::start(&gateway_config(&echo, &head, &routes));
+    let json = wait_redis_disconnected(&untrusting, &url).await;
+    let error = json["redis"]["last_error"].as_str().unwrap_or_default();
+    assert!(error.contains("invalid peer certificate: UnknownIssuer"), "last_error should say why: {json:#}");
+    assert_eq!(get(&untrusting, "/limited").await.status, 200, "decided in-process meanwhile");
+}
+
 /// How many counters `redis` holds: its keys but the gateways' probe (`gw:rl:probe`, kept while
 /// they are connected).
 fn counters(redis: &RedisServer) -> u64 {

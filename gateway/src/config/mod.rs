@@ -98,6 +98,7 @@ pub fn referenced_files(file_label: &str, text: &str) -> Vec<PathBuf> {
     // Each section parsed on its own, so a malformed one cannot hide another's files.
     let upstream_refs: raw::RawUpstreamFileRefs = serde_saphyr::from_str(text).unwrap_or_default();
     let jwt_refs: raw::RawJwtFileRefs = serde_saphyr::from_str(text).unwrap_or_default();
+    let redis_refs: raw::RawRedisFileRefs = serde_saphyr::from_str(text).unwrap_or_default();
     let tls = refs.listeners.iter().filter_map(|l| l.tls.as_ref());
     let certificates =
         tls.clone().flat_map(|tls| &tls.certificates).flat_map(|c| [c.cert.as_deref(), c.key.as_deref()]);
@@ -106,7 +107,9 @@ pub fn referenced_files(file_label: &str, text: &str) -> Vec<PathBuf> {
         .map(|(_, upstream)| upstream.tls.as_ref().and_then(|tls| tls.ca.as_deref()));
     let public_keys = (jwt_refs.jwt.iter().flat_map(|jwt| &jwt.providers).flat_map(|map| &map.0))
         .flat_map(|(_, provider)| [provider.public_key.as_deref(), provider.jwks_ca.as_deref()]);
+    let redis_ca = redis_refs.redis.and_then(|redis| redis.ca);
     let files = certificates.chain(client_cas).chain(upstream_cas).chain(public_keys).flatten();
+    let files = files.chain(redis_ca.as_deref());
     files.map(|file| resolve(file_label, file)).collect()
 }
 

@@ -38,8 +38,11 @@ pub struct Config {
 /// The Redis server every gateway instance shares its rate-limit counters through.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Redis {
-    /// `redis://[user:password@]host:port[/db]` as written (it may hold a password: never log it whole).
+    /// `redis://` or `rediss://` (TLS) `[user:password@]host:port[/db]` as written (it may hold a
+    /// password: never log it whole).
     pub url: String,
+    /// CA certificates to verify a `rediss://` server against instead of the webpki (Mozilla) roots.
+    pub ca: Option<CaBundle>,
     /// Longest a request waits for a decision from Redis before the in-process limiter decides.
     pub timeout: Duration,
     /// Longest one connection attempt may take.
@@ -319,6 +322,8 @@ pub struct CaBundle {
     pub path: PathBuf,
     /// At least one, in file order.
     pub roots: Vec<rustls_pki_types::TrustAnchor<'static>>,
+    /// The file as read: the Redis client parses it itself.
+    pub pem: Vec<u8>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

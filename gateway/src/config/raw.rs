@@ -36,6 +36,7 @@ pub(crate) struct RawAccessLog {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawRedis {
     pub url: Option<Spanned<String>>,
+    pub ca: Option<Spanned<String>>,
     pub timeout: Option<Spanned<String>>,
     pub connect_timeout: Option<Spanned<String>>,
 }
@@ -306,6 +307,17 @@ pub(crate) struct RawUpstreamRefs {
 
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct RawUpstreamTlsRefs {
+    pub ca: Option<String>,
+}
+
+/// Just the file Redis refers to (`redis.ca`), read leniently like [`RawFileRefs`].
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawRedisFileRefs {
+    pub redis: Option<RawRedisRefs>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawRedisRefs {
     pub ca: Option<String>,
 }
 

@@ -432,6 +432,12 @@ fn jwt_public_key_is_a_referenced_file() {
 }
 
 #[test]
+fn redis_ca_is_a_referenced_file() {
+    let text = "redis: { url: rediss://redis.internal:6380, ca: certs/redis-ca.pem }\n";
+    assert_eq!(referenced_files("/etc/gw/gw.yaml", text), [PathBuf::from("/etc/gw/certs/redis-ca.pem")]);
+}
+
+#[test]
 fn rate_limits_and_redis_parse_with_defaults() {
     let text = MINIMAL.replace(
         "routes:\n  - { name: all, upstream: echo }\n",
@@ -454,6 +460,7 @@ routes:
         config.redis,
         Some(Redis {
             url: "redis://:pw@127.0.0.1:6379/2".into(),
+            ca: None,
             timeout: defaults::REDIS_TIMEOUT,
             connect_timeout: defaults::REDIS_CONNECT_TIMEOUT,
         })

@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwapOption;
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, RedisError};
+use redis::{AsyncConnectionConfig, Client, RedisError, TlsCertificates};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -106,7 +106,13 @@ impl RedisStore {
     /// connection for callers on every runtime. The task ends when the store is dropped.
     pub fn start(config: &Redis, workers: usize) -> Arc<RedisStore> {
         let (reconnect, reconnect_requests) = mpsc::channel(1);
-        let client = Client::open(config.url.as_str());
+        let client = match &config.ca {
+            Some(ca) => {
+                let certificates = TlsCertificates { client_tls: None, root_cert: Some(ca.pem.clone()) };
+                Client::build_with_tls(config.url.as_str(), certificates)
+            }
+            None => Client::open(config.url.as_str()),
+        };
         let settings = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
             .set_response_timeout(Some(config.timeout));

@@ -28,24 +28,30 @@ pub(super) fn redis(report: &mut Report<'_>, raw: Option<&Spanned<RawRedis>>) ->
     };
     let scheme = url.value.split_once("://").map_or("", |(scheme, _)| scheme);
     let problem = match scheme {
-        "rediss" => Some((
-            "TLS to Redis (`rediss://`) is not supported yet",
-            "use `redis://` on a private network, or a local TLS tunnel to the Redis server",
-        )),
-        "redis" | "redis+unix" | "unix" => match url.value.as_str().into_connection_info() {
+        "redis" | "rediss" | "redis+unix" | "unix" => match url.value.as_str().into_connection_info() {
             Ok(_) => None,
-            Err(_) => {
-                Some(("the Redis URL is not valid", "e.g. redis://127.0.0.1:6379 or redis://:password@host:6379/0"))
-            }
+            Err(_) => Some((
+                "the Redis URL is not valid",
+                "e.g. redis://127.0.0.1:6379, redis://:password@host:6379/0, or rediss:// for TLS",
+            )),
         },
-        _ => Some(("the Redis URL must start with redis://", "e.g. redis://127.0.0.1:6379")),
+        _ => Some(("the Redis URL must start with redis:// (or rediss:// for TLS)", "e.g. redis://127.0.0.1:6379")),
     };
     if let Some((message, hint)) = problem {
         // Never echo the URL: it may hold a password.
         report.error(url.referenced, "redis.url", message).hint(hint);
         return None;
     }
-    Some(Redis { url: url.value.clone(), timeout, connect_timeout })
+    let ca = match &raw.value.ca {
+        Some(ca) if scheme != "rediss" => {
+            (report.error(ca.referenced, "redis.ca", "ca is only for TLS connections (a rediss:// url)"))
+                .hint("use rediss:// to connect with TLS, or remove `ca`");
+            return None;
+        }
+        Some(ca) => Some(super::upstreams::tls::ca_bundle(report, ca, "redis.ca")?),
+        None => None,
+    };
+    Some(Redis { url: url.value.clone(), ca, timeout, connect_timeout })
 }
 
 pub(super) fn rate_limits(

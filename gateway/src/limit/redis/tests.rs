@@ -8,7 +8,12 @@ const HOUR: Duration = Duration::from_secs(3600);
 const HANG: Duration = Duration::from_secs(10);
 
 fn config(url: &str) -> Redis {
-    Redis { url: url.to_owned(), timeout: Duration::from_millis(200), connect_timeout: Duration::from_millis(500) }
+    Redis {
+        url: url.to_owned(),
+        ca: None,
+        timeout: Duration::from_millis(200),
+        connect_timeout: Duration::from_millis(500),
+    }
 }
 
 /// How many times the server has run `command` for the decisions since its stats were last reset:

@@ -134,7 +134,7 @@ pub(in crate::config::validate) fn ca_bundle(
             }
         }
     }
-    Some(CaBundle { path: file, roots })
+    Some(CaBundle { path: file, roots, pem: bytes })
 }
 
 #[cfg(test)]
