@@ -36,8 +36,13 @@ impl Balancer {
             Balancer::RoundRobin(next) => {
                 // Passing over one takes its turn too, so the others keep equal shares.
                 let mut turns = (0..n).map(|_| next.fetch_add(1, Ordering::Relaxed) % n).peekable();
-                let first = turns.peek().copied();
-                turns.find(|&i| available(&items[i])).or(first)
+                let first = turns.peek().copied()?;
+                // Other workers take turns meanwhile, so n turns need not visit every endpoint:
+                // all of them may land on ones that are out. Only when none is in rotation does
+                // one that is out get the request.
+                turns.find(|&i| available(&items[i])).or_else(|| {
+                    (1..n).map(|k| (first + k) % n).find(|&i| available(&items[i])).or(Some(first))
+                })
             }
             Balancer::LeastRequest => {
                 let r = random::next_u64();
@@ -104,6 +109,23 @@ mod tests {
         let out = [false, true, false];
         let picks: Vec<_> = (0..6).map(|_| b.pick(&out, |_| 0, |out| !out).unwrap()).collect();
         assert_eq!(picks, [0, 2, 0, 2, 0, 2], "equal shares for the others");
+    }
+
+    /// Under load the other workers take turns between this one's: every turn it takes may land
+    /// on the endpoint that is out, which must still not get the request.
+    #[test]
+    fn round_robin_passes_over_endpoints_out_of_rotation_while_other_workers_take_turns() {
+        let b = Balancer::new(LoadBalancing::RoundRobin);
+        let Balancer::RoundRobin(next) = &b else { unreachable!("a round robin balancer") };
+        let out = [false, true];
+        next.store(1, Ordering::Relaxed);
+        let available_while_another_takes_a_turn = |out: &bool| {
+            next.fetch_add(1, Ordering::Relaxed);
+            !out
+        };
+        for _ in 0..10 {
+            assert_eq!(b.pick(&out, |_| 0, available_while_another_takes_a_turn), Some(0));
+        }
     }
 
     #[test]
