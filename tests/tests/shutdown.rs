@@ -4,6 +4,7 @@
 use std::io::ErrorKind;
 
 use e2e::{client, eventually, one_route_config, Backend, Gateway, TIMEOUT};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 /// Starts `GET path` through the gateway in the background and waits until the echo has received it.
@@ -177,4 +178,27 @@ async fn shutdown_accept_grace_serves_new_connections_while_not_ready() {
     .await;
     let status = gateway.wait_exit().await;
     assert_eq!(status.code(), Some(0), "exit status {status}; stderr:\n{}", gateway.stderr());
+}
+
+/// Once the drain has begun, HTTP/1.1 answers say `connection: close`, so keep-alive clients open
+/// their next connection elsewhere (the load balancer's other instances) instead of meeting this
+/// one's close, whether during `accept_grace` or after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_keepalive_answers_say_connection_close_once_draining() {
+    let echo = Backend::spawn("echo");
+    let yaml = format!("{}shutdown:\n  accept_grace: 5s\n", one_route_config(&echo, "", ""));
+    let gateway = Gateway::start(&yaml);
+    let mut stream = e2e::raw::connect(gateway.addr()).await;
+    let get = b"GET / HTTP/1.1\r\nhost: gw.test\r\n\r\n";
+    stream.write_all(get).await.unwrap();
+    let before = e2e::raw::read_response(&mut stream).await;
+    assert_eq!((before.status, before.header("connection")), (200, None), "{before:?}");
+
+    gateway.sigterm();
+    eventually("/readyz to turn 503", || async { client::get(gateway.admin_addr(), "/readyz").await.status == 503 })
+        .await;
+    stream.write_all(get).await.unwrap();
+    let during = e2e::raw::read_response(&mut stream).await;
+    assert_eq!((during.status, during.header("connection")), (200, Some("close")), "{during:?}");
+    assert!(e2e::raw::read_until_close(&mut stream).await.is_empty(), "the connection closes after that answer");
 }

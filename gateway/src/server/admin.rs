@@ -2,7 +2,6 @@
 //! providers' key state and the rate limits' Redis connection.
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -17,12 +16,7 @@ use crate::reload::Status;
 use crate::runtime::Runtime;
 
 /// Accepts admin connections until the task is dropped.
-pub(super) async fn serve(
-    listener: TcpListener,
-    draining: Arc<AtomicBool>,
-    status: Option<Arc<Status>>,
-    runtime: Runtime,
-) {
+pub(super) async fn serve(listener: TcpListener, status: Option<Arc<Status>>, runtime: Runtime) {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -36,12 +30,12 @@ pub(super) async fn serve(
                 continue;
             }
         };
-        let (draining, status, runtime) = (draining.clone(), status.clone(), runtime.clone());
+        let (status, runtime) = (status.clone(), runtime.clone());
         // A client that never finishes a request head must not hold a connection for ever.
         let header_read_timeout = runtime.load().server.header_read_timeout;
         tokio::spawn(async move {
             let service = service_fn(move |request| {
-                let response = respond(&request, draining.load(Ordering::Relaxed), status.as_deref(), &runtime);
+                let response = respond(&request, super::draining(), status.as_deref(), &runtime);
                 async move { Ok::<_, Infallible>(response) }
             });
             let io = TokioIo::new(stream);

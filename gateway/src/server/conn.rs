@@ -120,9 +120,13 @@ async fn serve_http<S>(
         let guard = activity.start_request();
         let connection = connection.clone();
         async move {
-            let response = proxy::handle(snapshot, connection, request).await;
+            let http1 = request.version() <= http::Version::HTTP_11;
+            let mut response = proxy::handle(snapshot, connection, request).await;
             if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
                 guard.upgraded();
+            } else if http1 && super::draining() {
+                // hyper closes the connection after this answer, and the client knows not to reuse it.
+                response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
             }
             Ok::<_, Infallible>(response.map(|body| Tracked { body, guard, waiting: None }))
         }

@@ -105,7 +105,6 @@ impl Server {
     /// Call it from a tokio runtime: it serves the admin listener there (with `status` at
     /// `/admin/config`) and starts the workers.
     pub async fn run(self, shutdown: impl Future<Output = ()>, status: Option<Arc<Status>>) -> Result<(), ServeError> {
-        let draining = Arc::new(AtomicBool::new(false));
         let (stop, stopped) = watch::channel(false);
 
         // Hand socket i of every listener to worker i.
@@ -125,8 +124,7 @@ impl Server {
             workers.push(handle);
         }
         let admin = match self.admin.map(TcpListener::from_std).transpose() {
-            Ok(admin) => admin
-                .map(|listener| tokio::spawn(admin::serve(listener, draining.clone(), status, self.runtime.clone()))),
+            Ok(admin) => admin.map(|listener| tokio::spawn(admin::serve(listener, status, self.runtime.clone()))),
             Err(error) => {
                 tracing::error!(%error, "cannot serve the admin listener");
                 None
@@ -134,7 +132,7 @@ impl Server {
         };
 
         shutdown.await;
-        draining.store(true, Ordering::Relaxed);
+        DRAINING.store(true, Ordering::Relaxed);
         // Still accepting, but no longer ready: load balancers take the gateway out first.
         let accept_grace = self.runtime.load().accept_grace;
         if !accept_grace.is_zero() {
@@ -159,6 +157,14 @@ impl Server {
         }
         Ok(())
     }
+}
+
+/// Set once a stop signal came: `/readyz` answers 503, and HTTP/1.1 answers say `connection: close`
+/// so that keep-alive clients take their next request elsewhere. (One server per process.)
+static DRAINING: AtomicBool = AtomicBool::new(false);
+
+fn draining() -> bool {
+    DRAINING.load(Ordering::Relaxed)
 }
 
 /// A nonblocking listening socket with `SO_REUSEPORT`, so every worker can bind the same address.
