@@ -40,9 +40,9 @@ impl Balancer {
                 // Other workers take turns meanwhile, so n turns need not visit every endpoint:
                 // all of them may land on ones that are out. Only when none is in rotation does
                 // one that is out get the request.
-                turns.find(|&i| available(&items[i])).or_else(|| {
-                    (1..n).map(|k| (first + k) % n).find(|&i| available(&items[i])).or(Some(first))
-                })
+                turns
+                    .find(|&i| available(&items[i]))
+                    .or_else(|| (1..n).map(|k| (first + k) % n).find(|&i| available(&items[i])).or(Some(first)))
             }
             Balancer::LeastRequest => {
                 let r = random::next_u64();
