@@ -25,6 +25,8 @@ pub struct RedisServer {
     password: Option<String>,
     /// A TLS port beside the plain one, and the certificate and key it serves.
     tls: Option<Tls>,
+    /// The cluster bus port of a node started by [`RedisCluster::start`].
+    cluster_port: Option<u16>,
     proc: Option<Proc>,
 }
 
@@ -42,22 +44,22 @@ impl RedisServer {
     /// If `redis-server` is not on `PATH` (with how to install it), or it does not come up; the
     /// message then holds what it printed.
     pub fn start() -> RedisServer {
-        RedisServer::start_with(None, None)
+        RedisServer::start_with(None, None, false)
     }
 
     /// Like [`RedisServer::start`], for a server that requires `password` (`--requirepass`).
     /// [`RedisServer::command`] does not authenticate, so it cannot be used on this one.
     pub fn with_password(password: &str) -> RedisServer {
-        RedisServer::start_with(Some(password.to_owned()), None)
+        RedisServer::start_with(Some(password.to_owned()), None, false)
     }
 
     /// Like [`RedisServer::start`], also serving TLS (`--tls-port`, no client certificates) with
     /// the PEM certificate and key files given; [`RedisServer::tls_url`] names that port.
     pub fn with_tls(cert: &Path, key: &Path) -> RedisServer {
-        RedisServer::start_with(None, Some((cert, key)))
+        RedisServer::start_with(None, Some((cert, key)), false)
     }
 
-    fn start_with(password: Option<String>, tls_files: Option<(&Path, &Path)>) -> RedisServer {
+    fn start_with(password: Option<String>, tls_files: Option<(&Path, &Path)>, cluster: bool) -> RedisServer {
         let binary = redis_server_binary();
         let mut last_failure = String::new();
         for _ in 0..START_ATTEMPTS {
@@ -67,8 +69,9 @@ impl RedisServer {
                 cert: cert.to_owned(),
                 key: key.to_owned(),
             });
-            match spawn_and_wait(&binary, port, password.as_deref(), tls.as_ref()) {
-                Ok(proc) => return RedisServer { port, password, tls, proc: Some(proc) },
+            let cluster_port = cluster.then(|| crate::closed_port_addr().port());
+            match spawn_and_wait(&binary, port, password.as_deref(), tls.as_ref(), cluster_port) {
+                Ok(proc) => return RedisServer { port, password, tls, cluster_port, proc: Some(proc) },
                 // Most likely the port was taken between picking it and the server binding it.
                 Err(failure) => last_failure = failure,
             }
@@ -119,7 +122,8 @@ impl RedisServer {
     /// If it does not come up within [`TIMEOUT`] (say, another process took the port meanwhile).
     pub fn restart(&mut self) {
         self.stop();
-        let proc = spawn_and_wait(&redis_server_binary(), self.port, self.password.as_deref(), self.tls.as_ref())
+        let binary = redis_server_binary();
+        let proc = spawn_and_wait(&binary, self.port, self.password.as_deref(), self.tls.as_ref(), self.cluster_port)
             .unwrap_or_else(|failure| panic!("redis-server did not restart on port {}:\n{failure}", self.port));
         self.proc = Some(proc);
     }
@@ -151,6 +155,45 @@ impl RedisServer {
     }
 }
 
+/// A Redis Cluster of three masters (no replicas) on free loopback ports, the 16,384 slots split
+/// as `redis-cli --cluster create` splits them: 0-5460, 5461-10922, 10923-16383. Killed on drop.
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts the nodes, gives each its slots, introduces them, and waits (up to [`TIMEOUT`])
+    /// until every node says `cluster_state:ok`.
+    pub fn start() -> RedisCluster {
+        let nodes: Vec<RedisServer> = (0..3).map(|_| RedisServer::start_with(None, None, true)).collect();
+        for (node, (first, last)) in nodes.iter().zip([(0, 5460), (5461, 10922), (10923, 16383)]) {
+            let reply = node.command(&["CLUSTER", "ADDSLOTSRANGE", &first.to_string(), &last.to_string()]);
+            assert_eq!(reply, "OK", "CLUSTER ADDSLOTSRANGE answered {reply:?}");
+        }
+        for other in &nodes[1..] {
+            let bus = other.cluster_port.map(|port| port.to_string()).unwrap_or_default();
+            let reply = nodes[0].command(&["CLUSTER", "MEET", "127.0.0.1", &other.port.to_string(), &bus]);
+            assert_eq!(reply, "OK", "CLUSTER MEET answered {reply:?}");
+        }
+        let deadline = Instant::now() + TIMEOUT;
+        while !nodes.iter().all(|node| node.command(&["CLUSTER", "INFO"]).contains("cluster_state:ok")) {
+            assert!(Instant::now() < deadline, "the Redis Cluster was not ready within {TIMEOUT:?}");
+            thread::sleep(Duration::from_millis(50));
+        }
+        RedisCluster { nodes }
+    }
+
+    /// `redis://127.0.0.1:P` of the first node, the gateway's `redis.url` with `cluster: true`.
+    pub fn url(&self) -> String {
+        self.nodes[0].url()
+    }
+
+    /// How many keys each node holds, in slot order.
+    pub fn key_counts(&self) -> Vec<u64> {
+        self.nodes.iter().map(RedisServer::key_count).collect()
+    }
+}
+
 /// Finds `redis-server` on `PATH`, or panics saying how to install it.
 fn redis_server_binary() -> PathBuf {
     let found = std::env::var_os("PATH")
@@ -168,7 +211,13 @@ fn is_executable(path: &Path) -> bool {
 
 /// Spawns the server on `port` and waits until it answers PING; on failure it is killed and the
 /// error holds its output.
-fn spawn_and_wait(binary: &Path, port: u16, password: Option<&str>, tls: Option<&Tls>) -> Result<Proc, String> {
+fn spawn_and_wait(
+    binary: &Path,
+    port: u16,
+    password: Option<&str>,
+    tls: Option<&Tls>,
+    cluster_port: Option<u16>,
+) -> Result<Proc, String> {
     let mut command = Command::new(binary);
     command
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
@@ -176,6 +225,13 @@ fn spawn_and_wait(binary: &Path, port: u16, password: Option<&str>, tls: Option<
         .args(["--dir", &std::env::temp_dir().to_string_lossy()]);
     if let Some(password) = password {
         command.args(["--requirepass", password]);
+    }
+    if let Some(cluster_port) = cluster_port {
+        // A node's state file; one left by an earlier run on this port would restore that cluster.
+        let nodes = std::env::temp_dir().join(format!("e2e-redis-nodes-{port}.conf"));
+        let _ = std::fs::remove_file(&nodes);
+        command.args(["--cluster-enabled", "yes", "--cluster-port", &cluster_port.to_string()]);
+        command.arg("--cluster-config-file").arg(&nodes);
     }
     if let Some(tls) = tls {
         command.args(["--tls-port", &tls.port.to_string(), "--tls-auth-clients", "no"]);

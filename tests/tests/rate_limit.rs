@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use backends::token::{claims, Algorithm, SigningKey};
 use e2e::client::{self, Reply};
-use e2e::redis::RedisServer;
+use e2e::redis::{RedisCluster, RedisServer};
 use e2e::{closed_port_addr, config, config_version, fetch_until, Backend, ConfigDir, Gateway};
 use futures_util::future::join_all;
 use serde_json::Value;
@@ -436,6 +436,38 @@ async fn rate_limit_redis_over_tls_counts_in_redis_and_refuses_an_unverified_ser
     let error = json["redis"]["last_error"].as_str().unwrap_or_default();
     assert!(error.contains("invalid peer certificate: UnknownIssuer"), "last_error should say why: {json:#}");
     assert_eq!(get(&untrusting, "/limited").await.status, 200, "decided in-process meanwhile");
+}
+
+/// `cluster: true`: counted in a Redis Cluster, one budget shared by two gateways. The limits'
+/// counters hash to slots on each of the three nodes (`four` on the first, `two` the second, `one`
+/// the third), and requests for all three go at once, so batches span nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rate_limit_redis_cluster_budgets_span_nodes_and_are_shared_exactly() {
+    let cluster = RedisCluster::start();
+    let echo = Backend::spawn("echo");
+    let names = ["four", "two", "one"];
+    let head = format!(
+        "redis:\n  url: {}\n  cluster: true\n  timeout: 2s\n{}",
+        cluster.url(),
+        limits(&names.map(|name| (name, 4, "global")))
+    );
+    let routes: String = names.iter().map(|name| limited_route(name, &format!("/{name}"), name)).collect();
+    let yaml = gateway_config(&echo, &head, &routes);
+    let (a, b) = (Gateway::start(&yaml), Gateway::start(&yaml));
+    wait_redis_connected(&a, &cluster.url()).await;
+    wait_redis_connected(&b, &cluster.url()).await;
+
+    let asks = (0..36).map(|i| get(if i % 2 == 0 { &a } else { &b }, ["/four", "/two", "/one"][i % 3]));
+    let mut by_limit: [Vec<Reply>; 3] = Default::default();
+    for (i, reply) in join_all(asks).await.into_iter().enumerate() {
+        by_limit[i % 3].push(reply);
+    }
+    for (replies, name) in by_limit.iter().zip(names) {
+        assert_exact_budget(replies, 4, &format!("12 concurrent requests for limit {name} over two gateways"));
+    }
+    assert_eq!(echo.stats().await.requests, 12, "requests that reached the upstream");
+    let counts = cluster.key_counts();
+    assert!(counts.iter().all(|&keys| keys > 0), "counters on every node, keys per node: {counts:?}");
 }
 
 /// How many counters `redis` holds: its keys but the gateways' probe (`gw:rl:probe`, kept while

@@ -43,6 +43,8 @@ pub struct Redis {
     pub url: String,
     /// CA certificates to verify a `rediss://` server against instead of the webpki (Mozilla) roots.
     pub ca: Option<CaBundle>,
+    /// `url` is one node of a Redis Cluster, which tells where the others are.
+    pub cluster: bool,
     /// Longest a request waits for a decision from Redis before the in-process limiter decides.
     pub timeout: Duration,
     /// Longest one connection attempt may take.

@@ -37,6 +37,7 @@ pub(crate) struct RawAccessLog {
 pub(crate) struct RawRedis {
     pub url: Option<Spanned<String>>,
     pub ca: Option<Spanned<String>>,
+    pub cluster: Option<Spanned<bool>>,
     pub timeout: Option<Spanned<String>>,
     pub connect_timeout: Option<Spanned<String>>,
 }

@@ -432,6 +432,15 @@ fn jwt_public_key_is_a_referenced_file() {
 }
 
 #[test]
+fn redis_cluster_needs_a_tcp_node() {
+    let text = MINIMAL.replace("routes:", "redis: { url: \"unix:///run/redis.sock\", cluster: true }\nroutes:");
+    let problems = parse("gw.yaml", &text).unwrap_err().to_string();
+    assert!(problems.contains("redis.url: a Redis Cluster is reached over TCP"), "{problems}");
+    let text = MINIMAL.replace("routes:", "redis: { url: redis://10.0.0.7:7000, cluster: true }\nroutes:");
+    assert!(parse("gw.yaml", &text).unwrap().config.redis.is_some_and(|redis| redis.cluster));
+}
+
+#[test]
 fn redis_ca_is_a_referenced_file() {
     let text = "redis: { url: rediss://redis.internal:6380, ca: certs/redis-ca.pem }\n";
     assert_eq!(referenced_files("/etc/gw/gw.yaml", text), [PathBuf::from("/etc/gw/certs/redis-ca.pem")]);
@@ -461,6 +470,7 @@ routes:
         Some(Redis {
             url: "redis://:pw@127.0.0.1:6379/2".into(),
             ca: None,
+            cluster: false,
             timeout: defaults::REDIS_TIMEOUT,
             connect_timeout: defaults::REDIS_CONNECT_TIMEOUT,
         })

@@ -3,8 +3,8 @@
 //!
 //! Counters live at `gw:rl:{<key>}:<window index>`, the index picked by this gateway's clock
 //! (instances should run NTP). The `{..}` hash tag keeps a key's two counters in one Redis Cluster
-//! slot; inside it `%`, `{` and `}` are percent-encoded (see [`hash_tag`]). (A batch spans keys of
-//! any slot, so Cluster itself is not supported; the tags keep the key layout ready for it.)
+//! slot; inside it `%`, `{` and `}` are percent-encoded (see [`hash_tag`]). On a cluster a batch
+//! goes out as one pipeline per counter, as a pipeline must stay in one slot.
 //!
 //! Connected means able to count: a connection is only used once a probe (the commands the
 //! counting uses, on a key of its own) has passed, and the probe is repeated every second. A
@@ -18,14 +18,14 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwapOption;
-use redis::aio::MultiplexedConnection;
+use redis::cluster::ClusterClient;
 use redis::{AsyncConnectionConfig, Client, RedisError, TlsCertificates};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use self::batch::{Batcher, Question};
-use self::connection::{condemns, describe, keep_connected, HEALTH_TIMEOUT};
+use self::connection::{condemns, describe, keep_connected, Connector, Link, HEALTH_TIMEOUT};
 use self::count::{Outcome, OwedExpiries, Plan, SettledCounts};
 use super::Decision;
 use crate::config::Redis;
@@ -61,7 +61,7 @@ pub enum Unavailable {
 /// A worker thread's own connection, and the queue its decisions wait in for the next call.
 #[derive(Default)]
 struct WorkerConnection {
-    connection: ArcSwapOption<MultiplexedConnection>,
+    connection: ArcSwapOption<Link>,
     /// Held while connecting, so the worker's concurrent requests wait for one connection.
     connecting: tokio::sync::Mutex<()>,
     batcher: Batcher,
@@ -79,14 +79,14 @@ pub struct RedisStore {
     /// The control connection: `None` while disconnected, which sends every decision in-process.
     /// Its driver task runs on the runtime `start` ran on; it is health-checked and backs
     /// `status()`, and serves decisions on threads that are not workers.
-    connection: ArcSwapOption<MultiplexedConnection>,
+    connection: ArcSwapOption<Link>,
     /// One connection per worker thread, made on the worker's first decision, so its driver runs
     /// on that worker's runtime and a decision never leaves the request's thread (a hop to
     /// another thread and back costs more than the round trip to Redis). Dropped with the control
     /// connection.
     workers: Box<[WorkerConnection]>,
     /// What the worker connections are made with; `None` when the URL is invalid.
-    client: Option<(Client, AsyncConnectionConfig)>,
+    connector: Option<Arc<Connector>>,
     last_error: Mutex<Option<String>>,
     /// Calls failed (timed out or refused) since the last reply.
     failures_in_a_row: AtomicU32,
@@ -106,16 +106,12 @@ impl RedisStore {
     /// connection for callers on every runtime. The task ends when the store is dropped.
     pub fn start(config: &Redis, workers: usize) -> Arc<RedisStore> {
         let (reconnect, reconnect_requests) = mpsc::channel(1);
-        let client = match &config.ca {
-            Some(ca) => {
-                let certificates = TlsCertificates { client_tls: None, root_cert: Some(ca.pem.clone()) };
-                Client::build_with_tls(config.url.as_str(), certificates)
-            }
+        let certificates =
+            config.ca.as_ref().map(|ca| TlsCertificates { client_tls: None, root_cert: Some(ca.pem.clone()) });
+        let client = match &certificates {
+            Some(certificates) => Client::build_with_tls(config.url.as_str(), certificates.clone()),
             None => Client::open(config.url.as_str()),
         };
-        let settings = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(config.connect_timeout))
-            .set_response_timeout(Some(config.timeout));
         let mut secrets: Vec<String> = password_in_url(&config.url).into_iter().map(str::to_owned).collect();
         if let Some(password) = client.as_ref().ok().and_then(|c| c.get_connection_info().redis_settings().password()) {
             secrets.push(password.to_owned());
@@ -128,7 +124,7 @@ impl RedisStore {
             secrets,
             connection: ArcSwapOption::empty(),
             workers: (0..workers.max(1)).map(|_| WorkerConnection::default()).collect(),
-            client: client.as_ref().ok().map(|client| (client.clone(), settings.clone())),
+            connector: client.as_ref().ok().and_then(|client| connector(config, client, certificates)).map(Arc::new),
             last_error: Mutex::new(None),
             failures_in_a_row: AtomicU32::new(0),
             owed: Mutex::default(),
@@ -137,13 +133,14 @@ impl RedisStore {
             owed_forgotten: Throttle::new(WARN_EVERY),
             reconnect,
         });
-        let never = match (client, tokio::runtime::Handle::try_current()) {
-            (Ok(client), Ok(runtime)) => {
-                runtime.spawn(keep_connected(Arc::downgrade(&store), client, settings, reconnect_requests));
+        let never = match (&store.connector, client, tokio::runtime::Handle::try_current()) {
+            (Some(connector), Ok(_), Ok(runtime)) => {
+                runtime.spawn(keep_connected(Arc::downgrade(&store), connector.clone(), reconnect_requests));
                 None
             }
-            (Err(error), _) => Some(format!("invalid Redis URL: {}", store.scrub(&error.to_string()))),
-            (Ok(_), Err(_)) => Some("no tokio runtime where the store started".to_owned()),
+            (_, Err(error), _) => Some(format!("invalid Redis URL: {}", store.scrub(&error.to_string()))),
+            (None, Ok(_), _) => Some("cannot set up the Redis Cluster client".to_owned()),
+            (Some(_), Ok(_), Err(_)) => Some("no tokio runtime where the store started".to_owned()),
         };
         if let Some(reason) = never {
             tracing::warn!(url = %store.shown_url, %reason, "Redis is never used: rate limits are counted in-process");
@@ -195,11 +192,8 @@ impl RedisStore {
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX));
         let plan = Plan::new(batch, now_ms, settled);
-        let mut call = (*connection).clone();
-        let pipeline = plan.pipeline();
         let sent = Instant::now();
-        let reply = match tokio::time::timeout_at(deadline, pipeline.query_async::<Vec<redis::Value>>(&mut call)).await
-        {
+        let reply = match tokio::time::timeout_at(deadline, query(&connection, &plan)).await {
             Ok(Ok(reply)) => reply,
             Ok(Err(error)) if !error.is_timeout() => return Err(self.call_failed(&plan, &connection, Some(&error))),
             Ok(Err(_)) | Err(_) => return Err(self.call_failed(&plan, &connection, None)),
@@ -222,12 +216,7 @@ impl RedisStore {
     /// Records a call that failed (`error`) or timed out (`None`), whose INCRBYs may have been
     /// applied all the same: its counters are owed their expiry. Condemns `connection` when the
     /// error says Redis cannot count or this is one failure too many.
-    fn call_failed(
-        &self,
-        plan: &Plan,
-        connection: &Arc<MultiplexedConnection>,
-        error: Option<&RedisError>,
-    ) -> Unavailable {
+    fn call_failed(&self, plan: &Plan, connection: &Arc<Link>, error: Option<&RedisError>) -> Unavailable {
         self.owe_expiries(plan.counters());
         let failure = match error {
             Some(error) => Unavailable::Redis(self.scrub(&describe(error))),
@@ -247,22 +236,17 @@ impl RedisStore {
     /// Sends the DECRBYs and PEXPIREs a decided batch calls for, without waiting: the answers need
     /// not wait for them. When they fail, the expiries are owed (set once Redis answers again); the
     /// denied counts not taken back keep a key's budget spent a little sooner, until the window ends.
-    fn follow_up(&self, connection: Arc<MultiplexedConnection>, take_back: &[(&str, u64)], to_expire: &[(&str, u64)]) {
+    fn follow_up(&self, connection: Arc<Link>, take_back: &[(&str, u64)], to_expire: &[(&str, u64)]) {
         if take_back.is_empty() && to_expire.is_empty() {
             return;
         }
-        let mut pipe = redis::pipe();
-        for &(counter, denied) in take_back {
-            pipe.cmd("DECRBY").arg(counter).arg(denied).ignore();
-        }
-        for &(counter, expiry_ms) in to_expire {
-            pipe.cmd("PEXPIRE").arg(counter).arg(expiry_ms).ignore();
-        }
+        let take_backs = take_back.iter().map(|&(counter, denied)| (counter, command("DECRBY", counter, denied)));
+        let expiries = to_expire.iter().map(|&(counter, ms)| (counter, command("PEXPIRE", counter, ms)));
+        let commands = take_backs.chain(expiries).map(|(counter, command)| (counter.to_owned(), command)).collect();
         let expiring: Vec<(String, u64)> = to_expire.iter().map(|&(counter, ms)| (counter.to_owned(), ms)).collect();
         let (store, timeout) = (self.me.clone(), self.config.timeout);
         tokio::spawn(async move {
-            let mut call = (*connection).clone();
-            let error = match tokio::time::timeout(timeout, pipe.exec_async(&mut call)).await {
+            let error = match tokio::time::timeout(timeout, connection.exec(commands)).await {
                 Ok(Ok(())) => return,
                 Ok(Err(error)) => Some(error),
                 Err(_) => None,
@@ -277,7 +261,7 @@ impl RedisStore {
     /// A follow-up failed (`error`) or timed out (`None`): shown in `last_error`, logged once a
     /// minute at most, and an outage when the error says Redis cannot count (the connection task
     /// then warns once).
-    fn follow_up_failed(&self, connection: &Arc<MultiplexedConnection>, error: Option<&RedisError>) {
+    fn follow_up_failed(&self, connection: &Arc<Link>, error: Option<&RedisError>) {
         let why = match error {
             Some(error) => self.scrub(&describe(error)),
             None => format!("no answer within {}ms", self.config.timeout.as_millis()),
@@ -311,19 +295,16 @@ impl RedisStore {
 
     /// Sets the owed expiries on `connection` (the health check's, once the probe passed), in
     /// pipelines of [`OWED_PER_CALL`]; what fails stays owed for the next check.
-    async fn pay_owed_expiries(&self, connection: &MultiplexedConnection, patience: Duration) {
+    async fn pay_owed_expiries(&self, connection: &Link, patience: Duration) {
         loop {
             let owed = self.owed.lock().unwrap_or_else(PoisonError::into_inner).take(OWED_PER_CALL);
             if owed.is_empty() {
                 return;
             }
-            let mut pipe = redis::pipe();
-            for (counter, expiry_ms) in &owed {
-                pipe.cmd("PEXPIRE").arg(counter).arg(*expiry_ms).ignore();
-            }
-            let mut call = connection.clone();
-            call.set_response_timeout(patience);
-            if !matches!(tokio::time::timeout(patience, pipe.exec_async(&mut call)).await, Ok(Ok(()))) {
+            let commands =
+                owed.iter().map(|(counter, ms)| (counter.clone(), command("PEXPIRE", counter, *ms))).collect();
+            let call = connection.patient(patience);
+            if !matches!(tokio::time::timeout(patience, call.exec(commands)).await, Ok(Ok(()))) {
                 self.owe_expiries(owed.iter().map(|(counter, ms)| (counter.as_str(), *ms)));
                 return;
             }
@@ -346,7 +327,7 @@ impl RedisStore {
 
     /// The calling worker's connection, made now if it has none (by `deadline`); `None` off worker
     /// threads or when it cannot be made (the control connection serves then).
-    async fn worker_connection(&self, deadline: Instant) -> Option<Arc<MultiplexedConnection>> {
+    async fn worker_connection(&self, deadline: Instant) -> Option<Arc<Link>> {
         let slot = self.workers.get(worker::index())?;
         if let Some(connection) = slot.connection.load_full() {
             return Some(connection);
@@ -355,8 +336,7 @@ impl RedisStore {
         if let Some(connection) = slot.connection.load_full() {
             return Some(connection);
         }
-        let (client, settings) = self.client.as_ref()?;
-        let connect = client.get_multiplexed_async_connection_with_config(settings);
+        let connect = self.connector.as_ref()?.connect();
         let connection = Arc::new(tokio::time::timeout_at(deadline, connect).await.ok()?.ok()?);
         slot.connection.store(Some(connection.clone()));
         Some(connection)
@@ -367,15 +347,15 @@ impl RedisStore {
     /// `last_error` is the latest failure since the last connect (`null`: none).
     pub fn status(&self) -> Value {
         let last_error = self.last_error.lock().unwrap_or_else(PoisonError::into_inner).clone();
-        json!({ "url": self.shown_url, "connected": self.connection.load().is_some(), "last_error": last_error })
+        let connected = self.connection.load().is_some();
+        json!({ "url": self.shown_url, "cluster": self.config.cluster, "connected": connected, "last_error": last_error })
     }
 
     /// Condemns `broken` (the control connection or a worker's), unless it was replaced already:
     /// Redis counts as unreachable until the task has reconnected, so every connection goes and
     /// decisions are made in-process meanwhile.
-    fn drop_connection(&self, broken: &Arc<MultiplexedConnection>) {
-        let is =
-            |slot: &ArcSwapOption<MultiplexedConnection>| slot.load().as_ref().is_some_and(|c| Arc::ptr_eq(c, broken));
+    fn drop_connection(&self, broken: &Arc<Link>) {
+        let is = |slot: &ArcSwapOption<Link>| slot.load().as_ref().is_some_and(|c| Arc::ptr_eq(c, broken));
         if !(is(&self.connection) || self.workers.iter().any(|worker| is(&worker.connection))) {
             return;
         }
@@ -416,6 +396,46 @@ impl fmt::Debug for RedisStore {
             .field("connected", &self.connection.load().is_some())
             .finish_non_exhaustive()
     }
+}
+
+/// How connections to `config` are made with `client` (its URL parsed): a cluster client through
+/// that node when `config.cluster`; `None` if one cannot be set up.
+fn connector(config: &Redis, client: &Client, certificates: Option<TlsCertificates>) -> Option<Connector> {
+    if !config.cluster {
+        let settings = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(config.connect_timeout))
+            .set_response_timeout(Some(config.timeout));
+        return Some(Connector::Server(client.clone(), settings));
+    }
+    let mut builder = ClusterClient::builder([client.get_connection_info().clone()])
+        .connection_timeout(config.connect_timeout)
+        .response_timeout(config.timeout);
+    if let Some(certificates) = certificates {
+        builder = builder.certs(certificates);
+    }
+    builder.build().ok().map(Connector::Cluster)
+}
+
+/// The reply to `plan`'s commands on `connection`: one pipeline on a server; on a cluster one per
+/// counter (a pipeline must stay in one hash slot), all at once, joined into the same reply.
+async fn query(connection: &Link, plan: &Plan) -> redis::RedisResult<Vec<redis::Value>> {
+    if matches!(connection, Link::Server(_)) {
+        return plan.pipeline().query_async(&mut connection.clone()).await;
+    }
+    let calls = plan.pipelines_per_counter().map(|pipe| {
+        let mut link = connection.clone();
+        async move { pipe.query_async::<Vec<redis::Value>>(&mut link).await }
+    });
+    let replies = futures_util::future::try_join_all(calls).await?;
+    // A reply that does not fit is what `decide` refuses: an empty one never fits a batch.
+    Ok(plan.join_replies(replies).unwrap_or_default())
+}
+
+/// `name counter n`, e.g. `PEXPIRE gw:rl:{..}:7 120000`.
+fn command(name: &str, counter: &str, n: u64) -> redis::Cmd {
+    let mut command = redis::cmd(name);
+    command.arg(counter).arg(n);
+    command
 }
 
 /// `key` as it goes inside the `{..}` hash tag: `%`, `{` and `}` percent-encoded, so a `}` cannot

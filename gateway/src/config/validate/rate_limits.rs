@@ -51,7 +51,13 @@ pub(super) fn redis(report: &mut Report<'_>, raw: Option<&Spanned<RawRedis>>) ->
         Some(ca) => Some(super::upstreams::tls::ca_bundle(report, ca, "redis.ca")?),
         None => None,
     };
-    Some(Redis { url: url.value.clone(), ca, timeout, connect_timeout })
+    let cluster = raw.value.cluster.as_ref().is_some_and(|cluster| cluster.value);
+    if cluster && !matches!(scheme, "redis" | "rediss") {
+        (report.error(url.referenced, "redis.url", "a Redis Cluster is reached over TCP"))
+            .hint("give one node's redis:// (or rediss://) address; the others are learned from it");
+        return None;
+    }
+    Some(Redis { url: url.value.clone(), ca, cluster, timeout, connect_timeout })
 }
 
 pub(super) fn rate_limits(

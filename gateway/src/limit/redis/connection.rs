@@ -1,11 +1,14 @@
 //! Keeping the store connected: connect, probe that Redis can count, watch the connection, and
 //! reconnect with backoff; and which errors condemn a connection.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, RedisError};
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{AsyncConnectionConfig, Client, Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Value};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -24,14 +27,112 @@ const PROBE_EXPIRY_MS: u64 = 10_000;
 const CANNOT_COUNT: [&str; 8] =
     ["READONLY", "OOM", "NOAUTH", "WRONGPASS", "NOPERM", "MASTERDOWN", "LOADING", "MISCONF"];
 
+/// How connections are made: to one server, or to a Redis Cluster through one of its nodes.
+pub(super) enum Connector {
+    Server(Client, AsyncConnectionConfig),
+    Cluster(ClusterClient),
+}
+
+impl Connector {
+    pub(super) async fn connect(&self) -> RedisResult<Link> {
+        match self {
+            Connector::Server(client, settings) => {
+                client.get_multiplexed_async_connection_with_config(settings).await.map(Link::Server)
+            }
+            Connector::Cluster(client) => client.get_async_connection().await.map(Link::Cluster),
+        }
+    }
+}
+
+/// A connection to one server, or to a Redis Cluster, which routes each command or pipeline by
+/// its keys' hash slot: a pipeline must stay in one slot.
+#[derive(Clone)]
+pub(super) enum Link {
+    Server(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Link {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Link::Server(connection) => connection.req_packed_command(cmd),
+            Link::Cluster(connection) => connection.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Link::Server(connection) => connection.req_packed_commands(pipeline, offset, count),
+            Link::Cluster(connection) => connection.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Link::Server(connection) => connection.get_db(),
+            Link::Cluster(connection) => connection.get_db(),
+        }
+    }
+}
+
+impl Link {
+    /// A handle on the same connection whose answers may take `patience` (a cluster's is set
+    /// when it is made; every call is also bounded from outside).
+    pub(super) fn patient(&self, patience: Duration) -> Link {
+        let mut link = self.clone();
+        if let Link::Server(connection) = &mut link {
+            connection.set_response_timeout(patience);
+        }
+        link
+    }
+
+    /// Runs `commands`, each on the key it names, answers ignored: one pipeline on a server; on a
+    /// cluster one per hash tag, all at once.
+    pub(super) async fn exec(&self, commands: Vec<(String, Cmd)>) -> RedisResult<()> {
+        let mut pipes: Vec<Pipeline> = Vec::new();
+        match self {
+            Link::Server(_) => pipes.push(commands.into_iter().fold(redis::pipe(), |mut pipe, (_, command)| {
+                pipe.add_command(command).ignore();
+                pipe
+            })),
+            Link::Cluster(_) => {
+                let mut by_tag: HashMap<String, usize> = HashMap::new();
+                for (key, command) in commands {
+                    let at = *by_tag.entry(slot_tag(&key).to_owned()).or_insert_with(|| {
+                        pipes.push(redis::pipe());
+                        pipes.len() - 1
+                    });
+                    pipes[at].add_command(command).ignore();
+                }
+            }
+        }
+        let calls = pipes.iter().map(|pipe| {
+            let mut link = self.clone();
+            async move { pipe.exec_async(&mut link).await }
+        });
+        futures_util::future::try_join_all(calls).await.map(|_| ())
+    }
+}
+
+/// The part of `key` Redis hashes to pick its cluster slot: the text between the first `{` and
+/// the next `}` when that is not empty, else the whole key.
+pub(super) fn slot_tag(key: &str) -> &str {
+    let tagged = key.split_once('{').and_then(|(_, rest)| rest.split_once('}')).map(|(tag, _)| tag);
+    tagged.filter(|tag| !tag.is_empty()).unwrap_or(key)
+}
+
 /// Connects and probes (see [`connect`]), then waits for the connection to break (see [`watch`]),
 /// and connects again; backs off (100 ms doubling to 5 s) after failed attempts and after
 /// connections that broke within 5 s. Logs transitions only: WARN once per outage, INFO when
 /// connected; a connection that keeps breaking within 5 s of being made logs them once a minute.
 pub(super) async fn keep_connected(
     store: Weak<RedisStore>,
-    client: Client,
-    settings: AsyncConnectionConfig,
+    connector: Arc<Connector>,
     mut reconnect_requests: mpsc::Receiver<()>,
 ) {
     let mut backoff = MIN_BACKOFF;
@@ -41,7 +142,7 @@ pub(super) async fn keep_connected(
     let mut quiet = false;
     loop {
         let Some(patience) = store.upgrade().map(|live| live.patience()) else { return };
-        let attempt = connect(&client, &settings, patience).await;
+        let attempt = connect(&connector, patience).await;
         let Some(live) = store.upgrade() else { return };
         match attempt {
             Ok(connection) => {
@@ -101,12 +202,8 @@ pub(super) async fn keep_connected(
 }
 
 /// A new connection that passed the probe, or why there is none (unscrubbed).
-async fn connect(
-    client: &Client,
-    settings: &AsyncConnectionConfig,
-    patience: Duration,
-) -> Result<MultiplexedConnection, String> {
-    let connection = client.get_multiplexed_async_connection_with_config(settings).await.map_err(|e| describe(&e))?;
+async fn connect(connector: &Connector, patience: Duration) -> Result<Link, String> {
+    let connection = connector.connect().await.map_err(|e| describe(&e))?;
     probe(&connection, patience).await.map_err(|error| format!("connected, but Redis cannot count: {error}"))?;
     Ok(connection)
 }
@@ -114,9 +211,8 @@ async fn connect(
 /// Whether Redis can count on `connection`: the commands the counting uses (INCRBY, PEXPIRE,
 /// DECRBY, MGET) on [`PROBE_KEY`], which they leave at 0 with a short expiry. A PING would pass on
 /// a read-only replica, a full server or without the password, where every call then fails.
-async fn probe(connection: &MultiplexedConnection, patience: Duration) -> Result<(), String> {
-    let mut probe = connection.clone();
-    probe.set_response_timeout(patience);
+async fn probe(connection: &Link, patience: Duration) -> Result<(), String> {
+    let mut probe = connection.patient(patience);
     let mut pipe = redis::pipe();
     pipe.cmd("INCRBY").arg(PROBE_KEY).arg(1).ignore();
     pipe.cmd("PEXPIRE").arg(PROBE_KEY).arg(PROBE_EXPIRY_MS).ignore();

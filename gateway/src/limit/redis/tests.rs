@@ -1,3 +1,5 @@
+use redis::aio::MultiplexedConnection;
+
 use super::*;
 use e2e::eventually;
 use e2e::redis::RedisServer;
@@ -11,6 +13,7 @@ fn config(url: &str) -> Redis {
     Redis {
         url: url.to_owned(),
         ca: None,
+        cluster: false,
         timeout: Duration::from_millis(200),
         connect_timeout: Duration::from_millis(500),
     }
@@ -53,6 +56,16 @@ async fn admin(server: &RedisServer) -> MultiplexedConnection {
 
 async fn connected(store: &RedisStore) {
     eventually("connected", || async { store.status()["connected"] == true }).await;
+}
+
+#[test]
+fn slot_tag_is_what_redis_hashes_for_the_slot() {
+    use super::connection::slot_tag;
+    assert_eq!(slot_tag("gw:rl:{per_user:alice}:42"), "per_user:alice");
+    assert_eq!(slot_tag("gw:rl:{a}{b}:1"), "a", "the first tag");
+    assert_eq!(slot_tag("gw:rl:{}:1"), "gw:rl:{}:1", "an empty tag hashes the whole key");
+    assert_eq!(slot_tag("gw:rl:probe"), "gw:rl:probe");
+    assert_eq!(slot_tag("gw:rl:{open"), "gw:rl:{open");
 }
 
 #[test]
