@@ -90,8 +90,8 @@ fn describe(err: &Error, text: &str) -> (String, Option<String>) {
                 .unwrap_or_else(|| format!("expected one of: {}", expected.join(", ")));
             (format!("unknown value {variant:?}"), Some(hint))
         }
-        Error::InvalidScalar { ty, .. } => invalid_scalar(ty),
-        Error::InvalidBooleanStrict { .. } => invalid_scalar("bool"),
+        Error::InvalidScalar { ty, location } => invalid_scalar(ty, written_at(text, position(*location))),
+        Error::InvalidBooleanStrict { .. } => invalid_scalar("bool", ""),
         Error::NullIntoString { .. } => (
             "expected a value, found nothing".to_owned(),
             Some("write a value after the colon, or remove the key".to_owned()),
@@ -133,8 +133,9 @@ fn wrong_type(expected: &str) -> (String, Option<String>) {
     (format!("wrong type: expected {what}"), Some(hint.to_owned()))
 }
 
-fn invalid_scalar(ty: &str) -> (String, Option<String>) {
-    // The largest value, so that a number too large is not taken for one badly written.
+/// `written` is the value as it stands in the file, to tell a negative or too large number from
+/// one badly written.
+fn invalid_scalar(ty: &str, written: &str) -> (String, Option<String>) {
     let max = match ty {
         "bool" | "boolean" => return ("expected true or false".to_owned(), None),
         "u8" => u128::from(u8::MAX),
@@ -144,7 +145,23 @@ fn invalid_scalar(ty: &str) -> (String, Option<String>) {
         "u128" => u128::MAX,
         other => return (format!("invalid value: expected {}", clean(other)), None),
     };
-    (format!("expected a whole number from 0 to {max}"), Some("write digits only, e.g. 100".to_owned()))
+    let digits = |text: &str| !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
+    if written.strip_prefix('-').is_some_and(digits) {
+        return ("expected a whole number, not a negative one".to_owned(), None);
+    }
+    if digits(written) {
+        return (format!("{written} is too large: at most {max}"), None);
+    }
+    ("expected a whole number".to_owned(), Some("write digits only, e.g. 100".to_owned()))
+}
+
+/// The plain scalar that starts at `(line, column)` of `text` (both from 1), up to what ends it
+/// in a flow or block mapping.
+fn written_at(text: &str, (line, column): (usize, usize)) -> &str {
+    let Some(line) = text.lines().nth(line - 1) else { return "" };
+    let start = line.char_indices().nth(column - 1).map_or(line.len(), |(at, _)| at);
+    let rest = &line[start..];
+    rest[..rest.find([' ', '\t', ',', '}', ']', '#']).unwrap_or(rest.len())].trim_end()
 }
 
 fn syntax_hint(msg: &str) -> Option<String> {
