@@ -184,6 +184,10 @@ pub(crate) struct TimedIo<S> {
     write_stall: StallTimer,
     /// When the busy timer last ticked (see [`Activity::tick`]).
     ticked_at: Instant,
+    /// Once an idle HTTP/2 connection was asked to close: no idle wait ends before this, so
+    /// what the client sends meanwhile (the PING's answer, a request that crossed the GOAWAY)
+    /// does not cut the grace short.
+    grace_until: Option<Instant>,
     /// The connection's place under `server.max_connections`: freed when the socket closes, with
     /// hyper's connection or, after an upgrade, with the tunnel that took the socket over.
     open: Option<Open>,
@@ -201,6 +205,7 @@ impl<S> TimedIo<S> {
             timer: Box::pin(tokio::time::sleep(timeouts.idle)),
             write_stall: StallTimer::new(timeouts.idle),
             ticked_at: Instant::now(),
+            grace_until: None,
             open: None,
         }
     }
@@ -216,7 +221,10 @@ impl<S> TimedIo<S> {
     fn arm(&mut self, wait: Wait, epoch: u64) {
         self.deadline = match wait {
             // Not from the last bytes read: HTTP/2 PINGs and SETTINGS do not make a connection busy.
-            Wait::Idle => self.activity.ended_at().unwrap_or(self.activity.accepted_at) + self.timeouts.idle,
+            Wait::Idle => {
+                let idle_since = self.activity.ended_at().unwrap_or(self.activity.accepted_at);
+                (idle_since + self.timeouts.idle).max(self.grace_until.unwrap_or(idle_since))
+            }
             Wait::Head => Instant::now() + self.timeouts.header_read,
         };
         self.armed = Some((wait, epoch));
@@ -269,6 +277,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TimedIo<S> {
                 // and a PING, closing when the PING is answered. A client that does not answer is
                 // closed when the grace ends.
                 self.deadline = now + GOAWAY_GRACE.min(self.timeouts.idle);
+                self.grace_until = Some(self.deadline);
                 self.timer.as_mut().reset(self.deadline);
             } else {
                 break;

@@ -92,6 +92,27 @@ async fn idle_http2_connection_is_asked_to_close_then_ended_after_the_grace() {
     assert_eq!(start.elapsed(), TIMEOUTS.idle + GOAWAY_GRACE);
 }
 
+/// What the client sends during the grace (the PING's answer, a request that crossed the GOAWAY)
+/// does not end it early: hyper closes once the streams are done, or the grace ends.
+#[tokio::test(start_paused = true)]
+async fn idle_http2_connection_keeps_its_grace_when_the_client_sends_more() {
+    let (mut client, mut io, activity) = pair();
+    client.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+    assert!(io.read(&mut [0u8; 64]).await.unwrap() > 0);
+    let start = Instant::now();
+    let read = tokio::spawn(async move {
+        let mut buf = [0u8; 64];
+        let first = io.read(&mut buf).await.unwrap();
+        (first, io.read(&mut buf).await.unwrap(), Instant::now())
+    });
+    tokio::time::sleep(TIMEOUTS.idle + Duration::from_millis(2)).await;
+    assert!(activity.close_asked());
+    client.write_all(b"ping answer").await.unwrap();
+    let (first, second, ended) = read.await.unwrap();
+    assert_eq!((first, second), (11, 0));
+    assert_eq!(ended - start, TIMEOUTS.idle + GOAWAY_GRACE, "the grace was cut short");
+}
+
 /// The reader parks while a request is in flight and is not polled again by anyone else; the
 /// connection must still close `idle_timeout` after the request ends, however long it ran.
 async fn reader_parked_while_busy_closes_idle_timeout_after_the_end(request_runs: Duration) {
@@ -151,10 +172,11 @@ async fn client_reading_slowly_but_steadily_is_never_cut_off() {
 
 #[tokio::test(start_paused = true)]
 async fn http2_frames_without_a_request_do_not_keep_the_connection_open() {
-    let (mut client, mut io, _) = pair();
+    let (mut client, mut io, activity) = pair();
     let start = Instant::now();
     client.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
-    // A PING's worth of bytes every second for longer than idle_timeout, never a request.
+    // A PING's worth of bytes every second for longer than idle_timeout, never a request: asked
+    // to close (GOAWAY) at the idle timeout, closed when the grace ends.
     let pings = tokio::spawn(async move {
         for _ in 0..30 {
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -165,7 +187,8 @@ async fn http2_frames_without_a_request_do_not_keep_the_connection_open() {
     });
     let mut buf = [0u8; 64];
     while io.read(&mut buf).await.unwrap() > 0 {}
-    assert_eq!(start.elapsed(), TIMEOUTS.idle, "idle since it was accepted");
+    assert!(activity.close_asked());
+    assert_eq!(start.elapsed(), TIMEOUTS.idle + GOAWAY_GRACE, "idle since it was accepted");
     pings.abort();
 }
 
