@@ -10,7 +10,7 @@ pub enum LogFormat {
 
 /// Installs the global subscriber, writing to stderr. `RUST_LOG` overrides `level` when set.
 pub fn init(format: LogFormat, level: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter(level)));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -19,4 +19,11 @@ pub fn init(format: LogFormat, level: &str) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
     }
+}
+
+/// `level` for everything but the Redis client library, which is kept to errors: it warns once per
+/// node and attempt while a cluster node is down (dozens of lines a second), where the gateway
+/// says so itself, once per outage.
+fn default_filter(level: &str) -> String {
+    format!("{level},redis=error")
 }

@@ -192,6 +192,11 @@ impl RedisCluster {
     pub fn key_counts(&self) -> Vec<u64> {
         self.nodes.iter().map(RedisServer::key_count).collect()
     }
+
+    /// Kills node `index` (0 to 2, in slot order), as [`RedisServer::stop`] does.
+    pub fn stop_node(&mut self, index: usize) {
+        self.nodes[index].stop();
+    }
 }
 
 /// Finds `redis-server` on `PATH`, or panics saying how to install it.

@@ -470,6 +470,37 @@ async fn rate_limit_redis_cluster_budgets_span_nodes_and_are_shared_exactly() {
     assert!(counts.iter().all(|&keys| keys > 0), "counters on every node, keys per node: {counts:?}");
 }
 
+/// A cluster node that is down fails only its own keys' calls: those are decided in-process, and
+/// the budgets on the other nodes stay shared in Redis (a new cluster connection would need every
+/// node, so the one there is kept).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rate_limit_redis_cluster_node_down_leaves_the_other_nodes_counting() {
+    let mut cluster = RedisCluster::start();
+    let echo = Backend::spawn("echo");
+    // `four` counts on the first node (which `url` names), `two` on the second; the probe's key
+    // is on the third.
+    let head = format!(
+        "redis:\n  url: {}\n  cluster: true\n  timeout: 2s\n{}",
+        cluster.url(),
+        limits(&[("four", 4, "global"), ("two", 4, "global")])
+    );
+    let routes = format!("{}{}", limited_route("four", "/four", "four"), limited_route("two", "/two", "two"));
+    let yaml = gateway_config(&echo, &head, &routes);
+    let (a, b) = (Gateway::start(&yaml), Gateway::start(&yaml));
+    wait_redis_connected(&a, &cluster.url()).await;
+    wait_redis_connected(&b, &cluster.url()).await;
+
+    cluster.stop_node(1);
+    // As many failed calls in a row as drop a connection to one server.
+    for i in 0..3 {
+        assert_eq!(get(&a, "/two").await.status, 200, "request {i} for the down node's key, decided in-process");
+    }
+    let replies = join_all((0..12).map(|i| get(if i % 2 == 0 { &a } else { &b }, "/four"))).await;
+    assert_exact_budget(&replies, 4, "12 concurrent requests over two gateways, one node down");
+    let json = admin_ratelimit(&a).await;
+    assert_eq!(json["redis"]["connected"], true, "{json:#}");
+}
+
 /// How many counters `redis` holds: its keys but the gateways' probe (`gw:rl:probe`, kept while
 /// they are connected).
 fn counters(redis: &RedisServer) -> u64 {

@@ -12,6 +12,7 @@
 //! not authenticated, no permission, loading) is an outage like an unreachable one.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
@@ -174,33 +175,72 @@ impl RedisStore {
         batcher.decide(&self.me, escaped.unwrap_or(key), limit, window_ms, self.config.timeout).await
     }
 
-    /// Decides `batch` in order with one pipeline (see `count`) on the calling worker's
-    /// connection: a decision per question, or why none could be made. `settled` is the worker's.
-    /// Making the worker's connection and the call share one `config.timeout`, so a batch never
-    /// holds up the worker's queue longer than that.
+    /// Decides `batch` in order on the calling worker's connection, with one pipeline (see
+    /// `count`), or on a cluster one per key (a pipeline must stay in one hash slot) all at once:
+    /// per question a decision, or why none could be made (on a cluster, for the keys of a node
+    /// that failed to answer only). `settled` is the worker's. Making the worker's connection and
+    /// the calls share one `config.timeout`, so a batch never holds up the worker's queue longer.
     async fn decide_batch(
         &self,
         batch: &[Question],
         settled: &mut SettledCounts,
-    ) -> Result<Vec<Decision>, Unavailable> {
+    ) -> Vec<Result<Decision, Unavailable>> {
         let Some(control) = self.connection.load_full() else {
-            return Err(Unavailable::NotConnected);
+            return vec![Err(Unavailable::NotConnected); batch.len()];
         };
         let deadline = Instant::now() + self.config.timeout;
         let connection = self.worker_connection(deadline).await.unwrap_or(control);
         let now_ms = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX));
-        let plan = Plan::new(batch, now_ms, settled);
-        let sent = Instant::now();
-        let reply = match tokio::time::timeout_at(deadline, query(&connection, &plan)).await {
-            Ok(Ok(reply)) => reply,
-            Ok(Err(error)) if !error.is_timeout() => return Err(self.call_failed(&plan, &connection, Some(&error))),
-            Ok(Err(_)) | Err(_) => return Err(self.call_failed(&plan, &connection, None)),
+        if matches!(*connection, Link::Server(_)) {
+            let plan = Plan::new(batch, now_ms, settled);
+            let reply = call(&connection, &plan, deadline).await;
+            return match self.decide(&connection, batch, &plan, reply, settled) {
+                Ok(decisions) => decisions.into_iter().map(Ok).collect(),
+                Err(error) => vec![Err(error); batch.len()],
+            };
+        }
+        let mut groups: Vec<(Vec<usize>, Vec<Question>)> = Vec::new();
+        let mut group_of: HashMap<&str, usize> = HashMap::new();
+        for (at, question) in batch.iter().enumerate() {
+            let group = *group_of.entry(question.tag.as_str()).or_insert_with(|| {
+                groups.push((Vec::new(), Vec::new()));
+                groups.len() - 1
+            });
+            groups[group].0.push(at);
+            groups[group].1.push(question.clone());
+        }
+        let plans: Vec<Plan> = groups.iter().map(|(_, questions)| Plan::new(questions, now_ms, settled)).collect();
+        let replies = futures_util::future::join_all(plans.iter().map(|plan| call(&connection, plan, deadline))).await;
+        let mut decided = vec![Err(Unavailable::NotConnected); batch.len()];
+        for (((at, questions), plan), reply) in groups.iter().zip(&plans).zip(replies) {
+            let outcome = self.decide(&connection, questions, plan, reply, settled);
+            for (k, &at) in at.iter().enumerate() {
+                decided[at] = outcome.as_ref().map(|decisions| decisions[k]).map_err(Clone::clone);
+            }
+        }
+        decided
+    }
+
+    /// Reads `batch`'s decisions off the `reply` to `plan`'s call on `connection`, and sends the
+    /// follow-ups; or records why the call failed.
+    fn decide(
+        &self,
+        connection: &Arc<Link>,
+        batch: &[Question],
+        plan: &Plan,
+        reply: Reply,
+        settled: &mut SettledCounts,
+    ) -> Result<Vec<Decision>, Unavailable> {
+        let (reply, took) = match reply {
+            Reply::Answered(reply, took) => (reply, took),
+            Reply::Failed(error) => return Err(self.call_failed(plan, connection, Some(&error))),
+            Reply::TimedOut => return Err(self.call_failed(plan, connection, None)),
         };
         self.failures_in_a_row.store(0, Ordering::Relaxed);
         let metrics = &metrics::global().redis;
-        metrics.call_time.observe(sent.elapsed().as_secs_f64());
+        metrics.call_time.observe(took.as_secs_f64());
         metrics.batch_size.observe(batch.len() as f64);
         let Some(Outcome { decisions, take_back, to_expire }) = plan.decide(batch, &reply, settled) else {
             // The INCRBYs went through, whatever they answered.
@@ -209,7 +249,7 @@ impl RedisStore {
             self.set_last_error(Some(error.clone()));
             return Err(Unavailable::Redis(error));
         };
-        self.follow_up(connection, &take_back, &to_expire);
+        self.follow_up(connection.clone(), &take_back, &to_expire);
         Ok(decisions)
     }
 
@@ -226,6 +266,11 @@ impl RedisStore {
             Unavailable::Redis(text) => text.clone(),
             other => other.to_string(),
         }));
+        // A cluster connection heals its node connections itself, and a new one needs every node
+        // to answer: a failing node only fails its keys' calls, and the probe watches the rest.
+        if matches!(**connection, Link::Cluster(_)) {
+            return failure;
+        }
         let in_a_row = self.failures_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
         if in_a_row >= FAILURES_IN_A_ROW || error.is_some_and(condemns) {
             self.drop_connection(connection);
@@ -267,7 +312,7 @@ impl RedisStore {
             None => format!("no answer within {}ms", self.config.timeout.as_millis()),
         };
         self.set_last_error(Some(format!("cannot take back denied counts or set counter expiries: {why}")));
-        if error.is_some_and(condemns) {
+        if error.is_some_and(condemns) && matches!(**connection, Link::Server(_)) {
             self.drop_connection(connection);
         } else if self.follow_ups_failing.allows() {
             // The expiries are owed, and set once Redis answers again.
@@ -416,19 +461,23 @@ fn connector(config: &Redis, client: &Client, certificates: Option<TlsCertificat
     builder.build().ok().map(Connector::Cluster)
 }
 
-/// The reply to `plan`'s commands on `connection`: one pipeline on a server; on a cluster one per
-/// counter (a pipeline must stay in one hash slot), all at once, joined into the same reply.
-async fn query(connection: &Link, plan: &Plan) -> redis::RedisResult<Vec<redis::Value>> {
-    if matches!(connection, Link::Server(_)) {
-        return plan.pipeline().query_async(&mut connection.clone()).await;
+/// What came of one call.
+enum Reply {
+    /// The reply, and how long it took.
+    Answered(Vec<redis::Value>, Duration),
+    Failed(RedisError),
+    TimedOut,
+}
+
+/// Sends `plan`'s pipeline on `connection` and waits for the reply until `deadline`.
+async fn call(connection: &Link, plan: &Plan, deadline: Instant) -> Reply {
+    let sent = Instant::now();
+    let mut link = connection.clone();
+    match tokio::time::timeout_at(deadline, plan.pipeline().query_async(&mut link)).await {
+        Ok(Ok(reply)) => Reply::Answered(reply, sent.elapsed()),
+        Ok(Err(error)) if !error.is_timeout() => Reply::Failed(error),
+        Ok(Err(_)) | Err(_) => Reply::TimedOut,
     }
-    let calls = plan.pipelines_per_counter().map(|pipe| {
-        let mut link = connection.clone();
-        async move { pipe.query_async::<Vec<redis::Value>>(&mut link).await }
-    });
-    let replies = futures_util::future::try_join_all(calls).await?;
-    // A reply that does not fit is what `decide` refuses: an empty one never fits a batch.
-    Ok(plan.join_replies(replies).unwrap_or_default())
 }
 
 /// `name counter n`, e.g. `PEXPIRE gw:rl:{..}:7 120000`.

@@ -26,6 +26,7 @@ use crate::limit::Decision;
 const MAX_BATCH: usize = 512;
 
 /// One decision to make.
+#[derive(Clone)]
 pub(super) struct Question {
     /// The key's hash tag: the counters are `gw:rl:{<tag>}:<window index>`.
     pub tag: String,
@@ -111,13 +112,8 @@ async fn run(store: Weak<RedisStore>, mut queue: mpsc::UnboundedReceiver<(Questi
         let decisions = live.decide_batch(&questions, &mut settled).await;
         drop(live);
         // An asker that timed out meanwhile is gone: its answer goes nowhere.
-        match decisions {
-            Ok(decisions) => askers.into_iter().zip(decisions).for_each(|(asker, decision)| {
-                let _ = asker.reply.send(Ok(decision));
-            }),
-            Err(error) => askers.into_iter().for_each(|asker| {
-                let _ = asker.reply.send(Err(error.clone()));
-            }),
-        }
+        askers.into_iter().zip(decisions).for_each(|(asker, decision)| {
+            let _ = asker.reply.send(decision);
+        });
     }
 }

@@ -231,38 +231,6 @@ impl Plan {
         pipe
     }
 
-    /// For a Redis Cluster, where a pipeline must stay in one hash slot: one pipeline per counter
-    /// (its two windows share a hash tag), the GET of its previous count if read, then its INCRBY.
-    pub(super) fn pipelines_per_counter(&self) -> impl Iterator<Item = redis::Pipeline> + '_ {
-        self.counters.iter().map(|counter| {
-            let mut pipe = redis::pipe();
-            if let Previous::Read(key) = &counter.previous {
-                pipe.cmd("GET").arg(key);
-            }
-            pipe.cmd("INCRBY").arg(&counter.current).arg(counter.asked);
-            pipe
-        })
-    }
-
-    /// The replies of [`Plan::pipelines_per_counter`], in order, laid out as [`Plan::pipeline`]'s
-    /// one reply; `None` when they do not fit.
-    pub(super) fn join_replies(&self, replies: Vec<Vec<redis::Value>>) -> Option<Vec<redis::Value>> {
-        if replies.len() != self.counters.len() {
-            return None;
-        }
-        let mut read = Vec::new();
-        let mut totals = Vec::with_capacity(replies.len());
-        for (counter, reply) in self.counters.iter().zip(replies) {
-            let mut reply = reply.into_iter();
-            if matches!(counter.previous, Previous::Read(_)) {
-                read.push(reply.next()?);
-            }
-            totals.push(reply.next()?);
-        }
-        let reads = self.reads().next().is_some();
-        Some(reads.then_some(redis::Value::Array(read)).into_iter().chain(totals).collect())
-    }
-
     /// The batch's decisions from the pipeline's reply; `None` when the reply does not fit it.
     ///
     /// A counter's asks hold the counts `total - asked + 1 ..= total` in batch order; each is
@@ -356,27 +324,6 @@ mod tests {
     fn reply(previous: &[Option<u64>], totals: &[u64]) -> Vec<Value> {
         let previous = previous.iter().map(|p| p.map_or(Value::Nil, |p| Value::BulkString(p.to_string().into())));
         std::iter::once(Value::Array(previous.collect())).chain(totals.iter().map(|&t| Value::Int(t as i64))).collect()
-    }
-
-    /// The per-counter pipelines a cluster gets decide as the one pipeline does.
-    #[test]
-    fn cluster_pipelines_per_counter_join_into_the_one_reply() {
-        let batch = [question("a", 5), question("b", 5), question("a", 5)];
-        let mut settled = SettledCounts::default();
-        settled.remember("b", Settled { window_ms: W, index: 1, count: 2 });
-        let plan = Plan::new(&batch, 2 * W + 1, &settled);
-        let pipelines: Vec<String> = plan
-            .pipelines_per_counter()
-            .map(|pipe| String::from_utf8_lossy(&pipe.get_packed_pipeline()).replace("\r\n", " "))
-            .collect();
-        assert_eq!(pipelines.len(), 2);
-        assert!(pipelines[0].contains("GET $11 gw:rl:{a}:1 ") && pipelines[0].contains("INCRBY"), "{pipelines:?}");
-        assert!(!pipelines[1].contains("GET") && pipelines[1].contains("gw:rl:{b}:2"), "{pipelines:?}");
-        let int = |n: i64| Value::Int(n);
-        let joined = plan.join_replies(vec![vec![Value::Nil, int(2)], vec![int(1)]]).unwrap();
-        assert_eq!(joined, [Value::Array(vec![Value::Nil]), int(2), int(1)]);
-        assert!(plan.join_replies(vec![vec![int(2)], vec![int(1)]]).is_none(), "a missing read");
-        assert!(plan.decide(&batch, &joined, &mut settled).is_some());
     }
 
     #[test]
