@@ -202,3 +202,22 @@ async fn shutdown_keepalive_answers_say_connection_close_once_draining() {
     assert_eq!((during.status, during.header("connection")), (200, Some("close")), "{during:?}");
     assert!(e2e::raw::read_until_close(&mut stream).await.is_empty(), "the connection closes after that answer");
 }
+
+/// An idle keep-alive connection does not hold the drain up: it is closed when the drain begins,
+/// long before `drain_timeout`, and the process exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_idle_keepalive_connection_is_closed_when_the_drain_begins() {
+    let echo = Backend::spawn("echo");
+    // Nothing else would close it, or wake its task, for ten minutes.
+    let server = "idle_timeout: 10m\nheader_read_timeout: 10m";
+    let yaml = format!("{}shutdown:\n  drain_timeout: 10m\n", one_route_config(&echo, server, "timeout: 10m"));
+    let mut gateway = Gateway::start(&yaml);
+    let mut stream = e2e::raw::connect(gateway.addr()).await;
+    stream.write_all(b"GET / HTTP/1.1\r\nhost: gw.test\r\n\r\n").await.unwrap();
+    assert_eq!(e2e::raw::read_response(&mut stream).await.status, 200);
+
+    gateway.sigterm();
+    assert!(e2e::raw::read_until_close(&mut stream).await.is_empty(), "bytes before the close");
+    let status = gateway.wait_exit().await;
+    assert_eq!(status.code(), Some(0), "exit status {status}; stderr:\n{}", gateway.stderr());
+}

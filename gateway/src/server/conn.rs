@@ -15,7 +15,7 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use super::drain::Draining;
+use super::drain::{self, Draining};
 use super::timed_io::{Activity, ClientWait, RequestGuard, TimedIo, Timeouts};
 use crate::config;
 use crate::proxy::{self, ProxyBody};
@@ -133,14 +133,17 @@ async fn serve_http<S>(
     });
     let mut connection = pin!(server.serve_connection_with_upgrades(io, service));
     let mut drain_started = pin!(draining.started());
-    let mut closing = false;
+    let (mut closing, mut registered) = (false, false);
     let served = poll_fn(|cx| loop {
         if let Poll::Ready(served) = connection.as_mut().poll(cx) {
             return Poll::Ready(served);
         }
         // Asked to close by the drain, or by the IO once an HTTP/2 connection has idled out: hyper
-        // closes an idle connection at once, and an HTTP/2 one after GOAWAY.
-        if closing || !(drain_started.as_mut().poll(cx).is_ready() || idle.close_asked()) {
+        // closes an idle connection at once, and an HTTP/2 one after GOAWAY. The drain's future
+        // is polled once to be woken by it, then again only once it has begun.
+        let drain = !registered || drain::begun();
+        registered = true;
+        if closing || !((drain && drain_started.as_mut().poll(cx).is_ready()) || idle.close_asked()) {
             return Poll::Pending;
         }
         connection.as_mut().graceful_shutdown();

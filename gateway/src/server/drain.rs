@@ -1,7 +1,18 @@
 //! Draining a worker's connections on shutdown: each is asked to finish (HTTP/2 sends GOAWAY,
 //! HTTP/1.1 closes once its response is out), and the worker waits until all have gone.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use tokio::sync::watch;
+
+/// Set once the workers drain (one server per process): until then a connection need not poll
+/// its [`Draining::started`] again after the first time, which registered it to be woken.
+static BEGUN: AtomicBool = AtomicBool::new(false);
+
+/// Whether the drain has begun: a load, where polling the watch costs hundreds of instructions.
+pub(super) fn begun() -> bool {
+    BEGUN.load(Ordering::SeqCst)
+}
 
 /// The worker's side: starts the drain and counts the connections still open.
 #[derive(Debug)]
@@ -26,6 +37,7 @@ impl Drain {
 
     /// Asks every connection to finish and returns once all have closed.
     pub(super) async fn run(self) {
+        BEGUN.store(true, Ordering::SeqCst);
         self.0.send_replace(true);
         self.0.closed().await;
     }
