@@ -38,11 +38,8 @@ impl Balancer {
                 let mut turns = (0..n).map(|_| next.fetch_add(1, Ordering::Relaxed) % n).peekable();
                 let first = turns.peek().copied()?;
                 // Other workers take turns meanwhile, so n turns need not visit every endpoint:
-                // all of them may land on ones that are out. Only when none is in rotation does
-                // one that is out get the request.
-                turns
-                    .find(|&i| available(&items[i]))
-                    .or_else(|| (1..n).map(|k| (first + k) % n).find(|&i| available(&items[i])).or(Some(first)))
+                // all of them may land on ones that are out.
+                Some(turns.find(|&i| available(&items[i])).unwrap_or_else(|| next_available(items, first, &available)))
             }
             Balancer::LeastRequest => {
                 let r = random::next_u64();
@@ -55,12 +52,18 @@ impl Balancer {
                     (true, true) if load(&items[b]) < load(&items[a]) => b,
                     (true, _) => a,
                     (false, true) => b,
-                    // Both out: the next one in rotation, else `a` anyway.
-                    (false, false) => (1..n).map(|k| (a + k) % n).find(|&i| available(&items[i])).unwrap_or(a),
+                    (false, false) => next_available(items, a, &available),
                 })
             }
         }
     }
+}
+
+/// The first endpoint in rotation after `from`, in list order; `from` itself when none is (only
+/// then does one that is out get the request).
+fn next_available<T>(items: &[T], from: usize, available: impl Fn(&T) -> bool) -> usize {
+    let n = items.len();
+    (1..n).map(|k| (from + k) % n).find(|&i| available(&items[i])).unwrap_or(from)
 }
 
 #[cfg(test)]
