@@ -4,7 +4,7 @@
 //! Counters live at `gw:rl:{<key>}:<window index>`, the index picked by this gateway's clock
 //! (instances should run NTP). The `{..}` hash tag keeps a key's two counters in one Redis Cluster
 //! slot; inside it `%`, `{` and `}` are percent-encoded (see [`hash_tag`]). On a cluster a batch
-//! goes out as one pipeline per counter, as a pipeline must stay in one slot.
+//! goes out as one pipeline per key, as a pipeline must stay in one slot.
 //!
 //! Connected means able to count: a connection is only used once a probe (the commands the
 //! counting uses, on a key of its own) has passed, and the probe is repeated every second. A
@@ -156,10 +156,10 @@ impl RedisStore {
 
     /// One decision for `key` (e.g. "per_user:alice", any text), counted in Redis when allowed,
     /// within `config.timeout`. It goes out in the next pipeline of the calling worker, along
-    /// with the other decisions asked for meanwhile (see `batch`). A connection-level failure or an
-    /// error saying Redis cannot count (see `connection`) drops the connection and wakes the
-    /// reconnecting task, and so do [`FAILURES_IN_A_ROW`] failed calls; one timeout or another
-    /// error only fails the decisions of that call.
+    /// with the other decisions asked for meanwhile (see `batch`). On one server, a connection-level
+    /// failure or an error saying Redis cannot count (see `connection`) drops the connection and
+    /// wakes the reconnecting task, and so do [`FAILURES_IN_A_ROW`] failed calls; one timeout or
+    /// another error only fails the decisions of that call (on a cluster, always so).
     pub async fn check(&self, key: impl Into<String>, limit: u32, window: Duration) -> Result<Decision, Unavailable> {
         if self.connection.load().is_none() {
             return Err(Unavailable::NotConnected);
