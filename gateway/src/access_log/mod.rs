@@ -1,10 +1,12 @@
-//! The JSON access log: one line per request, queued without blocking and written by one thread.
+//! The JSON access log: one line per request, buffered without blocking and written by one thread.
 //!
-//! The request path formats a line and hands it to a bounded queue (`try_send`); a dedicated
-//! writer thread waits for a line, lets the queue fill for [`LINGER`], then writes and flushes
-//! everything queued. A quiet gateway's lines appear within `LINGER`; a busy one wakes the writer
-//! and writes once per batch, not once per line. A full queue drops the line and counts it: a
-//! slow disk never slows a request.
+//! The request path formats its line straight into a buffer of its worker's own (a mutex no other
+//! worker takes), with no allocation or hand-off per line. A dedicated writer thread is woken by
+//! the first line into an empty buffer, lets lines gather for [`LINGER`], then takes every
+//! buffer whole and writes and flushes them. A quiet gateway's lines appear within `LINGER`; a
+//! busy one writes once per batch, not once per line. A full buffer drops the line and counts it:
+//! a slow disk never slows a request. Within a batch, lines are grouped by worker, so lines of
+//! requests that ended a few milliseconds apart on different workers may swap places.
 //!
 //! Dropping a log never waits for its writer either: a reload that moves the log can drop the old
 //! one on a worker thread, mid-traffic. The writer writes out what it holds on its own, and the
@@ -16,27 +18,27 @@ use std::io::{self, BufWriter, Write};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::{Method, Version};
 
-use crate::{text, timefmt};
+use crate::{text, timefmt, worker};
 
-/// Lines the queue holds before new ones are dropped (about 2 MiB of typical lines).
-const QUEUE_CAPACITY: usize = 8192;
+/// Bytes of lines the buffers hold together before new lines are dropped (about 10,000 typical
+/// lines), split between the workers' buffers, each given at least [`MIN_BUFFER_BYTES`].
+const QUEUE_BYTES: usize = 4 * 1024 * 1024;
+const MIN_BUFFER_BYTES: usize = 256 * 1024;
 /// The writer's buffer: large enough that a burst is written in few system calls.
 const WRITE_BUFFER: usize = 64 * 1024;
-/// How long the writer lets lines gather after the first of a batch arrives. Senders never wake
-/// a writer that is lingering, which is what keeps the log's cost per request low.
+/// How long the writer lets lines gather after the first of a batch arrives. Only the first line
+/// into an empty buffer wakes the writer, which is what keeps the log's cost per request low.
 const LINGER: Duration = Duration::from_millis(10);
 /// How long [`finish`] waits at exit for writers to write out what is queued. A log on a pipe
 /// nobody reads (the stdout of a stalled log shipper) would otherwise hold the process forever.
 pub const CLOSE_WAIT: Duration = Duration::from_secs(5);
-/// Room for a typical line (about 400 bytes), so formatting allocates once.
-const LINE_CAPACITY: usize = 512;
 
 /// Where lines go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,9 +47,9 @@ pub enum Target {
     File(PathBuf),
 }
 
-/// A running access log: a bounded queue and one writer thread. Cloning shares it.
+/// A running access log: the workers' buffers and one writer thread. Cloning shares it.
 ///
-/// Dropping the last clone closes the queue and returns at once; the writer thread writes and
+/// Dropping the last clone closes the log and returns at once; the writer thread writes and
 /// flushes every queued line, then ends. [`finish`] waits for that at exit.
 #[derive(Clone)]
 pub struct AccessLog {
@@ -93,11 +95,33 @@ pub struct Entry<'a> {
 /// State shared by every clone; dropping it stops the writer thread.
 struct Shared {
     target: Target,
-    /// `None` only while dropping, so the channel disconnects before the join.
-    sender: Option<SyncSender<String>>,
+    queue: Arc<Queue>,
     dropped: AtomicU64,
     reopen: Arc<AtomicBool>,
     writer: Option<JoinHandle<()>>,
+}
+
+/// The lines waiting for the writer.
+struct Queue {
+    /// One per worker ([`worker::index`]), so workers never wait for each other.
+    buffers: Box<[Mutex<String>]>,
+    /// Bytes one buffer may hold; past it lines are dropped.
+    buffer_limit: usize,
+    /// A line went into an empty buffer since the writer last took the buffers.
+    pending: AtomicBool,
+    /// Every handle is gone: the writer takes the buffers once more and ends.
+    closed: AtomicBool,
+}
+
+impl Queue {
+    fn buffer(&self) -> MutexGuard<'_, String> {
+        lock(&self.buffers[worker::index() % self.buffers.len()])
+    }
+}
+
+/// A poisoned buffer is still whole lines: formatting one never panics halfway.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Writers of logs whose handles are all dropped, still writing out their queues: what [`finish`]
@@ -113,33 +137,43 @@ impl AccessLog {
     /// Opens the target (files: created if missing, appended to, parent must exist) and starts
     /// the writer thread (named "access-log"). Errors say which file and why.
     pub fn open(target: &Target) -> io::Result<AccessLog> {
-        Self::open_with_capacity(target, QUEUE_CAPACITY)
-    }
-
-    fn open_with_capacity(target: &Target, capacity: usize) -> io::Result<AccessLog> {
-        Self::start(target, capacity, None)
+        let buffers = worker::count();
+        Self::start(target, buffers, (QUEUE_BYTES / buffers).max(MIN_BUFFER_BYTES), None)
     }
 
     /// `gate`: tests hold the writer back until they send on (or drop) its sender.
-    fn start(target: &Target, capacity: usize, gate: Option<Receiver<()>>) -> io::Result<AccessLog> {
+    fn start(
+        target: &Target,
+        buffers: usize,
+        buffer_limit: usize,
+        gate: Option<Receiver<()>>,
+    ) -> io::Result<AccessLog> {
         let sink = open_sink(target)?;
-        let (sender, receiver) = mpsc::sync_channel::<String>(capacity);
+        let queue = Arc::new(Queue {
+            buffers: (0..buffers.max(1)).map(|_| Mutex::default()).collect(),
+            buffer_limit,
+            pending: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+        });
         let reopen = Arc::new(AtomicBool::new(false));
         let mut writer = Writer { target: target.clone(), sink, reopen: reopen.clone(), failing: false };
         let handle = std::thread::Builder::new()
             .name("access-log".to_owned())
-            .spawn(move || {
-                if let Some(gate) = gate {
-                    // Either a message or a disconnect opens the gate.
-                    let _ = gate.recv();
+            .spawn({
+                let queue = queue.clone();
+                move || {
+                    if let Some(gate) = gate {
+                        // Either a message or a disconnect opens the gate.
+                        let _ = gate.recv();
+                    }
+                    writer.run(&queue);
                 }
-                writer.run(&receiver);
             })
             .map_err(|err| io::Error::new(err.kind(), format!("starting the access log writer thread: {err}")))?;
         Ok(AccessLog {
             shared: Arc::new(Shared {
                 target: target.clone(),
-                sender: Some(sender),
+                queue,
                 dropped: AtomicU64::new(0),
                 reopen,
                 writer: Some(handle),
@@ -151,23 +185,30 @@ impl AccessLog {
         &self.shared.target
     }
 
-    /// Formats one line and queues it without blocking (the request path calls this). When the
-    /// queue is full (the writer cannot keep up) the line is dropped and counted, never blocking
-    /// a request.
+    /// Formats one line into the calling worker's buffer without blocking (the request path calls
+    /// this). When the buffer is full (the writer cannot keep up) the line is dropped and counted,
+    /// never blocking a request.
     pub fn log(&self, entry: &Entry<'_>) {
-        let Some(sender) = &self.shared.sender else { return };
-        match sender.try_send(format_line(entry)) {
-            Ok(()) => {}
-            // Disconnected means the writer thread is gone (it only ends once every handle is
-            // dropped, so in practice never): the line is lost all the same.
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
-                crate::metrics::global().access_log_line_dropped();
+        let queue = &self.shared.queue;
+        let mut buffer = queue.buffer();
+        if buffer.len() >= queue.buffer_limit {
+            drop(buffer);
+            self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::global().access_log_line_dropped();
+            return;
+        }
+        let first = buffer.is_empty();
+        push_line(&mut buffer, entry);
+        drop(buffer);
+        // Only the first line of a batch wakes the writer; it takes every buffer when it runs.
+        if first && !queue.pending.swap(true, Ordering::AcqRel) {
+            if let Some(writer) = &self.shared.writer {
+                writer.thread().unpark();
             }
         }
     }
 
-    /// Lines dropped so far because the queue was full.
+    /// Lines dropped so far because a buffer was full.
     pub fn dropped(&self) -> u64 {
         self.shared.dropped.load(Ordering::Relaxed)
     }
@@ -189,9 +230,10 @@ impl fmt::Debug for AccessLog {
 
 impl Drop for Shared {
     fn drop(&mut self) {
-        // Disconnect so the writer drains the queue, flushes and returns; it does so on its own.
-        drop(self.sender.take());
+        // The writer takes the buffers once more, flushes and returns; it does so on its own.
+        self.queue.closed.store(true, Ordering::Release);
         if let Some(writer) = self.writer.take() {
+            writer.thread().unpark();
             let mut closing = closing();
             closing.retain(|closed| !closed.writer.is_finished());
             closing.push(Closing { target: self.target.clone(), writer });
@@ -237,7 +279,7 @@ fn wait_for_writers(limit: Duration, wanted: impl Fn(&Target) -> bool) -> usize 
 
 /// The list behind [`CLOSING`]; a panic while it was held cannot leave it inconsistent.
 fn closing() -> MutexGuard<'static, Vec<Closing>> {
-    CLOSING.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    lock(&CLOSING)
 }
 
 /// The writer thread's state.
@@ -251,32 +293,33 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(&mut self, receiver: &Receiver<String>) {
-        // Until every sender is gone: wait for a line, let more gather, write the batch.
-        while let Ok(first) = receiver.recv() {
-            std::thread::sleep(LINGER);
-            self.write(&first);
-            let disconnected = loop {
-                match receiver.try_recv() {
-                    Ok(line) => self.write(&line),
-                    Err(TryRecvError::Empty) => break false,
-                    Err(TryRecvError::Disconnected) => break true,
+    fn run(&mut self, queue: &Queue) {
+        let mut batch = String::new();
+        loop {
+            while !queue.pending.load(Ordering::Acquire) && !queue.closed.load(Ordering::Acquire) {
+                std::thread::park();
+            }
+            let closed = queue.closed.load(Ordering::Acquire);
+            if !closed {
+                std::thread::sleep(LINGER);
+            }
+            // Cleared before the buffers are taken: a line that lands in one already taken wakes
+            // the writer again, and one that lands in one not yet taken is taken with it.
+            queue.pending.store(false, Ordering::Release);
+            if self.reopen.load(Ordering::Relaxed) && self.reopen.swap(false, Ordering::Acquire) {
+                self.reopen_file();
+            }
+            for buffer in &queue.buffers {
+                std::mem::swap(&mut *lock(buffer), &mut batch);
+                if let Err(err) = self.sink.write_all(batch.as_bytes()) {
+                    self.report("writing", &err);
                 }
-            };
+                batch.clear();
+            }
             self.flush();
-            if disconnected {
+            if closed {
                 return;
             }
-        }
-        self.flush();
-    }
-
-    fn write(&mut self, line: &str) {
-        if self.reopen.load(Ordering::Relaxed) && self.reopen.swap(false, Ordering::Acquire) {
-            self.reopen_file();
-        }
-        if let Err(err) = self.sink.write_all(line.as_bytes()) {
-            self.report("writing", &err);
         }
     }
 
@@ -339,42 +382,40 @@ fn open_file(path: &Path) -> io::Result<File> {
         .map_err(|err| io::Error::new(err.kind(), format!("access log {}: {err}", path.display())))
 }
 
-/// One JSON object and its newline; keys in a fixed order, absent options omitted.
-fn format_line(entry: &Entry<'_>) -> String {
-    let mut out = String::with_capacity(LINE_CAPACITY);
+/// Appends one JSON object and its newline; keys in a fixed order, absent options omitted.
+fn push_line(out: &mut String, entry: &Entry<'_>) {
     out.push_str("{\"time\":\"");
-    push_time(&mut out, entry.time);
+    push_time(out, entry.time);
     out.push_str("\",\"request_id\":");
-    text::push_json_string(&mut out, entry.request_id);
-    push_opt_str(&mut out, "trace_id", entry.trace_id);
+    text::push_json_string(out, entry.request_id);
+    push_opt_str(out, ",\"trace_id\":", entry.trace_id);
     // Addresses are digits, hex, `.` and `:`: nothing to escape.
     out.push_str(",\"client_ip\":\"");
-    text::push_ip(&mut out, entry.client_ip);
+    text::push_ip(out, entry.client_ip);
     out.push_str("\",\"method\":");
-    text::push_json_string(&mut out, entry.method.as_str());
-    push_opt_str(&mut out, "host", entry.host);
+    text::push_json_string(out, entry.method.as_str());
+    push_opt_str(out, ",\"host\":", entry.host);
     out.push_str(",\"path\":");
-    text::push_json_string(&mut out, entry.path.split_once('?').map_or(entry.path, |(path, _query)| path));
+    text::push_json_string(out, entry.path.split_once('?').map_or(entry.path, |(path, _query)| path));
     out.push_str(",\"protocol\":\"");
-    push_version(&mut out, entry.protocol);
+    push_version(out, entry.protocol);
     out.push_str(if entry.tls { "\",\"tls\":true,\"status\":" } else { "\",\"tls\":false,\"status\":" });
-    text::push_u64(&mut out, u64::from(entry.status));
-    push_opt_str(&mut out, "route", entry.route);
-    push_opt_str(&mut out, "upstream", entry.upstream);
-    push_opt_str(&mut out, "endpoint", entry.endpoint);
-    push_opt_str(&mut out, "error", entry.error);
+    text::push_u64(out, u64::from(entry.status));
+    push_opt_str(out, ",\"route\":", entry.route);
+    push_opt_str(out, ",\"upstream\":", entry.upstream);
+    push_opt_str(out, ",\"endpoint\":", entry.endpoint);
+    push_opt_str(out, ",\"error\":", entry.error);
     out.push_str(",\"duration_ms\":");
-    push_millis(&mut out, entry.duration);
+    push_millis(out, entry.duration);
     if let Some(upstream) = entry.upstream_duration {
         out.push_str(",\"upstream_ms\":");
-        push_millis(&mut out, upstream);
+        push_millis(out, upstream);
     }
     out.push_str(",\"bytes_sent\":");
-    text::push_u64(&mut out, entry.bytes_sent);
+    text::push_u64(out, entry.bytes_sent);
     out.push_str(if entry.completed { ",\"completed\":true" } else { ",\"completed\":false" });
-    push_opt_str(&mut out, "user_agent", entry.user_agent);
+    push_opt_str(out, ",\"user_agent\":", entry.user_agent);
     out.push_str("}\n");
-    out
 }
 
 /// `2026-11-21T17:45:05.123Z`, the same text as [`timefmt::rfc3339`] without its allocation.
@@ -423,11 +464,10 @@ fn push_version(out: &mut String, version: Version) {
     out.push_str(text);
 }
 
+/// `key` is the whole `,"name":` that comes before the value.
 fn push_opt_str(out: &mut String, key: &str, value: Option<&str>) {
     if let Some(value) = value {
-        out.push_str(",\"");
         out.push_str(key);
-        out.push_str("\":");
         text::push_json_string(out, value);
     }
 }

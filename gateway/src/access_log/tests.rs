@@ -1,5 +1,6 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::AtomicUsize;
+use std::sync::mpsc;
 
 use super::*;
 
@@ -36,6 +37,12 @@ fn close(log: AccessLog) {
     let target = log.target().clone();
     drop(log);
     assert_eq!(wait_for_writers(CLOSE_WAIT, |t| *t == target), 0, "the writer of {target:?} was left behind");
+}
+
+fn format_line(entry: &Entry<'_>) -> String {
+    let mut line = String::new();
+    push_line(&mut line, entry);
+    line
 }
 
 fn read_lines(path: &Path) -> Vec<String> {
@@ -230,7 +237,7 @@ fn open_file_appends_across_opens() {
 fn drop_of_all_handles_flushes_every_line() {
     let dir = TempDir::new("flush");
     let path = dir.file("access.log");
-    let log = AccessLog::open(&Target::File(path.clone())).unwrap();
+    let log = AccessLog::start(&Target::File(path.clone()), 2, QUEUE_BYTES, None).unwrap();
     let clone = log.clone();
     let writers: Vec<_> = (0..4)
         .map(|thread| {
@@ -252,7 +259,7 @@ fn drop_of_all_handles_flushes_every_line() {
     close(clone);
     let lines = read_lines(&path);
     assert_eq!(lines.len() as u64 + dropped, 2_001);
-    assert_eq!(dropped, 0, "8192 slots hold 2001 lines");
+    assert_eq!(dropped, 0, "4 MiB hold 2001 lines");
     assert!(lines.last().unwrap().contains(r#""request_id":"last""#));
     for line in &lines {
         serde_json::from_str::<serde_json::Value>(line).unwrap();
@@ -294,11 +301,13 @@ fn reopen_stdout_is_a_no_op() {
 }
 
 #[test]
-fn log_full_queue_drops_and_counts() {
+fn log_full_buffer_drops_and_counts() {
     let dir = TempDir::new("dropped");
     let path = dir.file("access.log");
     let (open_gate, gate) = mpsc::sync_channel(1);
-    let log = AccessLog::start(&Target::File(path.clone()), 4, Some(gate)).unwrap();
+    // Every line is as long as the first: the buffer takes four, as the fourth starts below the limit.
+    let limit = 3 * format_line(&Entry { request_id: "r0", ..minimal() }).len() + 1;
+    let log = AccessLog::start(&Target::File(path.clone()), 1, limit, Some(gate)).unwrap();
     let exported = || crate::metrics::global().render(&crate::metrics::Readings::default());
     let count = |text: &str| {
         let line = text.lines().find(|l| l.starts_with("gateway_access_log_dropped_lines_total "));
@@ -322,16 +331,57 @@ fn log_full_queue_drops_and_counts() {
 }
 
 #[test]
-fn open_with_capacity_queues_that_many_lines() {
-    let dir = TempDir::new("capacity");
+fn lines_of_every_buffer_are_written_and_a_buffer_taken_fills_again() {
+    let dir = TempDir::new("buffers");
     let path = dir.file("access.log");
-    let log = AccessLog::open_with_capacity(&Target::File(path.clone()), 1).unwrap();
-    for _ in 0..100 {
-        log.log(&minimal());
+    let log = AccessLog::start(&Target::File(path.clone()), 3, QUEUE_BYTES, None).unwrap();
+    // Worker indexes pick the buffers; 4 wraps around to buffer 1.
+    let writers: Vec<_> = (0..5)
+        .map(|index| {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                worker::set_index(index);
+                for i in 0..200 {
+                    let id = format!("w{index}-{i}");
+                    log.log(&Entry { request_id: &id, ..minimal() });
+                    if i % 50 == 0 {
+                        // Let the writer take the buffers mid-run, so lines land in taken ones.
+                        std::thread::sleep(LINGER * 2);
+                    }
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.join().unwrap();
     }
-    let dropped = log.dropped();
+    assert_eq!(log.dropped(), 0);
     close(log);
-    assert_eq!(read_lines(&path).len() as u64 + dropped, 100);
+    let mut ids: Vec<String> = read_lines(&path)
+        .iter()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()["request_id"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    let mut expected: Vec<String> = (0..5).flat_map(|w| (0..200).map(move |i| format!("w{w}-{i}"))).collect();
+    expected.sort();
+    assert_eq!(ids, expected);
+}
+
+#[test]
+fn a_quiet_log_writes_its_line_without_more_coming() {
+    let dir = TempDir::new("quiet");
+    let path = dir.file("access.log");
+    let log = AccessLog::open(&Target::File(path.clone())).unwrap();
+    for round in 0..3 {
+        let id = format!("alone-{round}");
+        log.log(&Entry { request_id: &id, ..minimal() });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !std::fs::read_to_string(&path).unwrap().contains(&id) {
+            assert!(Instant::now() < deadline, "line {round} was never written while the log stayed open");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    close(log);
 }
 
 #[test]
