@@ -164,7 +164,11 @@ fn run(path: &std::path::Path) -> anyhow::Result<ExitCode> {
         }
         announce("ready");
         server.run(shutdown_signal(signals), Some(reloader.status())).await?;
-        tracing::info!("all connections drained; stopped");
+        if gateway::server::drain::cut_short() {
+            tracing::info!("stopped; the drain timeout closed the connections still open");
+        } else {
+            tracing::info!("all connections drained; stopped");
+        }
         Ok(ExitCode::SUCCESS)
     });
     // The last snapshots, and with them the access log's handles, go with these; then the log's

@@ -287,8 +287,13 @@ struct LogFixture {
 
 impl LogFixture {
     fn start() -> LogFixture {
+        LogFixture::start_with("")
+    }
+
+    /// With `extra` (top-level YAML keys) appended to the config.
+    fn start_with(extra: &str) -> LogFixture {
         let echo = Backend::spawn("echo");
-        let dir = ConfigDir::new(&access_log_config(&echo, "logs/access.log"));
+        let dir = ConfigDir::new(&format!("{}{extra}", access_log_config(&echo, "logs/access.log")));
         let logs = dir.path().parent().unwrap_or_else(|| panic!("{} has no parent", dir.path_text())).join("logs");
         std::fs::create_dir(&logs).unwrap_or_else(|e| panic!("creating {}: {e}", logs.display()));
         let gateway = Gateway::start_with_file(dir.path());
@@ -747,6 +752,49 @@ async fn access_log_every_line_written_before_exit() {
     let logged = logged_ids(&fixture.log);
     assert_eq!(logged.len(), REQUESTS, "lines in the log after exit");
     assert_eq!(logged.into_iter().collect::<BTreeSet<_>>(), ids, "the log's request ids against the responses'");
+}
+
+/// Requests that `drain_timeout` cuts off were ended by the gateway, not by their clients: logged
+/// as 503 `drain_timeout` when nothing had been sent, with the status already sent otherwise, and
+/// never as a client's 499.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_requests_cut_by_the_drain_timeout_are_the_gateways_doing() {
+    let mut fixture = LogFixture::start_with("shutdown: { drain_timeout: 1s }\n");
+    let addr = fixture.gateway.addr();
+    let get = |path: &str| {
+        let request = client::request("GET", path).body(client::empty());
+        request.unwrap_or_else(|e| panic!("building GET {path}: {e}"))
+    };
+    let before = fixture.echo.stats().await.requests;
+    let waiting = tokio::spawn(client::open(addr, get("/slow/60000")));
+    // 600 bytes, one every 100 ms: the head arrives at once, the body would take a minute.
+    let streaming = client::open(addr, get("/drip/600/100")).await.unwrap_or_else(|e| panic!("GET /drip: {e:#}"));
+    assert_eq!(streaming.status(), 200);
+    let echo = &fixture.echo;
+    eventually("both requests to reach the echo", || async { echo.stats().await.requests >= before + 2 }).await;
+
+    fixture.gateway.sigterm();
+    let status = fixture.gateway.wait_exit().await;
+    let stderr = fixture.gateway.stderr();
+    assert!(status.success(), "exit status {status}; stderr:\n{stderr}");
+    assert!(stderr.contains("the drain timeout closed the connections still open"), "{stderr}");
+    let waited = tokio::time::timeout(TIMEOUT, waiting).await.expect("the cut request hung").expect("task panicked");
+    assert!(waited.is_err(), "the request cut off got an answer: {:?}", waited.map(|r| r.status()));
+    drop(streaming);
+
+    let lines = log_lines(&fixture.log);
+    let line = |path: &str| {
+        let line = lines.iter().find(|line| line["path"] == path);
+        line.unwrap_or_else(|| panic!("no line for {path} in {lines:?}")).clone()
+    };
+    let waited = line("/slow/60000");
+    assert_eq!(waited["status"], 503, "status in {waited}");
+    assert_eq!(waited["error"], "drain_timeout", "error in {waited}");
+    assert_eq!((&waited["completed"], &waited["bytes_sent"]), (&Value::from(false), &Value::from(0)), "{waited}");
+    let streamed = line("/drip/600/100");
+    assert_eq!(streamed["status"], 200, "the status sent, in {streamed}");
+    assert_eq!(streamed["error"], "drain_timeout", "error in {streamed}");
+    assert_eq!(streamed["completed"], false, "completed in {streamed}");
 }
 
 #[tokio::test]

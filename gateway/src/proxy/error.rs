@@ -39,6 +39,9 @@ pub enum ProxyError {
     /// Not an answer anyone reads: for the access log and metrics (nginx's 499).
     #[error("the client went away before it was answered")]
     ClientClosed,
+    /// Not an answer anyone reads either: the drain timeout closed the connection first.
+    #[error("the gateway shut down before the request was answered (shutdown.drain_timeout)")]
+    DrainTimeout,
     #[error("no more of the request body arrived within this route's timeout of {timeout:?}")]
     ClientBodyTimeout { timeout: Duration },
     #[error("upstream {upstream:?} has no endpoint available")]
@@ -71,6 +74,7 @@ impl ProxyError {
             ProxyError::UnsupportedTransferCoding => (StatusCode::NOT_IMPLEMENTED, "unsupported_transfer_coding"),
             ProxyError::ClientBody => (StatusCode::BAD_REQUEST, "bad_request_body"),
             ProxyError::ClientClosed => (CLIENT_CLOSED_REQUEST, "client_closed_request"),
+            ProxyError::DrainTimeout => (StatusCode::SERVICE_UNAVAILABLE, "drain_timeout"),
             ProxyError::ClientBodyTimeout { .. } => (StatusCode::REQUEST_TIMEOUT, "request_body_timeout"),
             ProxyError::NoEndpoint { .. } => (StatusCode::SERVICE_UNAVAILABLE, "no_endpoint"),
             ProxyError::UpstreamOverloaded { .. } => (StatusCode::SERVICE_UNAVAILABLE, "upstream_overloaded"),

@@ -176,6 +176,14 @@ impl Record {
 
 impl Drop for Record {
     fn drop(&mut self) {
+        if !self.completed && crate::server::drain::timed_out() {
+            // The gateway closed the connection, not the client: a 503 if nothing had been sent.
+            let (status, error) = ProxyError::DrainTimeout.status_and_code();
+            if self.client_left() {
+                self.status = status.as_u16();
+            }
+            self.error = Some(error);
+        }
         let duration = self.started.elapsed();
         if !self.counted {
             self.count(duration);

@@ -7,7 +7,7 @@
 mod admin;
 mod conn;
 pub mod connections;
-mod drain;
+pub mod drain;
 mod timed_io;
 
 use std::future::Future;
@@ -247,6 +247,7 @@ impl Worker {
         let drain_timeout = self.runtime.load().drain_timeout;
         if let Some(drain) = Arc::into_inner(drain) {
             if tokio::time::timeout(drain_timeout, drain.run()).await.is_err() {
+                drain::mark_timed_out();
                 tracing::warn!(worker = self.index, "drain timeout reached; closing the remaining connections");
             }
         }
