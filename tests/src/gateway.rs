@@ -56,10 +56,24 @@ impl Gateway {
         Gateway::spawn(path.to_owned(), false, env).unwrap_or_else(|message| panic!("{message}"))
     }
 
+    /// Like [`Gateway::start`], with the soft open file limit lowered to `soft` first (by the
+    /// shell's `ulimit`, which then `exec`s the gateway: it keeps the shell's pid).
+    pub fn start_with_soft_fd_limit(yaml: &str, soft: u64) -> Gateway {
+        let config = write_temp("gateway", "yaml", yaml);
+        let mut command = Command::new("sh");
+        command.arg("-c").arg(format!("ulimit -Sn {soft} && exec \"$0\" \"$@\"")).arg(binary("gateway"));
+        Gateway::spawn_command(command, config, true).unwrap_or_else(|message| panic!("{message}"))
+    }
+
     fn spawn(config: PathBuf, owns_config: bool, env: &[(&str, &str)]) -> Result<Gateway, String> {
         let mut command = Command::new(binary("gateway"));
-        command.arg("run").arg("--config").arg(&config);
         command.envs(env.iter().copied());
+        Gateway::spawn_command(command, config, owns_config)
+    }
+
+    /// Runs `command` with `run --config <config>` appended and waits for `ready`.
+    fn spawn_command(mut command: Command, config: PathBuf, owns_config: bool) -> Result<Gateway, String> {
+        command.arg("run").arg("--config").arg(&config);
         let proc = Proc::spawn(format!("gateway ({})", config.display()), command);
         let mut gateway = Gateway { proc, config, owns_config, listeners: HashMap::new(), admin: None };
         loop {

@@ -389,6 +389,33 @@ async fn limits_max_connections_holds_new_connections_until_one_closes() {
     assert_eq!(raw::read_response(&mut third).await.status, 200);
 }
 
+/// Started with systemd's usual soft limit far below the hard one, the gateway raises the soft
+/// limit to the hard one (as nginx's `worker_rlimit_nofile`), and `max_connections` defaults to
+/// half of what the raised limit leaves after 256 descriptors kept for everything else.
+#[tokio::test]
+async fn limits_open_file_limit_raised_to_the_hard_one_at_start() {
+    let hard = open_file_limits(std::process::id()).1;
+    const SOFT: u64 = 300;
+    assert!(hard >= 2 * SOFT, "this test needs a hard open file limit of at least {} (it is {hard})", 2 * SOFT);
+    let echo = Backend::spawn("echo");
+    let gateway = Gateway::start_with_soft_fd_limit(&one_route_config(&echo, "", ""), SOFT);
+    assert_eq!(open_file_limits(gateway.pid()), (hard, hard), "the gateway's (soft, hard) open file limits");
+    assert!(gateway.stderr().contains("raised the open file limit"), "{}", gateway.stderr());
+    let line = format!("gateway_client_connections_max {}", (hard - 256) / 2);
+    let metrics = client::get(gateway.admin_addr(), "/metrics").await.text();
+    assert!(metrics.lines().any(|l| l == line), "{line} in {metrics}");
+}
+
+/// `Max open files` of process `pid`, (soft, hard), from `/proc/<pid>/limits`.
+fn open_file_limits(pid: u32) -> (u64, u64) {
+    let path = format!("/proc/{pid}/limits");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
+    let line = text.lines().find(|l| l.starts_with("Max open files")).unwrap_or_else(|| panic!("{path}:\n{text}"));
+    let number = |word: Option<&str>| word.and_then(|w| w.parse::<u64>().ok()).unwrap_or_else(|| panic!("{line}"));
+    let mut words = line.trim_start_matches("Max open files").split_whitespace();
+    (number(words.next()), number(words.next()))
+}
+
 #[tokio::test]
 async fn limits_heads_refused_before_routing_are_counted() {
     let echo = Backend::spawn("echo");
