@@ -28,6 +28,40 @@ pub use bearer::MAX_TOKEN_BYTES;
 /// A verified token's payload.
 pub type Claims = serde_json::Map<String, serde_json::Value>;
 
+/// [`Claims`] read from a payload that names each claim once. RFC 7519 section 4 lets a parser
+/// take the last of duplicates instead, but an upstream that checks the token again may take the
+/// first: the two would then decide on different claims.
+struct UniqueClaims(Claims);
+
+/// How a payload with a duplicate claim fails to parse; [`describe`] tells it apart.
+const DUPLICATE_CLAIM: &str = "a claim appears twice";
+
+impl<'de> serde::Deserialize<'de> for UniqueClaims {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = UniqueClaims;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object of claims")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<UniqueClaims, A::Error> {
+                let mut claims = Claims::new();
+                while let Some((name, value)) = map.next_entry::<String, serde_json::Value>()? {
+                    if let serde_json::map::Entry::Vacant(vacant) = claims.entry(name) {
+                        vacant.insert(value);
+                    } else {
+                        return Err(serde::de::Error::custom(DUPLICATE_CLAIM));
+                    }
+                }
+                Ok(UniqueClaims(claims))
+            }
+        }
+        deserializer.deserialize_map(Visitor)
+    }
+}
+
 /// Why a request's token was refused. Descriptions never quote the token.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
@@ -128,8 +162,8 @@ impl Provider {
             return Err(invalid("the token names critical header extensions (crit), which are not supported"));
         }
         let key = self.key(header.kid.as_deref(), header.alg).await?;
-        let data = jsonwebtoken::decode::<Claims>(token, &key, validation).map_err(describe)?;
-        let claims = data.claims;
+        let data = jsonwebtoken::decode::<UniqueClaims>(token, &key, validation).map_err(describe)?;
+        let claims = data.claims.0;
         if !claims.get("iss").is_some_and(serde_json::Value::is_string) {
             // RFC 7519 section 4.1.1: one issuer, a string (jsonwebtoken also takes a list).
             return Err(invalid("the token's issuer (iss) is not a single string"));
@@ -222,6 +256,9 @@ fn describe(error: jsonwebtoken::errors::Error) -> AuthError {
         }
         ErrorKind::InvalidEcdsaKey | ErrorKind::InvalidEddsaKey | ErrorKind::InvalidRsaKey(_) => {
             invalid("the token's algorithm does not fit the key")
+        }
+        ErrorKind::Json(error) if error.to_string().starts_with(DUPLICATE_CLAIM) => {
+            invalid("the token names a claim twice")
         }
         _ => invalid("the token is not well-formed"),
     }

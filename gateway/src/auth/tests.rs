@@ -126,6 +126,30 @@ async fn verify_unsigned_token_refused() {
     assert!(matches!(provider().verify(&unsigned).await, Err(AuthError::Invalid(_))));
 }
 
+/// A payload that names `scope` twice: serde writes a map's entries as given.
+struct DuplicateScope;
+
+impl serde::Serialize for DuplicateScope {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let claims = claims(json!({}));
+        let mut map = serializer.serialize_map(None)?;
+        for (name, value) in claims.as_object().unwrap() {
+            map.serialize_entry(name, value)?;
+        }
+        map.serialize_entry("scope", "user")?;
+        map.serialize_entry("scope", "admin")?;
+        map.end()
+    }
+}
+
+#[tokio::test]
+async fn verify_claim_named_twice_refused() {
+    // Valid but for the duplicate: taking the last `scope` would pass it.
+    let token = encode(&Header::new(Algorithm::HS256), &DuplicateScope, &EncodingKey::from_secret(SECRET)).unwrap();
+    assert_eq!(description(&token).await, "the token names a claim twice");
+}
+
 fn route(optional: bool, require: &[(&str, &[&str])]) -> RouteAuth {
     let require = (require.iter())
         .map(|(claim, values)| ClaimRule {
