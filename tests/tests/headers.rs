@@ -59,10 +59,19 @@ async fn headers_untrusted_peer_forwarding_headers_replaced() {
             ("x-forwarded-proto", "https"),
             ("x-forwarded-host", "evil.example"),
             ("forwarded", "for=1.2.3.4;proto=https"),
+            // Read as X-Forwarded-For by CGI and PHP; Spring and Tomcat build redirects from the
+            // port and prefix; many backends take X-Real-IP as the client's address.
+            ("x_forwarded_for", "9.9.9.9"),
+            ("x-forwarded-port", "443"),
+            ("x-forwarded-prefix", "//evil.example"),
+            ("x-real-ip", "6.6.6.6"),
         ],
     )
     .await;
     let echoed = reply.echoed();
+    for forged in ["x_forwarded_for", "x-forwarded-port", "x-forwarded-prefix", "x-real-ip"] {
+        assert_eq!(echoed.header_all(forged), [""; 0], "{forged} reached the upstream");
+    }
     assert_eq!(echoed.header_all("x-forwarded-for"), ["127.0.0.1"]);
     assert_eq!(echoed.header_all("x-forwarded-proto"), ["http"]);
     assert_eq!(echoed.header_all("x-forwarded-host"), ["gw.test"]);

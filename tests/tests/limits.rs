@@ -183,6 +183,12 @@ async fn limits_http11_request_needs_exactly_one_host_that_is_a_host() {
         ("two Hosts", "host: a.test\r\nhost: b.test\r\n"),
         ("a Host with a path and query", "host: evil.test/x?\r\n"),
         ("a Host with userinfo", "host: user@a.test\r\n"),
+        ("a port that is not a number", "host: a.test:abc\r\n"),
+        ("a port over 65535", "host: a.test:99999\r\n"),
+        ("two ports", "host: a.test:80:81\r\n"),
+        ("an unclosed IPv6 literal", "host: [::1\r\n"),
+        ("brackets around no IPv6 address", "host: [a.test]:80\r\n"),
+        ("a bracket in a name", "host: a]b.test\r\n"),
     ];
     for (what, hosts) in cases {
         let request = format!("GET / HTTP/1.1\r\n{hosts}connection: close\r\n\r\n");
@@ -194,7 +200,7 @@ async fn limits_http11_request_needs_exactly_one_host_that_is_a_host() {
     // HTTP/1.0 predates Host.
     let reply = raw::exchange(gateway.addr(), b"GET / HTTP/1.0\r\n\r\n").await;
     assert_eq!(status_of(&reply), 200);
-    for host in ["[::1]:8080", "a-b.c_d.test:443", "127.0.0.1"] {
+    for host in ["[::1]:8080", "[2001:db8::7]", "a-b.c_d.test:443", "127.0.0.1", "a.test:65535", "a.test:", ""] {
         let request = format!("GET / HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n");
         assert_eq!(status_of(&raw::exchange(gateway.addr(), request.as_bytes()).await), 200, "{host}");
     }

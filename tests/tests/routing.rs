@@ -307,6 +307,38 @@ routes:
     assert_eq!((count("a"), count("b")), (3, 3), "served by {served:?}");
 }
 
+/// A lower-case method is another method by RFC 9110, so `get` would pass a route's
+/// `methods: [GET]` to the catch-all, where a backend that upper-cases it (Django, Flask) serves
+/// it as GET: refused with 400 before routing. CONNECT opens no tunnel here: 405.
+#[tokio::test]
+async fn routing_lower_case_methods_and_connect_refused_before_routing() {
+    let (echo, reads) = (Backend::spawn("echo"), Backend::spawn("reads"));
+    let gateway = Gateway::start(&config(
+        r#"
+upstreams:
+  echo: { endpoints: ["${echo}"] }
+  reads: { endpoints: ["${reads}"] }
+routes:
+  - { name: all, upstream: echo }
+  - { name: reads, match: { path_prefix: /admin, methods: [GET] }, upstream: reads }
+"#,
+        &[&echo, &reads],
+    ));
+    for (request, status) in [
+        (&b"get /admin/x HTTP/1.1\r\nhost: gw.test\r\nconnection: close\r\n\r\n"[..], 400),
+        (b"trace /x HTTP/1.1\r\nhost: gw.test\r\nconnection: close\r\n\r\n", 400),
+        (b"Post /x HTTP/1.1\r\nhost: gw.test\r\ncontent-length: 0\r\nconnection: close\r\n\r\n", 400),
+        (b"CONNECT /x HTTP/1.1\r\nhost: gw.test\r\nconnection: close\r\n\r\n", 405),
+        (b"CONNECT gw.test:443 HTTP/1.1\r\nhost: gw.test:443\r\nconnection: close\r\n\r\n", 405),
+    ] {
+        let reply = raw::parse(&raw::exchange(gateway.addr(), request).await);
+        let reply = reply.unwrap_or_else(|| panic!("{}: no response", String::from_utf8_lossy(request)));
+        assert_eq!(reply.status, status, "{}: {reply:?}", String::from_utf8_lossy(request));
+    }
+    assert_eq!((echo.stats().await.requests, reads.stats().await.requests), (0, 0), "a refused request went on");
+    assert_eq!(client::get(gateway.addr(), "/admin/x").await.echoed().backend, "reads");
+}
+
 /// TRACE would have the upstream echo the request back, cookies and tokens included: refused with
 /// 405 unless the route names it in `methods`.
 #[tokio::test]

@@ -220,6 +220,20 @@ fn extension_method_accepted_close_typo_warned() {
 }
 
 #[test]
+fn methods_that_requests_never_carry_rejected() {
+    let text = with_routes("  - { name: a, match: { methods: [CONNECT, propfind] }, upstream: echo }\n");
+    let out = errors(&text);
+    assert!(
+        out.contains("routes[0].match.methods[0]: method \"CONNECT\" can never match: CONNECT is never forwarded"),
+        "{out}"
+    );
+    assert!(
+        out.contains("routes[0].match.methods[1]: method \"propfind\" can never match: requests with lower-case"),
+        "{out}"
+    );
+}
+
+#[test]
 fn unknown_key_location_and_path_reported() {
     let text = MINIMAL.replace("{ name: all, upstream: echo }", "{ name: all, upstream: echo, timout: 5s }");
     assert_eq!(errors(&text), "gw.yaml:7:34: routes[0].timout: unknown key `timout`\n  hint: did you mean `timeout`?");

@@ -24,8 +24,8 @@ const CLIENT_CLOSED_REQUEST: StatusCode = match StatusCode::from_u16(499) {
 pub enum ProxyError {
     #[error("no route matches this request")]
     NoRoute,
-    #[error("TRACE is not forwarded unless the route lists it in `methods`")]
-    MethodNotAllowed,
+    #[error("{0}")]
+    MethodNotAllowed(&'static str),
     #[error("{0}")]
     BadRequest(&'static str),
     #[error("request body is larger than this route's limit of {limit} bytes")]
@@ -67,7 +67,7 @@ impl ProxyError {
     pub fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             ProxyError::NoRoute => (StatusCode::NOT_FOUND, "no_route"),
-            ProxyError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ProxyError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ProxyError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ProxyError::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ProxyError::TooManyHeaders { .. } => (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "too_many_headers"),

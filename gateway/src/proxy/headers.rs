@@ -16,6 +16,7 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 static RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
 static RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
 static RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
@@ -36,15 +37,22 @@ pub enum Message {
 
 /// Removes hop-by-hop headers (RFC 9110 section 7.6.1): `Connection` and every header it names,
 /// `Keep-Alive`, `Proxy-Connection`, `Transfer-Encoding`, `Upgrade`, and `TE` except `te: trailers`,
-/// which a request may carry end to end (RFC 9110 section 10.1.4).
+/// which a request may carry end to end (RFC 9110 section 10.1.4). From requests also
+/// `HTTP2-Settings`, which only goes with an `Upgrade: h2c` (hop-by-hop, RFC 7540 section 3.2.1),
+/// and `Trailer`: the gateway passes no request trailers on, so it must not announce any.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, message: Message) {
     let upgrade = message == Message::Upgrade;
-    // Most messages carry none: one pass over the names instead of six lookups.
-    if !upgrade && !headers.keys().any(is_hop_by_hop) {
+    let request = message != Message::Response;
+    // Most messages carry none: one pass over the names instead of eight lookups.
+    if !upgrade && !headers.keys().any(|name| is_hop_by_hop(name) || (request && is_request_only_hop(name))) {
         return;
     }
+    if request {
+        headers.remove(&HTTP2_SETTINGS);
+        headers.remove(header::TRAILER);
+    }
     // Decided first: a compliant sender lists TE in Connection (RFC 9110 section 10.1.4).
-    let te_trailers = message != Message::Response
+    let te_trailers = request
         && headers
             .get_all(header::TE)
             .iter()
@@ -84,6 +92,10 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
         || name == PROXY_CONNECTION
 }
 
+fn is_request_only_hop(name: &HeaderName) -> bool {
+    name == header::TRAILER || name == HTTP2_SETTINGS
+}
+
 fn headers_named_in(value: &HeaderValue) -> impl Iterator<Item = HeaderName> + '_ {
     value.to_str().unwrap_or("").split(',').filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
 }
@@ -113,20 +125,39 @@ fn length_bit(name: &HeaderName) -> u64 {
     1 << name.as_str().len().min(63)
 }
 
-/// Removes every identity header; returns how many names it removed.
+/// Removes every identity header; returns how many header lines it removed.
 pub fn remove_identity(headers: &mut HeaderMap, identity: &IdentityHeaders) -> u64 {
     // Clients rarely send any: looking at the few names present is cheaper than a lookup per name.
     if !headers.keys().any(|present| identity.contains(present)) {
         return 0;
     }
     let present: Vec<HeaderName> = headers.keys().filter(|name| identity.contains(name)).cloned().collect();
-    present.iter().map(|name| headers.remove(name).map_or(0, |_| 1)).sum()
+    let removed = present.iter().map(|name| match headers.entry(name) {
+        header::Entry::Occupied(entry) => entry.remove_entry_mult().1.count(),
+        header::Entry::Vacant(_) => 0,
+    });
+    removed.sum::<usize>() as u64
 }
 
 /// `present` is `name`, with any of its `-` written `_`.
 fn spelled_as(present: &HeaderName, name: &HeaderName) -> bool {
-    let (present, name) = (present.as_str().as_bytes(), name.as_str().as_bytes());
+    same_but_underscores(present.as_str().as_bytes(), name.as_str().as_bytes())
+}
+
+fn same_but_underscores(present: &[u8], name: &[u8]) -> bool {
     present.len() == name.len() && present.iter().zip(name).all(|(p, n)| p == n || (*p == b'_' && *n == b'-'))
+}
+
+/// Whether a client may only send this header through a trusted proxy: `Forwarded`, every
+/// `X-Forwarded-*` (`-Port`, `-Prefix`, `-Ssl`... too: frameworks build redirect URLs from them)
+/// and `X-Real-IP`, also spelled with `_` for `-`, as Traefik strips them. From anyone else they are
+/// removed before the gateway sets its own.
+fn is_forwarding(name: &HeaderName) -> bool {
+    const FAMILY: &[u8] = b"x-forwarded-";
+    let name = name.as_str().as_bytes();
+    name.get(..FAMILY.len()).is_some_and(|start| same_but_underscores(start, FAMILY))
+        || same_but_underscores(name, b"x-real-ip")
+        || name == b"forwarded"
 }
 
 /// True when the request asks for an HTTP/1.1 upgrade to WebSocket, the one protocol the gateway
@@ -158,9 +189,16 @@ pub struct Client<'a> {
 
 /// Sets `X-Forwarded-For/-Proto/-Host` and `Forwarded` (RFC 7239) for the upstream.
 ///
-/// Headers from a trusted proxy are extended; from anyone else they are replaced, so a client
-/// cannot forge the address an upstream sees.
+/// Headers from a trusted proxy are extended; from anyone else every forwarding header (see
+/// [`is_forwarding`]) is removed first, so a client cannot forge the address, scheme, host or
+/// port an upstream sees.
 pub fn set_forwarding(headers: &mut HeaderMap, client: Client<'_>) {
+    if !client.trusted && headers.keys().any(is_forwarding) {
+        let forged: Vec<HeaderName> = headers.keys().filter(|name| is_forwarding(name)).cloned().collect();
+        for name in forged {
+            headers.remove(name);
+        }
+    }
     let ip = client.ip.to_canonical();
     let mut xff = match client.trusted.then(|| joined(headers, &X_FORWARDED_FOR)).flatten() {
         Some(earlier) => earlier + ", ",

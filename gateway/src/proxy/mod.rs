@@ -119,6 +119,8 @@ fn proxy<'a>(
         // identity: a client must never tell an upstream who it is; only a checked token may
         let stripped = headers::remove_identity(request.headers_mut(), &snapshot.identity_headers);
 
+        check_method(request.method())?;
+
         // route
         // A cheap reference-counted copy: the request itself moves on below.
         let host_value = single_host(&request)?;
@@ -146,7 +148,7 @@ fn proxy<'a>(
         // An upstream answering TRACE echoes the request back, cookies and tokens with it
         // (cross-site tracing); nginx refuses it too. A route that names it in `methods` wants it.
         if request.method() == http::Method::TRACE && !route.allows_trace {
-            return Err(ProxyError::MethodNotAllowed);
+            return Err(ProxyError::MethodNotAllowed("TRACE is not forwarded unless the route lists it in `methods`"));
         }
         if stripped > 0 {
             route.metrics.identity_headers_stripped.inc_by(stripped);
@@ -257,6 +259,20 @@ pub(crate) fn request_host<B>(request: &Request<B>) -> Option<HeaderValue> {
     }
 }
 
+/// Methods the gateway refuses whatever the route. Lower case: RFC 9110 makes `get` another method
+/// than `GET`, so it passes routes with `methods: [GET]` and the `TRACE` refusal, yet Django,
+/// Flask and others upper-case the method and serve it as `GET` (nginx refuses such methods too).
+/// `CONNECT`: a tunnel through a forward proxy, which an upstream service is not.
+fn check_method(method: &http::Method) -> Result<(), ProxyError> {
+    if method == http::Method::CONNECT {
+        return Err(ProxyError::MethodNotAllowed("CONNECT is for forward proxies; this gateway opens no tunnels"));
+    }
+    if method.as_str().bytes().any(|b| b.is_ascii_lowercase()) {
+        return Err(ProxyError::BadRequest("method names are upper case"));
+    }
+    Ok(())
+}
+
 /// What hyper leaves to the gateway (besides the header count on HTTP/2, checked in `handle`): no
 /// transfer coding but chunked, the only one hyper decodes (RFC 9112 section 6.1: 501).
 fn check_head(request: &Request<Incoming>) -> Result<(), ProxyError> {
@@ -330,11 +346,40 @@ fn set_path(uri: &mut Uri, path: &str) -> Result<(), ProxyError> {
     Ok(())
 }
 
-/// `uri-host [":" port]` (RFC 9110 section 7.2) as far as characters go: a reg-name, IPv4 or IPv6
-/// literal and a port use only these. Refuses what would change a URL built from it (`/`, `?`,
-/// `#`, `@`, `\`, spaces). Checked in place: this runs for every request.
+/// `uri-host [":" port]` (RFC 9110 section 7.2): a reg-name or IPv4 address (no `:`, `[` or `]`)
+/// or an IPv6 address in brackets, then at most a port of digits up to 65535 (or an empty one, as
+/// the grammar allows). Refuses what would change a URL built from it (`/`, `?`, `#`, `@`, `\`,
+/// spaces). Checked in place: this runs for every request.
 fn is_host(host: &[u8]) -> bool {
-    host.iter().all(|&b| HOST_BYTES[usize::from(b)])
+    if !host.iter().all(|&b| HOST_BYTES[usize::from(b)]) {
+        return false;
+    }
+    let port = match host {
+        [b'[', literal @ ..] => {
+            let Some(end) = literal.iter().position(|&b| b == b']') else { return false };
+            let address = std::str::from_utf8(&literal[..end]).ok().and_then(|a| a.parse::<std::net::Ipv6Addr>().ok());
+            if address.is_none() {
+                return false;
+            }
+            &literal[end + 1..]
+        }
+        _ => {
+            let (name, port) = host.split_at(host.iter().position(|&b| b == b':').unwrap_or(host.len()));
+            if name.iter().any(|&b| matches!(b, b'[' | b']')) {
+                return false;
+            }
+            port
+        }
+    };
+    match port {
+        [] => true,
+        [b':', digits @ ..] => {
+            digits.len() <= 5
+                && digits.iter().all(u8::is_ascii_digit)
+                && digits.iter().fold(0_u32, |n, d| n * 10 + u32::from(d - b'0')) <= 65_535
+        }
+        _ => false,
+    }
 }
 
 /// The bytes [`is_host`] allows, as a table: one load per byte.

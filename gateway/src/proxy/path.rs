@@ -111,7 +111,8 @@ fn decode_unreserved(hex: &[u8]) -> Option<u8> {
 
 /// Whether a segment is `.` or `..` as some upstream may read it: dots also written `%2e`,
 /// segments also ended by `%2f` or `%5c` (decoded, or taken as `/`, by many servers), and
-/// anything from a `;` on left out (servlet containers drop such path parameters: `..;x` is `..`).
+/// anything from a `;` on left out (servlet containers drop such path parameters: `..;x` is `..`),
+/// also from a `%3b` (a server that decodes before it drops them reads `..%3bx` as `..;x`).
 /// Such a path could escape the prefix it was routed by once the upstream normalises it.
 fn has_dot_segment(path: &str) -> bool {
     let bytes = path.as_bytes();
@@ -127,8 +128,7 @@ fn has_dot_segment(path: &str) -> bool {
             }
         };
         let segment = bytes.get(start..i).unwrap_or_default();
-        let segment = segment.split(|&b| b == b';').next().unwrap_or_default();
-        if is_dot_segment(segment) {
+        if is_dot_segment(before_parameters(segment)) {
             return true;
         }
         if separator == 0 {
@@ -137,6 +137,12 @@ fn has_dot_segment(path: &str) -> bool {
         i += separator;
         start = i;
     }
+}
+
+/// `segment` up to its first `;` or `%3b`.
+fn before_parameters(segment: &[u8]) -> &[u8] {
+    let end = (0..segment.len()).find(|&i| matches!(&segment[i..], [b';', ..] | [b'%', b'3', b'b' | b'B', ..]));
+    &segment[..end.unwrap_or(segment.len())]
 }
 
 /// `.` or `..`, each dot possibly written `%2e` or `%2E`.
@@ -198,11 +204,14 @@ mod tests {
             "/raw/.;/secret",
             "/raw/%2e%2e%5csecret",
             "/raw/x%5C..%5Csecret",
+            "/raw/..%3bx/secret",
+            "/raw/%2e%2e%3Bx/secret",
+            "/raw/.%3b/secret",
         ];
         for path in escapes {
             assert!(has_dot_segment(path), "{path}");
         }
-        for path in ["/files/a%2Fb", "/a/b;v=1", "/a/...;x", "/a/.hidden;x", "/%25"] {
+        for path in ["/files/a%2Fb", "/a/b;v=1", "/a/...;x", "/a/.hidden;x", "/%25", "/a/..x%3b", "/a/%3b.."] {
             assert!(!has_dot_segment(path), "{path}");
         }
     }

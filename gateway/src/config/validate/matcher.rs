@@ -191,6 +191,22 @@ fn methods(report: &mut Report<'_>, raw: &Spanned<Vec<Spanned<String>>>, path: &
             ok = false;
             continue;
         };
+        // Requests with these are refused before routing (see `proxy::check_method`): a route
+        // listing one would never match.
+        let never = if method == Method::CONNECT {
+            Some("CONNECT is never forwarded: the gateway opens no tunnels")
+        } else if text.bytes().any(|b| b.is_ascii_lowercase()) {
+            Some("requests with lower-case methods are refused (400) before routing")
+        } else {
+            None
+        };
+        if let Some(reason) = never {
+            report
+                .error(m.referenced, &item_path, format!("method {text:?} can never match: {reason}"))
+                .hint("remove it from `methods`");
+            ok = false;
+            continue;
+        }
         if standard.is_none() {
             if let Some(close) = suggest::closest(text, STANDARD_METHODS) {
                 report
