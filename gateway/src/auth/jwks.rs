@@ -1,6 +1,7 @@
 //! A provider's JWKS: fetched in the background, refetched once for an unknown `kid` (with a
 //! cooldown), and kept when the endpoint fails, so a down issuer never breaks verification.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::str::FromStr;
@@ -309,10 +310,17 @@ fn parse(body: &[u8], provider: &str) -> Result<KeySet, FetchError> {
         match key(&value) {
             Ok(key) => {
                 value.to_string().hash(&mut fingerprint);
-                match kid {
-                    Some(kid) => {
-                        set.by_kid.insert(kid, key);
+                match kid.map(|kid| set.by_kid.entry(kid)) {
+                    Some(Entry::Vacant(vacant)) => {
+                        vacant.insert(key);
                     }
+                    // RFC 7517 section 4.5: kids should differ. Tokens signed by a skipped key fail,
+                    // so say which kid it was instead of dropping it silently.
+                    Some(Entry::Occupied(taken)) => tracing::warn!(
+                        provider,
+                        kid = taken.key(),
+                        "JWKS key skipped: an earlier key in the set has the same kid"
+                    ),
                     None => set.unnamed.push(key),
                 }
             }
@@ -365,6 +373,17 @@ mod tests {
         let set = parse(body.to_string().as_bytes(), "p").unwrap();
         assert_eq!(set.by_kid.keys().collect::<Vec<_>>(), vec!["ed"]);
         assert_eq!(set.by_kid["ed"].algorithm, Some(Algorithm::EdDSA));
+    }
+
+    #[test]
+    fn parse_keeps_the_first_of_two_keys_with_one_kid() {
+        let x = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo";
+        let first = serde_json::json!({"kty": "OKP", "kid": "same", "crv": "Ed25519", "alg": "EdDSA", "x": x});
+        let second = serde_json::json!({"kty": "OKP", "kid": "same", "crv": "Ed25519", "x": x});
+        let body = serde_json::json!({"keys": [first, second]});
+        let set = parse(body.to_string().as_bytes(), "p").unwrap();
+        assert_eq!(set.by_kid.len(), 1);
+        assert_eq!(set.by_kid["same"].algorithm, Some(Algorithm::EdDSA));
     }
 
     #[test]
