@@ -237,6 +237,15 @@ async fn upstream_transfer_coding_other_than_chunked_returns_502() {
     client::get(gateway.addr(), "/").await.assert_error(502, "upstream_error");
 }
 
+/// RFC 9110 section 15: a status outside 100 to 599 is no status; clients may choke on it.
+#[tokio::test]
+async fn upstream_status_outside_100_to_599_returns_502() {
+    let gateway = scripted(b"HTTP/1.1 600 Odd\r\ncontent-length: 2\r\n\r\nok").await;
+    client::get(gateway.addr(), "/").await.assert_error(502, "upstream_error");
+    let gateway = scripted(b"HTTP/1.1 599 Odd\r\ncontent-length: 2\r\n\r\nok").await;
+    assert_eq!(client::get(gateway.addr(), "/").await.status, 599);
+}
+
 #[tokio::test]
 async fn upstream_response_with_more_than_100_header_fields_returns_502() {
     fn head(fields: usize) -> &'static [u8] {

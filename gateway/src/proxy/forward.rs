@@ -134,6 +134,12 @@ async fn send(
             let source = "switched protocols on a request that asked for no WebSocket upgrade".into();
             Err(ProxyError::Upstream { upstream: upstream(), source })
         }
+        // RFC 9110 section 15: status codes run from 100 to 599; hyper reads any three digits.
+        Ok((response, _)) if response.status().as_u16() > 599 => {
+            metrics.errors.inc();
+            let source = format!("answered with status {}, outside 100 to 599", response.status().as_u16()).into();
+            Err(ProxyError::Upstream { upstream: upstream(), source })
+        }
         // hyper takes off the chunks only: what another coding left would reach the client
         // undecodable, with nothing to say so (a length or chunks tell it that no coding is left).
         Ok((response, _)) if response.body().size_hint().exact().is_none() && !only_chunked(response.headers()) => {
