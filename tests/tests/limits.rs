@@ -204,6 +204,14 @@ async fn limits_http11_request_needs_exactly_one_host_that_is_a_host() {
         let request = format!("GET / HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n");
         assert_eq!(status_of(&raw::exchange(gateway.addr(), request.as_bytes()).await), 200, "{host}");
     }
+    // An authority-form target has a host and no path: the path is what is wrong with it.
+    let reply = raw::parse(
+        &raw::exchange(gateway.addr(), b"GET a.test:80 HTTP/1.1\r\nhost: gw.test\r\nconnection: close\r\n\r\n").await,
+    );
+    let reply = reply.expect("a response");
+    assert_raw_error(&reply, 400, "bad_request");
+    let body = String::from_utf8_lossy(&reply.body);
+    assert!(body.contains("the request target must be an absolute path"), "{body}");
     // An absolute-form target names the host too: both must agree.
     for (host, status) in [("a.test", 200), ("A.TEST", 200), ("b.test", 400)] {
         let request = format!("GET http://a.test/ HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n");

@@ -122,12 +122,13 @@ fn proxy<'a>(
         check_method(request.method())?;
 
         // route
-        // A cheap reference-counted copy: the request itself moves on below.
-        let host_value = single_host(&request)?;
-        let host = host_value.as_ref().and_then(|h| h.to_str().ok());
+        // First: an authority-form target (`GET a:80`) has a host but no path.
         if !request.uri().path().starts_with('/') {
             return Err(ProxyError::BadRequest("the request target must be an absolute path"));
         }
+        // A cheap reference-counted copy: the request itself moves on below.
+        let host_value = single_host(&request)?;
+        let host = host_value.as_ref().and_then(|h| h.to_str().ok());
         let normalized = path::normalize(request.uri().path()).map_err(ProxyError::BadRequest)?;
         if let Some(path) = &normalized.path {
             set_path(request.uri_mut(), path)?;
