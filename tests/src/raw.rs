@@ -169,6 +169,17 @@ pub async fn h2_upload(
     content_length: Option<u64>,
     first: &'static [u8],
 ) -> (h2::client::ResponseFuture, h2::SendStream<bytes::Bytes>) {
+    h2_upload_with(http::Method::POST, addr, path, content_length, first).await
+}
+
+/// [`h2_upload`] with another method.
+pub async fn h2_upload_with(
+    method: http::Method,
+    addr: SocketAddr,
+    path: &str,
+    content_length: Option<u64>,
+    first: &'static [u8],
+) -> (h2::client::ResponseFuture, h2::SendStream<bytes::Bytes>) {
     let (client, connection) = h2::client::handshake(connect(addr).await)
         .await
         .unwrap_or_else(|e| panic!("HTTP/2 handshake with {addr}: {e}"));
@@ -176,7 +187,7 @@ pub async fn h2_upload(
         let _ = connection.await;
     });
     let mut client = client.ready().await.unwrap_or_else(|e| panic!("HTTP/2 connection to {addr}: {e}"));
-    let mut request = http::Request::post(format!("http://{addr}{path}"));
+    let mut request = http::Request::builder().method(method).uri(format!("http://{addr}{path}"));
     if let Some(length) = content_length {
         request = request.header(http::header::CONTENT_LENGTH, length);
     }

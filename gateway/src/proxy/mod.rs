@@ -329,6 +329,10 @@ pub(crate) fn single_host<B>(request: &Request<B>) -> Result<Option<HeaderValue>
             Some(authority) if !is_host(authority.as_str().as_bytes()) => {
                 Err(ProxyError::BadRequest("the request's authority is not a host and port"))
             }
+            // RFC 9113 section 8.3.1: malformed without either.
+            None if request.version() == Version::HTTP_2 => {
+                Err(ProxyError::BadRequest("an HTTP/2 request must carry :authority or a Host header"))
+            }
             _ => Ok(request_host(request)),
         },
     }
@@ -438,6 +442,15 @@ fn upstream_request(
     };
     parts.headers.insert(header::HOST, upstream_host);
     let body = UpstreamRequestBody::capped(body, route.max_body_size, route.timeout, http2);
+    // hyper sends a GET or HEAD body of unknown length as no body at all (they "almost never have
+    // bodies"): a chunked one, or an HTTP/2 one without a length, must say it is chunked.
+    if matches!(parts.method, http::Method::GET | http::Method::HEAD)
+        && !body.is_end_stream()
+        && body.size_hint().exact().is_none()
+        && !parts.headers.contains_key(header::CONTENT_LENGTH)
+    {
+        parts.headers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+    }
     Ok(Request::from_parts(parts, body))
 }
 
@@ -450,4 +463,27 @@ pub(crate) fn causes(error: &(dyn std::error::Error + 'static)) -> String {
         current = cause.source();
     }
     chain.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(version: Version, uri: &str, host: Option<&str>) -> Request<()> {
+        let mut request = Request::builder().version(version).uri(uri);
+        if let Some(host) = host {
+            request = request.header(header::HOST, host);
+        }
+        request.body(()).unwrap()
+    }
+
+    #[test]
+    fn single_host_needs_one_from_http11_and_http2_requests() {
+        assert!(single_host(&request(Version::HTTP_11, "/m", None)).is_err());
+        assert!(single_host(&request(Version::HTTP_2, "/m", None)).is_err(), "no :authority, no Host");
+        assert_eq!(single_host(&request(Version::HTTP_2, "http://a.test/m", None)).unwrap().unwrap(), "a.test");
+        assert_eq!(single_host(&request(Version::HTTP_2, "/m", Some("b.test"))).unwrap().unwrap(), "b.test");
+        // HTTP/1.0 predates Host.
+        assert_eq!(single_host(&request(Version::HTTP_10, "/m", None)).unwrap(), None);
+    }
 }
