@@ -483,3 +483,52 @@ async fn limits_max_connections_raised_by_a_reload_lets_waiting_connections_in()
     assert_eq!(raw::read_response(&mut waiting).await.status, 200, "served after the reload");
     drop(held);
 }
+
+/// "Rapid reset" with a pause (CVE-2023-44487): a client opens streams, waits until the gateway
+/// has sent them upstream, and resets them. Each reset costs an upstream request and connection,
+/// and h2's own limit (on streams reset before they are accepted) never sees these. Once 100
+/// such resets are half its streams or more, the connection is closed (GOAWAY).
+#[tokio::test]
+async fn limits_http2_client_resetting_streams_right_after_opening_them_is_closed() {
+    const BATCH: u64 = 20;
+    let echo = Backend::spawn("echo");
+    let gateway = Gateway::start(&one_route_config(&echo, "", ""));
+    let addr = gateway.addr();
+    let (mut client, connection) = h2::client::handshake(raw::connect(addr).await).await.unwrap();
+    let mut connection = tokio::spawn(connection);
+    let (mut opened, mut closed) = (0, false);
+    'attack: while opened < 50 * BATCH {
+        let before = echo.stats().await.requests;
+        let mut streams = Vec::new();
+        for _ in 0..BATCH {
+            let Ok(ready) = client.clone().ready().await else { break 'attack };
+            client = ready;
+            let request = http::Request::get(format!("http://{addr}/slow/5000")).body(()).unwrap();
+            let Ok((response, _)) = client.send_request(request, true) else { break 'attack };
+            streams.push(response);
+            opened += 1;
+        }
+        let forwarded = async {
+            while echo.stats().await.requests < before + streams.len() as u64 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::select! {
+            () = forwarded => drop(streams),
+            _ = &mut connection => {
+                closed = true;
+                break;
+            }
+        }
+    }
+    if !closed {
+        let ended = tokio::time::timeout(e2e::TIMEOUT, connection).await;
+        assert!(ended.is_ok(), "the connection is still open after {opened} streams reset early");
+    }
+    assert!(opened <= 160, "closed only after {opened} streams");
+    let metrics = client::get(gateway.admin_addr(), "/metrics").await.text();
+    let line = r#"gateway_client_rejections_total{reason="rapid_reset"} 1"#;
+    assert!(metrics.lines().any(|l| l == line), "{line} in {metrics}");
+    // Other clients are served as ever.
+    assert_eq!(client::get(addr, "/").await.status, 200);
+}

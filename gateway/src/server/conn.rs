@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -20,6 +21,7 @@ use super::timed_io::{Activity, ClientWait, RequestGuard, TimedIo, Timeouts};
 use crate::config;
 use crate::proxy::{self, ProxyBody};
 use crate::runtime::Runtime;
+use crate::throttle::Throttle;
 use crate::tls;
 
 /// The HTTP/1.1 + HTTP/2 server for one connection, with the client-side limits applied.
@@ -119,8 +121,10 @@ async fn serve_http<S>(
         let snapshot = runtime.load_full();
         let guard = activity.start_request();
         let connection = connection.clone();
+        let http1 = request.version() <= http::Version::HTTP_11;
+        let early =
+            (!http1).then(|| EarlyReset { activity: activity.clone(), started: Instant::now(), done: false, peer });
         async move {
-            let http1 = request.version() <= http::Version::HTTP_11;
             let mut response = proxy::handle(snapshot, connection, request).await;
             if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
                 guard.upgraded();
@@ -128,7 +132,7 @@ async fn serve_http<S>(
                 // hyper closes the connection after this answer, and the client knows not to reuse it.
                 response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
             }
-            Ok::<_, Infallible>(response.map(|body| Tracked { body, guard, waiting: None }))
+            Ok::<_, Infallible>(response.map(|body| Tracked { body, guard, waiting: None, early }))
         }
     });
     let mut connection = pin!(server.serve_connection_with_upgrades(io, service));
@@ -181,6 +185,43 @@ fn rejection(error: &(dyn std::error::Error + 'static)) -> Option<&'static str> 
     None
 }
 
+/// Resets within this long of a stream's start count as early.
+const EARLY_RESET_WINDOW: Duration = Duration::from_secs(1);
+/// Early resets a connection may have before it is closed, if they are half its streams or more.
+const EARLY_RESETS_TO_CLOSE: u64 = 100;
+
+/// An HTTP/2 stream whose client may reset it before its response is complete. Each such reset
+/// costs an upstream request, and on an HTTP/1.1 upstream the connection it was on: a client
+/// opening and resetting streams in a loop ("rapid reset", CVE-2023-44487, with a pause long
+/// enough that h2's own limit, on streams reset before they are accepted, never sees them) has
+/// the gateway open and close upstream connections as fast as it sends frames. As Envoy does, a
+/// connection on which [`EARLY_RESETS_TO_CLOSE`] or more streams were reset within
+/// [`EARLY_RESET_WINDOW`] of their start, half or more of all its streams, is closed (GOAWAY).
+#[derive(Debug)]
+struct EarlyReset {
+    activity: Arc<Activity>,
+    started: Instant,
+    /// The response ended, or failed on the gateway's or the upstream's side.
+    done: bool,
+    peer: SocketAddr,
+}
+
+impl Drop for EarlyReset {
+    fn drop(&mut self) {
+        // A drain cuts streams off too: those are the gateway's doing.
+        if self.done || drain::begun() || self.started.elapsed() >= EARLY_RESET_WINDOW {
+            return;
+        }
+        if self.activity.early_reset(EARLY_RESETS_TO_CLOSE) {
+            crate::metrics::global().client_rejected("rapid_reset");
+            static WARNED: Throttle = Throttle::new(Duration::from_secs(10));
+            if WARNED.allows() {
+                tracing::warn!(peer = %self.peer, "an HTTP/2 client reset most of its streams right after opening them; closing its connection (logged once in 10 s at most)");
+            }
+        }
+    }
+}
+
 /// A response body that keeps its request counted as in flight until it has been sent, and
 /// tells the connection while a piece it handed over waits on the client.
 #[derive(Debug)]
@@ -188,6 +229,8 @@ struct Tracked {
     body: ProxyBody,
     guard: RequestGuard,
     waiting: Option<ClientWait>,
+    /// HTTP/2 only.
+    early: Option<EarlyReset>,
 }
 
 impl Body for Tracked {
@@ -202,6 +245,10 @@ impl Body for Tracked {
         let polled = Pin::new(&mut this.body).poll_frame(cx);
         if matches!(polled, Poll::Ready(Some(Ok(_)))) && !this.body.is_end_stream() {
             this.waiting = Some(this.guard.waiting_on_client());
+        }
+        // Ended, or failed on this side: not the client's doing.
+        if let (Poll::Ready(None | Some(Err(_))), Some(early)) = (&polled, &mut this.early) {
+            early.done = true;
         }
         polled
     }
@@ -219,6 +266,10 @@ impl Drop for Tracked {
     fn drop(&mut self) {
         if let Some(wait) = self.waiting.take() {
             self.guard.client_took(wait);
+        }
+        // hyper drops a body without polling it once it says it has ended (an empty one).
+        if let Some(early) = &mut self.early {
+            early.done |= self.body.is_end_stream();
         }
     }
 }

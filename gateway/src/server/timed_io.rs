@@ -55,8 +55,11 @@ pub(crate) struct Activity {
     /// by the tick (mod 3) they began waiting in. One counted two ticks ago has waited at least
     /// `idle_timeout`: nothing of its response was taken for that long.
     waiting_on_client: [AtomicU32; 3],
-    /// The IO asks the connection's task to close gracefully (see [`TimedIo::poll_deadline`]).
+    /// The IO asks the connection's task to close gracefully (see [`TimedIo::poll_deadline`]), or
+    /// a client resets too many streams early (see [`Activity::early_reset`]).
     close_asked: AtomicBool,
+    /// HTTP/2 streams the client reset early so far.
+    early_resets: AtomicU64,
 }
 
 impl Default for Activity {
@@ -69,6 +72,7 @@ impl Default for Activity {
             ticks: AtomicU32::new(0),
             waiting_on_client: Default::default(),
             close_asked: AtomicBool::new(false),
+            early_resets: AtomicU64::new(0),
         }
     }
 }
@@ -84,6 +88,14 @@ impl Activity {
     /// Whether the IO has asked the connection to close gracefully.
     pub(crate) fn close_asked(&self) -> bool {
         self.close_asked.load(Ordering::Relaxed)
+    }
+
+    /// Counts an HTTP/2 stream its client reset early. True when that makes `at_least` such resets
+    /// and half or more of the connection's streams, the first time: the connection is then asked
+    /// to close, which it does at its next wake (the client's next frame, or a response).
+    pub(crate) fn early_reset(&self, at_least: u64) -> bool {
+        let early = self.early_resets.fetch_add(1, Ordering::Relaxed) + 1;
+        early >= at_least && early * 2 >= self.started.load(Ordering::Relaxed) && self.ask_to_close()
     }
 
     /// Asks for a graceful close; false if that was asked before.
