@@ -56,12 +56,13 @@ impl Gateway {
         Gateway::spawn(path.to_owned(), false, env).unwrap_or_else(|message| panic!("{message}"))
     }
 
-    /// Like [`Gateway::start`], with the soft open file limit lowered to `soft` first (by the
-    /// shell's `ulimit`, which then `exec`s the gateway: it keeps the shell's pid).
-    pub fn start_with_soft_fd_limit(yaml: &str, soft: u64) -> Gateway {
+    /// Like [`Gateway::start`], with the open file limit set by the shell's `ulimit` with
+    /// `limit` (`-Sn 300` lowers the soft one, `-n 300` both) first; the shell then `exec`s the
+    /// gateway, which keeps its pid.
+    pub fn start_with_ulimit(yaml: &str, limit: &str) -> Gateway {
         let config = write_temp("gateway", "yaml", yaml);
         let mut command = Command::new("sh");
-        command.arg("-c").arg(format!("ulimit -Sn {soft} && exec \"$0\" \"$@\"")).arg(binary("gateway"));
+        command.arg("-c").arg(format!("ulimit {limit} && exec \"$0\" \"$@\"")).arg(binary("gateway"));
         Gateway::spawn_command(command, config, true).unwrap_or_else(|message| panic!("{message}"))
     }
 

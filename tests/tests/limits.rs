@@ -412,7 +412,7 @@ async fn limits_open_file_limit_raised_to_the_hard_one_at_start() {
     const SOFT: u64 = 300;
     assert!(hard >= 2 * SOFT, "this test needs a hard open file limit of at least {} (it is {hard})", 2 * SOFT);
     let echo = Backend::spawn("echo");
-    let gateway = Gateway::start_with_soft_fd_limit(&one_route_config(&echo, "", ""), SOFT);
+    let gateway = Gateway::start_with_ulimit(&one_route_config(&echo, "", ""), &format!("-Sn {SOFT}"));
     assert_eq!(open_file_limits(gateway.pid()), (hard, hard), "the gateway's (soft, hard) open file limits");
     assert!(gateway.stderr().contains("raised the open file limit"), "{}", gateway.stderr());
     let line = format!("gateway_client_connections_max {}", (hard - 256) / 2);
@@ -531,4 +531,48 @@ async fn limits_http2_client_resetting_streams_right_after_opening_them_is_close
     assert!(metrics.lines().any(|l| l == line), "{line} in {metrics}");
     // Other clients are served as ever.
     assert_eq!(client::get(addr, "/").await.status, 200);
+}
+
+/// Each HTTP/2 stream may take an upstream connection of its own, so a few client connections
+/// could hold more sockets than the process may open, and then nothing works: not new clients,
+/// not the admin listener. Upstream sockets count against the open file limit too: past it a
+/// request that needs a new upstream connection gets 503 `gateway_at_capacity` at once.
+#[tokio::test]
+async fn limits_upstream_connections_stay_within_the_open_file_limit() {
+    use http_body_util::{BodyExt, Empty};
+    let echo = Backend::spawn("echo");
+    let gateway = Gateway::start_with_ulimit(&one_route_config(&echo, "", ""), "-n 300");
+    assert_eq!(open_file_limits(gateway.pid()), (300, 300));
+    // Room for 44 sockets (300 less 256 kept for everything else): 2 clients and 42 upstream.
+    let mut streams = tokio::task::JoinSet::new();
+    for _ in 0..2 {
+        let io = hyper_util::rt::TokioIo::new(raw::connect(gateway.addr()).await);
+        let (sender, connection) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.unwrap();
+        tokio::spawn(connection);
+        for _ in 0..150 {
+            let mut sender = sender.clone();
+            let uri = format!("http://{}/slow/2000", gateway.addr());
+            streams.spawn(async move {
+                sender.ready().await.unwrap();
+                let response = sender.send_request(http::Request::get(uri).body(Empty::<bytes::Bytes>::new()).unwrap());
+                let (parts, body) = response.await.unwrap().into_parts();
+                (parts.status, body.collect().await.unwrap().to_bytes())
+            });
+        }
+    }
+    // While they are in flight, the admin listener still answers.
+    e2e::eventually("requests to reach the echo", || async { echo.stats().await.requests > 0 }).await;
+    assert_eq!(client::get(gateway.admin_addr(), "/healthz").await.status, 200);
+    let mut statuses = std::collections::BTreeMap::new();
+    while let Some(joined) = streams.join_next().await {
+        let (status, body) = joined.unwrap();
+        if status == 503 {
+            assert!(String::from_utf8_lossy(&body).contains("gateway_at_capacity"), "{body:?}");
+        }
+        *statuses.entry(status.as_u16()).or_insert(0) += 1;
+    }
+    let served = statuses.get(&200).copied().unwrap_or(0);
+    assert!((1..=42).contains(&served), "statuses {statuses:?}");
+    assert_eq!(served + statuses.get(&503).copied().unwrap_or(0), 300, "statuses {statuses:?}");
 }

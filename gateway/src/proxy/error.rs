@@ -48,6 +48,8 @@ pub enum ProxyError {
     NoEndpoint { upstream: String },
     #[error("upstream {upstream:?} has {max_requests} requests in flight, its max_requests")]
     UpstreamOverloaded { upstream: String, max_requests: u32 },
+    #[error("the gateway has as many connections open as it may; try again shortly")]
+    AtCapacity,
     #[error("upstream {upstream:?} is failing; requests to it are paused (circuit breaker open)")]
     CircuitOpen { upstream: String, retry_after: Duration },
     #[error("could not connect to upstream {upstream:?} at {endpoint}")]
@@ -79,6 +81,7 @@ impl ProxyError {
             ProxyError::NoEndpoint { .. } => (StatusCode::SERVICE_UNAVAILABLE, "no_endpoint"),
             ProxyError::UpstreamOverloaded { .. } => (StatusCode::SERVICE_UNAVAILABLE, "upstream_overloaded"),
             ProxyError::CircuitOpen { .. } => (StatusCode::SERVICE_UNAVAILABLE, "circuit_open"),
+            ProxyError::AtCapacity => (StatusCode::SERVICE_UNAVAILABLE, "gateway_at_capacity"),
             ProxyError::UpstreamConnect { .. } => (StatusCode::BAD_GATEWAY, "upstream_connect_error"),
             ProxyError::UpstreamTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
             ProxyError::Upstream { .. } => (StatusCode::BAD_GATEWAY, "upstream_error"),
@@ -111,6 +114,9 @@ impl ProxyError {
         }
         if let ProxyError::CircuitOpen { retry_after, .. } = &self {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(whole_seconds(*retry_after).max(1)));
+        }
+        if let ProxyError::AtCapacity = &self {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         if let ProxyError::Auth(rejection) = &self {
             let headers = response.headers_mut();

@@ -116,7 +116,7 @@ async fn send(
     };
     match &sent {
         Err(SendError::Connect { .. }) => route.upstream.connect_failed(endpoint),
-        Err(SendError::TimedOut { connected: false }) => {}
+        Err(SendError::TimedOut { connected: false } | SendError::NoRoom) => {}
         Ok(_) | Err(SendError::Http(_) | SendError::TimedOut { connected: true }) => route.upstream.connected(endpoint),
     }
     let result = match sent {
@@ -128,6 +128,7 @@ async fn send(
             metrics.timeouts.inc();
             Err(ProxyError::UpstreamTimeout { upstream: upstream(), timeout: route.timeout })
         }
+        Err(SendError::NoRoom) => Err(ProxyError::AtCapacity),
         Ok((response, _)) if !upgrade && response.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
             // Passed on, it would switch the client's connection to a protocol nobody tunnels.
             metrics.errors.inc();
@@ -186,7 +187,8 @@ fn upstream_succeeded(sent: &Result<Sent, ProxyError>) -> Option<bool> {
             ProxyError::PayloadTooLarge { .. }
             | ProxyError::ClientBody
             | ProxyError::ClientClosed
-            | ProxyError::ClientBodyTimeout { .. },
+            | ProxyError::ClientBodyTimeout { .. }
+            | ProxyError::AtCapacity,
         ) => None,
         Err(_) => Some(false),
     }

@@ -86,7 +86,10 @@ pub fn handle(
                 // (no route, a bad token, over budget) are routine, and a flood of them must not
                 // flood the log. Nor must load shed on purpose: the breaker and `max_requests` say
                 // so themselves, once.
-                let shed = matches!(error, ProxyError::CircuitOpen { .. } | ProxyError::UpstreamOverloaded { .. });
+                let shed = matches!(
+                    error,
+                    ProxyError::CircuitOpen { .. } | ProxyError::UpstreamOverloaded { .. } | ProxyError::AtCapacity
+                );
                 if status.is_server_error() && !shed {
                     let cause = causes(&error);
                     tracing::warn!(request_id = request_id_text, %method, status = status.as_u16(), code, %error, cause, "request failed");

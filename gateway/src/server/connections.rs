@@ -3,6 +3,10 @@
 //! accepts no more, so new connections wait in the kernel's backlog until one closes. Without it,
 //! a flood of connections runs the process out of file descriptors, and then nothing works: not
 //! upstream connections, not the admin listener's `/healthz`, not the config file's reload.
+//!
+//! Upstream sockets are counted too, against what the file descriptor limit leaves after
+//! [`RESERVED_FDS`]: an HTTP/2 client connection may hold up to 200 of them (one per stream), so
+//! capping client connections alone does not keep the process within its limit.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
@@ -54,17 +58,59 @@ pub fn limit(server: &Server) -> usize {
 }
 
 static DEFAULT: OnceLock<usize> = OnceLock::new();
+static FD_BUDGET: OnceLock<usize> = OnceLock::new();
 
-/// Descriptors kept for everything but client connections: listeners, Redis, JWKS fetches, the
-/// access log, the config watcher, the admin listener's own connections.
+/// Descriptors kept for everything but client connections and upstream sockets: listeners, Redis,
+/// JWKS fetches, the access log, the config watcher, the admin listener's own connections.
 const RESERVED_FDS: u64 = 256;
 
 /// Half of what the soft `RLIMIT_NOFILE` leaves after [`RESERVED_FDS`]: each client connection
 /// may hold an upstream connection too. Unlimited when the limit cannot be read.
 fn from_fd_limit() -> usize {
-    match rlimit::Resource::NOFILE.get() {
-        Ok((soft, _)) => usize::try_from((soft.saturating_sub(RESERVED_FDS) / 2).max(1)).unwrap_or(usize::MAX),
+    (fd_budget() / 2).max(1)
+}
+
+/// What the soft `RLIMIT_NOFILE` leaves after [`RESERVED_FDS`], read once (after
+/// [`raise_fd_limit`]); unlimited when it cannot be read.
+fn fd_budget() -> usize {
+    *FD_BUDGET.get_or_init(|| match rlimit::Resource::NOFILE.get() {
+        Ok((soft, _)) => usize::try_from(soft.saturating_sub(RESERVED_FDS)).unwrap_or(usize::MAX),
         Err(_) => usize::MAX,
+    })
+}
+
+static UPSTREAM: AtomicUsize = AtomicUsize::new(0);
+
+/// One open upstream socket, counted until dropped.
+#[derive(Debug)]
+pub struct UpstreamSocket(());
+
+impl Drop for UpstreamSocket {
+    fn drop(&mut self) {
+        UPSTREAM.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Room for one more upstream socket, unless client connections and upstream sockets together
+/// already take what the file descriptor limit leaves after [`RESERVED_FDS`].
+pub fn upstream_socket() -> Option<UpstreamSocket> {
+    let budget = fd_budget();
+    let room = UPSTREAM.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |upstream| {
+        (upstream.saturating_add(open()) < budget).then_some(upstream + 1)
+    });
+    match room {
+        Ok(_) => Some(UpstreamSocket(())),
+        Err(upstream) => {
+            static WARNED: Throttle = Throttle::new(Duration::from_secs(10));
+            if WARNED.allows() {
+                tracing::warn!(
+                    client_connections = open(),
+                    upstream_connections = upstream,
+                    "as many connections are open as the open file limit allows: requests that need a new upstream connection get 503 (raise the limit, or cap upstreams with max_requests; logged once in 10 s at most)"
+                );
+            }
+            None
+        }
     }
 }
 

@@ -33,6 +33,7 @@ use super::deadline::DeadlineTimer;
 use super::drive::DriveWaker;
 use super::{Endpoint, MAX_RESPONSE_HEAD};
 use crate::proxy::{copy_without_body, BodyProgress, UpstreamRequestBody};
+use crate::server::connections::{self, UpstreamSocket};
 use crate::{config, worker};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -92,6 +93,8 @@ struct Connection {
     drive: DriveWaker,
     /// Times its requests' response heads.
     deadline_timer: DeadlineTimer,
+    /// Counts its socket against the process's file descriptors.
+    _socket: UpstreamSocket,
 }
 
 type Conn = http1::Connection<Io, UpstreamRequestBody>;
@@ -117,6 +120,9 @@ pub enum SendError {
     /// The response head did not arrive by the deadline (connecting included); `connected`: a
     /// connection was made (or reused) before it passed.
     TimedOut { connected: bool },
+    /// A new connection was needed, and the process has no file descriptor to spare for it (see
+    /// [`connections::upstream_socket`]); nothing was sent.
+    NoRoom,
 }
 
 /// The response head did not arrive by the deadline.
@@ -185,8 +191,9 @@ impl Pools {
                     },
                 }
             }
+            let Some(socket) = connections::upstream_socket() else { return Err(SendError::NoRoom) };
             // Boxed: connecting is the rare path, and its future is large; the request's stays small.
-            let connection = match Box::pin(tokio::time::timeout_at(deadline, self.connect(endpoint))).await {
+            let connection = match Box::pin(tokio::time::timeout_at(deadline, self.connect(endpoint, socket))).await {
                 Ok(Ok(connection)) => connection,
                 Ok(Err(error)) => return Err(SendError::Connect { error, unsent: Box::new(request) }),
                 Err(_elapsed) => return Err(SendError::TimedOut { connected: false }),
@@ -209,11 +216,13 @@ impl Pools {
         deadline: tokio::time::Instant,
     ) -> Result<Response<Incoming>, SendError> {
         let sending = async {
+            let Some(socket) = connections::upstream_socket() else { return Err(SendError::NoRoom) };
             let (mut sender, conn) = match self.handshake(endpoint).await {
                 Ok(handshake) => handshake,
                 Err(error) => return Err(SendError::Connect { error, unsent: Box::new(request) }),
             };
             tokio::spawn(async move {
+                let _socket = socket;
                 if let Err(error) = conn.with_upgrades().await {
                     tracing::debug!(%error, "upstream connection for an upgrade ended with an error");
                 }
@@ -228,13 +237,14 @@ impl Pools {
         Lease { connection, pools: self.clone(), authority: endpoint.authority.clone() }
     }
 
-    async fn connect(&self, endpoint: &Endpoint) -> Result<Box<Connection>, BoxError> {
+    async fn connect(&self, endpoint: &Endpoint, socket: UpstreamSocket) -> Result<Box<Connection>, BoxError> {
         let (sender, conn) = self.handshake(endpoint).await?;
         Ok(Box::new(Connection {
             sender,
             conn: Some(conn),
             drive: DriveWaker::new(),
             deadline_timer: DeadlineTimer::default(),
+            _socket: socket,
         }))
     }
 
@@ -351,7 +361,7 @@ impl Connection {
         request: Request<UpstreamRequestBody>,
         deadline: tokio::time::Instant,
     ) -> Result<Result<Response<Incoming>, TrySendError<Request<UpstreamRequestBody>>>, TimedOut> {
-        let Connection { sender, conn, drive, deadline_timer } = self;
+        let Connection { sender, conn, drive, deadline_timer, .. } = self;
         let body = request.body().progress().cloned();
         let mut deadline = deadline;
         let mut response = std::pin::pin!(sender.try_send_request(request));
