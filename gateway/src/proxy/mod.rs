@@ -357,48 +357,46 @@ fn set_path(uri: &mut Uri, path: &str) -> Result<(), ProxyError> {
 /// `uri-host [":" port]` (RFC 9110 section 7.2): a reg-name or IPv4 address (no `:`, `[` or `]`)
 /// or an IPv6 address in brackets, then at most a port of digits up to 65535 (or an empty one, as
 /// the grammar allows). Refuses what would change a URL built from it (`/`, `?`, `#`, `@`, `\`,
-/// spaces). Checked in place: this runs for every request.
+/// spaces). Checked in place, the usual `name[:port]` in one pass: this runs for every request.
 fn is_host(host: &[u8]) -> bool {
-    if !host.iter().all(|&b| HOST_BYTES[usize::from(b)]) {
-        return false;
-    }
-    let port = match host {
-        [b'[', literal @ ..] => {
-            let Some(end) = literal.iter().position(|&b| b == b']') else { return false };
-            let address = std::str::from_utf8(&literal[..end]).ok().and_then(|a| a.parse::<std::net::Ipv6Addr>().ok());
-            if address.is_none() {
-                return false;
-            }
-            &literal[end + 1..]
-        }
-        _ => {
-            let (name, port) = host.split_at(host.iter().position(|&b| b == b':').unwrap_or(host.len()));
-            if name.iter().any(|&b| matches!(b, b'[' | b']')) {
-                return false;
-            }
-            port
-        }
+    let (name, port) = match host.iter().rposition(|&b| b == b':') {
+        Some(colon) => (&host[..colon], Some(&host[colon + 1..])),
+        None => (host, None),
     };
-    match port {
-        [] => true,
-        [b':', digits @ ..] => {
-            digits.len() <= 5
-                && digits.iter().all(u8::is_ascii_digit)
-                && digits.iter().fold(0_u32, |n, d| n * 10 + u32::from(d - b'0')) <= 65_535
-        }
-        _ => false,
+    if name.iter().all(|&b| NAME_BYTES[usize::from(b)]) {
+        return port.is_none_or(is_port);
+    }
+    ipv6_literal_port(host).is_some_and(is_port)
+}
+
+/// Up to five digits, at most 65535; empty too (RFC 9110 section 4.1: `port = *DIGIT`).
+fn is_port(port: &[u8]) -> bool {
+    port.len() <= 5
+        && port.iter().all(u8::is_ascii_digit)
+        && port.iter().fold(0_u32, |n, d| n * 10 + u32::from(d - b'0')) <= 65_535
+}
+
+/// The port digits after `[IPv6 address]`, if `host` is one (with or without `:port`).
+fn ipv6_literal_port(host: &[u8]) -> Option<&[u8]> {
+    let literal = host.strip_prefix(b"[")?;
+    let end = literal.iter().position(|&b| b == b']')?;
+    std::str::from_utf8(&literal[..end]).ok()?.parse::<std::net::Ipv6Addr>().ok()?;
+    match &literal[end + 1..] {
+        [] => Some(&[]),
+        [b':', port @ ..] => Some(port),
+        _ => None,
     }
 }
 
-/// The bytes [`is_host`] allows, as a table: one load per byte.
-static HOST_BYTES: [bool; 256] = {
+/// The bytes of a reg-name or IPv4 address ([`is_host`]), as a table: one load per byte.
+static NAME_BYTES: [bool; 256] = {
     let mut table = [false; 256];
     let mut b = 0;
     while b < 256 {
         table[b] = (b as u8).is_ascii_alphanumeric();
         b += 1;
     }
-    let others = b"-._~%!$&'()*+,;=:[]";
+    let others = b"-._~%!$&'()*+,;=";
     let mut i = 0;
     while i < others.len() {
         table[others[i] as usize] = true;
