@@ -279,11 +279,12 @@ pub(crate) struct RawListenerRefs {
 pub(crate) struct RawTlsRefs {
     #[serde(default)]
     pub certificates: Vec<RawCertificateRefs>,
-    pub client_auth: Option<RawClientAuthRefs>,
+    pub client_auth: Option<RawCaRef>,
 }
 
+/// A section whose one file is its `ca` (`client_auth`, an upstream's `tls`, `redis`).
 #[derive(Debug, Default, Deserialize)]
-pub(crate) struct RawClientAuthRefs {
+pub(crate) struct RawCaRef {
     pub ca: Option<String>,
 }
 
@@ -303,23 +304,13 @@ pub(crate) struct RawUpstreamFileRefs {
 
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct RawUpstreamRefs {
-    pub tls: Option<RawUpstreamTlsRefs>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-pub(crate) struct RawUpstreamTlsRefs {
-    pub ca: Option<String>,
+    pub tls: Option<RawCaRef>,
 }
 
 /// Just the file Redis refers to (`redis.ca`), read leniently like [`RawFileRefs`].
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct RawRedisFileRefs {
-    pub redis: Option<RawRedisRefs>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-pub(crate) struct RawRedisRefs {
-    pub ca: Option<String>,
+    pub redis: Option<RawCaRef>,
 }
 
 /// Just the files JWT providers refer to (`jwt.providers.*.public_key` / `jwks_ca`), read leniently.
