@@ -43,9 +43,15 @@ struct Candidate {
 }
 
 impl Candidate {
+    /// A header condition holds when any of the request's values for it is the value, spaces and
+    /// tabs around it aside: the upstream may read any of several (the last, or all joined) and
+    /// trims them (RFC 9110 section 5.5), so holding on the first alone would let `x-version: 1`
+    /// then `x-version: 2`, or `" 2"` over HTTP/2, pass a route gated on `"2"` to the catch-all.
     fn fits(&self, method: &Method, headers: &HeaderMap) -> bool {
         (self.methods.is_empty() || self.methods.contains(method))
-            && self.headers.iter().all(|(name, value)| headers.get(name) == Some(value))
+            && self.headers.iter().all(|(name, value)| {
+                headers.get_all(name).iter().any(|sent| sent.as_bytes().trim_ascii() == value.as_bytes())
+            })
     }
 }
 

@@ -45,6 +45,43 @@ async fn headers_te_trailers_kept() {
     assert_eq!(reply.echoed().header_all("te"), ["trailers"]);
 }
 
+/// HTTP/2 lets a client split `Cookie` into several fields; an HTTP/1.1 upstream reads one (or
+/// joins them with ",", which makes the first cookie's value swallow the rest): they go as one,
+/// joined with "; " (RFC 9113 section 8.2.3). A repeated equal `content-length` goes once, as
+/// nginx refuses the repeat with 400.
+#[tokio::test]
+async fn headers_http2_split_cookies_joined_and_content_length_sent_once() {
+    let echo = Backend::spawn("echo");
+    let gateway = Gateway::start(&one_route_config(&echo, "", ""));
+
+    let (client, connection) = h2::client::handshake(e2e::raw::connect(gateway.addr()).await).await.unwrap();
+    tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let request = http::Request::post(format!("http://{}/", gateway.addr()))
+        .header("cookie", "session=abc")
+        .header("cookie", "csrf=xyz")
+        .header("content-length", "5")
+        .header("content-length", "5")
+        .body(())
+        .unwrap();
+    let (response, mut body) = client.send_request(request, false).unwrap();
+    body.send_data(bytes::Bytes::from_static(b"hello"), true).unwrap();
+    let response = response.await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let mut received = response.into_body();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = received.data().await {
+        bytes.extend_from_slice(&chunk.unwrap());
+    }
+    let reply = client::Reply { status, headers, body: bytes.into() };
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let echoed = reply.echoed();
+    assert_eq!(echoed.header_all("cookie"), ["session=abc; csrf=xyz"]);
+    assert_eq!(echoed.header_all("content-length"), ["5"]);
+    assert_eq!(echoed.body_bytes, 5);
+}
+
 #[tokio::test]
 async fn headers_untrusted_peer_forwarding_headers_replaced() {
     let echo = Backend::spawn("echo");

@@ -189,6 +189,10 @@ async fn limits_http11_request_needs_exactly_one_host_that_is_a_host() {
         ("an unclosed IPv6 literal", "host: [::1\r\n"),
         ("brackets around no IPv6 address", "host: [a.test]:80\r\n"),
         ("a bracket in a name", "host: a]b.test\r\n"),
+        // A list in X-Forwarded-Host whose first entry no host route saw.
+        ("a comma", "host: evil.test,a.test\r\n"),
+        ("a sub-delim", "host: a.test;x=1\r\n"),
+        ("a percent-encoded name", "host: a%2etest\r\n"),
     ];
     for (what, hosts) in cases {
         let request = format!("GET / HTTP/1.1\r\n{hosts}connection: close\r\n\r\n");

@@ -237,6 +237,26 @@ async fn upstream_transfer_coding_other_than_chunked_returns_502() {
     client::get(gateway.addr(), "/").await.assert_error(502, "upstream_error");
 }
 
+/// hyper accepts a Content-Length of equal values (`2, 2`, or the field twice); passed on, the
+/// list makes the response malformed to an HTTP/2 client (RFC 9113 section 8.1.1), which refuses
+/// it. RFC 9110 section 8.6: one value goes on.
+#[tokio::test]
+async fn upstream_content_length_of_equal_values_goes_on_as_one() {
+    for head in [
+        &b"HTTP/1.1 200 OK\r\ncontent-length: 2, 2\r\n\r\nok"[..],
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 2\r\n\r\nok",
+    ] {
+        let gateway = scripted(head).await;
+        let mut stream = raw::connect(gateway.addr()).await;
+        stream.write_all(b"GET / HTTP/1.1\r\nhost: gw.test\r\n\r\n").await.unwrap();
+        let reply = raw::read_response(&mut stream).await;
+        assert_eq!((reply.status, reply.body.as_slice()), (200, &b"ok"[..]), "{reply:?}");
+        let lengths: Vec<_> = reply.headers.iter().filter(|(name, _)| name == "content-length").collect();
+        assert_eq!(lengths.len(), 1, "{reply:?}");
+        assert_eq!(lengths[0].1, "2", "{reply:?}");
+    }
+}
+
 /// RFC 9110 section 15: a status outside 100 to 599 is no status; clients may choke on it.
 #[tokio::test]
 async fn upstream_status_outside_100_to_599_returns_502() {

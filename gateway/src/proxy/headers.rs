@@ -100,6 +100,39 @@ fn headers_named_in(value: &HeaderValue) -> impl Iterator<Item = HeaderName> + '
     value.to_str().unwrap_or("").split(',').filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
 }
 
+/// An HTTP/2 request's fields as an HTTP/1.1 upstream must get them: the `Cookie` fields a client
+/// may split are joined with "; " (RFC 9113 section 8.2.3: an HTTP/1.1 server reads one, or joins
+/// them with ",", which makes the first cookie's value swallow the rest), and a repeated
+/// `content-length` is sent once (see [`single_content_length`]).
+pub fn join_http2_fields(headers: &mut HeaderMap) {
+    let mut cookies = headers.get_all(header::COOKIE).iter();
+    if cookies.next().is_some() && cookies.next().is_some() {
+        let values: Vec<&[u8]> = headers.get_all(header::COOKIE).iter().map(HeaderValue::as_bytes).collect();
+        // Joined from valid values with a valid separator: valid.
+        if let Ok(joined) = HeaderValue::from_maybe_shared(bytes::Bytes::from(values.join(&b"; "[..]))) {
+            headers.insert(header::COOKIE, joined);
+        }
+    }
+    single_content_length(headers);
+}
+
+/// Sends as one value a `Content-Length` that came as several equal ones (`5, 5`, or the field
+/// twice), which hyper and h2 accept: RFC 9110 section 8.6 asks a recipient that accepts such a
+/// list to pass on one, an HTTP/2 client must refuse the list as malformed (RFC 9113 section
+/// 8.1.1), and nginx refuses the repeated field with 400.
+pub fn single_content_length(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
+    let Some(first) = values.next() else { return };
+    if values.next().is_none() && !first.as_bytes().contains(&b',') {
+        return;
+    }
+    // The values were checked to be equal before this: the first stands for them all.
+    let length = first.as_bytes().split(|&b| b == b',').next().unwrap_or_default().trim_ascii();
+    if let Ok(length) = HeaderValue::from_bytes(length) {
+        headers.insert(header::CONTENT_LENGTH, length);
+    }
+}
+
 /// The headers a client must never send an upstream (zero trust), also spelled with `_` for `-`
 /// (CGI, PHP and nginx with `underscores_in_headers` read `X_User_Id` as `X-User-Id`).
 #[derive(Debug, Clone)]

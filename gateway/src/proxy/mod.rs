@@ -221,6 +221,7 @@ fn proxy<'a>(
         // HTTP/1.0 upstream's status line would turn it into an HTTP/1.0 one, closed after this.
         parts.version = Version::HTTP_11;
         headers::remove_hop_by_hop(&mut parts.headers, headers::Message::Response);
+        headers::single_content_length(&mut parts.headers);
         if let Some(decision) = &rate_limit {
             headers::set_rate_limit(&mut parts.headers, decision);
         }
@@ -354,10 +355,13 @@ fn set_path(uri: &mut Uri, path: &str) -> Result<(), ProxyError> {
     Ok(())
 }
 
-/// `uri-host [":" port]` (RFC 9110 section 7.2): a reg-name or IPv4 address (no `:`, `[` or `]`)
-/// or an IPv6 address in brackets, then at most a port of digits up to 65535 (or an empty one, as
-/// the grammar allows). Refuses what would change a URL built from it (`/`, `?`, `#`, `@`, `\`,
-/// spaces). Checked in place, the usual `name[:port]` in one pass: this runs for every request.
+/// `uri-host [":" port]` (RFC 9110 section 7.2): a name or IPv4 address of letters, digits and
+/// `-._~`, or an IPv6 address in brackets, then at most a port of digits up to 65535 (or an empty
+/// one, as the grammar allows). Refuses what would change a URL built from it (`/`, `?`, `#`, `@`,
+/// `\`, spaces), and the reg-name's `%` and sub-delims (`!$&'()*+,;=`), which no DNS name has: a
+/// comma would make `X-Forwarded-Host` a list whose first entry (`evil.test,a.example.com`) a
+/// wildcard route never saw. Checked in place, the usual `name[:port]` in one pass: this runs for
+/// every request.
 fn is_host(host: &[u8]) -> bool {
     let (name, port) = match host.iter().rposition(|&b| b == b':') {
         Some(colon) => (&host[..colon], Some(&host[colon + 1..])),
@@ -388,7 +392,7 @@ fn ipv6_literal_port(host: &[u8]) -> Option<&[u8]> {
     }
 }
 
-/// The bytes of a reg-name or IPv4 address ([`is_host`]), as a table: one load per byte.
+/// The bytes of a name or IPv4 address ([`is_host`]), as a table: one load per byte.
 static NAME_BYTES: [bool; 256] = {
     let mut table = [false; 256];
     let mut b = 0;
@@ -396,7 +400,7 @@ static NAME_BYTES: [bool; 256] = {
         table[b] = (b as u8).is_ascii_alphanumeric();
         b += 1;
     }
-    let others = b"-._~%!$&'()*+,;=";
+    let others = b"-._~";
     let mut i = 0;
     while i < others.len() {
         table[others[i] as usize] = true;
@@ -435,6 +439,9 @@ fn upstream_request(
     parts.headers.reserve(5);
     let message = if upgrade { headers::Message::Upgrade } else { headers::Message::Request };
     headers::remove_hop_by_hop(&mut parts.headers, message);
+    if http2 {
+        headers::join_http2_fields(&mut parts.headers);
+    }
     headers::set_forwarding(&mut parts.headers, client);
     parts.headers.insert(&headers::X_REQUEST_ID, request_id.clone());
     let upstream_host = match client.host.filter(|_| route.preserve_host) {

@@ -96,6 +96,27 @@ fn find_precedence_table_most_specific_wins() {
     }
 }
 
+/// Upstreams may read any of a header's values, trimmed: a route gated on one must hold whichever
+/// of them carries it, or `x-canary: 2` then `x-canary: 1` would reach the catch-all with a `1`.
+#[test]
+fn find_header_condition_holds_on_any_value_trimmed() {
+    let routes = table();
+    let router = Router::new(&routes);
+    let find = |values: &[&'static str]| {
+        let mut map = HeaderMap::new();
+        for v in values {
+            map.append(HeaderName::from_static("x-canary"), HeaderValue::from_static(v));
+        }
+        router.find(None, "/api/x", &Method::GET, &map).map(|i| routes[i].name.as_str())
+    };
+    assert_eq!(find(&["1"]), Some("api-canary"));
+    assert_eq!(find(&["2", "1"]), Some("api-canary"));
+    assert_eq!(find(&[" 1"]), Some("api-canary"));
+    assert_eq!(find(&["1\t"]), Some("api-canary"));
+    assert_eq!(find(&["2", "3"]), Some("api"));
+    assert_eq!(find(&["1, 2"]), Some("api"), "one value, not this one");
+}
+
 #[test]
 fn find_without_catch_all_returns_none() {
     let routes = vec![route("api", None, "/api", &["GET"], &[])];
