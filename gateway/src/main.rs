@@ -39,7 +39,7 @@ enum Command {
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
         /// Log filter, e.g. `info` or `gateway=debug` (RUST_LOG overrides it).
-        #[arg(long, default_value = "info")]
+        #[arg(long, default_value = "info", value_parser = telemetry::log_filter)]
         log_level: String,
     },
     /// Validate a config file: exit 0 when valid, 1 with every problem listed, 2 when unreadable.
