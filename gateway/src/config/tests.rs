@@ -233,6 +233,28 @@ fn methods_that_requests_never_carry_rejected() {
     );
 }
 
+/// Routes no request can reach are errors, as shadowed ones are: a path spelled another way than
+/// requests are routed by, a header condition with spaces around its value (request values are
+/// trimmed), or one on a header removed before routing.
+#[test]
+fn conditions_that_requests_never_meet_rejected() {
+    let text = with_routes(
+        "  - { name: a, match: { path_prefix: \"/a//b\" }, upstream: echo }\n  - { name: b, match: { path: /%61pi }, upstream: echo }\n  - { name: c, match: { path: \"/x\\\\y\" }, upstream: echo }\n  - { name: d, match: { headers: { x-v: \" 2\" } }, upstream: echo }\n  - { name: e, match: { headers: { X_User_Id: \"1\" } }, upstream: echo }\n",
+    );
+    let out = errors(&text);
+    for want in [
+        "routes[0].match.path_prefix: path_prefix \"/a//b\" can never match: requests are routed by their path with `//` merged",
+        "hint: write \"/a/b\"",
+        "routes[1].match.path: path \"/%61pi\" can never match",
+        "hint: write \"/api\"",
+        "routes[2].match.path: path \"/x\\\\y\" can never match: requests with such a path get 400",
+        "routes[3].match.headers.x-v: the value for header `x-v` has spaces around it",
+        "routes[4].match.headers.X_User_Id: `X_User_Id` can never match: identity_headers removes `x-user-id`",
+    ] {
+        assert!(out.contains(want), "{want}\n---\n{out}");
+    }
+}
+
 #[test]
 fn unknown_key_location_and_path_reported() {
     let text = MINIMAL.replace("{ name: all, upstream: echo }", "{ name: all, upstream: echo, timout: 5s }");
@@ -391,6 +413,15 @@ fn identity_headers_default_list_and_custom_list() {
     assert_eq!(custom, ["x-tenant", "x-user-id"]);
     let problems = parse("a.yaml", &format!("{base}identity_headers: [\"bad header\"]\n")).unwrap_err().to_string();
     assert!(problems.contains("a.yaml:4:20: identity_headers[0]: \"bad header\" is not a header name"), "{problems}");
+    // Headers the gateway and upstreams need for every request cannot be removed from every request.
+    let problems =
+        parse("a.yaml", &format!("{base}identity_headers: [x-user-id, Host, authorization, content-length]\n"))
+            .unwrap_err()
+            .to_string();
+    for (index, column, name) in [(1, 31, "host"), (2, 37, "authorization"), (3, 52, "content-length")] {
+        let want = format!("a.yaml:4:{column}: identity_headers[{index}]: `{name}` cannot be removed");
+        assert!(problems.contains(&want), "{want} in {problems}");
+    }
 }
 
 /// A config with one provider whose key is `public_key: jwt.pem`, an EC key written next to it.

@@ -8,7 +8,7 @@ mod body;
 mod error;
 mod forward;
 mod headers;
-mod path;
+pub(crate) mod path;
 mod record;
 mod redirect;
 mod request_body;

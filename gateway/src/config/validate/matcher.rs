@@ -7,6 +7,7 @@ use super::{path_key, Report};
 use crate::config::model::{HostMatch, PathMatch, RouteMatch};
 use crate::config::raw::{OrderedMap, RawMatch};
 use crate::config::suggest;
+use crate::proxy::path::Normalized;
 
 /// The methods RFC 9110 §9 and RFC 5789 (PATCH) define; others are allowed as extensions.
 const STANDARD_METHODS: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"];
@@ -98,6 +99,21 @@ pub(super) fn check_path(report: &mut Report<'_>, raw: &Spanned<String>, path: &
             format!("{what} {value:?} contains a `.` or `..` segment"),
             "write the path without dot segments".to_owned(),
         );
+    }
+    // Requests are routed by their normalized path, so a route written another way never matches.
+    if what != "rewrite_prefix" {
+        match crate::proxy::path::normalize(value) {
+            Ok(Normalized { path: Some(normal), .. }) => {
+                return fail(
+                    format!("{what} {value:?} can never match: requests are routed by their path with `//` merged and percent-encoded letters, digits and `-._~` decoded"),
+                    format!("write {normal:?}"),
+                )
+            }
+            Err(reason) => {
+                return fail(format!("{what} {value:?} can never match: requests with such a path get 400"), reason.to_owned())
+            }
+            Ok(_) => {}
+        }
     }
     Some(value.clone())
 }
@@ -251,6 +267,13 @@ fn headers(
             continue;
         }
         seen.push(header.clone());
+        if value.value.trim_matches([' ', '\t']) != value.value {
+            report
+                .error(value.referenced, &header_path, format!("the value for header `{header}` has spaces around it"))
+                .hint("requests' values are compared without the spaces around them: remove them");
+            ok = false;
+            continue;
+        }
         // The value is not quoted back: match headers may carry keys.
         let Ok(header_value) = HeaderValue::from_str(&value.value) else {
             report

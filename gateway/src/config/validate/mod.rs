@@ -22,7 +22,7 @@ use http::HeaderName;
 
 use super::model::{defaults, Config};
 use super::problem::{Problem, Problems, Severity};
-use super::raw::RawConfig;
+use super::raw::{RawConfig, RawRoute};
 use super::units;
 
 /// The whole config, or every error found. Warnings come with a valid config only.
@@ -51,6 +51,7 @@ pub(crate) fn validate(file: &str, raw: &RawConfig) -> Result<(Config, Vec<Probl
     rate_limits::warn_unused(&mut report, raw.rate_limits.as_ref(), &routes);
     tls::host_coverage(&mut report, &raw.listeners.value, &listeners, &routes);
     let identity_headers = identity_headers(&mut report, raw.identity_headers.as_deref());
+    refuse_identity_conditions(&mut report, &raw.routes.value, &identity_headers);
     let access_log = server::access_log(&mut report, raw.access_log.as_ref());
 
     let (errors, warnings): (Vec<Problem>, Vec<Problem>) =
@@ -83,7 +84,15 @@ fn identity_headers(report: &mut Report<'_>, raw: Option<&[Spanned<String>]>) ->
     };
     (raw.iter().enumerate())
         .filter_map(|(i, name)| match HeaderName::from_bytes(name.value.trim().as_bytes()) {
-            Ok(header) => Some(header),
+            Ok(header) => match not_identity(&header) {
+                None => Some(header),
+                Some(why) => {
+                    report
+                        .error(name.referenced, &format!("identity_headers[{i}]"), format!("`{header}` {why}"))
+                        .hint("list only headers that say who the caller is, e.g. x-user-id");
+                    None
+                }
+            },
             Err(_) => {
                 report
                     .error(
@@ -96,6 +105,41 @@ fn identity_headers(report: &mut Report<'_>, raw: Option<&[Spanned<String>]>) ->
             }
         })
         .collect()
+}
+
+/// A route's header condition on an identity header (or its `_` spelling) can never hold: the
+/// header is removed from every request before routing.
+fn refuse_identity_conditions(report: &mut Report<'_>, routes: &[Spanned<RawRoute>], identity: &[HeaderName]) {
+    for (i, route) in routes.iter().enumerate() {
+        let conditions = route.value.matcher.as_ref().and_then(|matcher| matcher.value.headers.as_ref());
+        for (name, _) in conditions.iter().flat_map(|headers| &headers.0) {
+            let spelled = name.value.trim().to_ascii_lowercase().replace('_', "-");
+            if let Some(removed) = identity.iter().find(|header| header.as_str() == spelled) {
+                report
+                    .error(
+                        name.referenced,
+                        &path_key(&format!("routes[{i}].match.headers"), &name.value),
+                        format!("`{}` can never match: identity_headers removes `{removed}` from every request before routing", name.value),
+                    )
+                    .hint("match on another header; the gateway learns who the caller is from a checked token only");
+            }
+        }
+    }
+}
+
+/// Why `header` cannot be an identity header, if it cannot: removed from every request, it would
+/// break every request, or every checked one.
+fn not_identity(header: &HeaderName) -> Option<&'static str> {
+    use http::header::{AUTHORIZATION, CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING, UPGRADE};
+    if header == HOST {
+        Some("cannot be removed: every HTTP/1.1 request would lack its Host and get 400")
+    } else if header == AUTHORIZATION {
+        Some("cannot be removed: it carries the token routes with `auth` check, and upstreams check it again")
+    } else if [CONTENT_LENGTH, TRANSFER_ENCODING, CONNECTION, UPGRADE].contains(header) {
+        Some("cannot be removed: it frames the message, it does not say who sent it")
+    } else {
+        None
+    }
 }
 
 /// Collects problems for one file.
