@@ -89,6 +89,14 @@ impl TestCa {
         })
     }
 
+    /// Like [`TestCa::issue`], valid from 2090 only: not valid yet.
+    pub fn issue_not_yet_valid(&self, names: &[&str]) -> Leaf {
+        self.issue_with(names, ExtendedKeyUsagePurpose::ServerAuth, |params| {
+            params.not_before = rcgen::date_time_ymd(2090, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2091, 1, 1);
+        })
+    }
+
     fn issue_for(&self, names: &[&str], usage: ExtendedKeyUsagePurpose) -> Leaf {
         self.issue_with(names, usage, |_| {})
     }

@@ -179,22 +179,26 @@ async fn cert_broken_on_disk_keeps_old_serving_and_reports_location() {
     assert_echo_over_https(&reply, "a.test", "after repairing the pair");
 }
 
-/// Clients refuse an expired certificate: a reload must not swap one in for a valid one.
+/// Clients refuse an expired certificate, or one not valid yet: a reload must not swap one in for
+/// a valid one.
 #[tokio::test]
-async fn cert_expired_on_disk_is_not_applied_by_a_reload() {
+async fn cert_expired_or_not_yet_valid_on_disk_is_not_applied_by_a_reload() {
     let ca = TestCa::new("expiry CA");
-    let (old, expired, new) = (ca.issue(&["a.test"]), ca.issue_expired(&["a.test"]), ca.issue(&["a.test"]));
+    let (old, new) = (ca.issue(&["a.test"]), ca.issue(&["a.test"]));
+    let (expired, future) = (ca.issue_expired(&["a.test"]), ca.issue_not_yet_valid(&["a.test"]));
     let site = Site::start(ca, Backend::spawn("A"), &[entry("a", &old)], "", "");
-    let (addr, all) = (site.gateway.addr(), [&old, &expired, &new]);
+    let (addr, all) = (site.gateway.addr(), [&old, &expired, &future, &new]);
     let active = site.gateway.admin_config().await["version"].clone();
 
-    expired.replace(site.files(), "a");
-    let json = site.gateway.wait_for_failed_reloads_over(0).await;
-    assert_eq!(json["version"], active, "the expired pair was applied: {json:#}");
-    let error = json["last_reload"]["error"].as_str().unwrap_or_default();
-    assert!(error.contains("a.crt expired on 2020-01-01"), "last_reload.error in {json:#}");
-    let negotiated = site.client().handshake(addr, "a.test").await;
-    assert_served(&negotiated.served, &old, &all, "while a.crt holds an expired certificate");
+    for (failed, bad, why) in [(0, &expired, "expired on 2020-01-01"), (1, &future, "is not valid until 2090-01-01")] {
+        bad.replace(site.files(), "a");
+        let json = site.gateway.wait_for_failed_reloads_over(failed).await;
+        assert_eq!(json["version"], active, "a pair that {why} was applied: {json:#}");
+        let error = json["last_reload"]["error"].as_str().unwrap_or_default();
+        assert!(error.contains(&format!("a.crt {why}")), "last_reload.error in {json:#}");
+        let negotiated = site.client().handshake(addr, "a.test").await;
+        assert_served(&negotiated.served, &old, &all, &format!("while a.crt holds a certificate that {why}"));
+    }
 
     new.replace(site.files(), "a");
     site.gateway

@@ -206,9 +206,9 @@ pub struct Certificate {
 }
 
 impl Certificate {
-    /// When the leaf certificate stops being valid, if it says.
-    pub fn not_after(&self) -> Option<std::time::SystemTime> {
-        self.certified.end_entity_cert().ok().and_then(|leaf| super::validate::expiry::not_after(leaf))
+    /// When the leaf certificate is valid, if it says.
+    pub fn validity(&self) -> Option<super::validate::expiry::Validity> {
+        self.certified.end_entity_cert().ok().and_then(|leaf| super::validate::expiry::validity(leaf))
     }
 
     /// Whether the certificate's subject alternative names cover `name` (RFC 6125 rules, as

@@ -368,11 +368,21 @@ fn readme_reference_config_is_valid() {
 /// A config in a new temp dir with a TLS listener whose certificate is for `cert_name`, and
 /// `routes` (YAML flow items).
 fn tls_config_with_routes(cert_name: &str, routes: &str) -> (PathBuf, String) {
+    tls_config_with(cert_name, routes, |_| {})
+}
+
+fn tls_config_with(
+    cert_name: &str,
+    routes: &str,
+    adjust: impl FnOnce(&mut rcgen::CertificateParams),
+) -> (PathBuf, String) {
     let dir =
         std::env::temp_dir().join(format!("gateway-config-tls-{}-{cert_name}-{}", std::process::id(), routes.len()));
     std::fs::create_dir_all(&dir).unwrap();
     let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec![cert_name.to_string()]).unwrap().self_signed(&key).unwrap();
+    let mut params = rcgen::CertificateParams::new(vec![cert_name.to_string()]).unwrap();
+    adjust(&mut params);
+    let cert = params.self_signed(&key).unwrap();
     std::fs::write(dir.join("s.crt"), cert.pem()).unwrap();
     std::fs::write(dir.join("s.key"), key.serialize_pem()).unwrap();
     let text = format!(
@@ -380,6 +390,25 @@ fn tls_config_with_routes(cert_name: &str, routes: &str) -> (PathBuf, String) {
          upstreams: {{ u: {{ endpoints: [http://127.0.0.1:9001] }} }}\nroutes: [{routes}]\n"
     );
     (dir.join("gateway.yaml"), text)
+}
+
+/// Clients refuse an expired certificate and one not valid yet: served all the same at start
+/// (there is nothing better), but warned about.
+#[test]
+fn tls_certificate_expired_or_not_yet_valid_warned() {
+    let routes = "{ name: all, upstream: u }";
+    for (name, from, until, want) in [
+        ("old.test", 2019, 2020, "s.crt expired on 2020-01-01"),
+        ("future.test", 2090, 2091, "s.crt is not valid until 2090-01-01"),
+    ] {
+        let (path, text) = tls_config_with(name, routes, |params| {
+            params.not_before = rcgen::date_time_ymd(from, 1, 1);
+            params.not_after = rcgen::date_time_ymd(until, 1, 1);
+        });
+        let loaded = parse(&path.display().to_string(), &text).unwrap_or_else(|p| panic!("{p}"));
+        let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+        assert!(warnings.iter().any(|w| w.contains(want)), "{want} in {warnings:?}");
+    }
 }
 
 #[test]

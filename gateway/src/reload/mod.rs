@@ -165,7 +165,7 @@ impl Reloader {
                 return;
             }
         };
-        if let Some(message) = newly_expired(&label, &active.config, &loaded.config) {
+        if let Some(message) = refused_certificate(&label, &active.config, &loaded.config) {
             tracing::warn!(
                 ?trigger,
                 version = version.as_str(),
@@ -203,20 +203,25 @@ impl Reloader {
     }
 }
 
-/// An expired certificate the new config would bring in: one not served already (a renewal gone
-/// wrong, an old file copied back). Clients refuse it, so the reload is refused and the served one
-/// kept, while it still can be. At start an expired certificate is only a warning: there is nothing
-/// better to serve.
-fn newly_expired(label: &str, running: &Config, new: &Config) -> Option<String> {
+/// A certificate clients refuse, expired or not valid yet, that the new config would bring in: one
+/// not served already (a renewal gone wrong, an old file copied back, an issuer's clock ahead). The
+/// reload is refused and the served one kept, while it still can be. At start such a certificate is
+/// only a warning: there is nothing better to serve.
+fn refused_certificate(label: &str, running: &Config, new: &Config) -> Option<String> {
     let served: Vec<_> = certificates(running).map(|(_, certificate)| certificate).collect();
     let now = std::time::SystemTime::now();
     certificates(new).filter(|(_, certificate)| !served.contains(certificate)).find_map(|(listener, certificate)| {
-        let not_after = certificate.not_after().filter(|&t| t < now)?;
-        Some(format!(
-            "{label}: listener {listener:?}: {} expired on {}; a reload never brings in an expired certificate",
-            certificate.cert_path.display(),
-            crate::timefmt::rfc3339(not_after)
-        ))
+        let validity = certificate.validity()?;
+        let file = certificate.cert_path.display();
+        let why = if validity.not_after < now {
+            format!("{file} expired on {}", crate::timefmt::rfc3339(validity.not_after))
+        } else if validity.not_before > now {
+            let when = crate::timefmt::rfc3339(validity.not_before);
+            format!("{file} is not valid until {when} (change the file or send SIGHUP from then on)")
+        } else {
+            return None;
+        };
+        Some(format!("{label}: listener {listener:?}: {why}; a reload never brings in a certificate clients refuse"))
     })
 }
 

@@ -1,12 +1,19 @@
-//! When a certificate stops being valid: `notAfter`, read from the DER by a short walk instead of a
-//! full X.509 parser (RFC 5280 section 4.1: Certificate > TBSCertificate > Validity).
+//! When a certificate is valid: `notBefore` and `notAfter`, read from the DER by a short walk
+//! instead of a full X.509 parser (RFC 5280 section 4.1: Certificate > TBSCertificate > Validity).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::timefmt::days_from_civil;
 
-/// The certificate's `notAfter`, or None when the DER is not shaped like a certificate.
-pub(in crate::config) fn not_after(der: &[u8]) -> Option<SystemTime> {
+/// When a certificate is valid, from `notBefore` to `notAfter`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Validity {
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+}
+
+/// The certificate's validity, or None when the DER is not shaped like a certificate.
+pub(in crate::config) fn validity(der: &[u8]) -> Option<Validity> {
     let (_, certificate, _) = tlv(der, 0x30)?;
     let (_, tbs, _) = tlv(certificate, 0x30)?;
     // [0] EXPLICIT version is optional (absent means v1).
@@ -18,9 +25,9 @@ pub(in crate::config) fn not_after(der: &[u8]) -> Option<SystemTime> {
     let (_, _signature, rest) = tlv(rest, 0x30)?;
     let (_, _issuer, rest) = tlv(rest, 0x30)?;
     let (_, validity, _) = tlv(rest, 0x30)?;
-    let (_, _not_before, rest) = tlv_any(validity)?;
-    let (tag, not_after, _) = tlv_any(rest)?;
-    time(tag, not_after)
+    let (before_tag, not_before, rest) = tlv_any(validity)?;
+    let (after_tag, not_after, _) = tlv_any(rest)?;
+    Some(Validity { not_before: time(before_tag, not_before)?, not_after: time(after_tag, not_after)? })
 }
 
 /// One DER element with the expected tag: (tag, contents, what follows).
@@ -70,13 +77,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn not_after_reads_generated_certificates() {
+    fn validity_reads_generated_certificates() {
         let mut params = rcgen::CertificateParams::new(vec!["a.test".to_string()]).unwrap();
+        params.not_before = rcgen::date_time_ymd(2030, 1, 2);
         params.not_after = rcgen::date_time_ymd(2031, 7, 15);
         let key = rcgen::KeyPair::generate().unwrap();
         let certificate = params.self_signed(&key).unwrap();
-        let expected = UNIX_EPOCH + Duration::from_secs(days_from_civil(2031, 7, 15) as u64 * 86_400);
-        assert_eq!(not_after(certificate.der()), Some(expected));
+        let day = |y, m, d| UNIX_EPOCH + Duration::from_secs(days_from_civil(y, m, d) as u64 * 86_400);
+        let expected = Validity { not_before: day(2030, 1, 2), not_after: day(2031, 7, 15) };
+        assert_eq!(validity(certificate.der()), Some(expected));
     }
 
     #[test]
@@ -88,8 +97,8 @@ mod tests {
     }
 
     #[test]
-    fn not_after_of_garbage_is_none() {
-        assert_eq!(not_after(b""), None);
-        assert_eq!(not_after(&[0x30, 0x82, 0xff]), None);
+    fn validity_of_garbage_is_none() {
+        assert_eq!(validity(b""), None);
+        assert_eq!(validity(&[0x30, 0x82, 0xff]), None);
     }
 }

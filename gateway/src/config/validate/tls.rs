@@ -110,13 +110,21 @@ fn certificate(report: &mut Report<'_>, raw: &RawCertificate, path: &str) -> Opt
     Some(Certificate { cert_path, key_path, certified: Arc::new(certified) })
 }
 
-/// Clients refuse an expired certificate; the gateway still serves it, so this is a warning,
-/// given early while there is time to renew.
+/// Clients refuse an expired certificate, or one not valid yet; the gateway still serves it, so
+/// this is a warning, given early while there is time to renew.
 fn warn_if_expiring(report: &mut Report<'_>, raw: &RawCertificate, certified: &CertifiedKey, file: &Path, path: &str) {
     const SOON: Duration = Duration::from_secs(14 * 24 * 3600);
-    let Some(not_after) = certified.end_entity_cert().ok().and_then(|leaf| expiry::not_after(leaf)) else { return };
-    let when = crate::timefmt::rfc3339(not_after);
-    match not_after.duration_since(SystemTime::now()) {
+    let Some(validity) = certified.end_entity_cert().ok().and_then(|leaf| expiry::validity(leaf)) else { return };
+    let now = SystemTime::now();
+    if validity.not_before > now {
+        let when = crate::timefmt::rfc3339(validity.not_before);
+        report
+            .warn(raw.cert.referenced, &format!("{path}.cert"), format!("{} is not valid until {when}", file.display()))
+            .hint("clients refuse it until then: check the issuer's clock and this machine's");
+        return;
+    }
+    let when = crate::timefmt::rfc3339(validity.not_after);
+    match validity.not_after.duration_since(now) {
         Err(_) => {
             report
                 .warn(raw.cert.referenced, &format!("{path}.cert"), format!("{} expired on {when}", file.display()))
