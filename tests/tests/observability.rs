@@ -682,6 +682,20 @@ async fn access_log_lines_for_proxied_and_refused_requests() {
     }
 }
 
+/// A HEAD response is its head: hyper never polls its body, so the gateway's own answers (404 here)
+/// and proxied ones alike are complete once the head is sent, with no body bytes.
+#[tokio::test]
+async fn access_log_head_requests_complete_with_their_head() {
+    let fixture = LogFixture::start();
+    for path in ["/api/items", "/nowhere"] {
+        let reply =
+            client::send(fixture.gateway.addr(), client::request("HEAD", path).body(client::empty()).unwrap()).await;
+        let line = wait_for_line(&fixture.log, &request_id(&reply)).await;
+        assert_eq!(line["method"], "HEAD", "{line}");
+        assert_eq!((&line["completed"], &line["bytes_sent"]), (&Value::from(true), &Value::from(0)), "{path}: {line}");
+    }
+}
+
 /// A log shipper reading stdout skips the start-up lines up to `ready`; JSON from there on.
 #[tokio::test]
 async fn access_log_on_stdout_is_json_after_ready() {

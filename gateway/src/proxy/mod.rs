@@ -104,6 +104,10 @@ pub fn handle(
             response.headers_mut().insert(header::STRICT_TRANSPORT_SECURITY, hsts);
         }
         record.responded(response.status().as_u16(), error);
+        // hyper sends a HEAD response's head alone and never polls its body: the head ends it.
+        if method == http::Method::HEAD {
+            record.completed();
+        }
         response.body_mut().record(record);
         response
     }
