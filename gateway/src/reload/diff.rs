@@ -1,8 +1,13 @@
 //! What a reload changed, by name, and what it cannot apply without a restart.
 
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 
 use crate::config::Config;
+
+/// Names a section's summary lists at most: a reload of a generated config that changes thousands
+/// of routes logs a line, not a page.
+const SUMMARY_NAMES: usize = 20;
 
 /// Names added, removed and changed in one section of the config.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -13,27 +18,33 @@ pub(super) struct Changes {
 }
 
 impl Changes {
+    /// By name, through a map: a config of thousands of routes would take seconds pairwise.
     fn between<T: PartialEq>(old: &[T], new: &[T], name: impl Fn(&T) -> &str) -> Changes {
         let mut changes = Changes::default();
+        let old_by_name: HashMap<&str, &T> = old.iter().map(|item| (name(item), item)).collect();
         for item in new {
-            match old.iter().find(|o| name(o) == name(item)) {
+            match old_by_name.get(name(item)) {
                 None => changes.added.push(name(item).to_string()),
-                Some(previous) if previous != item => changes.changed.push(name(item).to_string()),
+                Some(&previous) if previous != item => changes.changed.push(name(item).to_string()),
                 Some(_) => {}
             }
         }
-        changes.removed =
-            old.iter().filter(|o| !new.iter().any(|n| name(n) == name(o))).map(|o| name(o).to_string()).collect();
+        let new_names: HashSet<&str> = new.iter().map(&name).collect();
+        changes.removed = old.iter().map(&name).filter(|o| !new_names.contains(o)).map(str::to_string).collect();
         changes
     }
 
-    /// `+a +b -c ~d`, or `unchanged`.
+    /// `+a +b -c ~d`, or `unchanged`; past [`SUMMARY_NAMES`] names, how many more.
     fn summary(&self) -> String {
         let mut out = String::new();
-        for (sign, names) in [('+', &self.added), ('-', &self.removed), ('~', &self.changed)] {
-            for name in names {
-                let _ = write!(out, "{}{sign}{name}", if out.is_empty() { "" } else { " " });
-            }
+        let signed = [('+', &self.added), ('-', &self.removed), ('~', &self.changed)];
+        let mut all = signed.iter().flat_map(|(sign, names)| names.iter().map(move |name| (sign, name)));
+        for (sign, name) in all.by_ref().take(SUMMARY_NAMES) {
+            let _ = write!(out, "{}{sign}{name}", if out.is_empty() { "" } else { " " });
+        }
+        let more = all.count();
+        if more > 0 {
+            let _ = write!(out, " and {more} more");
         }
         if out.is_empty() {
             "unchanged".to_string()
@@ -110,6 +121,10 @@ mod tests {
         assert_eq!(changes, Changes { added: vec!["d".into()], removed: vec!["a".into()], changed: vec!["c".into()] });
         assert_eq!(changes.summary(), "+d -a ~c");
         assert_eq!(Changes::between(&old, &old, |item| item.0).summary(), "unchanged");
+        let names: Vec<String> = (0..25).map(|i| format!("r{i}")).collect();
+        let many = Changes { added: names, ..Changes::default() };
+        assert!(many.summary().starts_with("+r0 +r1 "), "{}", many.summary());
+        assert!(many.summary().ends_with(" +r19 and 5 more"), "{}", many.summary());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Checks `routes`: names, upstream references, rewrites, limits, token checks, rate limits, and routes that can
 //! never win.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use serde_saphyr::Spanned;
@@ -8,7 +9,7 @@ use serde_saphyr::Spanned;
 use super::matcher::{check_path, route_match, trim_prefix};
 use super::{check_name, duration, path_key, size, Report};
 use super::{jwt, rate_limits};
-use crate::config::model::{RateLimit, Rewrite, Route, RouteMatch, Server};
+use crate::config::model::{HostMatch, PathMatch, RateLimit, Rewrite, Route, RouteMatch, Server};
 use crate::config::raw::{OrderedMap, RawRoute, RawUpstream};
 use crate::config::suggest;
 
@@ -27,12 +28,15 @@ pub(super) fn routes(
     }
     let upstream_names: Vec<&str> = upstreams.value.0.iter().map(|(name, _)| name.value.as_str()).collect();
     let mut routes = Vec::new();
-    // Matches that validated, for the shadowing check: (index, route).
-    let mut matches: Vec<(usize, &Spanned<RawRoute>, RouteMatch)> = Vec::new();
+    // Matches that validated, for the shadowing check, by host and path (only a route with the
+    // same two can shadow another): (index, route). A map, as generated configs run to thousands.
+    let mut matches: HashMap<(Option<HostMatch>, PathMatch), Vec<Validated<'_>>> = HashMap::new();
+    // The first route of each name.
+    let mut names: HashMap<&str, usize> = HashMap::new();
     for (i, spanned) in raw.value.iter().enumerate() {
         let path = format!("routes[{i}]");
         let route = &spanned.value;
-        check_unique_name(report, &raw.value, i, &path);
+        check_unique_name(report, &raw.value, &mut names, i, &path);
         let matcher = route_match(report, route.matcher.as_ref(), &format!("{path}.match"));
         check_upstream(report, &route.upstream, &upstream_names, &format!("{path}.upstream"));
         let rewrite = rewrite(report, route, &path);
@@ -43,8 +47,9 @@ pub(super) fn routes(
         let auth = jwt::route_auth(report, route, providers, &path);
         let rate_limit = rate_limits::route_rate_limit(report, route, limits, limit_names, &path);
         if let Some(matcher) = matcher {
+            let same_place = matches.entry((matcher.host.clone(), matcher.path.clone())).or_default();
             if let Some((earlier_index, earlier)) =
-                matches.iter().find(|(_, _, m)| m.shadows(&matcher)).map(|(j, r, _)| (*j, *r))
+                same_place.iter().find(|(_, _, m)| m.shadows(&matcher)).map(|(j, r, _)| (*j, *r))
             {
                 report
                     .error(
@@ -59,7 +64,7 @@ pub(super) fn routes(
                     )
                     .hint("make its match more specific (host, path, methods or headers) or remove it");
             }
-            matches.push((i, spanned, matcher.clone()));
+            same_place.push((i, spanned, matcher.clone()));
             routes.push(Route {
                 name: route.name.value.clone(),
                 matcher,
@@ -77,15 +82,24 @@ pub(super) fn routes(
     routes
 }
 
-fn check_unique_name(report: &mut Report<'_>, all: &[Spanned<RawRoute>], i: usize, path: &str) {
+/// A route whose match validated: its index, the route, its match.
+type Validated<'a> = (usize, &'a Spanned<RawRoute>, RouteMatch);
+
+fn check_unique_name<'a>(
+    report: &mut Report<'_>,
+    all: &'a [Spanned<RawRoute>],
+    names: &mut HashMap<&'a str, usize>,
+    i: usize,
+    path: &str,
+) {
     let Some(route) = all.get(i) else { return };
     let name = &route.value.name;
     let name_path = format!("{path}.name");
     if !check_name(report, "route", name, &name_path) {
         return;
     }
-    let earlier = all.iter().take(i).enumerate().find(|(_, r)| r.value.name.value == name.value);
-    if let Some((first, r)) = earlier {
+    let first = *names.entry(&name.value).or_insert(i);
+    if let Some(r) = all.get(first).filter(|_| first != i) {
         report
             .error(
                 name.referenced,
