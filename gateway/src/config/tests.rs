@@ -431,6 +431,17 @@ fn tls_certificate_covering_no_route_host_warns_only_when_every_route_names_a_ho
     assert!(loaded.warnings.is_empty(), "a wildcard certificate covers a.shop.test: {:?}", loaded.warnings);
 }
 
+/// Trusting every address makes X-Forwarded-For the client's to write: allowed, warned about.
+#[test]
+fn trusted_proxies_trusting_everyone_warned() {
+    let text = format!("{MINIMAL}server:\n  trusted_proxies: [10.0.0.0/8, 0.0.0.0/0, \"::/0\"]\n");
+    let loaded = parse("gw.yaml", &text).unwrap_or_else(|p| panic!("{p}"));
+    let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(warnings[0].contains("server.trusted_proxies[1]: warning: 0.0.0.0/0 trusts every address"), "{warnings:?}");
+    assert!(warnings[1].contains("server.trusted_proxies[2]: warning: ::/0 trusts every address"), "{warnings:?}");
+}
+
 #[test]
 fn identity_headers_default_list_and_custom_list() {
     let base = "listeners: [{ name: p, address: 127.0.0.1:0 }]\nupstreams: { u: { endpoints: [http://127.0.0.1:9001] } }\nroutes: [{ name: r, upstream: u }]\n";

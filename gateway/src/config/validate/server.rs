@@ -175,7 +175,18 @@ fn trusted_proxies(report: &mut Report<'_>, raw: &[Spanned<String>]) -> Vec<IpNe
         let net = text.parse::<IpNet>().ok().or_else(|| text.parse::<IpAddr>().ok().map(IpNet::from));
         match net {
             // Host bits (`10.1.2.3/8`) are ignored, as every CIDR matcher does.
-            Some(net) => nets.push(net.trunc()),
+            Some(net) => {
+                if net.prefix_len() == 0 {
+                    report
+                        .warn(
+                            entry.referenced,
+                            &format!("server.trusted_proxies[{i}]"),
+                            format!("{net} trusts every address: any client can set the address rate limits and upstreams see through X-Forwarded-For"),
+                        )
+                        .hint("list the proxies in front of the gateway, e.g. the load balancer's subnet");
+                }
+                nets.push(net.trunc());
+            }
             None => {
                 report
                     .error(
