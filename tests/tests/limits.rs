@@ -580,3 +580,47 @@ async fn limits_upstream_connections_stay_within_the_open_file_limit() {
     assert!((1..=42).contains(&served), "statuses {statuses:?}");
     assert_eq!(served + statuses.get(&503).copied().unwrap_or(0), 300, "statuses {statuses:?}");
 }
+
+/// Idle pooled connections hold descriptors too: a request that needs a new upstream connection
+/// when none is left closes the connection that has idled longest, of any upstream, instead of
+/// being refused while sockets nobody uses sit in the pools.
+#[tokio::test]
+async fn limits_idle_pooled_connections_make_room_for_new_ones() {
+    use http_body_util::{BodyExt, Empty};
+    let (a, b) = (Backend::spawn("a"), Backend::spawn("b"));
+    let yaml = r#"
+upstreams:
+  a: { endpoints: ["${a}"] }
+  b: { endpoints: ["${b}"] }
+routes:
+  - { name: a, match: { path_prefix: /a }, upstream: a, strip_prefix: true }
+  - { name: b, match: { path_prefix: /b }, upstream: b, strip_prefix: true }
+"#;
+    let gateway = Gateway::start_with_ulimit(&e2e::config(yaml, &[&a, &b]), "-n 300");
+    // Room for 44 sockets (300 less 256 kept for everything else): one client connection, and 40
+    // streams at once that each take an upstream connection, pooled idle once answered.
+    let io = hyper_util::rt::TokioIo::new(raw::connect(gateway.addr()).await);
+    let (sender, connection) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.unwrap();
+    tokio::spawn(connection);
+    for upstream in ["a", "b"] {
+        let mut streams = tokio::task::JoinSet::new();
+        for _ in 0..40 {
+            let mut sender = sender.clone();
+            let uri = format!("http://{}/{upstream}/slow/500", gateway.addr());
+            streams.spawn(async move {
+                sender.ready().await.unwrap();
+                let response = sender.send_request(http::Request::get(uri).body(Empty::<bytes::Bytes>::new()).unwrap());
+                let (parts, body) = response.await.unwrap().into_parts();
+                (parts.status, body.collect().await.unwrap().to_bytes())
+            });
+        }
+        let mut statuses = std::collections::BTreeMap::new();
+        while let Some(joined) = streams.join_next().await {
+            let (status, body) = joined.unwrap();
+            *statuses.entry(status.as_u16()).or_insert(0) += 1;
+            assert_eq!(status, 200, "to {upstream}: {}; statuses so far {statuses:?}", String::from_utf8_lossy(&body));
+        }
+    }
+    assert_eq!((a.stats().await.requests, b.stats().await.requests), (40, 40));
+}

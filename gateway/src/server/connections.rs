@@ -92,26 +92,36 @@ impl Drop for UpstreamSocket {
 }
 
 /// Room for one more upstream socket, unless client connections and upstream sockets together
-/// already take what the file descriptor limit leaves after [`RESERVED_FDS`].
-pub fn upstream_socket() -> Option<UpstreamSocket> {
-    let budget = fd_budget();
-    let room = UPSTREAM.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |upstream| {
-        (upstream.saturating_add(open()) < budget).then_some(upstream + 1)
-    });
-    match room {
-        Ok(_) => Some(UpstreamSocket(())),
-        Err(upstream) => {
-            static WARNED: Throttle = Throttle::new(Duration::from_secs(10));
-            if WARNED.allows() {
-                tracing::warn!(
-                    client_connections = open(),
-                    upstream_connections = upstream,
-                    "as many connections are open as the open file limit allows: requests that need a new upstream connection get 503 (raise the limit, or cap upstreams with max_requests; logged once in 10 s at most)"
-                );
-            }
-            None
+/// already take what the file descriptor limit leaves after [`RESERVED_FDS`]. Then `make_room` is
+/// asked once to close one (an idle pooled connection) and say whether it did.
+pub fn upstream_socket(make_room: impl FnOnce() -> bool) -> Option<UpstreamSocket> {
+    if let Some(socket) = try_upstream_socket() {
+        return Some(socket);
+    }
+    if make_room() {
+        if let Some(socket) = try_upstream_socket() {
+            return Some(socket);
         }
     }
+    static WARNED: Throttle = Throttle::new(Duration::from_secs(10));
+    if WARNED.allows() {
+        tracing::warn!(
+            client_connections = open(),
+            upstream_connections = UPSTREAM.load(Ordering::Relaxed),
+            "as many connections are open as the open file limit allows, none of them idle: requests that need a new upstream connection get 503 (raise the limit, or cap upstreams with max_requests; logged once in 10 s at most)"
+        );
+    }
+    None
+}
+
+fn try_upstream_socket() -> Option<UpstreamSocket> {
+    let budget = fd_budget();
+    UPSTREAM
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |upstream| {
+            (upstream.saturating_add(open()) < budget).then_some(upstream + 1)
+        })
+        .ok()
+        .map(|_| UpstreamSocket(()))
 }
 
 /// Raises the soft file descriptor limit to the hard one, as nginx's `worker_rlimit_nofile` would:

@@ -47,6 +47,30 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// about 4% of its CPU.
 const KEEP_COPY_AFTER_IDLE: Duration = Duration::from_millis(100);
 
+/// Every upstream's pools, so that a request finding no file descriptor to spare for a new
+/// connection can close an idle one of any upstream first (see [`close_longest_idle`]).
+static ALL_POOLS: Mutex<Vec<Weak<Pools>>> = Mutex::new(Vec::new());
+
+/// Closes the pooled connection that has idled longest, of any upstream and worker; false when
+/// none is pooled. Idle connections hold file descriptors that a request needing a new connection
+/// would otherwise be refused for (503), while they wait for requests that may never come.
+fn close_longest_idle() -> bool {
+    let all: Vec<Arc<Pools>> =
+        ALL_POOLS.lock().unwrap_or_else(PoisonError::into_inner).iter().filter_map(Weak::upgrade).collect();
+    // Each list is oldest first. Another worker's lock is taken here, briefly: this is the rare path.
+    let mut longest: Option<(Instant, &Mutex<WorkerPool>)> = None;
+    for slot in all.iter().flat_map(|pools| pools.workers.iter()) {
+        let since = slot.lock().unwrap_or_else(PoisonError::into_inner).idle.front().map(|idle| idle.since);
+        if let Some(since) = since.filter(|since| longest.is_none_or(|(oldest, _)| *since < oldest)) {
+            longest = Some((since, slot));
+        }
+    }
+    let Some((_, slot)) = longest else { return false };
+    // Dropped after the lock is let go: its socket closes, and its count is given back.
+    let closed = slot.lock().unwrap_or_else(PoisonError::into_inner).idle.pop_front();
+    closed.is_some()
+}
+
 /// Makes new connections. An upstream's endpoints are all `http://` or all `https://`
 /// (validation rejects a mix); the TLS connector refuses `http://`.
 #[derive(Debug, Clone)]
@@ -56,7 +80,8 @@ pub(super) enum Connector {
 }
 
 /// One upstream's connection pools, one per worker thread so that pooled connections never
-/// cross threads (the lock is only ever taken by its own worker).
+/// cross threads (the lock is taken by its own worker, and by any when it must close an idle
+/// connection to make room for a new one).
 #[derive(Debug)]
 pub(super) struct Pools {
     connector: Connector,
@@ -136,13 +161,18 @@ impl Pools {
         pool: &config::Pool,
         workers: usize,
     ) -> Arc<Pools> {
-        Arc::new(Pools {
+        let pools = Arc::new(Pools {
             connector,
             connect_timeout,
             idle_timeout: pool.idle_timeout,
             max_idle_per_endpoint: pool.max_idle_per_host,
             workers: (0..workers.max(1)).map(|_| Mutex::default()).collect(),
-        })
+        });
+        let mut all = ALL_POOLS.lock().unwrap_or_else(PoisonError::into_inner);
+        // Pools a reload replaced are gone once their last request ends.
+        all.retain(|pools| pools.strong_count() > 0);
+        all.push(Arc::downgrade(&pools));
+        pools
     }
 
     pub(super) fn workers(&self) -> usize {
@@ -191,7 +221,7 @@ impl Pools {
                     },
                 }
             }
-            let Some(socket) = connections::upstream_socket() else { return Err(SendError::NoRoom) };
+            let Some(socket) = connections::upstream_socket(close_longest_idle) else { return Err(SendError::NoRoom) };
             // Boxed: connecting is the rare path, and its future is large; the request's stays small.
             let connection = match Box::pin(tokio::time::timeout_at(deadline, self.connect(endpoint, socket))).await {
                 Ok(Ok(connection)) => connection,
@@ -216,7 +246,7 @@ impl Pools {
         deadline: tokio::time::Instant,
     ) -> Result<Response<Incoming>, SendError> {
         let sending = async {
-            let Some(socket) = connections::upstream_socket() else { return Err(SendError::NoRoom) };
+            let Some(socket) = connections::upstream_socket(close_longest_idle) else { return Err(SendError::NoRoom) };
             let (mut sender, conn) = match self.handshake(endpoint).await {
                 Ok(handshake) => handshake,
                 Err(error) => return Err(SendError::Connect { error, unsent: Box::new(request) }),
