@@ -96,6 +96,7 @@ impl RateLimit {
             RateLimitKey::Global => return String::new(),
             RateLimitKey::ClientIp => ("ip:", None),
             RateLimitKey::Claim(name) => match claim(name) {
+                Some(value) if value.len() > MAX_CLAIM_IN_KEY => ("jwt#", Some(Cow::Owned(digest_hex(&value)))),
                 Some(value) => ("jwt:", Some(value)),
                 None => ("ip:", None),
             },
@@ -170,6 +171,24 @@ pub fn redis_store(
     }
 }
 
+/// Longest claim value a limit's key holds as it is. A longer one counts by its digest (`jwt#`, so
+/// it never meets a short value spelled like one): a token of up to 8 KiB may carry a claim of
+/// kilobytes, and a million such keys would take gigabytes of the in-process limiter's memory, and
+/// of Redis's.
+const MAX_CLAIM_IN_KEY: usize = 64;
+
+/// The first 128 bits of `value`'s SHA-256, in hex.
+fn digest_hex(value: &str) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, value.as_bytes());
+    let mut hex = [0_u8; 32];
+    for (digits, bytes) in hex.chunks_mut(16).zip(digest.as_ref().chunks(8)) {
+        let mut word = [0_u8; 8];
+        word.copy_from_slice(bytes);
+        text::put_hex(digits, u64::from_be_bytes(word));
+    }
+    String::from_utf8_lossy(&hex).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,6 +209,17 @@ mod tests {
         assert_eq!(key(RateLimitKey::Claim("roles".into()), Some(&claims)), "ip:1.2.3.4");
         assert_eq!(key(RateLimitKey::Claim("sub".into()), None), "ip:1.2.3.4");
         assert_eq!(key(RateLimitKey::Global, Some(&claims)), "");
+        // A long claim counts by its digest, whatever its length.
+        let long = |sub: &str| serde_json::from_value::<Claims>(serde_json::json!({ "sub": sub })).unwrap();
+        let (a, b) = (long(&"a".repeat(5000)), long(&format!("{}b", "a".repeat(4999))));
+        let (key_a, key_b) =
+            (key(RateLimitKey::Claim("sub".into()), Some(&a)), key(RateLimitKey::Claim("sub".into()), Some(&b)));
+        assert!(key_a.starts_with("jwt#") && key_a.len() == 36, "{key_a}");
+        assert_ne!(key_a, key_b);
+        assert_eq!(key_a, key(RateLimitKey::Claim("sub".into()), Some(&a)));
+        assert_eq!(digest_hex("abc"), "ba7816bf8f01cfea414140de5dae2223", "SHA-256's first 128 bits");
+        let just_short = long(&"a".repeat(64));
+        assert_eq!(key(RateLimitKey::Claim("sub".into()), Some(&just_short)), format!("jwt:{}", "a".repeat(64)));
     }
 
     #[tokio::test]
