@@ -696,6 +696,16 @@ async fn access_log_head_requests_complete_with_their_head() {
     }
 }
 
+/// A User-Agent in UTF-8 beyond ASCII is logged as it is (JSON is UTF-8), not left out.
+#[tokio::test]
+async fn access_log_user_agent_in_utf8_is_logged() {
+    let fixture = LogFixture::start();
+    let reply =
+        client::get_with(fixture.gateway.addr(), "/api/items", &[("user-agent", "Bücherwurm/1.0 (日本)")]).await;
+    let line = wait_for_line(&fixture.log, &request_id(&reply)).await;
+    assert_eq!(line["user_agent"], "Bücherwurm/1.0 (日本)", "{line}");
+}
+
 /// A log shipper reading stdout skips the start-up lines up to `ready`; JSON from there on.
 #[tokio::test]
 async fn access_log_on_stdout_is_json_after_ready() {

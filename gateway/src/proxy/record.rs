@@ -214,7 +214,8 @@ impl Drop for Record {
             upstream_duration: self.trace.upstream_time,
             bytes_sent: self.bytes_sent,
             completed: self.completed,
-            user_agent: seen.user_agent.as_ref().and_then(|ua| ua.to_str().ok()),
+            // UTF-8, not only the visible ASCII `to_str` takes: browsers and apps send names in their own script.
+            user_agent: seen.user_agent.as_ref().and_then(|ua| std::str::from_utf8(ua.as_bytes()).ok()),
         });
     }
 }
