@@ -255,6 +255,17 @@ fn conditions_that_requests_never_meet_rejected() {
     }
 }
 
+/// The loader's bounds (against alias bombs and the like) are told in words, not as a debug dump.
+#[test]
+fn file_past_the_loaders_bounds_reported_plainly() {
+    let routes: String = (0..30_000)
+        .map(|i| format!("  - {{ name: r{i}, match: {{ path_prefix: /p{i} }}, upstream: echo }}\n"))
+        .collect();
+    let out = errors(&with_routes(&routes));
+    assert!(out.contains(": the file is too large or too complex for a config: more than 250,000 values"), "{out}");
+    assert!(out.contains("hint: configs are bounded"), "{out}");
+}
+
 #[test]
 fn unknown_key_location_and_path_reported() {
     let text = MINIMAL.replace("{ name: all, upstream: echo }", "{ name: all, upstream: echo, timout: 5s }");

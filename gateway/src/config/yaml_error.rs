@@ -6,6 +6,7 @@
 use std::fmt::{self, Write as _};
 
 use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_saphyr::budget::BudgetBreach;
 use serde_saphyr::{DuplicateKeyPolicy, Error, MessageFormatter, NonFiniteFloatPolicy, Spanned, UserMessageFormatter};
 
 use super::problem::{Problem, Severity};
@@ -116,6 +117,19 @@ fn describe(err: &Error, text: &str) -> (String, Option<String>) {
             Some("define it with `&name` before this point, or write the value out".to_owned()),
         ),
         Error::ExternalMessage { msg, .. } => (format!("YAML syntax error: {}", clean(msg)), syntax_hint(msg)),
+        // The loader's bounds on what one file may cost to read (against alias bombs and the like).
+        Error::Budget { breach, .. } => {
+            let what = match breach {
+                BudgetBreach::Nodes { .. } => "more than 250,000 values, lists and mappings (some 25,000 routes)",
+                BudgetBreach::Depth { .. } => "nested more than 64 levels deep",
+                BudgetBreach::Aliases { .. } | BudgetBreach::AliasAnchorRatio { .. } => "too many aliases (`*name`)",
+                _ => "past the loader's limits",
+            };
+            (
+                format!("the file is too large or too complex for a config: {what}"),
+                Some("configs are bounded so that no file can exhaust the gateway's memory; split what repeats into fewer, wider routes (a path_prefix covers many paths)".to_owned()),
+            )
+        }
         other => (clean(&UserMessageFormatter.format_message(other)), None),
     }
 }
