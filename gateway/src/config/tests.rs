@@ -274,10 +274,13 @@ fn unknown_key_location_and_path_reported() {
 
 #[test]
 fn empty_file_reported_as_empty() {
-    assert_eq!(
-        errors("# nothing yet\n"),
-        "gw.yaml:1:1: the file is empty\n  hint: a config needs at least `listeners`, `upstreams` and `routes`"
-    );
+    for text in ["# nothing yet\n", "---\n", "---\n# nothing\n...\n"] {
+        assert_eq!(
+            errors(text),
+            "gw.yaml:1:1: the file is empty\n  hint: a config needs at least `listeners`, `upstreams` and `routes`",
+            "{text:?}"
+        );
+    }
 }
 
 #[test]

@@ -73,6 +73,10 @@ fn innermost(mut err: &Error) -> &Error {
 
 fn describe(err: &Error, text: &str) -> (String, Option<String>) {
     match err {
+        _ if is_blank(text) => (
+            "the file is empty".to_owned(),
+            Some("a config needs at least `listeners`, `upstreams` and `routes`".to_owned()),
+        ),
         Error::SerdeUnknownField { field, expected, .. } => {
             let hint = suggest::did_you_mean(field, expected.iter().copied())
                 .unwrap_or_else(|| format!("valid keys here: {}", expected.join(", ")));
@@ -104,10 +108,6 @@ fn describe(err: &Error, text: &str) -> (String, Option<String>) {
                 Some("each key may appear once; remove or rename one of them".to_owned()),
             )
         }
-        Error::Eof { .. } if is_blank(text) => (
-            "the file is empty".to_owned(),
-            Some("a config needs at least `listeners`, `upstreams` and `routes`".to_owned()),
-        ),
         Error::MultipleDocuments { .. } => (
             "the file holds more than one YAML document (a second `---`)".to_owned(),
             Some("keep the whole configuration in a single document".to_owned()),
@@ -229,8 +229,12 @@ fn open_quote_at_end(line: &str) -> Option<usize> {
 }
 
 /// Nothing but whitespace and comments.
+/// Nothing but blank lines, comments and document markers (`---`, `...`).
 fn is_blank(text: &str) -> bool {
-    text.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+    text.lines().all(|l| {
+        let l = l.trim();
+        l.is_empty() || l.starts_with('#') || l == "---" || l == "..."
+    })
 }
 
 /// One line, no control characters: messages may quote the user's text.
