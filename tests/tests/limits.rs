@@ -543,27 +543,14 @@ async fn limits_http2_client_resetting_streams_right_after_opening_them_is_close
 /// request that needs a new upstream connection gets 503 `gateway_at_capacity` at once.
 #[tokio::test]
 async fn limits_upstream_connections_stay_within_the_open_file_limit() {
-    use http_body_util::{BodyExt, Empty};
     let echo = Backend::spawn("echo");
     let gateway = Gateway::start_with_ulimit(&one_route_config(&echo, "", ""), "-n 300");
     assert_eq!(open_file_limits(gateway.pid()), (300, 300));
     // Room for 44 sockets (300 less 256 kept for everything else): 2 clients and 42 upstream.
     let mut streams = tokio::task::JoinSet::new();
     for _ in 0..2 {
-        let io = hyper_util::rt::TokioIo::new(raw::connect(gateway.addr()).await);
-        let (sender, connection) =
-            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.unwrap();
-        tokio::spawn(connection);
-        for _ in 0..150 {
-            let mut sender = sender.clone();
-            let uri = format!("http://{}/slow/2000", gateway.addr());
-            streams.spawn(async move {
-                sender.ready().await.unwrap();
-                let response = sender.send_request(http::Request::get(uri).body(Empty::<bytes::Bytes>::new()).unwrap());
-                let (parts, body) = response.await.unwrap().into_parts();
-                (parts.status, body.collect().await.unwrap().to_bytes())
-            });
-        }
+        let sender = h2_sender(gateway.addr()).await;
+        spawn_gets(&mut streams, &sender, &format!("http://{}/slow/2000", gateway.addr()), 150);
     }
     // While they are in flight, the admin listener still answers.
     e2e::eventually("requests to reach the echo", || async { echo.stats().await.requests > 0 }).await;
@@ -586,7 +573,6 @@ async fn limits_upstream_connections_stay_within_the_open_file_limit() {
 /// being refused while sockets nobody uses sit in the pools.
 #[tokio::test]
 async fn limits_idle_pooled_connections_make_room_for_new_ones() {
-    use http_body_util::{BodyExt, Empty};
     let (a, b) = (Backend::spawn("a"), Backend::spawn("b"));
     let yaml = r#"
 upstreams:
@@ -599,22 +585,10 @@ routes:
     let gateway = Gateway::start_with_ulimit(&e2e::config(yaml, &[&a, &b]), "-n 300");
     // Room for 44 sockets (300 less 256 kept for everything else): one client connection, and 40
     // streams at once that each take an upstream connection, pooled idle once answered.
-    let io = hyper_util::rt::TokioIo::new(raw::connect(gateway.addr()).await);
-    let (sender, connection) =
-        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.unwrap();
-    tokio::spawn(connection);
+    let sender = h2_sender(gateway.addr()).await;
     for upstream in ["a", "b"] {
         let mut streams = tokio::task::JoinSet::new();
-        for _ in 0..40 {
-            let mut sender = sender.clone();
-            let uri = format!("http://{}/{upstream}/slow/500", gateway.addr());
-            streams.spawn(async move {
-                sender.ready().await.unwrap();
-                let response = sender.send_request(http::Request::get(uri).body(Empty::<bytes::Bytes>::new()).unwrap());
-                let (parts, body) = response.await.unwrap().into_parts();
-                (parts.status, body.collect().await.unwrap().to_bytes())
-            });
-        }
+        spawn_gets(&mut streams, &sender, &format!("http://{}/{upstream}/slow/500", gateway.addr()), 40);
         let mut statuses = std::collections::BTreeMap::new();
         while let Some(joined) = streams.join_next().await {
             let (status, body) = joined.unwrap();
@@ -623,4 +597,34 @@ routes:
         }
     }
     assert_eq!((a.stats().await.requests, b.stats().await.requests), (40, 40));
+}
+
+type H2Sender = hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>;
+
+/// A new HTTP/2 connection (prior knowledge) to `addr`.
+async fn h2_sender(addr: std::net::SocketAddr) -> H2Sender {
+    let io = hyper_util::rt::TokioIo::new(raw::connect(addr).await);
+    let (sender, connection) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.unwrap();
+    tokio::spawn(connection);
+    sender
+}
+
+/// `count` GETs of `uri` at once on `sender`'s connection, each giving its status and body.
+fn spawn_gets(
+    streams: &mut tokio::task::JoinSet<(http::StatusCode, bytes::Bytes)>,
+    sender: &H2Sender,
+    uri: &str,
+    count: usize,
+) {
+    use http_body_util::{BodyExt, Empty};
+    for _ in 0..count {
+        let (mut sender, uri) = (sender.clone(), uri.to_owned());
+        streams.spawn(async move {
+            sender.ready().await.unwrap();
+            let response = sender.send_request(http::Request::get(uri).body(Empty::new()).unwrap());
+            let (parts, body) = response.await.unwrap().into_parts();
+            (parts.status, body.collect().await.unwrap().to_bytes())
+        });
+    }
 }
