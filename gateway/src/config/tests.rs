@@ -255,6 +255,17 @@ fn conditions_that_requests_never_meet_rejected() {
     }
 }
 
+/// `failure_rate` is a fraction; a percentage is the usual slip.
+#[test]
+fn fraction_written_as_percentage_gets_a_hint() {
+    let text = MINIMAL.replace("{ endpoints:", "{ circuit_breaker: { failure_rate: 50% }, endpoints:");
+    let out = errors(&text);
+    assert!(
+        out.contains("circuit_breaker.failure_rate: expected a number\n  hint: write a fraction: 50% is 0.5"),
+        "{out}"
+    );
+}
+
 /// The loader's bounds (against alias bombs and the like) are told in words, not as a debug dump.
 #[test]
 fn file_past_the_loaders_bounds_reported_plainly() {

@@ -157,6 +157,11 @@ fn invalid_scalar(ty: &str, written: &str) -> (String, Option<String>) {
         "u32" => u128::from(u32::MAX),
         "u64" | "usize" => u128::from(u64::MAX),
         "u128" => u128::MAX,
+        // Written `50%` most often: the one such key (`failure_rate`) is a fraction.
+        "f64" | "f32" | "floating point" => {
+            let hint = if written.ends_with('%') { "write a fraction: 50% is 0.5" } else { "write a number, e.g. 0.5" };
+            return ("expected a number".to_owned(), Some(hint.to_owned()));
+        }
         other => return (format!("invalid value: expected {}", clean(other)), None),
     };
     let digits = |text: &str| !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
