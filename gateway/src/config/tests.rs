@@ -255,6 +255,18 @@ fn conditions_that_requests_never_meet_rejected() {
     }
 }
 
+/// `strip_prefix` on a route whose prefix is `/` does nothing: allowed, warned about.
+#[test]
+fn strip_prefix_of_root_warned() {
+    let text = with_routes(
+        "  - { name: all, upstream: echo, strip_prefix: true }\n  - { name: api, match: { path_prefix: /api }, upstream: echo, strip_prefix: true }\n",
+    );
+    let loaded = parse("gw.yaml", &text).unwrap_or_else(|p| panic!("{p}"));
+    let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("routes[0].strip_prefix: warning: strip_prefix strips nothing"), "{warnings:?}");
+}
+
 /// `failure_rate` is a fraction; a percentage is the usual slip.
 #[test]
 fn fraction_written_as_percentage_gets_a_hint() {

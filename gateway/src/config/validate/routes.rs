@@ -134,7 +134,22 @@ fn rewrite(report: &mut Report<'_>, route: &RawRoute, path: &str) -> Rewrite {
         }
         Some(prefix) => check_path(report, prefix, &format!("{path}.rewrite_prefix"), "rewrite_prefix")
             .map_or(Rewrite::None, |p| Rewrite::ReplacePrefix(trim_prefix(&p))),
-        None if strip => Rewrite::StripPrefix,
+        None if strip => {
+            let matcher = route.matcher.as_ref().map(|matcher| &matcher.value);
+            let prefix_is_root = matcher.is_none_or(|m| {
+                m.path.is_none() && m.path_prefix.as_ref().is_none_or(|prefix| trim_prefix(&prefix.value) == "/")
+            });
+            if let Some(strip) = route.strip_prefix.as_ref().filter(|_| prefix_is_root) {
+                report
+                    .warn(
+                        strip.referenced,
+                        &format!("{path}.strip_prefix"),
+                        "strip_prefix strips nothing: the route's prefix is /",
+                    )
+                    .hint("remove it, or give the route the path_prefix to strip");
+            }
+            Rewrite::StripPrefix
+        }
         None => Rewrite::None,
     }
 }
