@@ -181,7 +181,7 @@ impl Provider {
         // `exp` is required and was checked; a fractional one is cut to whole seconds.
         let expires_at = claims.get("exp").and_then(serde_json::Value::as_f64).map_or(0, |exp| exp as u64);
         let claims = Arc::new(claims);
-        self.cache.insert(digest, expires_at, generation, claims.clone(), now);
+        self.cache.insert(digest, token.len(), expires_at, generation, claims.clone(), now);
         Ok(claims)
     }
 
