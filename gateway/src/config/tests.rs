@@ -267,132 +267,6 @@ fn strip_prefix_of_root_warned() {
     assert!(warnings[0].contains("routes[0].strip_prefix: warning: strip_prefix strips nothing"), "{warnings:?}");
 }
 
-/// `failure_rate` is a fraction; a percentage is the usual slip.
-#[test]
-fn fraction_written_as_percentage_gets_a_hint() {
-    let text = MINIMAL.replace("{ endpoints:", "{ circuit_breaker: { failure_rate: 50% }, endpoints:");
-    let out = errors(&text);
-    assert!(
-        out.contains("circuit_breaker.failure_rate: expected a number\n  hint: write a fraction: 50% is 0.5"),
-        "{out}"
-    );
-}
-
-/// The loader's bounds (against alias bombs and the like) are told in words, not as a debug dump.
-#[test]
-fn file_past_the_loaders_bounds_reported_plainly() {
-    let routes: String = (0..30_000)
-        .map(|i| format!("  - {{ name: r{i}, match: {{ path_prefix: /p{i} }}, upstream: echo }}\n"))
-        .collect();
-    let out = errors(&with_routes(&routes));
-    assert!(out.contains(": the file is too large or too complex for a config: more than 250,000 values"), "{out}");
-    assert!(out.contains("hint: configs are bounded"), "{out}");
-}
-
-#[test]
-fn unknown_key_location_and_path_reported() {
-    let text = MINIMAL.replace("{ name: all, upstream: echo }", "{ name: all, upstream: echo, timout: 5s }");
-    assert_eq!(errors(&text), "gw.yaml:7:34: routes[0].timout: unknown key `timout`\n  hint: did you mean `timeout`?");
-}
-
-#[test]
-fn empty_file_reported_as_empty() {
-    for text in ["# nothing yet\n", "---\n", "---\n# nothing\n...\n"] {
-        assert_eq!(
-            errors(text),
-            "gw.yaml:1:1: the file is empty\n  hint: a config needs at least `listeners`, `upstreams` and `routes`",
-            "{text:?}"
-        );
-    }
-}
-
-#[test]
-fn invalid_utf8_file_reported_with_location() {
-    let dir = std::env::temp_dir().join(format!("gateway-config-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("bad.yaml");
-    std::fs::write(&path, b"listeners:\n  - name: p\xffx\n").unwrap();
-    let err = load(&path).unwrap_err();
-    std::fs::remove_dir_all(&dir).unwrap();
-    let LoadError::Invalid(problems) = err else { panic!("expected Invalid, got {err:?}") };
-    let first = problems.iter().next().unwrap();
-    assert_eq!((first.line, first.column), (2, 12));
-}
-
-#[test]
-fn missing_file_unreadable() {
-    let err = load(Path::new("/nonexistent/gateway.yaml")).unwrap_err();
-    assert!(matches!(err, LoadError::Unreadable { .. }), "{err:?}");
-}
-
-#[test]
-fn arbitrary_garbage_never_panics() {
-    let inputs = [
-        "",
-        "[",
-        "{",
-        "- - -",
-        ":",
-        "listeners: *a",
-        "listeners: !!binary aGVsbG8=",
-        "? [a]\n: b",
-        "listeners:\n  - name: a\n    address: [1, 2]\n",
-        "\u{feff}listeners: []",
-        "upstreams: {\"\": {endpoints: []}}",
-        "routes: [{name: x, match: {headers: {\"\": \"\"}}}]",
-    ];
-    for input in inputs {
-        let _ = parse("gw.yaml", input);
-    }
-}
-
-#[test]
-fn every_truncation_of_shipped_example_never_panics() {
-    // Cutting a valid file anywhere exercises most syntax and shape errors.
-    let text = std::fs::read_to_string(workspace_root().join("config/gateway.yaml")).unwrap();
-    for (cut, _) in text.char_indices().step_by(7) {
-        let _ = parse("gw.yaml", &text[..cut]);
-    }
-}
-
-/// Every `tests/fixtures/invalid/NAME.yaml` must produce exactly the lines in `NAME.expected`
-/// (`$FILE` standing for the file label). Set `GATEWAY_BLESS=1` to (re)write the expected files,
-/// then review the diff.
-#[test]
-fn invalid_fixtures_render_expected_problems() {
-    let dir = workspace_root().join("tests/fixtures/invalid");
-    let bless = std::env::var_os("GATEWAY_BLESS").is_some();
-    let mut fixtures: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
-    fixtures.sort();
-    assert!(!fixtures.is_empty(), "no fixtures in {}", dir.display());
-    let mut failures = Vec::new();
-    for fixture in &fixtures {
-        let text = std::fs::read_to_string(fixture).unwrap();
-        let actual = match parse("$FILE", &text) {
-            Ok(_) => String::from("<valid config>"),
-            Err(problems) => problems.to_string(),
-        };
-        let expected_path = fixture.with_extension("expected");
-        if bless {
-            std::fs::write(&expected_path, format!("{actual}\n")).unwrap();
-            continue;
-        }
-        let expected = std::fs::read_to_string(&expected_path).unwrap_or_default();
-        if actual != expected.trim_end() {
-            failures.push(format!(
-                "{}:\n--- expected\n{}\n--- actual\n{actual}\n",
-                fixture.display(),
-                expected.trim_end()
-            ));
-        }
-    }
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
-}
-
 #[test]
 fn readme_reference_config_is_valid() {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
@@ -400,72 +274,6 @@ fn readme_reference_config_is_valid() {
     let len = readme[start..].find("```").unwrap();
     let loaded = parse("README.md", &readme[start..start + len]).unwrap_or_else(|problems| panic!("{problems}"));
     assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
-}
-
-/// A config in a new temp dir with a TLS listener whose certificate is for `cert_name`, and
-/// `routes` (YAML flow items).
-fn tls_config_with_routes(cert_name: &str, routes: &str) -> (PathBuf, String) {
-    tls_config_with(cert_name, routes, |_| {})
-}
-
-fn tls_config_with(
-    cert_name: &str,
-    routes: &str,
-    adjust: impl FnOnce(&mut rcgen::CertificateParams),
-) -> (PathBuf, String) {
-    let dir =
-        std::env::temp_dir().join(format!("gateway-config-tls-{}-{cert_name}-{}", std::process::id(), routes.len()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::new(vec![cert_name.to_string()]).unwrap();
-    adjust(&mut params);
-    let cert = params.self_signed(&key).unwrap();
-    std::fs::write(dir.join("s.crt"), cert.pem()).unwrap();
-    std::fs::write(dir.join("s.key"), key.serialize_pem()).unwrap();
-    let text = format!(
-        "listeners: [{{ name: s, address: 127.0.0.1:0, tls: {{ certificates: [{{ cert: s.crt, key: s.key }}] }} }}]\n\
-         upstreams: {{ u: {{ endpoints: [http://127.0.0.1:9001] }} }}\nroutes: [{routes}]\n"
-    );
-    (dir.join("gateway.yaml"), text)
-}
-
-/// Clients refuse an expired certificate and one not valid yet: served all the same at start
-/// (there is nothing better), but warned about.
-#[test]
-fn tls_certificate_expired_or_not_yet_valid_warned() {
-    let routes = "{ name: all, upstream: u }";
-    for (name, from, until, want) in [
-        ("old.test", 2019, 2020, "s.crt expired on 2020-01-01"),
-        ("future.test", 2090, 2091, "s.crt is not valid until 2090-01-01"),
-    ] {
-        let (path, text) = tls_config_with(name, routes, |params| {
-            params.not_before = rcgen::date_time_ymd(from, 1, 1);
-            params.not_after = rcgen::date_time_ymd(until, 1, 1);
-        });
-        let loaded = parse(&path.display().to_string(), &text).unwrap_or_else(|p| panic!("{p}"));
-        let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
-        assert!(warnings.iter().any(|w| w.contains(want)), "{want} in {warnings:?}");
-    }
-}
-
-#[test]
-fn tls_certificate_covering_no_route_host_warns_only_when_every_route_names_a_host() {
-    let (path, text) = tls_config_with_routes("a.test", "{ name: b, upstream: u, match: { host: b.test } }");
-    let loaded = parse(&path.display().to_string(), &text).unwrap_or_else(|p| panic!("{p}"));
-    let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
-    assert_eq!(warnings.len(), 1, "{warnings:?}");
-    assert!(warnings[0].contains("covers none of the hosts routes match (b.test)"), "{warnings:?}");
-
-    let (path, text) = tls_config_with_routes(
-        "a.test",
-        "{ name: b, upstream: u, match: { host: b.test } }, { name: all, upstream: u }",
-    );
-    let loaded = parse(&path.display().to_string(), &text).unwrap_or_else(|p| panic!("{p}"));
-    assert!(loaded.warnings.is_empty(), "a catch-all route can be served by any certificate: {:?}", loaded.warnings);
-
-    let (path, text) = tls_config_with_routes("*.shop.test", "{ name: w, upstream: u, match: { host: a.shop.test } }");
-    let loaded = parse(&path.display().to_string(), &text).unwrap_or_else(|p| panic!("{p}"));
-    assert!(loaded.warnings.is_empty(), "a wildcard certificate covers a.shop.test: {:?}", loaded.warnings);
 }
 
 /// Trusting every address makes X-Forwarded-For the client's to write: allowed, warned about.
@@ -501,58 +309,6 @@ fn identity_headers_default_list_and_custom_list() {
     }
 }
 
-/// A config with one provider whose key is `public_key: jwt.pem`, an EC key written next to it.
-fn jwt_config_dir(algorithms: &str) -> (PathBuf, String) {
-    // One directory per call: tests run in parallel and each writes its own key.
-    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("gateway-config-jwt-{}-{call}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    std::fs::write(dir.join("jwt.pem"), key.public_key_pem()).unwrap();
-    let text = with_routes(
-        "  - { name: all, upstream: echo, auth: { provider: main }, require: { scope: [a, b] } }\n",
-    ) + &format!(
-        "jwt:\n  providers:\n    main: {{ issuer: https://i, audiences: [shop], algorithms: {algorithms}, public_key: jwt.pem }}\n"
-    );
-    let path = dir.join("gw.yaml");
-    std::fs::write(&path, &text).unwrap();
-    (path, text)
-}
-
-#[test]
-fn jwt_public_key_provider_loads_with_defaults() {
-    let (path, _) = jwt_config_dir("[ES256]");
-    let config = load(&path).unwrap().config;
-    let provider = &config.jwt_providers[0];
-    assert_eq!(provider.algorithms, [jsonwebtoken::Algorithm::ES256]);
-    assert_eq!(provider.leeway, defaults::JWT_LEEWAY);
-    assert_eq!(provider.realm, "main");
-    assert!(matches!(&provider.keys, JwtKeys::PublicKey(key) if key.family == jsonwebtoken::AlgorithmFamily::Ec));
-    let auth = config.routes[0].auth.as_ref().unwrap();
-    assert_eq!((auth.provider.as_str(), auth.optional), ("main", false));
-    assert_eq!(auth.require, [ClaimRule { claim: "scope".into(), values: vec!["a".into(), "b".into()] }]);
-}
-
-#[test]
-fn jwt_public_key_with_hmac_or_other_family_refused() {
-    let (path, _) = jwt_config_dir("[RS256, HS256]");
-    let LoadError::Invalid(problems) = load(&path).unwrap_err() else { panic!("expected Invalid") };
-    let text = problems.to_string();
-    assert!(
-        text.contains("algorithms[0]: algorithm RS256 does not fit") && text.contains("the public key is EC"),
-        "{text}"
-    );
-    assert!(text.contains("algorithms[1]: algorithm HS256 does not fit") && text.contains("HMAC"), "{text}");
-}
-
-#[test]
-fn jwt_public_key_is_a_referenced_file() {
-    let (path, text) = jwt_config_dir("[ES256]");
-    let label = path.display().to_string();
-    assert!(referenced_files(&label, &text).contains(&path.parent().unwrap().join("jwt.pem")));
-}
-
 #[test]
 fn redis_cluster_needs_a_tcp_node() {
     let text = MINIMAL.replace("routes:", "redis: { url: \"unix:///run/redis.sock\", cluster: true }\nroutes:");
@@ -560,12 +316,6 @@ fn redis_cluster_needs_a_tcp_node() {
     assert!(problems.contains("redis.url: a Redis Cluster is reached over TCP"), "{problems}");
     let text = MINIMAL.replace("routes:", "redis: { url: redis://10.0.0.7:7000, cluster: true }\nroutes:");
     assert!(parse("gw.yaml", &text).unwrap().config.redis.is_some_and(|redis| redis.cluster));
-}
-
-#[test]
-fn redis_ca_is_a_referenced_file() {
-    let text = "redis: { url: rediss://redis.internal:6380, ca: certs/redis-ca.pem }\n";
-    assert_eq!(referenced_files("/etc/gw/gw.yaml", text), [PathBuf::from("/etc/gw/certs/redis-ca.pem")]);
 }
 
 #[test]
@@ -623,3 +373,6 @@ routes:
     let limits: Vec<Option<&str>> = config.routes.iter().map(|r| r.rate_limit.as_deref()).collect();
     assert_eq!(limits, [Some("per_ip"), Some("per_org"), Some("everyone")]);
 }
+
+mod files;
+mod problems;
