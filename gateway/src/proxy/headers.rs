@@ -150,7 +150,15 @@ impl IdentityHeaders {
     }
 
     fn contains(&self, present: &HeaderName) -> bool {
-        self.lengths & length_bit(present) != 0 && self.names.iter().any(|name| spelled_as(present, name))
+        self.removes(present).is_some()
+    }
+
+    /// The identity header `present` is a spelling of, if any.
+    pub(crate) fn removes(&self, present: &HeaderName) -> Option<&HeaderName> {
+        if self.lengths & length_bit(present) == 0 {
+            return None;
+        }
+        self.names.iter().find(|name| spelled_as(present, name))
     }
 }
 

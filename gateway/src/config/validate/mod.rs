@@ -24,6 +24,7 @@ use super::model::{defaults, Config};
 use super::problem::{Problem, Problems, Severity};
 use super::raw::{RawConfig, RawRoute};
 use super::units;
+use crate::proxy::IdentityHeaders;
 
 /// The whole config, or every error found. Warnings come with a valid config only.
 pub(crate) fn validate(file: &str, raw: &RawConfig) -> Result<(Config, Vec<Problem>), Problems> {
@@ -110,11 +111,13 @@ fn identity_headers(report: &mut Report<'_>, raw: Option<&[Spanned<String>]>) ->
 /// A route's header condition on an identity header (or its `_` spelling) can never hold: the
 /// header is removed from every request before routing.
 fn refuse_identity_conditions(report: &mut Report<'_>, routes: &[Spanned<RawRoute>], identity: &[HeaderName]) {
+    let identity = IdentityHeaders::new(identity);
     for (i, route) in routes.iter().enumerate() {
         let conditions = route.value.matcher.as_ref().and_then(|matcher| matcher.value.headers.as_ref());
         for (name, _) in conditions.iter().flat_map(|headers| &headers.0) {
-            let spelled = name.value.trim().to_ascii_lowercase().replace('_', "-");
-            if let Some(removed) = identity.iter().find(|header| header.as_str() == spelled) {
+            // An invalid name is reported where the match is checked.
+            let Ok(header) = HeaderName::from_bytes(name.value.trim().as_bytes()) else { continue };
+            if let Some(removed) = identity.removes(&header) {
                 report
                     .error(
                         name.referenced,
