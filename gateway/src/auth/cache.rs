@@ -18,7 +18,7 @@ pub const CAPACITY: usize = 16 * 1024;
 /// Per provider, the bytes of the tokens cached at once: an entry keeps the token's claims, whose
 /// size follows the token's. Everyday tokens (under 1 KiB) fill every entry within it; tokens near
 /// the 8 KiB limit, with claims of kilobytes, fill some 2,000 (about 100 MB otherwise).
-pub const MAX_TOKEN_BYTES: usize = 16 * 1024 * 1024;
+pub const MAX_CACHED_TOKEN_BYTES: usize = 16 * 1024 * 1024;
 
 pub type Digest = [u8; 32];
 
@@ -35,7 +35,7 @@ struct Entry {
     expires_at: u64,
     generation: u64,
     claims: Arc<Claims>,
-    /// The token's length, counted against [`MAX_TOKEN_BYTES`].
+    /// The token's length, counted against [`MAX_CACHED_TOKEN_BYTES`].
     size: usize,
 }
 
@@ -54,7 +54,7 @@ impl Shard {
     }
 
     fn has_room(&self, size: usize) -> bool {
-        self.entries.len() < CAPACITY / SHARDS && self.bytes + size <= MAX_TOKEN_BYTES / SHARDS
+        self.entries.len() < CAPACITY / SHARDS && self.bytes + size <= MAX_CACHED_TOKEN_BYTES / SHARDS
     }
 }
 
@@ -183,9 +183,9 @@ mod tests {
             cache.insert(digest(&i.to_string()), SIZE, 100, 1, claims(), 50);
         }
         let held: usize = cache.shards.iter().map(|s| s.lock().unwrap().bytes).sum();
-        assert!(held <= MAX_TOKEN_BYTES, "{held} bytes held");
+        assert!(held <= MAX_CACHED_TOKEN_BYTES, "{held} bytes held");
         assert!(
-            cache.len() <= MAX_TOKEN_BYTES / SIZE && cache.len() > MAX_TOKEN_BYTES / SIZE / 2,
+            cache.len() <= MAX_CACHED_TOKEN_BYTES / SIZE && cache.len() > MAX_CACHED_TOKEN_BYTES / SIZE / 2,
             "{} entries",
             cache.len()
         );
