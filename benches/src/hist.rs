@@ -39,7 +39,6 @@ impl Samples {
     /// Empty when nothing was recorded.
     pub fn curve(&mut self) -> Vec<CurvePoint> {
         self.us.sort_unstable();
-        let n = self.us.len() as f64;
         let mut points = Vec::new();
         for quantile in curve_quantiles() {
             if self.us.is_empty() {
@@ -47,38 +46,48 @@ impl Samples {
             }
             points.push(CurvePoint { quantile, us: nearest_rank(&self.us, quantile) });
             // Beyond here every quantile is the max: more points would only draw a flat line.
-            if (1.0 - quantile) * n < 1.0 {
+            if !known(quantile, self.us.len()) {
                 break;
             }
         }
         points
     }
 
-    /// Sorts the samples and returns the percentiles (all zero when empty).
+    /// Sorts the samples and returns the percentiles (all zero when empty). A percentile the
+    /// samples cannot tell, because fewer than one sample lies above its rank (p99.9 of 999
+    /// samples would only be the max), is `None`, as the curve stops there too.
     pub fn percentiles(mut self) -> Percentiles {
         if self.us.is_empty() {
             return Percentiles::default();
         }
         self.us.sort_unstable();
         let sum: u64 = self.us.iter().map(|&v| u64::from(v)).sum();
+        let told = |q: f64| known(q, self.us.len()).then(|| nearest_rank(&self.us, q));
         Percentiles {
             p50_us: nearest_rank(&self.us, 0.50),
-            p90_us: nearest_rank(&self.us, 0.90),
-            p99_us: nearest_rank(&self.us, 0.99),
-            p999_us: nearest_rank(&self.us, 0.999),
+            p90_us: told(0.90),
+            p99_us: told(0.99),
+            p999_us: told(0.999),
             max_us: self.us[self.us.len() - 1],
             mean_us: sum as f64 / self.us.len() as f64,
         }
     }
 }
 
-/// Latency percentiles of one run, in microseconds.
+/// Whether `n` samples tell quantile `q`: at least one sample lies above its rank.
+fn known(q: f64, n: usize) -> bool {
+    // Rounded: 1 - 0.999 is not exactly 0.001 in floating point.
+    ((1.0 - q) * n as f64 * 1e6).round() >= 1e6
+}
+
+/// Latency percentiles of one run, in microseconds; `None` where the run had too few samples to
+/// tell (see [`Samples::percentiles`]).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Serialize)]
 pub struct Percentiles {
     pub p50_us: u32,
-    pub p90_us: u32,
-    pub p99_us: u32,
-    pub p999_us: u32,
+    pub p90_us: Option<u32>,
+    pub p99_us: Option<u32>,
+    pub p999_us: Option<u32>,
     pub max_us: u32,
     pub mean_us: f64,
 }
@@ -139,14 +148,22 @@ mod tests {
     #[test]
     fn percentiles_one_to_thousand_nearest_rank() {
         let p = samples((1..=1000).rev()).percentiles();
-        assert_eq!((p.p50_us, p.p90_us, p.p99_us, p.p999_us, p.max_us), (500, 900, 990, 999, 1000));
+        assert_eq!((p.p50_us, p.p90_us, p.p99_us, p.p999_us, p.max_us), (500, Some(900), Some(990), Some(999), 1000));
         assert!((p.mean_us - 500.5).abs() < 1e-9);
     }
 
     #[test]
     fn percentiles_single_sample_all_equal() {
         let p = samples([42]).percentiles();
-        assert_eq!((p.p50_us, p.p999_us, p.max_us), (42, 42, 42));
+        assert_eq!((p.p50_us, p.p90_us, p.p999_us, p.max_us), (42, None, None, 42));
+    }
+
+    #[test]
+    fn percentiles_too_few_samples_are_unknown_not_the_max() {
+        let p = samples(1..=999).percentiles();
+        assert_eq!((p.p99_us, p.p999_us, p.max_us), (Some(990), None, 999));
+        assert_eq!(samples(1..=1000).percentiles().p999_us, Some(999));
+        assert_eq!(samples(1..=99).percentiles().p99_us, None);
     }
 
     #[test]
@@ -172,9 +189,9 @@ mod tests {
         let p = s.percentiles();
         let at = |q: f64| curve.iter().find(|c| c.quantile == q).map(|c| c.us);
         assert_eq!(at(0.5), Some(p.p50_us));
-        assert_eq!(at(0.9), Some(p.p90_us));
-        assert_eq!(at(0.99), Some(p.p99_us));
-        assert_eq!(at(0.999), Some(p.p999_us));
+        assert_eq!(at(0.9), p.p90_us);
+        assert_eq!(at(0.99), p.p99_us);
+        assert_eq!(at(0.999), p.p999_us);
         assert!(curve.windows(2).all(|w| w[0].us <= w[1].us));
     }
 

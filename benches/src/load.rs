@@ -55,7 +55,8 @@ pub struct LoadSpec {
     pub duration: Duration,
     /// Open loop: total requests per second over all connections. `None`: closed loop.
     pub rate: Option<f64>,
-    /// A request slower than this counts as an error and its connection is replaced.
+    /// A request with no complete response this long after it was sent counts as an error, and
+    /// its connection is replaced.
     pub request_timeout: Duration,
 }
 
@@ -73,7 +74,8 @@ pub struct Window {
 /// What the generator saw during the measured window, summed over connections.
 #[derive(Debug, Default)]
 pub struct LoadOutcome {
-    /// Latency of every 2xx response.
+    /// Latency of every 2xx response, and in open loop also of every request never sent
+    /// (`missed`), at its wait when the generator gave up: a lower bound.
     pub samples: Samples,
     /// 2xx responses to requests started (open loop: scheduled) in the window.
     pub ok: u64,
@@ -409,8 +411,11 @@ impl Conn {
             }
             Ok::<_, String>(status)
         };
-        match tokio::time::timeout(target.timeout, attempt).await {
-            Ok(Ok(status)) => {
+        let sent = Instant::now();
+        let outcome = tokio::time::timeout(target.timeout, attempt).await;
+        match outcome {
+            // Checked again: the timer fires on the next tick of a busy runtime, the limit is exact.
+            Ok(Ok(status)) if sent.elapsed() <= target.timeout => {
                 if target.protocol.new_conn_per_request {
                     self.sender = None;
                 }
@@ -420,7 +425,7 @@ impl Conn {
                 self.sender = None;
                 Sent::Failed(e)
             }
-            Err(_) => {
+            Ok(Ok(_)) | Err(_) => {
                 self.sender = None;
                 Sent::Failed(format!("no complete response within {:?}", target.timeout))
             }
@@ -534,7 +539,8 @@ async fn open_loop(
         k += 1;
     }
     // The pacer closed the semaphore (`DRAIN_GRACE` after the window, or it could not keep up):
-    // whatever is left fell due inside the window but was never sent.
+    // whatever is left fell due inside the window but was never sent. Left out of the latency,
+    // they would leave the slowest requests out of it: they count at their wait so far.
     loop {
         let scheduled = schedule.due(idx, k);
         if scheduled >= window.end {
@@ -542,6 +548,7 @@ async fn open_loop(
         }
         if scheduled >= window.measure_start {
             out.missed += 1;
+            out.samples.record(scheduled.elapsed());
         }
         k += 1;
     }
@@ -561,6 +568,11 @@ mod tests {
 
     /// `serve`, also counting the connections it accepted.
     fn serve_counting(status: u16) -> (SocketAddr, Arc<AtomicUsize>) {
+        serve_after(status, Duration::ZERO)
+    }
+
+    /// `serve_counting`, answering each request `delay` after it came.
+    fn serve_after(status: u16, delay: Duration) -> (SocketAddr, Arc<AtomicUsize>) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("addr");
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -577,6 +589,7 @@ mod tests {
                         match reader.read_line(&mut line) {
                             Ok(0) | Err(_) => return,
                             Ok(_) if line == "\r\n" => {
+                                thread::sleep(delay);
                                 let resp = format!("HTTP/1.1 {status} X\r\ncontent-length: 2\r\n\r\nok");
                                 if writer.write_all(resp.as_bytes()).is_err() {
                                     return;
@@ -683,6 +696,19 @@ mod tests {
         assert_eq!(out.ok + out.missed, 1000, "ok {} missed {}", out.ok, out.missed);
         assert!(out.missed <= 5, "missed {}", out.missed);
         assert!(out.pacer_wakeups > 0);
+    }
+
+    #[test]
+    fn open_loop_past_capacity_counts_the_unsent_in_latency() {
+        // One connection answering in 20 ms at most 50 a second, asked for 400 a second: most
+        // requests are never sent, and they are the ones that waited longest.
+        let (addr, _) = serve_after(200, Duration::from_millis(20));
+        let out = run(&LoadSpec { connections: 1, ..spec(addr, Some(400.0)) });
+        assert_eq!(out.ok + out.missed, 200, "ok {} missed {}", out.ok, out.missed);
+        assert!(out.missed > 100, "missed {}", out.missed);
+        assert_eq!(out.samples.len() as u64, out.ok + out.missed);
+        // Unsent when the generator gave up, a second after the window: they waited that long.
+        assert!(out.samples.percentiles().max_us >= 1_000_000);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 
 use std::fmt::Write as _;
 
-use crate::report::{self, Report, RunResult};
+use crate::report::{self, Report, RunResult, ScenarioReport};
 
 /// What to draw.
 #[derive(Debug, Clone, Default)]
@@ -54,8 +54,11 @@ const X_MINOR: [f64; 4] = [0.75, 0.95, 0.995, 0.9995];
 
 /// The plot of a report: each scenario's median curve over its rounds.
 pub fn from_report(report: &Report, title: String, subtitle: String) -> Plot {
-    let series =
-        report.scenarios.iter().map(|s| Series { name: s.name.clone(), points: median_curve(&s.rounds) }).collect();
+    let name = |s: &ScenarioReport| match s.median.latency_lower_bound {
+        true => format!("{} (rate not met: a lower bound)", s.name),
+        false => s.name.clone(),
+    };
+    let series = report.scenarios.iter().map(|s| Series { name: name(s), points: median_curve(&s.rounds) }).collect();
     Plot { title, subtitle, series }
 }
 

@@ -5,7 +5,8 @@ use std::fs;
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -102,6 +103,41 @@ impl ProcGuard {
     }
 }
 
+/// Catches SIGINT, SIGTERM and SIGHUP from now on and sets the flag returned when one comes: a
+/// bench that waits synchronously checks it in its loops and returns, so that its guards stop
+/// the children and remove the temp dir.
+pub fn stop_on_signals() -> anyhow::Result<Arc<AtomicBool>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let stop = Arc::new(AtomicBool::new(false));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_io().build()?;
+    // Caught from here on, not from when the thread below first runs.
+    let mut signals = runtime
+        .block_on(async { [SignalKind::interrupt(), SignalKind::terminate(), SignalKind::hangup()].map(signal) });
+    if let Some(Err(e)) = signals.iter().find(|s| s.is_err()) {
+        bail!("catching signals: {e}");
+    }
+    let set = Arc::clone(&stop);
+    thread::Builder::new().name("signals".to_owned()).spawn(move || {
+        runtime.block_on(async {
+            if let [Ok(int), Ok(term), Ok(hup)] = &mut signals {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                    _ = hup.recv() => {}
+                }
+            }
+        });
+        set.store(true, Ordering::Relaxed);
+    })?;
+    Ok(stop)
+}
+
+/// This program's name (`loadbench`, `reloadbench`), for messages.
+pub fn program() -> String {
+    let arg0 = std::env::args_os().next().unwrap_or_default();
+    Path::new(&arg0).file_name().map_or_else(|| "bench".to_owned(), |name| name.to_string_lossy().into_owned())
+}
+
 /// The program `name` in a directory of PATH.
 pub fn on_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
@@ -183,7 +219,7 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         if self.keep {
-            eprintln!("loadbench: kept {}", self.path.display());
+            eprintln!("{}: kept {}", program(), self.path.display());
         } else {
             let _ = fs::remove_dir_all(&self.path);
         }
@@ -217,10 +253,30 @@ pub fn stat(pid: u32) -> Option<Stat> {
     parse_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }
 
-/// Peak resident set size (VmHWM) in KiB.
-pub fn peak_rss_kib(pid: u32) -> Option<u64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.trim().trim_end_matches("kB").trim().parse().ok()
+/// Reads /proc/<pid>/stat: `None` when the process is gone, an error when it could not be read
+/// (out of file descriptors, say), which must not pass for zero CPU.
+fn stat_of(pid: u32) -> anyhow::Result<Option<Stat>> {
+    let path = format!("/proc/{pid}/stat");
+    match fs::read_to_string(&path) {
+        Ok(text) => parse_stat(&text).map(Some).with_context(|| format!("{path}: unexpected contents")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {path}")),
+    }
+}
+
+/// Proportional set size in KiB: resident memory, with each page shared between processes (an
+/// nginx master and its workers, say) divided among them, so a sum over processes counts it once.
+/// `None` when the process is gone or the kernel has no smaps_rollup (before Linux 4.14).
+pub fn pss_kib(pid: u32) -> Option<u64> {
+    let rollup = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    rollup.lines().find_map(|l| l.strip_prefix("Pss:"))?.trim().trim_end_matches("kB").trim().parse().ok()
+}
+
+/// The soft limit on open files of this process (which its children inherit).
+pub fn open_files_limit() -> Option<u64> {
+    let limits = fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.trim_start_matches("Max open files").split_whitespace().next()?.parse().ok()
 }
 
 /// Pids whose parent is `parent` (nginx workers of a master).
@@ -275,9 +331,9 @@ pub struct MachineTicks {
 }
 
 /// Reads the aggregate `cpu` line of /proc/stat.
-pub fn machine_ticks() -> Option<MachineTicks> {
-    let text = fs::read_to_string("/proc/stat").ok()?;
-    parse_machine_ticks(text.lines().next()?)
+pub fn machine_ticks() -> anyhow::Result<MachineTicks> {
+    let text = fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    text.lines().next().and_then(parse_machine_ticks).context("/proc/stat: unexpected contents")
 }
 
 /// Parses the aggregate `cpu ...` line of /proc/stat (fields per proc(5)).
@@ -293,16 +349,16 @@ pub fn parse_machine_ticks(line: &str) -> Option<MachineTicks> {
 }
 
 /// CPU ticks summed over `pids`; a pid that vanished counts 0 and is reported in the flag.
-pub fn cpu_ticks(pids: &[u32]) -> (u64, bool) {
+pub fn cpu_ticks(pids: &[u32]) -> anyhow::Result<(u64, bool)> {
     let mut all_present = true;
     let mut total = 0;
     for &pid in pids {
-        match stat(pid) {
+        match stat_of(pid)? {
             Some(s) => total += s.cpu_ticks,
             None => all_present = false,
         }
     }
-    (total, all_present)
+    Ok((total, all_present))
 }
 
 #[cfg(test)]
@@ -348,6 +404,17 @@ mod tests {
     fn stat_self_has_parent() {
         let me = stat(std::process::id()).expect("own stat");
         assert!(me.ppid > 0);
-        assert!(peak_rss_kib(std::process::id()).is_some_and(|kib| kib > 0));
+        assert!(pss_kib(std::process::id()).is_some_and(|kib| kib > 0));
+        assert!(open_files_limit().is_some_and(|n| n > 0));
+    }
+
+    #[test]
+    fn cpu_ticks_of_a_gone_process_is_flagged_not_an_error() {
+        let mut child = Command::new("true").spawn().expect("spawn true");
+        let gone = child.id();
+        child.wait().expect("wait");
+        let (_, present) = cpu_ticks(&[std::process::id(), gone]).expect("readable");
+        assert!(!present);
+        assert!(cpu_ticks(&[std::process::id()]).expect("readable").1);
     }
 }

@@ -26,17 +26,23 @@ pub struct RunResult {
     pub reconnects: u64,
     /// Open loop: scheduled requests never sent (the system fell behind). 0 in closed loop.
     pub missed: u64,
+    /// Open loop: some requests were never sent (`missed`), so the offered rate was not met. Their
+    /// wait until the generator gave up is in `latency`, which is then a lower bound.
+    pub latency_lower_bound: bool,
     /// Open loop: worst lateness of the pacer releasing a request, microseconds.
     pub pacer_lag_max_us: Option<u64>,
     /// Open loop: share of pacer wake-ups more than 1 ms late, percent.
     pub pacer_late_pct: Option<f64>,
-    /// Latency percentiles of the 2xx responses.
+    /// Latency percentiles of the 2xx responses (and, open loop, of the requests never sent: see
+    /// `latency_lower_bound`).
     pub latency: Percentiles,
     /// Latency of the 2xx responses from p50 to p99.99, for the plot (`plot`); not in the JSON.
     #[serde(skip)]
     pub latency_curve: Vec<CurvePoint>,
     /// Proxy user+system CPU per 2xx response, microseconds (nginx: master + workers).
     pub proxy_cpu_us_per_req: Option<f64>,
+    /// The clock ticks (`CLK_TCK`, 10 ms each) `proxy_cpu_us_per_req` rests on: ±1 is its resolution.
+    pub proxy_cpu_ticks: Option<u64>,
     /// Echo backend CPU per 2xx response, microseconds.
     pub backend_cpu_us_per_req: f64,
     /// redis-server CPU per 2xx response, microseconds, in scenarios whose limit is counted in
@@ -49,8 +55,11 @@ pub struct RunResult {
     pub client_cpu_us_per_req: f64,
     /// Load generator CPU use in % of one core (100% per thread = client saturated).
     pub client_cpu_pct: f64,
-    /// Proxy peak RSS (VmHWM, since start; nginx: summed over processes), KiB.
-    pub proxy_peak_rss_kib: Option<u64>,
+    /// Proxy peak memory while this scenario ran (warm-up and window), KiB: its proportional set
+    /// size (resident memory, pages shared between processes divided among them), summed over its
+    /// processes (nginx: master + workers), sampled every 200 ms. The `gateway*` scenarios that
+    /// share one gateway process see what an earlier one left resident.
+    pub proxy_peak_pss_kib: Option<u64>,
     /// CPU charged to processes other than client, proxy and backend during the window
     /// (anything else running on the machine, plus steal), in % of one core.
     pub other_cpu_pct: f64,
@@ -73,17 +82,19 @@ impl RunResult {
             transport_errors: 0,
             reconnects: 0,
             missed: 0,
+            latency_lower_bound: false,
             pacer_lag_max_us: None,
             pacer_late_pct: None,
             latency: Percentiles::default(),
             latency_curve: Vec::new(),
             proxy_cpu_us_per_req: None,
+            proxy_cpu_ticks: None,
             backend_cpu_us_per_req: 0.0,
             redis_cpu_us_per_req: None,
             requests_per_redis_call: None,
             client_cpu_us_per_req: 0.0,
             client_cpu_pct: 0.0,
-            proxy_peak_rss_kib: None,
+            proxy_peak_pss_kib: None,
             other_cpu_pct: 0.0,
             irq_cpu_pct: 0.0,
             window_secs: 0.0,
@@ -100,16 +111,19 @@ impl RunResult {
     }
 }
 
-/// Medians over rounds of one scenario (errors summed, peak RSS maxed).
+/// Medians over rounds of one scenario (errors summed, peak memory maxed).
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
     pub requests_per_sec: f64,
     pub p50_us: f64,
-    pub p90_us: f64,
-    pub p99_us: f64,
-    pub p999_us: f64,
+    /// `None` unless every round had samples enough to tell it (the same for p99 and p99.9).
+    pub p90_us: Option<f64>,
+    pub p99_us: Option<f64>,
+    pub p999_us: Option<f64>,
     pub errors: u64,
     pub missed: u64,
+    /// Some round's latency is a lower bound (open loop, rate not met).
+    pub latency_lower_bound: bool,
     pub proxy_cpu_us_per_req: Option<f64>,
     pub backend_cpu_us_per_req: f64,
     pub redis_cpu_us_per_req: Option<f64>,
@@ -117,7 +131,7 @@ pub struct Summary {
     pub client_cpu_us_per_req: f64,
     pub total_cpu_us_per_req: f64,
     pub client_cpu_pct: f64,
-    pub proxy_peak_rss_kib: Option<u64>,
+    pub proxy_peak_pss_kib: Option<u64>,
     pub other_cpu_pct: f64,
     pub irq_cpu_pct: f64,
 }
@@ -129,14 +143,19 @@ impl Summary {
         let proxy_cpu: Vec<f64> = runs.iter().filter_map(|r| r.proxy_cpu_us_per_req).collect();
         let redis_cpu: Vec<f64> = runs.iter().filter_map(|r| r.redis_cpu_us_per_req).collect();
         let per_call: Vec<f64> = runs.iter().filter_map(|r| r.requests_per_redis_call).collect();
+        let told = |f: &dyn Fn(&Percentiles) -> Option<u32>| {
+            let known: Option<Vec<f64>> = runs.iter().map(|r| f(&r.latency).map(f64::from)).collect();
+            known.filter(|k| !k.is_empty()).map(median)
+        };
         Summary {
             requests_per_sec: m(&|r| r.requests_per_sec),
             p50_us: m(&|r| f64::from(r.latency.p50_us)),
-            p90_us: m(&|r| f64::from(r.latency.p90_us)),
-            p99_us: m(&|r| f64::from(r.latency.p99_us)),
-            p999_us: m(&|r| f64::from(r.latency.p999_us)),
+            p90_us: told(&|p| p.p90_us),
+            p99_us: told(&|p| p.p99_us),
+            p999_us: told(&|p| p.p999_us),
             errors: runs.iter().map(|r| r.errors).sum(),
             missed: runs.iter().map(|r| r.missed).sum(),
+            latency_lower_bound: runs.iter().any(|r| r.latency_lower_bound),
             proxy_cpu_us_per_req: (!proxy_cpu.is_empty()).then(|| median(proxy_cpu)),
             backend_cpu_us_per_req: m(&|r| r.backend_cpu_us_per_req),
             redis_cpu_us_per_req: (!redis_cpu.is_empty()).then(|| median(redis_cpu)),
@@ -144,7 +163,7 @@ impl Summary {
             client_cpu_us_per_req: m(&|r| r.client_cpu_us_per_req),
             total_cpu_us_per_req: m(&|r| r.total_cpu_us_per_req()),
             client_cpu_pct: m(&|r| r.client_cpu_pct),
-            proxy_peak_rss_kib: runs.iter().filter_map(|r| r.proxy_peak_rss_kib).max(),
+            proxy_peak_pss_kib: runs.iter().filter_map(|r| r.proxy_peak_pss_kib).max(),
             other_cpu_pct: m(&|r| r.other_cpu_pct),
             irq_cpu_pct: m(&|r| r.irq_cpu_pct),
         }
@@ -187,8 +206,10 @@ pub struct Ratio {
     /// Lowest and highest throughput ratio of one round (a's round over b's same round, measured
     /// moments apart): how far machine noise moved the ratio in this run.
     pub throughput_rounds: Option<(f64, f64)>,
-    pub p50: f64,
-    pub p99: f64,
+    /// `None` when either side's latency is only a lower bound (open loop, rate not met) or, for
+    /// p99, unknown (too few samples).
+    pub p50: Option<f64>,
+    pub p99: Option<f64>,
     /// Proxy CPU per request (only when both sides are proxies).
     pub proxy_cpu_per_req: Option<f64>,
     /// Like `throughput_rounds`, for proxy CPU per request.
@@ -216,12 +237,13 @@ fn round_range(a: &[RunResult], b: &[RunResult], value: impl Fn(&RunResult) -> O
 impl Ratio {
     fn between(a: &ScenarioReport, b: &ScenarioReport) -> Ratio {
         let (x, y) = (&a.median, &b.median);
+        let bounded = x.latency_lower_bound || y.latency_lower_bound;
         Ratio {
             name: format!("{}/{}", a.name, b.name),
             throughput: div(x.requests_per_sec, y.requests_per_sec),
             throughput_rounds: round_range(&a.rounds, &b.rounds, |r| Some(r.requests_per_sec)),
-            p50: div(x.p50_us, y.p50_us),
-            p99: div(x.p99_us, y.p99_us),
+            p50: (!bounded).then(|| div(x.p50_us, y.p50_us)),
+            p99: x.p99_us.zip(y.p99_us).filter(|_| !bounded).map(|(p, q)| div(p, q)),
             proxy_cpu_per_req: x.proxy_cpu_us_per_req.zip(y.proxy_cpu_us_per_req).map(|(p, q)| div(p, q)),
             proxy_cpu_rounds: round_range(&a.rounds, &b.rounds, |r| r.proxy_cpu_us_per_req),
             total_cpu_per_req: div(x.total_cpu_us_per_req, y.total_cpu_us_per_req),
@@ -290,7 +312,29 @@ pub fn notes(scenarios: &[ScenarioReport], client_cpu_limit_pct: f64, cpus: usiz
         if s.median.errors > 0 {
             notes.push(format!("{}: {} errors (see the per-round lines)", s.name, s.median.errors));
         }
+        let fewest_ticks = s.rounds.iter().filter_map(|r| r.proxy_cpu_ticks).min();
+        if let Some(ticks) = fewest_ticks.filter(|&t| t < 20) {
+            notes.push(format!(
+                "{}: its proxy CPU/req rests on as few as {ticks} clock ticks of CPU time in a round, and /proc \
+                 counts whole ticks: ±1 tick is ±{:.0}%; measure longer or at a higher rate for a firmer figure",
+                s.name,
+                100.0 / ticks.max(1) as f64
+            ));
+        }
+        if s.median.latency_lower_bound {
+            let scheduled: u64 = s.rounds.iter().map(|r| r.ok + r.errors + r.missed).sum();
+            notes.push(format!(
+                "{}: the offered rate was not met: {} of the {} requests scheduled in the measured windows \
+                 ({:.1}%) were never sent; they count in its latency at their wait when the generator gave \
+                 up, so its percentiles are lower bounds (≥) and its latency ratios are left out",
+                s.name,
+                fmt_int(s.median.missed as f64),
+                fmt_int(scheduled as f64),
+                100.0 * s.median.missed as f64 / scheduled.max(1) as f64
+            ));
+        }
     }
+    notes.extend(missing_baselines(scenarios));
     if cpus <= 4 {
         let processes = if scenarios.iter().any(|s| s.median.redis_cpu_us_per_req.is_some()) {
             "client, proxy, backend and redis-server"
@@ -303,6 +347,39 @@ pub fn notes(scenarios: &[ScenarioReport], client_cpu_limit_pct: f64, cpus: usiz
         ));
     }
     notes
+}
+
+/// A note naming the scenarios left without any ratio, because none of the scenarios they are
+/// compared with ran (a ratio needs both sides measured in the same run), and those.
+fn missing_baselines(scenarios: &[ScenarioReport]) -> Option<String> {
+    let ran = |name: &str| scenarios.iter().any(|s| s.name == name);
+    let mut alone: Vec<&str> = Vec::new();
+    let mut baselines: Vec<&str> = Vec::new();
+    for s in scenarios {
+        let theirs: Vec<&str> = RATIOS
+            .iter()
+            .filter_map(|&(a, b)| match s.name.as_str() {
+                name if name == a => Some(b),
+                name if name == b => Some(a),
+                _ => None,
+            })
+            .collect();
+        if !theirs.is_empty() && !theirs.iter().any(|b| ran(b)) {
+            alone.push(&s.name);
+            for b in theirs {
+                if !baselines.contains(&b) {
+                    baselines.push(b);
+                }
+            }
+        }
+    }
+    (!alone.is_empty()).then(|| {
+        format!(
+            "no ratio for {}: a ratio needs both sides in the same run; add one of {} to --scenarios",
+            alone.join(", "),
+            baselines.join(", ")
+        )
+    })
 }
 
 /// Everything the bench measured, as written by `--json`.
@@ -382,6 +459,15 @@ pub fn fmt_int(v: f64) -> String {
     out
 }
 
+/// A latency: `-` when unknown, `≥` in front when only a lower bound.
+fn fmt_latency(us: Option<f64>, lower_bound: bool) -> String {
+    match us {
+        None => "-".to_owned(),
+        Some(us) if lower_bound => format!("≥{}", fmt_us(us)),
+        Some(us) => fmt_us(us),
+    }
+}
+
 fn fmt_opt_us(v: Option<f64>) -> String {
     v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}µs"))
 }
@@ -393,9 +479,9 @@ pub fn round_line(name: &str, width: usize, r: &RunResult) -> String {
         r.round,
         name,
         fmt_int(r.requests_per_sec),
-        fmt_us(f64::from(r.latency.p50_us)),
-        fmt_us(f64::from(r.latency.p99_us)),
-        fmt_us(f64::from(r.latency.p999_us)),
+        fmt_latency(Some(f64::from(r.latency.p50_us)), r.latency_lower_bound),
+        fmt_latency(r.latency.p99_us.map(f64::from), r.latency_lower_bound),
+        fmt_latency(r.latency.p999_us.map(f64::from), r.latency_lower_bound),
         r.errors,
         fmt_opt_us(r.proxy_cpu_us_per_req),
         r.client_cpu_pct,
@@ -409,7 +495,7 @@ pub fn round_line(name: &str, width: usize, r: &RunResult) -> String {
         let _ = write!(line, "  req/Redis call {per_call:.1}");
     }
     if r.missed > 0 {
-        let _ = write!(line, "  missed {}", r.missed);
+        let _ = write!(line, "  missed {} (rate not met)", r.missed);
     }
     line
 }
@@ -418,9 +504,15 @@ pub fn round_line(name: &str, width: usize, r: &RunResult) -> String {
 pub fn table(report: &Report) -> String {
     let mut out = String::new();
     let w = report.scenarios.iter().map(|s| s.name.len()).max().unwrap_or(0).max("scenario".len());
+    let latencies = |m: &Summary| {
+        let bound = m.latency_lower_bound;
+        [Some(m.p50_us), m.p90_us, m.p99_us, m.p999_us].map(|us| fmt_latency(us, bound))
+    };
+    // Wide enough for a lower bound past a second (`≥1398.54ms`).
+    let lw = report.scenarios.iter().flat_map(|s| latencies(&s.median)).map(|l| l.chars().count()).fold(8, usize::max);
     let _ = writeln!(
         out,
-        "{:<w$} {:>9} {:>8} {:>8} {:>8} {:>8} {:>7} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9}",
+        "{:<w$} {:>9} {:>lw$} {:>lw$} {:>lw$} {:>lw$} {:>7} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9}",
         "scenario",
         "req/s",
         "p50",
@@ -439,7 +531,7 @@ pub fn table(report: &Report) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<w$} {:>9} {:>8} {:>8} {:>8} {:>8} {:>7} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9}",
+        "{:<w$} {:>9} {:>lw$} {:>lw$} {:>lw$} {:>lw$} {:>7} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9}",
         "",
         "(median)",
         "",
@@ -452,28 +544,29 @@ pub fn table(report: &Report) -> String {
         "CPU/req",
         "CPU/req",
         "CPU",
-        "peak RSS",
+        "peak PSS",
         "CPU",
         "CPU"
     );
     for s in &report.scenarios {
         let m = &s.median;
+        let [p50, p90, p99, p999] = latencies(m);
         let _ = writeln!(
             out,
-            "{:<w$} {:>9} {:>8} {:>8} {:>8} {:>8} {:>7} {:>10} {:>10} {:>10} {:>10} {:>8.0}% {:>9} {:>8.0}% {:>8.0}%",
+            "{:<w$} {:>9} {:>lw$} {:>lw$} {:>lw$} {:>lw$} {:>7} {:>10} {:>10} {:>10} {:>10} {:>8.0}% {:>9} {:>8.0}% {:>8.0}%",
             s.name,
             fmt_int(m.requests_per_sec),
-            fmt_us(m.p50_us),
-            fmt_us(m.p90_us),
-            fmt_us(m.p99_us),
-            fmt_us(m.p999_us),
+            p50,
+            p90,
+            p99,
+            p999,
             m.errors,
             fmt_opt_us(m.proxy_cpu_us_per_req),
             fmt_opt_us(Some(m.backend_cpu_us_per_req)),
             fmt_opt_us(Some(m.client_cpu_us_per_req)),
             fmt_opt_us(Some(m.total_cpu_us_per_req)),
             m.client_cpu_pct,
-            m.proxy_peak_rss_kib.map_or_else(|| "-".to_owned(), |k| format!("{:.1}MiB", k as f64 / 1024.0)),
+            m.proxy_peak_pss_kib.map_or_else(|| "-".to_owned(), |k| format!("{:.1}MiB", k as f64 / 1024.0)),
             m.irq_cpu_pct,
             m.other_cpu_pct,
         );
@@ -490,7 +583,7 @@ pub fn table(report: &Report) -> String {
         }
     }
     if report.scenarios.iter().any(|s| s.median.missed > 0) {
-        let _ = writeln!(out, "missed (open loop, scheduled but never sent, sum over rounds):");
+        let _ = writeln!(out, "missed (open loop, scheduled in the window but never sent, sum over rounds):");
         for s in &report.scenarios {
             let _ = writeln!(out, "  {:<w$} {}", s.name, s.median.missed);
         }
@@ -504,16 +597,17 @@ pub fn table(report: &Report) -> String {
             "ratio (a/b)", "throughput", "(rounds)", "p50", "p99", "proxy CPU/req", "(rounds)", "total CPU/req"
         );
         let range = |r: Option<(f64, f64)>| r.map_or_else(|| "-".to_owned(), |(lo, hi)| format!("{lo:.2}-{hi:.2}x"));
+        let times = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}x"));
         for r in &report.ratios {
             let _ = writeln!(
                 out,
-                "{:<rw$} {:>9.2}x {:>12} {:>7.2}x {:>7.2}x {:>14} {:>12} {:>13.2}x",
+                "{:<rw$} {:>9.2}x {:>12} {:>8} {:>8} {:>14} {:>12} {:>13.2}x",
                 r.name,
                 r.throughput,
                 range(r.throughput_rounds),
-                r.p50,
-                r.p99,
-                r.proxy_cpu_per_req.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}x")),
+                times(r.p50),
+                times(r.p99),
+                times(r.proxy_cpu_per_req),
                 range(r.proxy_cpu_rounds),
                 r.total_cpu_per_req,
             );
@@ -718,6 +812,65 @@ mod tests {
         assert!(!text.contains("gateway/nginx"), "no nginx, no ratio: {text}");
         let with_nginx = cross_check_table(&[checks[1].clone(), check("nginx", 50_000.0, 40_000.0)], "-t1 -c64");
         assert!(with_nginx.ends_with("gateway/nginx throughput: 0.80x by wrk, 0.95x by loadbench\n"), "{with_nginx}");
+    }
+
+    #[test]
+    fn rate_not_met_marks_latency_as_a_lower_bound_and_drops_its_latency_ratios() {
+        let round = |missed| RunResult {
+            requests_per_sec: 100.0,
+            ok: 90,
+            missed,
+            latency_lower_bound: missed > 0,
+            latency: Percentiles { p50_us: 2_000, p99_us: Some(9_000), ..Percentiles::default() },
+            ..RunResult::empty(1)
+        };
+        let of = |name: &str, missed| {
+            let rounds = vec![round(missed)];
+            ScenarioReport { name: name.to_owned(), description: String::new(), median: Summary::of(&rounds), rounds }
+        };
+        let (direct, gateway) = (of("direct", 0), of("gateway", 10));
+        let ratio = Ratio::between(&gateway, &direct);
+        assert_eq!((ratio.p50, ratio.p99), (None, None));
+        assert!((ratio.throughput - 1.0).abs() < 1e-9);
+        assert_eq!(Ratio::between(&direct, &direct).p99, Some(1.0));
+
+        let notes = notes(&[direct.clone(), gateway.clone()], 100.0, 8);
+        assert!(
+            notes.iter().any(|n| n.starts_with("gateway: the offered rate was not met: 10 of the 100")),
+            "{notes:?}"
+        );
+        let report = Report {
+            settings: serde_json::Value::Null,
+            scenarios: vec![direct, gateway],
+            ratios: vec![ratio],
+            cross_check: Vec::new(),
+            notes,
+        };
+        let text = table(&report);
+        let row = |name: &str| text.lines().find(|l| l.starts_with(name)).unwrap_or_default().to_owned();
+        assert!(row("gateway ").contains("≥2.00ms") && row("gateway ").contains("≥9.00ms"), "{text}");
+        assert!(!row("direct ").contains('≥'), "{text}");
+        let ratio_row: Vec<String> = row("gateway/direct").split_whitespace().map(str::to_owned).collect();
+        assert_eq!((ratio_row[3].as_str(), ratio_row[4].as_str()), ("-", "-"), "{text}");
+    }
+
+    #[test]
+    fn notes_name_missing_baselines_and_coarse_cpu_figures() {
+        let mut jwt = scenario("gateway-jwt", 1000.0);
+        jwt.rounds = vec![RunResult { proxy_cpu_ticks: Some(3), ..RunResult::empty(1) }];
+        let notes = notes(&[jwt], 100.0, 8);
+        assert!(
+            notes.contains(
+                &"no ratio for gateway-jwt: a ratio needs both sides in the same run; add one of gateway, \
+                  gateway-bearer to --scenarios"
+                    .to_owned()
+            ),
+            "{notes:?}"
+        );
+        assert!(notes.iter().any(|n| n.contains("as few as 3 clock ticks") && n.contains("±33%")), "{notes:?}");
+        // Each has a ratio (gateway/nginx; gateway-jwt/gateway): nothing to say.
+        let some = [scenario("gateway", 1.0), scenario("nginx", 1.0), scenario("gateway-jwt", 1.0)];
+        assert!(super::notes(&some, 100.0, 8).iter().all(|n| !n.contains("no ratio")));
     }
 
     #[test]

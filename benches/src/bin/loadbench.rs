@@ -48,11 +48,11 @@ use scenario::{Gateway, Scenario, Server, TlsClients};
 #[derive(Debug, Parser)]
 #[command(name = "loadbench")]
 struct Args {
-    /// Measured time per scenario and round (`500ms`, `10s`, `1m`).
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    /// Measured time per scenario and round (`500ms`, `10s`, `1m`; 100ms at least).
+    #[arg(long, default_value = "10s", value_parser = parse_window)]
     duration: Duration,
-    /// Unmeasured load before each measurement (connections open during it).
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    /// Unmeasured load before each measurement (connections open during it); `0s` for none.
+    #[arg(long, default_value = "1s", value_parser = parse_warmup)]
     warmup: Duration,
     /// Connections per scenario: HTTP/1.1 has one request in flight on each, HTTP/2
     /// `--h2-streams`; `gateway-https-new-conn` keeps this many connects + requests in flight.
@@ -65,9 +65,13 @@ struct Args {
     /// Rounds; each round runs every scenario once, interleaved, and medians are reported.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
-    /// Open loop: total requests per second, latency measured from the scheduled send time.
-    /// Without it: closed loop (each connection sends as soon as its previous response is read).
-    #[arg(long)]
+    /// Open loop: total requests per second, sent on a fixed schedule. A request due while its
+    /// connection is still busy counts its latency from when it was due, so a stall shows as
+    /// queueing (no coordinated omission); one sent on time counts from its send. Requests still
+    /// unsent a second after the window count at their wait so far, and the rate is reported
+    /// as not met. Without it: closed loop (each connection sends as soon as its previous
+    /// response is read).
+    #[arg(long, value_parser = parse_rate)]
     rate: Option<f64>,
     /// Also write the results as JSON to this file.
     #[arg(long)]
@@ -89,7 +93,8 @@ struct Args {
     /// Load generator OS threads (each a current-thread tokio runtime).
     #[arg(long, default_value_t = 1)]
     client_threads: usize,
-    /// Scenarios to run, in this order within each round. `nginx` needs nginx and
+    /// Scenarios to run, in this order in odd rounds and backwards in even ones (so that none
+    /// always runs right after the same one). `nginx` needs nginx and
     /// `gateway-redis-limit` redis-server installed; each is skipped, with a message, without.
     #[arg(
         long,
@@ -106,7 +111,8 @@ struct Args {
     /// Directory holding `gateway` and `echo` [default: the directory of this executable].
     #[arg(long)]
     bin_dir: Option<PathBuf>,
-    /// A request slower than this counts as a transport error.
+    /// A request with no complete response this long after it was sent counts as a transport
+    /// error.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     request_timeout: Duration,
     /// Keep the temp dir (configs, stderr of every process) for inspection.
@@ -117,6 +123,31 @@ struct Args {
     /// medians, so an independent client confirms the figures.
     #[arg(long)]
     cross_check: bool,
+}
+
+/// A measured window: shorter than 100 ms, timer and scheduling noise would be the measurement.
+fn parse_window(s: &str) -> Result<Duration, String> {
+    let window = parse_duration(s)?;
+    if window < Duration::from_millis(100) {
+        return Err(format!("{s:?} is too short to measure: 100ms at least"));
+    }
+    Ok(window)
+}
+
+/// A warm-up: like a duration, or `0s` for none.
+fn parse_warmup(s: &str) -> Result<Duration, String> {
+    match s.trim().trim_end_matches(['m', 's']).parse::<f64>() {
+        Ok(0.0) => Ok(Duration::ZERO),
+        _ => parse_duration(s),
+    }
+}
+
+/// Requests per second: a finite number above 0.
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(rate) if rate > 0.0 && rate.is_finite() => Ok(rate),
+        _ => Err(format!("{s:?} is not a rate: give requests per second above 0, e.g. 5000")),
+    }
 }
 
 /// `250ms`, `10s`, `5m`, or a plain number of seconds.
@@ -152,12 +183,15 @@ fn bench(args: &Args) -> anyhow::Result<()> {
     // The orchestrator only sleeps and waits; the load runs on its own threads (see `load`).
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
-        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        // Dropping `run` on a signal drops its process guards, which stop every child.
+        use tokio::signal::unix::{signal, SignalKind};
+        let (mut sigterm, mut sighup) = (signal(SignalKind::terminate())?, signal(SignalKind::hangup())?);
+        // Dropping `run` on a signal drops its process guards, which stop every child. (SIGKILL
+        // cannot be caught: the children outlive it.)
         tokio::select! {
             result = run(args) => result,
             _ = tokio::signal::ctrl_c() => bail!("interrupted; stopped all child processes"),
             _ = sigterm.recv() => bail!("terminated; stopped all child processes"),
+            _ = sighup.recv() => bail!("hung up (SIGHUP); stopped all child processes"),
         }
     })
 }
@@ -216,6 +250,12 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     anyhow::ensure!(args.connections > 0, "--connections must be > 0");
     anyhow::ensure!(args.h2_streams > 0, "--h2-streams must be > 0");
     anyhow::ensure!(args.jwt_users > 0, "--jwt-users must be > 0");
+    anyhow::ensure!(args.client_threads > 0, "--client-threads must be > 0");
+    if let Some(rate) = args.rate {
+        let due = rate * args.duration.as_secs_f64();
+        anyhow::ensure!(due >= 1.0, "--rate {rate} schedules {due:.2} requests in a {:?} window", args.duration);
+    }
+    check_open_files(args)?;
     let bins = binaries(args)?;
     let mut scenarios: Vec<Scenario> = Vec::new();
     for s in &args.scenarios {
@@ -234,6 +274,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         None
     };
     let redis_server = find_redis_server(&mut scenarios);
+    anyhow::ensure!(!scenarios.is_empty(), "nothing to measure: every selected scenario was skipped");
 
     let (mut stack, setup) = start_stack(args, &bins, &scenarios, nginx.as_deref(), redis_server.as_deref())?;
     let mut tls_handshake = None;
@@ -265,7 +306,12 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     let mut results: Vec<Vec<RunResult>> = vec![Vec::new(); scenarios.len()];
     let mut fallback_notes = Vec::new();
     for round in 1..=args.rounds {
-        for (i, &scenario) in scenarios.iter().enumerate() {
+        let mut order: Vec<usize> = (0..scenarios.len()).collect();
+        if round % 2 == 0 {
+            order.reverse();
+        }
+        for i in order {
+            let scenario = scenarios[i];
             let fallbacks_before = stack.redis_fallbacks(scenario)?;
             let result = measure(args, &mut stack, scenario, round, ticks_per_sec).await?;
             println!("{}", report::round_line(scenario.name(), width, &result));
@@ -625,16 +671,17 @@ async fn measure(
     let redis_admin = proxy.and_then(|p| p.admin_addr).filter(|_| stack.counts_in_redis(scenario));
     let batches = || redis_admin.map(redis::calls).transpose();
 
-    tokio::time::sleep_until(window.measure_start.into()).await;
-    let machine_before = procs::machine_ticks();
-    let before = (procs::cpu_ticks(&proxy_pids), procs::cpu_ticks(&backend_pid), procs::cpu_ticks(&me));
-    let redis_before = procs::cpu_ticks(&redis_pid).0;
+    let mut memory = PeakMemory::new(&proxy_pids);
+    memory.sample_until(window.measure_start).await;
+    let machine_before = procs::machine_ticks()?;
+    let before = (procs::cpu_ticks(&proxy_pids)?, procs::cpu_ticks(&backend_pid)?, procs::cpu_ticks(&me)?);
+    let redis_before = procs::cpu_ticks(&redis_pid)?.0;
     let batches_before = batches()?;
     let t0 = Instant::now();
-    tokio::time::sleep_until(window.end.into()).await;
-    let machine_after = procs::machine_ticks();
-    let after = (procs::cpu_ticks(&proxy_pids), procs::cpu_ticks(&backend_pid), procs::cpu_ticks(&me));
-    let redis_after = procs::cpu_ticks(&redis_pid).0;
+    memory.sample_until(window.end).await;
+    let machine_after = procs::machine_ticks()?;
+    let after = (procs::cpu_ticks(&proxy_pids)?, procs::cpu_ticks(&backend_pid)?, procs::cpu_ticks(&me)?);
+    let redis_after = procs::cpu_ticks(&redis_pid)?.0;
     let batches_after = batches()?;
     let secs = t0.elapsed().as_secs_f64();
     let outcome = running.finish().await?;
@@ -672,10 +719,8 @@ async fn measure(
     let client_cpu = cpu_us(before.2 .0, after.2 .0);
     let backend_cpu = cpu_us(before.1 .0, after.1 .0);
     let redis_cpu = cpu_us(redis_before, redis_after);
-    let (machine_tasks_cpu, irq_cpu) = match (machine_before, machine_after) {
-        (Some(b), Some(a)) => (cpu_us(b.tasks, a.tasks), cpu_us(b.irq, a.irq)),
-        _ => (0.0, 0.0),
-    };
+    let (machine_tasks_cpu, irq_cpu) =
+        (cpu_us(machine_before.tasks, machine_after.tasks), cpu_us(machine_before.irq, machine_after.irq));
     let other_cpu = (machine_tasks_cpu - proxy_cpu - client_cpu - backend_cpu - redis_cpu).max(0.0);
     let mut samples = outcome.samples;
     let latency_curve = samples.curve();
@@ -689,6 +734,7 @@ async fn measure(
         transport_errors: outcome.transport_errors,
         reconnects: outcome.reconnects,
         missed: outcome.missed,
+        latency_lower_bound: outcome.missed > 0,
         pacer_lag_max_us: args.rate.map(|_| outcome.pacer_lag_max_us),
         pacer_late_pct: args
             .rate
@@ -696,6 +742,7 @@ async fn measure(
         latency,
         latency_curve,
         proxy_cpu_us_per_req: is_proxy.then(|| proxy_cpu / ok),
+        proxy_cpu_ticks: is_proxy.then(|| after.0 .0.saturating_sub(before.0 .0)),
         backend_cpu_us_per_req: backend_cpu / ok,
         redis_cpu_us_per_req: (!redis_pid.is_empty()).then(|| redis_cpu / ok),
         requests_per_redis_call: batches_before
@@ -703,11 +750,64 @@ async fn measure(
             .map(|(before, after)| ok / after.saturating_sub(before).max(1) as f64),
         client_cpu_us_per_req: client_cpu / ok,
         client_cpu_pct: client_cpu / 1e4 / secs,
-        proxy_peak_rss_kib: is_proxy.then(|| proxy_pids.iter().filter_map(|&p| procs::peak_rss_kib(p)).sum()),
+        proxy_peak_pss_kib: memory.peak(),
         other_cpu_pct: other_cpu / 1e4 / secs,
         irq_cpu_pct: irq_cpu / 1e4 / secs,
         window_secs: secs,
     })
+}
+
+/// The highest memory use (PSS, summed over its processes) of a proxy seen while a scenario ran.
+struct PeakMemory<'a> {
+    pids: &'a [u32],
+    peak: Option<u64>,
+}
+
+/// How often [`PeakMemory`] looks: often enough for a load's plateau, rarely enough to cost the
+/// client (which does the reading) nothing it would notice.
+const MEMORY_SAMPLE_EVERY: Duration = Duration::from_millis(200);
+
+impl<'a> PeakMemory<'a> {
+    fn new(pids: &'a [u32]) -> PeakMemory<'a> {
+        let mut memory = PeakMemory { pids, peak: None };
+        memory.sample();
+        memory
+    }
+
+    fn sample(&mut self) {
+        let now: Option<u64> = self.pids.iter().map(|&pid| procs::pss_kib(pid)).sum();
+        self.peak = self.peak.max(now);
+    }
+
+    /// Samples every [`MEMORY_SAMPLE_EVERY`] until `until`, and once more then.
+    async fn sample_until(&mut self, until: Instant) {
+        while Instant::now() < until {
+            tokio::time::sleep_until(until.min(Instant::now() + MEMORY_SAMPLE_EVERY).into()).await;
+            self.sample();
+        }
+    }
+
+    /// `None` without proxy processes, or when one could not be read.
+    fn peak(&self) -> Option<u64> {
+        self.peak.filter(|_| !self.pids.is_empty())
+    }
+}
+
+/// Fails early when the open-file limit cannot hold the connections: the client's, and a proxy's
+/// for both its client and its upstream sides (the gateway also keeps 256 in reserve). Past it,
+/// connects fail by the thousand, and so would reading the processes' CPU in /proc.
+fn check_open_files(args: &Args) -> anyhow::Result<()> {
+    let Some(limit) = procs::open_files_limit() else { return Ok(()) };
+    let proxied = args.scenarios.iter().any(|s| s.server() != Server::Echo);
+    let needed = if proxied { 2 * args.connections as u64 + 256 } else { args.connections as u64 + 64 };
+    anyhow::ensure!(
+        needed <= limit,
+        "--connections {} needs about {needed} open files{}, but the limit is {limit}: raise it (`ulimit -n`, up to \
+         `ulimit -Hn`) or use fewer connections",
+        args.connections,
+        if proxied { " in a proxy (client and upstream sides)" } else { "" }
+    );
+    Ok(())
 }
 
 /// Paths of the binaries under test.
@@ -783,6 +883,21 @@ mod tests {
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("5h").is_err());
         assert!(parse_duration("fast").is_err());
+        assert!(parse_window("50ms").is_err());
+        assert_eq!(parse_window("100ms"), Ok(Duration::from_millis(100)));
+        assert_eq!(parse_warmup("0s"), Ok(Duration::ZERO));
+        assert_eq!(parse_warmup("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_warmup("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_warmup("-1s").is_err());
+    }
+
+    #[test]
+    fn parse_rate_takes_positive_finite_numbers() {
+        assert_eq!(parse_rate("5000"), Ok(5000.0));
+        assert_eq!(parse_rate("0.5"), Ok(0.5));
+        for bad in ["0", "-1", "nan", "inf", "fast"] {
+            assert!(parse_rate(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

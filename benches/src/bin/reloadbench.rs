@@ -12,11 +12,12 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use benches::procs::{ProcGuard, TempDir};
+use benches::procs::{self, ProcGuard, TempDir};
 use benches::stack;
 use clap::Parser;
 
@@ -58,8 +59,12 @@ fn main() -> ExitCode {
     }
 }
 
+/// The error a caught signal ends the run with (its guards then stop the children).
+const STOPPED: &str = "stopped by a signal; stopped all child processes";
+
 fn run(args: &Args) -> anyhow::Result<()> {
     anyhow::ensure!(args.reloads > 0, "--reloads must be > 0");
+    let stop = procs::stop_on_signals()?;
     let (gateway_bin, echo_bin) = binaries(args)?;
     let tmp = TempDir::new(args.keep_tmp)?;
     // The gateway watches its config's directory: keep it apart from the stderr files, which are
@@ -71,7 +76,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
     let backend = stack::start_echo(&echo_bin, tmp.path())?;
     std::fs::write(&config, yaml(backend.addr, 0))?;
     let (mut gateway, addr) = start_gateway(&gateway_bin, &config, tmp.path())?;
-    wait_for_200(&mut gateway, addr, "/r0", Duration::from_secs(args.timeout_s))
+    wait_for_200(&mut gateway, addr, "/r0", Duration::from_secs(args.timeout_s), &stop)
         .context("the first config never served /r0")?;
 
     println!(
@@ -90,6 +95,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         let path = format!("/r{i}");
         loop {
             gateway.check_alive()?;
+            anyhow::ensure!(!stop.load(Ordering::Relaxed), STOPPED);
             if stack::get_status(addr, &path).ok() == Some(200) {
                 break;
             }
@@ -143,11 +149,18 @@ fn start_gateway(bin: &Path, config: &Path, dir: &Path) -> anyhow::Result<(ProcG
     Ok((proc, addr))
 }
 
-fn wait_for_200(proc: &mut ProcGuard, addr: SocketAddr, path: &str, timeout: Duration) -> anyhow::Result<()> {
+fn wait_for_200(
+    proc: &mut ProcGuard,
+    addr: SocketAddr,
+    path: &str,
+    timeout: Duration,
+    stop: &AtomicBool,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     let mut last = String::new();
     while Instant::now() < deadline {
         proc.check_alive()?;
+        anyhow::ensure!(!stop.load(Ordering::Relaxed), STOPPED);
         match stack::get_status(addr, path) {
             Ok(200) => return Ok(()),
             Ok(status) => last = format!("status {status}"),
