@@ -7,7 +7,8 @@
 //!   every `ms` milliseconds (`n` at most 1,000; `ms` at most 10 minutes).
 //! - `/status/{code}`: answers `code` (200..=599) with the echo body (none for 204, 205 and 304).
 //! - `/ws` (GET): WebSocket echo; text and binary messages are sent back unchanged.
-//! - `/huge-headers`: the echo with a 128 KiB `x-huge` response header.
+//! - `/huge-headers`: the echo with a 128 KiB `x-huge` response header; `/huge-headers/{kib}`
+//!   with one of `kib` KiB (at most 1,024).
 //! - `/stats`: `{"connections_accepted": N, "requests": M}`; `requests` counts every request but `/stats`.
 //! - anything else: 200 with the echo body, a JSON report of the request as received.
 //!
@@ -84,6 +85,7 @@ pub fn app(name: &str, stats: Arc<Stats>) -> Router {
         .route("/status/{code}", any(status))
         .route("/ws", any(websocket))
         .route("/huge-headers", any(huge_headers))
+        .route("/huge-headers/{kib}", any(sized_huge_headers))
         .route("/stats", any(stats_report))
         .fallback(echo_ok)
         .layer(middleware::from_fn_with_state(echo.clone(), count_and_tag))
@@ -239,6 +241,17 @@ async fn huge_headers(State(echo): State<Echo>, req: Request) -> Response {
         HUGE.get_or_init(|| HeaderValue::from_bytes(&[b'h'; HUGE_HEADER]).unwrap_or(HeaderValue::from_static("h")));
     let mut response = report(&echo, req, StatusCode::OK).await;
     response.headers_mut().insert("x-huge", huge.clone());
+    response
+}
+
+async fn sized_huge_headers(State(echo): State<Echo>, Path(kib): Path<String>, req: Request) -> Response {
+    let Some(kib) = kib.parse::<usize>().ok().filter(|&kib| kib <= 1024) else {
+        return error(StatusCode::BAD_REQUEST, "/huge-headers/{kib} needs an integer of at most 1024");
+    };
+    let mut response = report(&echo, req, StatusCode::OK).await;
+    if let Ok(huge) = HeaderValue::from_bytes(&vec![b'h'; kib * 1024]) {
+        response.headers_mut().insert("x-huge", huge);
+    }
     response
 }
 

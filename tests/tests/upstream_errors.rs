@@ -97,6 +97,11 @@ async fn upstream_response_head_too_large_returns_502_upstream_error() {
     let gateway = Gateway::start(&one_route_config(&echo, "", ""));
 
     client::get(gateway.addr(), "/huge-headers").await.assert_error(502, "upstream_error");
+    // Past 64 KiB, even when the whole head comes in one read; just under it, served.
+    for kib in [65, 100] {
+        client::get(gateway.addr(), &format!("/huge-headers/{kib}")).await.assert_error(502, "upstream_error");
+    }
+    assert_eq!(client::get(gateway.addr(), "/huge-headers/63").await.status, 200);
     assert_still_serving(&gateway, "/after").await;
 }
 

@@ -294,7 +294,13 @@ impl Pools {
                 .await
                 .map_err(|_| format!("no TLS connection within connect_timeout ({:?})", self.connect_timeout))??,
         };
-        Ok(http1::Builder::new().max_buf_size(MAX_RESPONSE_HEAD).handshake(io).await?)
+        // The header size limit is exact; the buffer's alone lets a head that came in one read
+        // through at nearly twice the size.
+        Ok(http1::Builder::new()
+            .max_buf_size(MAX_RESPONSE_HEAD)
+            .max_header_size(MAX_RESPONSE_HEAD)
+            .handshake(io)
+            .await?)
     }
 
     /// The newest idle connection to `authority` that has not idled too long, and how long it
