@@ -3,6 +3,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 
+use crate::config::model::Listener;
 use crate::config::Config;
 
 /// Names a section's summary lists at most: a reload of a generated config that changes thousands
@@ -57,9 +58,18 @@ impl Changes {
 /// The one-line summary a successful reload logs:
 /// `listeners: unchanged; routes: +a ~b; upstreams: unchanged; jwt providers: ~main; rate limits:
 /// unchanged`, then the other sections that changed (`; also changed: server, access_log`). A
-/// listener changes with its TLS settings and certificates.
-pub(super) fn summary(old: &Config, new: &Config) -> String {
-    let listeners = Changes::between(&old.listeners, &new.listeners, |l| &l.name);
+/// listener changes with its TLS settings and certificates. Only the listeners bound at start
+/// (`running`, same name and address) take changes: the file's others are named apart, as waiting
+/// for a restart, so that a certificate change to one of them does not read as applied.
+pub(super) fn summary(running: &Config, old: &Config, new: &Config) -> String {
+    let live = |l: &&Listener| running.listeners.iter().any(|r| r.name == l.name && r.address == l.address);
+    let live_in = |c: &Config| c.listeners.iter().filter(live).cloned().collect::<Vec<_>>();
+    let listeners = Changes::between(&live_in(old), &live_in(new), |l| &l.name);
+    let waiting: Vec<&str> = new.listeners.iter().filter(|l| !live(l)).map(|l| l.name.as_str()).collect();
+    let waiting = match waiting.is_empty() {
+        true => String::new(),
+        false => format!(" (not bound until a restart: {})", waiting.join(", ")),
+    };
     let routes = Changes::between(&old.routes, &new.routes, |r| &r.name);
     let upstreams = Changes::between(&old.upstreams, &new.upstreams, |u| &u.name);
     let providers = Changes::between(&old.jwt_providers, &new.jwt_providers, |p| &p.name);
@@ -75,13 +85,37 @@ pub(super) fn summary(old: &Config, new: &Config) -> String {
     let others: Vec<&str> = others.iter().filter(|(_, changed)| *changed).map(|(name, _)| *name).collect();
     let others = if others.is_empty() { String::new() } else { format!("; also changed: {}", others.join(", ")) };
     format!(
-        "listeners: {}; routes: {}; upstreams: {}; jwt providers: {}; rate limits: {}{others}",
+        "listeners: {}{waiting}; routes: {}; upstreams: {}; jwt providers: {}; rate limits: {}{others}",
         listeners.summary(),
         routes.summary(),
         upstreams.summary(),
         providers.summary(),
         limits.summary()
     )
+}
+
+/// Bound listeners the new config switches between HTTPS and plain HTTP. That applies live, as
+/// asked, but a slip in the file (a `tls:` block deleted or mis-indented) would otherwise turn an
+/// HTTPS port into a cleartext one with nothing in the log.
+pub(super) fn protocol_switches(running: &Config, old: &Config, new: &Config) -> Vec<String> {
+    let find = |c: &Config, bound: &Listener| {
+        c.listeners.iter().find(|l| l.name == bound.name && l.address == bound.address).cloned()
+    };
+    running
+        .listeners
+        .iter()
+        .filter_map(|bound| Some((find(old, bound)?, find(new, bound)?)))
+        .filter(|(before, after)| before.tls.is_some() != after.tls.is_some())
+        .map(|(_, after)| match after.tls {
+            Some(_) => {
+                format!("listener {:?} ({}) now serves HTTPS only: its tls block was added", after.name, after.address)
+            }
+            None => format!(
+                "listener {:?} ({}) now serves plain HTTP, unencrypted: its tls block was removed",
+                after.name, after.address
+            ),
+        })
+        .collect()
 }
 
 /// Why the new config cannot be applied in full: sockets are bound once, at start.
@@ -137,13 +171,69 @@ mod tests {
         };
         let old = config("");
         assert_eq!(
-            summary(&old, &old),
+            summary(&old, &old, &old),
             "listeners: unchanged; routes: unchanged; upstreams: unchanged; jwt providers: unchanged; rate limits: unchanged"
         );
         let new = config("server: { max_headers: 50 }\nshutdown: { drain_timeout: 5s }\n");
-        assert!(summary(&old, &new).ends_with("; also changed: server, shutdown"), "{}", summary(&old, &new));
-        let mut renamed = old.clone();
-        renamed.listeners[0].name = "web".into();
-        assert!(summary(&old, &renamed).starts_with("listeners: +web -public;"), "{}", summary(&old, &renamed));
+        let changed = summary(&old, &old, &new);
+        assert!(changed.ends_with("; also changed: server, shutdown"), "{changed}");
+    }
+
+    #[test]
+    fn protocol_switches_name_bound_listeners_that_gain_or_lose_tls() {
+        let dir = std::env::temp_dir().join(format!("gateway-diff-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["a.test".to_string()]).unwrap().self_signed(&key).unwrap();
+        std::fs::write(dir.join("s.crt"), cert.pem()).unwrap();
+        std::fs::write(dir.join("s.key"), key.serialize_pem()).unwrap();
+        let config = |tls: &str| {
+            let text = format!(
+                "listeners: [{{ name: public, address: 127.0.0.1:8443{tls} }}]\n\
+                 upstreams: {{ u: {{ endpoints: [http://127.0.0.1:9001] }} }}\nroutes: [{{ name: all, upstream: u }}]\n"
+            );
+            let path = dir.join("gateway.yaml").display().to_string();
+            crate::config::parse(&path, &text).unwrap_or_else(|e| panic!("{e}")).config
+        };
+        let (plain, tls) = (config(""), config(", tls: { certificates: [{ cert: s.crt, key: s.key }] }"));
+        assert_eq!(
+            protocol_switches(&tls, &tls, &plain),
+            ["listener \"public\" (127.0.0.1:8443) now serves plain HTTP, unencrypted: its tls block was removed"]
+        );
+        assert_eq!(
+            protocol_switches(&plain, &plain, &tls),
+            ["listener \"public\" (127.0.0.1:8443) now serves HTTPS only: its tls block was added"]
+        );
+        assert!(protocol_switches(&tls, &tls, &tls).is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn summary_applies_listener_changes_to_bound_listeners_only() {
+        let config = |listeners: &str| {
+            let text = format!(
+                "listeners:\n{listeners}upstreams:\n  echo: {{ endpoints: [http://127.0.0.1:9001] }}\nroutes:\n  - {{ name: all, upstream: echo }}\n"
+            );
+            crate::config::parse("gw.yaml", &text).unwrap_or_else(|e| panic!("{e}")).config
+        };
+        let running = config("  - { name: public, address: 127.0.0.1:8080 }\n");
+        let renamed = config("  - { name: web, address: 127.0.0.1:8080 }\n");
+        // The socket bound as `public` keeps its settings: nothing changed, `web` waits.
+        assert_eq!(
+            summary(&running, &running, &renamed).split(';').next(),
+            Some("listeners: -public (not bound until a restart: web)")
+        );
+        // A later change to `web` alone changes nothing that serves.
+        let web_moved = config("  - { name: web, address: 127.0.0.1:8081 }\n");
+        assert_eq!(
+            summary(&running, &renamed, &web_moved).split(';').next(),
+            Some("listeners: unchanged (not bound until a restart: web)")
+        );
+        let added =
+            config("  - { name: public, address: 127.0.0.1:8080 }\n  - { name: extra, address: 127.0.0.1:9090 }\n");
+        assert_eq!(
+            summary(&running, &running, &added).split(';').next(),
+            Some("listeners: unchanged (not bound until a restart: extra)")
+        );
     }
 }

@@ -189,14 +189,16 @@ impl Reloader {
             }
         };
         let restart_required = diff::restart_required(&self.running, &loaded.config);
-        for reason in &restart_required {
+        for reason in
+            restart_required.iter().chain(&diff::protocol_switches(&self.running, &active.config, &loaded.config))
+        {
             tracing::warn!("{reason}");
         }
         self.status.apply(trigger, version.clone(), restart_required, || self.runtime.store(Arc::new(snapshot)));
         tracing::info!(
             ?trigger,
             version = version.as_str(),
-            changes = diff::summary(&active.config, &loaded.config),
+            changes = diff::summary(&self.running, &active.config, &loaded.config),
             "config reloaded"
         );
         *active = Active { config: loaded.config, version, failed: None };
