@@ -91,7 +91,7 @@ fn certificate(report: &mut Report<'_>, raw: &RawCertificate, path: &str) -> Opt
                     &format!("{path}.key"),
                     format!("{}: unusable private key: {error}", key_path.display()),
                 )
-                .hint("use an RSA (2048 bits or more), ECDSA P-256/P-384 or Ed25519 key");
+                .hint("use an RSA (2048 bits or more), ECDSA (P-256, P-384 or P-521) or Ed25519 key");
             return None;
         }
     };
