@@ -1123,3 +1123,64 @@ async fn access_log_websocket_reset_by_the_client_still_counts_what_it_carried()
     assert_eq!(line["completed"], false, "reset: {line}");
     assert!(line["bytes_sent"].as_u64().is_some_and(|n| n >= 1000), "the echoed message reached the client: {line}");
 }
+
+/// Opens a WebSocket to `/ws` through `gateway` and has a 1000-byte message echoed; returns the
+/// socket, still open, and the request id of its `101`.
+async fn websocket_with_1000_bytes_echoed(
+    gateway: &Gateway,
+) -> (tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>, String) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let (mut socket, response) = tokio_tungstenite::connect_async(format!("ws://{}/ws", gateway.addr()))
+        .await
+        .unwrap_or_else(|e| panic!("upgrade via the gateway: {e}"));
+    let ws_id = response.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let message = "x".repeat(1000);
+    socket.send(Message::text(message.clone())).await.unwrap();
+    assert_eq!(socket.next().await.unwrap().unwrap(), Message::text(message));
+    (socket, ws_id)
+}
+
+/// The line of the tunnel with `ws_id` once the gateway stopped with it open: the gateway's doing,
+/// with what it carried.
+fn assert_tunnel_cut_by_shutdown(log: &Path, ws_id: &str) {
+    let lines = log_lines(log);
+    let line =
+        lines.iter().find(|l| l["request_id"] == ws_id).unwrap_or_else(|| panic!("no line for {ws_id}: {lines:?}"));
+    assert_eq!(line["status"], 101, "status in {line}");
+    assert_eq!(line["completed"], false, "completed in {line}");
+    assert_eq!(line["error"], "gateway_shutdown", "error in {line}");
+    assert!(line["bytes_sent"].as_u64().is_some_and(|n| n >= 1000), "the echoed message reached the client: {line}");
+}
+
+#[tokio::test]
+async fn access_log_websocket_cut_by_shutdown_counts_what_it_carried() {
+    let mut fx = LogFixture::start();
+    let (socket, ws_id) = websocket_with_1000_bytes_echoed(&fx.gateway).await;
+    // The only connection: the drain ends at once, and the tunnel with the worker.
+    fx.gateway.sigterm();
+    let status = fx.gateway.wait_exit().await;
+    assert!(status.success(), "exit status {status}; stderr:\n{}", fx.gateway.stderr());
+    drop(socket);
+    assert_tunnel_cut_by_shutdown(&fx.log, &ws_id);
+}
+
+/// A drain that runs out of time ends the tunnel too, but tunnels are never drained: a longer
+/// `drain_timeout` would not have kept it, so it is not blamed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_websocket_cut_when_the_drain_times_out_counts_what_it_carried() {
+    let mut fx = LogFixture::start_with("shutdown: { drain_timeout: 1s }\n");
+    let (socket, ws_id) = websocket_with_1000_bytes_echoed(&fx.gateway).await;
+    let before = fx.echo.stats().await.requests;
+    let request = client::request("GET", "/slow/60000").body(client::empty());
+    let waiting = tokio::spawn(client::open(fx.gateway.addr(), request.unwrap_or_else(|e| panic!("{e}"))));
+    let echo = &fx.echo;
+    eventually("the slow request to reach the echo", || async { echo.stats().await.requests > before }).await;
+    fx.gateway.sigterm();
+    let status = fx.gateway.wait_exit().await;
+    let stderr = fx.gateway.stderr();
+    assert!(status.success(), "exit status {status}; stderr:\n{stderr}");
+    assert!(stderr.contains("the drain timeout closed the connections still open"), "{stderr}");
+    drop((socket, waiting));
+    assert_tunnel_cut_by_shutdown(&fx.log, &ws_id);
+}

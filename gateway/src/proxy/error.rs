@@ -42,6 +42,10 @@ pub enum ProxyError {
     /// Not an answer anyone reads either: the drain timeout closed the connection first.
     #[error("the gateway shut down before the request was answered (shutdown.drain_timeout)")]
     DrainTimeout,
+    /// Not an answer either: a WebSocket tunnel still open when the gateway stopped (tunnels are not
+    /// drained), for the access log of its `101`.
+    #[error("the gateway shut down while the tunnel was open")]
+    GatewayShutdown,
     #[error("no more of the request body arrived within this route's timeout of {timeout:?}")]
     ClientBodyTimeout { timeout: Duration },
     #[error("upstream {upstream:?} has no endpoint available")]
@@ -77,6 +81,7 @@ impl ProxyError {
             ProxyError::ClientBody => (StatusCode::BAD_REQUEST, "bad_request_body"),
             ProxyError::ClientClosed => (CLIENT_CLOSED_REQUEST, "client_closed_request"),
             ProxyError::DrainTimeout => (StatusCode::SERVICE_UNAVAILABLE, "drain_timeout"),
+            ProxyError::GatewayShutdown => (StatusCode::SERVICE_UNAVAILABLE, "gateway_shutdown"),
             ProxyError::ClientBodyTimeout { .. } => (StatusCode::REQUEST_TIMEOUT, "request_body_timeout"),
             ProxyError::NoEndpoint { .. } => (StatusCode::SERVICE_UNAVAILABLE, "no_endpoint"),
             ProxyError::UpstreamOverloaded { .. } => (StatusCode::SERVICE_UNAVAILABLE, "upstream_overloaded"),

@@ -149,6 +149,16 @@ impl Record {
         tracing::warn!(request_id, upstream = &*route.upstream.name, %error, cause, "the upstream broke off the response body; the response was cut off");
     }
 
+    /// The gateway stopped with this tunnel open: its doing, not the client's. Tunnels are never
+    /// drained, so this holds whether or not the drain ran out of time.
+    pub(super) fn cut_by_shutdown(&mut self) {
+        self.error = Some(ProxyError::GatewayShutdown.status_and_code().1);
+    }
+
+    fn shut_down(&self) -> bool {
+        self.error == Some(ProxyError::GatewayShutdown.status_and_code().1)
+    }
+
     /// The body reached its end.
     pub(super) fn completed(&mut self) {
         self.completed = !self.client_left();
@@ -176,7 +186,7 @@ impl Record {
 
 impl Drop for Record {
     fn drop(&mut self) {
-        if !self.completed && crate::server::drain::timed_out() {
+        if !self.completed && crate::server::drain::timed_out() && !self.shut_down() {
             // The gateway closed the connection, not the client: a 503 if nothing had been sent.
             let (status, error) = ProxyError::DrainTimeout.status_and_code();
             if self.client_left() {

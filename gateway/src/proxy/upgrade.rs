@@ -10,7 +10,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use http::HeaderValue;
-use hyper::upgrade::OnUpgrade;
+use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -31,39 +31,62 @@ pub(super) fn tunnel(
 ) {
     tokio::spawn(async move {
         let request_id = request_id.to_str().unwrap_or("");
-        let (to_client, closed_cleanly) = match tokio::try_join!(client, upstream) {
+        let mut session = Session { record, sides: None, closed: None };
+        match tokio::try_join!(client, upstream) {
             Ok((client, upstream)) => {
                 // Either side alone sees every byte; both are limited so that the tunnel is still
                 // timed once one side has ended its half and is no longer read.
-                let mut client = IdleLimit::new(TokioIo::new(client), idle_timeout);
-                let mut upstream = IdleLimit::new(TokioIo::new(upstream), idle_timeout);
-                let copied = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-                // Counted as written, not from the copy's result: a tunnel that ends in an error
-                // (a reset, `idle_timeout`) carried bytes too.
+                let client = IdleLimit::new(TokioIo::new(client), idle_timeout);
+                let upstream = IdleLimit::new(TokioIo::new(upstream), idle_timeout);
+                let (client, upstream) = session.sides.insert((client, upstream));
+                let copied = tokio::io::copy_bidirectional(client, upstream).await;
                 let to_client = client.written;
-                match copied {
+                session.closed = Some(match copied {
                     Ok((to_upstream, _)) => {
                         tracing::debug!(request_id, to_upstream, to_client, "upgraded connection closed");
-                        (to_client, true)
+                        true
                     }
                     Err(error) => {
                         tracing::debug!(request_id, %error, to_client, "upgraded connection ended with an error");
-                        (to_client, false)
+                        false
                     }
-                }
+                });
             }
             Err(error) => {
                 tracing::debug!(request_id, %error, "protocol upgrade failed");
-                (0, false)
-            }
-        };
-        if let Ok(mut record) = record.await {
-            record.sent(to_client);
-            if closed_cleanly {
-                record.completed();
+                session.closed = Some(false);
             }
         }
     });
+}
+
+/// One upgraded connection of a tunnel.
+type Side = IdleLimit<TokioIo<Upgraded>>;
+
+/// A tunnel's record and what it carried, recorded when this is dropped: when the tunnel closes,
+/// or when the worker's runtime drops the task at shutdown (tunnels are not drained), which
+/// would otherwise log the record as it came, with nothing sent.
+struct Session {
+    record: oneshot::Receiver<Record>,
+    /// The client's and the upstream's sides, once both upgraded.
+    sides: Option<(Side, Side)>,
+    /// Whether the tunnel closed cleanly; `None` while it is open.
+    closed: Option<bool>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // Sent before the client's side can upgrade; if it is not here, the body keeps and logs it.
+        let Ok(mut record) = self.record.try_recv() else { return };
+        // Counted as written, not from the copy's result: a tunnel that ends in an error (a reset,
+        // `idle_timeout`, the shutdown) carried bytes too.
+        record.sent(self.sides.as_ref().map_or(0, |(client, _)| client.written));
+        match self.closed {
+            Some(true) => record.completed(),
+            Some(false) => {}
+            None => record.cut_by_shutdown(),
+        }
+    }
 }
 
 /// One side of a tunnel: every byte either way passes through it, so it can tell when the tunnel
