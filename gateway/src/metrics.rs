@@ -46,6 +46,8 @@ pub struct Metrics {
     jwt_checks: IntCounterVec,
     reloads: IntCounterVec,
     client_rejections: IntCounterVec,
+    tls_handshake_errors: IntCounter,
+    tls_handshake_timeouts: IntCounter,
     redis_connected: IntGauge,
     client_connections: IntGauge,
     client_connections_max: IntGauge,
@@ -158,6 +160,12 @@ impl Metrics {
         for reason in CLIENT_REJECTION_REASONS {
             client_rejections.with_label_values(&[reason]);
         }
+        let tls_handshake_failures = counter(
+            &r,
+            "gateway_tls_handshake_failures_total",
+            "TLS handshakes that failed (error: refused or broken, plain HTTP on a TLS port included) or did not finish within handshake_timeout (timeout).",
+            &["reason"],
+        );
         Metrics {
             requests: counter(
                 &r,
@@ -246,6 +254,9 @@ impl Metrics {
             ),
             reloads,
             client_rejections,
+            // Resolved now, so both series are there (at 0) from the start.
+            tls_handshake_errors: tls_handshake_failures.with_label_values(&["error"]),
+            tls_handshake_timeouts: tls_handshake_failures.with_label_values(&["timeout"]),
             redis_connected: gauge(&r, "gateway_redis_connected", "1 while the rate-limit Redis connection is up."),
             client_connections: gauge(&r, "gateway_client_connections", "Client connections open now, every listener."),
             client_connections_max: gauge(
@@ -332,6 +343,11 @@ impl Metrics {
     /// is one of [`CLIENT_REJECTION_REASONS`].
     pub fn client_rejected(&self, reason: &str) {
         self.client_rejections.with_label_values(&[reason]).inc();
+    }
+
+    /// A TLS handshake that failed, or ran past the listener's `handshake_timeout` (see `server::conn`).
+    pub fn tls_handshake_failed(&self, timed_out: bool) {
+        if timed_out { &self.tls_handshake_timeouts } else { &self.tls_handshake_errors }.inc();
     }
 
     /// An access log line dropped because its writer fell behind. Counted here, not per log: a
@@ -445,6 +461,10 @@ mod tests {
         assert!(!text.contains("gateway_redis_connected"), "no Redis configured: {text}");
         for reason in CLIENT_REJECTION_REASONS {
             let series = format!("gateway_client_rejections_total{{reason=\"{reason}\"}} ");
+            assert!(text.contains(&series), "{series} from the start: {text}");
+        }
+        for reason in ["error", "timeout"] {
+            let series = format!("gateway_tls_handshake_failures_total{{reason=\"{reason}\"}} ");
             assert!(text.contains(&series), "{series} from the start: {text}");
         }
         let text = metrics.render(&Readings { redis_connected: Some(false), ..Readings::default() });

@@ -4,7 +4,6 @@
 //! the dependency graph can never make rustls pick one at run time (and panic). Certificates are
 //! chosen by SNI against their SAN names, wildcards included; the default serves everything else.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -16,9 +15,6 @@ use rustls::{RootCertStore, ServerConfig};
 
 use crate::config::{Certificate, Hsts, ListenerTls, TlsVersion};
 
-/// Handshakes that failed or timed out since start (for the metrics issue to export).
-pub static HANDSHAKE_FAILURES: AtomicU64 = AtomicU64::new(0);
-
 /// What a TLS listener's connections need: the rustls config, how long a handshake may take, and
 /// the `Strict-Transport-Security` value its responses carry.
 #[derive(Debug)]
@@ -26,10 +22,6 @@ pub struct Acceptor {
     pub config: Arc<ServerConfig>,
     pub handshake_timeout: Duration,
     pub hsts: Option<HeaderValue>,
-}
-
-pub fn count_handshake_failure() {
-    HANDSHAKE_FAILURES.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Builds the acceptor for a listener: TLS 1.2+ (or 1.3 only), ALPN h2 then http/1.1, session

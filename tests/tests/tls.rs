@@ -269,6 +269,41 @@ async fn handshake_stalled_client_cut_off_after_handshake_timeout() {
     assert_echo_over_https(&reply, "a.test", "after the cut-offs");
 }
 
+/// The value of `gateway_tls_handshake_failures_total{reason}` in a `/metrics` text (0 if absent).
+fn handshake_failures(metrics: &str, reason: &str) -> f64 {
+    let series = format!("gateway_tls_handshake_failures_total{{reason=\"{reason}\"}} ");
+    let value = metrics.lines().find_map(|line| line.strip_prefix(&series));
+    value.and_then(|v| v.trim().parse().ok()).unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn handshake_failures_counted_in_metrics_by_reason() {
+    let ca = TestCa::new("failures CA");
+    let a = ca.issue(&["a.test"]);
+    let site = Site::start(ca, Backend::spawn("A"), &[entry("a", &a)], "handshake_timeout: 1s", "");
+    let addr = site.gateway.addr();
+    // Plain HTTP on the TLS port: a handshake that fails at once.
+    e2e::raw::exchange(addr, b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n").await;
+    // A client that sends nothing: cut off by handshake_timeout.
+    let mut silent = e2e::raw::connect(addr).await;
+    e2e::raw::read_until_close(&mut silent).await;
+    let admin = site.gateway.admin_addr();
+    let metrics = e2e::fetch_until(
+        "/metrics to count the failed and the timed-out handshake",
+        || async move { e2e::client::get(admin, "/metrics").await.text() },
+        |text| handshake_failures(text, "error") >= 1.0 && handshake_failures(text, "timeout") >= 1.0,
+        String::clone,
+    )
+    .await;
+    // The served handshakes of `Site::start` and of the test are not failures.
+    let (_, reply) = tls::try_get(&site.client(), addr, "a.test", "/ok").await.unwrap_or_else(|e| panic!("{e:#}"));
+    assert_echo_over_https(&reply, "a.test", "after the failures");
+    let after = e2e::client::get(admin, "/metrics").await.text();
+    for reason in ["error", "timeout"] {
+        assert_eq!(handshake_failures(&after, reason), handshake_failures(&metrics, reason), "{reason}: {after}");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------
 // gateway certs dev
 // ---------------------------------------------------------------------------------------------------

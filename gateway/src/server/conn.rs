@@ -22,7 +22,6 @@ use crate::config;
 use crate::proxy::{self, ProxyBody};
 use crate::runtime::Runtime;
 use crate::throttle::Throttle;
-use crate::tls;
 
 /// The HTTP/1.1 + HTTP/2 server for one connection, with the client-side limits applied.
 fn http_server(server: &config::Server) -> auto::Builder<BoxingExecutor> {
@@ -86,11 +85,11 @@ pub(super) async fn serve(
             serve_http(stream, connection, runtime, draining, open).await;
         }
         Ok(Err(error)) => {
-            tls::count_handshake_failure();
+            crate::metrics::global().tls_handshake_failed(false);
             tracing::debug!(%peer, %listener, %error, "TLS handshake failed");
         }
         Err(_elapsed) => {
-            tls::count_handshake_failure();
+            crate::metrics::global().tls_handshake_failed(true);
             tracing::debug!(%peer, %listener, "TLS handshake timed out");
         }
     }
