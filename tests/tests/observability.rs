@@ -1104,17 +1104,9 @@ async fn access_log_websocket_line_is_written_when_the_tunnel_closes() {
 
 #[tokio::test]
 async fn access_log_websocket_reset_by_the_client_still_counts_what_it_carried() {
-    use futures_util::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::Message;
     use tokio_tungstenite::MaybeTlsStream;
     let fx = LogFixture::start();
-    let (mut socket, response) = tokio_tungstenite::connect_async(format!("ws://{}/ws", fx.gateway.addr()))
-        .await
-        .unwrap_or_else(|e| panic!("upgrade via the gateway: {e}"));
-    let ws_id = response.headers()["x-request-id"].to_str().unwrap().to_owned();
-    let message = "x".repeat(1000);
-    socket.send(Message::text(message.clone())).await.unwrap();
-    assert_eq!(socket.next().await.unwrap().unwrap(), Message::text(message));
+    let (socket, ws_id) = websocket_with_1000_bytes_echoed(&fx.gateway).await;
     // A reset, not a close: the tunnel ends in an error.
     let MaybeTlsStream::Plain(tcp) = socket.get_ref() else { panic!("a plain TCP WebSocket") };
     tcp.set_zero_linger().unwrap();
