@@ -7,12 +7,14 @@
 
 mod process;
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
+
+use crate::upstream::breaker::State;
 
 /// Seconds: from a cached-token check through a slow upstream.
 const LATENCY_BUCKETS: &[f64] =
@@ -54,6 +56,9 @@ pub struct Metrics {
     pub redis: RedisMetrics,
     access_log_dropped: IntCounter,
     process: process::ProcessMetrics,
+    /// Held by a scrape while it resets, refills and gathers the gauges read off the running
+    /// state, so a concurrent scrape cannot gather between another's reset and refill.
+    render: Mutex<()>,
 }
 
 /// What `/metrics` reads off the running gateway when scraped.
@@ -68,6 +73,8 @@ pub struct Readings<'a> {
     pub upstream_in_flight: Vec<(&'a str, usize)>,
     /// Upstream, endpoint, and whether it is in rotation, for each endpoint of the current config.
     pub endpoints_in_rotation: Vec<(&'a str, &'a str, bool)>,
+    /// Each upstream of the current config and its breaker's state (`None`: it has no breaker).
+    pub breaker_states: Vec<(&'a str, Option<State>)>,
 }
 
 /// The Redis rate-limit store's calls (one per batch of decisions).
@@ -284,6 +291,7 @@ impl Metrics {
                 "Access log lines dropped because the writer could not keep up.",
             ),
             process: process::ProcessMetrics::register(&r),
+            render: Mutex::new(()),
             registry: r,
         }
     }
@@ -307,7 +315,6 @@ impl Metrics {
             timeouts: errors("timeout"),
             errors: errors("error"),
             response_time: self.upstream_duration.with_label_values(&[upstream]),
-            breaker_state: self.breaker_state.with_label_values(&[upstream]),
             breaker_opened: self.breaker_transitions.with_label_values(&[upstream, "open"]),
             breaker_half_opened: self.breaker_transitions.with_label_values(&[upstream, "half_open"]),
             breaker_closed: self.breaker_transitions.with_label_values(&[upstream, "closed"]),
@@ -358,6 +365,8 @@ impl Metrics {
 
     /// The text exposition, with the gauges that are read off the running state set first.
     pub fn render(&self, readings: &Readings<'_>) -> String {
+        // Nothing is left half-done by a panic while held: recover from poisoning.
+        let _scrape = self.render.lock().unwrap_or_else(PoisonError::into_inner);
         self.redis_connected.set(i64::from(readings.redis_connected.unwrap_or(false)));
         self.client_connections.set(i64::try_from(readings.client_connections).unwrap_or(i64::MAX));
         self.client_connections_max.set(i64::try_from(readings.client_connections_max).unwrap_or(i64::MAX));
@@ -369,6 +378,12 @@ impl Metrics {
         self.endpoint_in_rotation.reset();
         for (upstream, endpoint, in_rotation) in &readings.endpoints_in_rotation {
             self.endpoint_in_rotation.with_label_values(&[upstream, endpoint]).set(i64::from(*in_rotation));
+        }
+        // Read off the breakers in use now: a reload may have replaced or removed the one that
+        // last changed state, and an idle open breaker half-opens with no request to say so.
+        self.breaker_state.reset();
+        for (upstream, state) in &readings.breaker_states {
+            self.breaker_state.with_label_values(&[upstream]).set(breaker_state_value(*state));
         }
         self.process.update();
         let mut families = self.registry.gather();
@@ -413,23 +428,29 @@ pub struct UpstreamMetrics {
     pub timeouts: IntCounter,
     pub errors: IntCounter,
     pub response_time: Histogram,
-    breaker_state: IntGauge,
     breaker_opened: IntCounter,
     breaker_half_opened: IntCounter,
     breaker_closed: IntCounter,
 }
 
 impl UpstreamMetrics {
-    /// The breaker entered `state`.
-    pub fn breaker_entered(&self, state: crate::upstream::breaker::State) {
-        use crate::upstream::breaker::State;
-        let (gauge, counter) = match state {
-            State::Closed => (0, &self.breaker_closed),
-            State::Open => (1, &self.breaker_opened),
-            State::HalfOpen => (2, &self.breaker_half_opened),
+    /// Counts a transition of the breaker into `state` (its gauge is read at scrape time).
+    pub fn breaker_entered(&self, state: State) {
+        let counter = match state {
+            State::Closed => &self.breaker_closed,
+            State::Open => &self.breaker_opened,
+            State::HalfOpen => &self.breaker_half_opened,
         };
-        self.breaker_state.set(gauge);
         counter.inc();
+    }
+}
+
+/// `gateway_circuit_breaker_state`: an upstream without a breaker always forwards, as a closed one does.
+fn breaker_state_value(state: Option<State>) -> i64 {
+    match state {
+        None | Some(State::Closed) => 0,
+        Some(State::Open) => 1,
+        Some(State::HalfOpen) => 2,
     }
 }
 
@@ -471,5 +492,23 @@ mod tests {
         assert!(text.contains("gateway_redis_connected 0"), "{text}");
         let text = metrics.render(&Readings { redis_connected: Some(true), ..Readings::default() });
         assert!(text.contains("gateway_redis_connected 1"), "{text}");
+    }
+
+    #[test]
+    fn breaker_state_is_read_off_the_breakers_in_use_at_each_scrape() {
+        let metrics = global();
+        let series = |upstream: &str| format!("gateway_circuit_breaker_state{{upstream=\"{upstream}\"}} ");
+        let scrape = |states: Vec<(&'static str, Option<State>)>| {
+            metrics.render(&Readings { breaker_states: states, ..Readings::default() })
+        };
+        let text = scrape(vec![("m-open", Some(State::Open)), ("m-half", Some(State::HalfOpen)), ("m-none", None)]);
+        assert!(text.contains(&format!("{}1\n", series("m-open"))), "{text}");
+        assert!(text.contains(&format!("{}2\n", series("m-half"))), "{text}");
+        assert!(text.contains(&format!("{}0\n", series("m-none"))), "no breaker forwards, as a closed one: {text}");
+        // The next scrape's config has a new breaker for one, none for another, and lost the third.
+        let text = scrape(vec![("m-open", Some(State::Closed)), ("m-half", None)]);
+        assert!(text.contains(&format!("{}0\n", series("m-open"))), "{text}");
+        assert!(text.contains(&format!("{}0\n", series("m-half"))), "{text}");
+        assert!(!text.contains(&series("m-none")), "a removed upstream's series is gone: {text}");
     }
 }

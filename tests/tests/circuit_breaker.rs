@@ -1,7 +1,9 @@
 //! Circuit breakers (`upstreams.*.circuit_breaker`): a failing upstream stops getting requests
 //! (503 `circuit_open` with `Retry-After`, nothing forwarded), a probe after `open_for` decides,
 //! other upstreams are unaffected, and `/metrics` shows the state. Clients that abandon or stall
-//! their own uploads are not the upstream's failures and never open it.
+//! their own uploads are not the upstream's failures and never open it. The state gauge tells what
+//! is true at the scrape: after `open_for` with no request, and after a reload that replaced or
+//! removed the breaker.
 //!
 //! The echo fails on demand (`/status/503`), so "failing" is a path, not a dead process. Waits are
 //! bounded polls; nothing asserts wall-clock time (`open_for` is 1 s, the shortest allowed, and
@@ -10,7 +12,7 @@
 use std::time::{Duration, Instant};
 
 use e2e::client::{self, Reply};
-use e2e::{config, fetch_until, raw, Backend, Gateway, TIMEOUT};
+use e2e::{config, config_version, fetch_until, raw, Backend, ConfigDir, Gateway, TIMEOUT};
 use http_body_util::BodyExt;
 use tokio::io::AsyncWriteExt;
 
@@ -328,4 +330,68 @@ routes:
         "before it opened, all were served: {statuses:?}"
     );
     wait_for_metric(&gateway, "gateway_upstream_retries_total{reason=\"connect_failed\",upstream=\"pair\"} 1").await;
+}
+
+#[tokio::test]
+async fn breaker_left_idle_after_open_for_reads_half_open() {
+    let (flaky, steady) = (Backend::spawn("flaky"), Backend::spawn("steady"));
+    let gateway = Gateway::start(&breaker_config(&flaky, &steady));
+    open_it(&gateway).await;
+    wait_for_metric(&gateway, "gateway_circuit_breaker_state{upstream=\"flaky\"} 1").await;
+    // No request after it opened: only the passing of open_for can change what a scrape reads.
+    wait_for_metric(&gateway, "gateway_circuit_breaker_state{upstream=\"flaky\"} 2").await;
+    assert_eq!(flaky.stats().await.requests, 3, "nothing was sent to find out");
+}
+
+/// Applies `yaml` through the gateway's config file and waits until it is the running config.
+async fn reload(gateway: &Gateway, dir: &ConfigDir, yaml: &str) {
+    dir.replace(yaml);
+    gateway.wait_for_version(&config_version(yaml)).await;
+}
+
+/// A gateway on [`breaker_config`] (with `open_for: 60s`, so nothing changes by time) in a config
+/// directory of its own, `flaky`'s breaker opened.
+async fn opened_on_reloadable_config(flaky: &Backend, steady: &Backend) -> (Gateway, ConfigDir, String) {
+    let yaml = breaker_config(flaky, steady).replace("open_for: 1s", "open_for: 60s");
+    let dir = ConfigDir::new(&yaml);
+    let gateway = Gateway::start_with_file(dir.path());
+    open_it(&gateway).await;
+    wait_for_metric(&gateway, "gateway_circuit_breaker_state{upstream=\"flaky\"} 1").await;
+    (gateway, dir, yaml)
+}
+
+#[tokio::test]
+async fn breaker_replaced_by_a_reload_reads_as_the_new_one() {
+    let (flaky, steady) = (Backend::spawn("flaky"), Backend::spawn("steady"));
+    let (gateway, dir, yaml) = opened_on_reloadable_config(&flaky, &steady).await;
+    // Other settings: a new breaker, closed, while the old one is still open.
+    reload(&gateway, &dir, &yaml.replace("open_for: 60s", "open_for: 30s")).await;
+    for i in 0..3 {
+        assert_eq!(get(&gateway, "/flaky/ok").await.status, 200, "request {i} through the new breaker");
+    }
+    wait_for_metric(&gateway, "gateway_circuit_breaker_state{upstream=\"flaky\"} 0").await;
+}
+
+#[tokio::test]
+async fn breaker_removed_by_a_reload_leaves_no_state_behind() {
+    let (flaky, steady) = (Backend::spawn("flaky"), Backend::spawn("steady"));
+    let (gateway, dir, yaml) = opened_on_reloadable_config(&flaky, &steady).await;
+    // Without a breaker every request goes through: what 0 (closed) says.
+    let unguarded =
+        yaml.replace("    circuit_breaker: { failure_rate: 0.5, min_requests: 3, window: 60s, open_for: 60s }\n", "");
+    assert_ne!(unguarded, yaml, "the breaker is removed");
+    reload(&gateway, &dir, &unguarded).await;
+    assert_eq!(get(&gateway, "/flaky/ok").await.status, 200, "no breaker");
+    wait_for_metric(&gateway, "gateway_circuit_breaker_state{upstream=\"flaky\"} 0").await;
+
+    // Without the upstream, no series for it.
+    let gone = config(
+        "upstreams:\n  steady: { endpoints: [\"${steady}\"] }\nroutes:\n  - { name: steady, upstream: steady }\n",
+        &[&steady],
+    );
+    reload(&gateway, &dir, &gone).await;
+    let series = "gateway_circuit_breaker_state{upstream=\"flaky\"}";
+    let what = format!("no `{series}` in /metrics");
+    fetch_until(&what, || metrics(&gateway), |text| !text.contains(series), String::clone).await;
+    wait_for_metric(&gateway, "gateway_circuit_breaker_state{upstream=\"steady\"} 0").await;
 }

@@ -104,6 +104,11 @@ fn metrics(runtime: &Runtime) -> String {
         endpoints_in_rotation: (snapshot.upstreams.values())
             .flat_map(|u| u.endpoints_in_rotation().map(|(endpoint, yes)| (&*u.name, endpoint, yes)))
             .collect(),
+        breaker_states: snapshot
+            .upstreams
+            .values()
+            .map(|u| (&*u.name, u.breaker.as_ref().map(|b| b.state())))
+            .collect(),
     };
     crate::metrics::global().render(&readings)
 }
