@@ -343,6 +343,33 @@ async fn breaker_left_idle_after_open_for_reads_half_open() {
     assert_eq!(flaky.stats().await.requests, 3, "nothing was sent to find out");
 }
 
+#[tokio::test]
+async fn breaker_probe_abandoned_by_its_client_is_one_transition() {
+    let (flaky, steady) = (Backend::spawn("flaky"), Backend::spawn("steady"));
+    let gateway = Gateway::start(&breaker_config(&flaky, &steady));
+    open_it(&gateway).await;
+    assert_circuit_open(&get(&gateway, "/flaky/ok").await, "just opened");
+    wait_for_metric(&gateway, "gateway_circuit_breaker_state{upstream=\"flaky\"} 2").await;
+
+    // The first probe reaches the echo, which holds its answer; its client leaves, freeing the slot.
+    let mut first = raw::connect(gateway.addr()).await;
+    let head = "GET /flaky/slow/600000 HTTP/1.1\r\nhost: breaker.test\r\n\r\n";
+    first.write_all(head.as_bytes()).await.unwrap_or_else(|e| panic!("sending the first probe: {e}"));
+    e2e::eventually("the first probe at the echo", || async { flaky.stats().await.requests == 4 }).await;
+    drop(first);
+
+    let second = probe(&gateway, "/flaky/ok").await;
+    assert_eq!(second.status, 200, "the second probe: {second:?}");
+    // One open period ended once, however many probes it took.
+    wait_for_metric(&gateway, "gateway_circuit_breaker_transitions_total{to=\"closed\",upstream=\"flaky\"} 1").await;
+    let text = metrics(&gateway).await;
+    let half_opened = "gateway_circuit_breaker_transitions_total{to=\"half_open\",upstream=\"flaky\"} 1";
+    assert!(text.lines().any(|l| l == half_opened), "want `{half_opened}`:\n{text}");
+    let logged = || gateway.stderr().matches("circuit breaker half-open").count();
+    e2e::eventually("the half-open log line", || async { logged() > 0 }).await;
+    assert_eq!(logged(), 1, "one half-open log line:\n{}", gateway.stderr());
+}
+
 /// Applies `yaml` through the gateway's config file and waits until it is the running config.
 async fn reload(gateway: &Gateway, dir: &ConfigDir, yaml: &str) {
     dir.replace(yaml);

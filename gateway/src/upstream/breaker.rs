@@ -2,8 +2,8 @@
 //!
 //! - Closed -> Open when, within the rolling `window`, at least `min_requests` outcomes were
 //!   recorded and the failed share of them reaches `failure_rate`.
-//! - Open -> HalfOpen once `open_for` has passed. This happens lazily, on the next `permit` or
-//!   `state` call: there is no background task.
+//! - Open -> HalfOpen once `open_for` has passed. There is no background task: `state` reads an
+//!   open breaker whose `open_for` has passed as half-open, and the next `permit` makes the change.
 //! - HalfOpen lets one request through at a time (the probe). Its success closes the breaker
 //!   with empty counts; its failure opens it for another full `open_for`.
 //!
@@ -14,8 +14,9 @@
 //! the upstream as it is now.
 //!
 //! Transitions are reported by return value, not callbacks: `record` returns `Some(new_state)`
-//! when it caused one. Open -> HalfOpen is time-driven and not returned; `state` reflects it, and
-//! `Permit::is_probe` marks the request sent as the probe.
+//! when it caused one. Open -> HalfOpen is time-driven: `Permit::half_opened` marks the permit
+//! whose call made it (once per open period, however many probes follow because earlier ones were
+//! dropped), and `Permit::is_probe` marks each request sent as the probe.
 
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -95,15 +96,16 @@ impl Breaker {
     pub fn permit(self: &Arc<Self>) -> Result<Permit, Duration> {
         let now = Instant::now();
         let mut inner = self.lock();
-        inner.end_open_period(now, self.config.open_for);
+        let half_opened = inner.end_open_period(now, self.config.open_for);
+        let issue = |generation, probe| Permit { breaker: Arc::clone(self), generation, probe, half_opened };
         match inner.phase {
-            Phase::Closed => Ok(Permit { breaker: Arc::clone(self), generation: inner.generation, probe: false }),
+            Phase::Closed => Ok(issue(inner.generation, false)),
             // Still open, so `now - since < open_for` and the difference is > 0.
             Phase::Open { since } => Err(self.config.open_for.saturating_sub(now.saturating_duration_since(since))),
             Phase::HalfOpen { probe_out: true } => Err(PROBE_BUSY_RETRY_AFTER),
             Phase::HalfOpen { probe_out: false } => {
                 inner.phase = Phase::HalfOpen { probe_out: true };
-                Ok(Permit { breaker: Arc::clone(self), generation: inner.generation, probe: true })
+                Ok(issue(inner.generation, true))
             }
         }
     }
@@ -147,15 +149,15 @@ impl Breaker {
         }
     }
 
-    /// The current state; an open breaker whose `open_for` has passed reads as half-open.
+    /// The current state; an open breaker whose `open_for` has passed reads as half-open. It only
+    /// reads: the change itself is left to the next `permit`, which reports it (see the module docs).
     pub fn state(&self) -> State {
         let now = Instant::now();
-        let mut inner = self.lock();
-        inner.end_open_period(now, self.config.open_for);
+        let inner = self.lock();
         match inner.phase {
             Phase::Closed => State::Closed,
-            Phase::Open { .. } => State::Open,
-            Phase::HalfOpen { .. } => State::HalfOpen,
+            Phase::Open { since } if now.saturating_duration_since(since) < self.config.open_for => State::Open,
+            Phase::Open { .. } | Phase::HalfOpen { .. } => State::HalfOpen,
         }
     }
 
@@ -196,12 +198,15 @@ impl Inner {
         self.window.clear();
     }
 
-    fn end_open_period(&mut self, now: Instant, open_for: Duration) {
-        if let Phase::Open { since } = self.phase {
-            if now.saturating_duration_since(since) >= open_for {
+    /// Half-opens an open breaker whose `open_for` has passed; whether it did.
+    fn end_open_period(&mut self, now: Instant, open_for: Duration) -> bool {
+        match self.phase {
+            Phase::Open { since } if now.saturating_duration_since(since) >= open_for => {
                 self.phase = Phase::HalfOpen { probe_out: false };
                 self.generation += 1;
+                true
             }
+            _ => false,
         }
     }
 }
@@ -214,6 +219,8 @@ pub struct Permit {
     generation: u64,
     /// Holds the half-open probe slot until recorded or dropped.
     probe: bool,
+    /// Its `permit` call half-opened the breaker.
+    half_opened: bool,
 }
 
 impl Permit {
@@ -221,11 +228,21 @@ impl Permit {
     pub fn is_probe(&self) -> bool {
         self.probe
     }
+
+    /// Whether asking for this permit moved the breaker from open to half-open. A probe sent again
+    /// because the first was dropped (its client went away) is no second transition.
+    pub fn half_opened(&self) -> bool {
+        self.half_opened
+    }
 }
 
 impl fmt::Debug for Permit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Permit").field("generation", &self.generation).field("probe", &self.probe).finish()
+        f.debug_struct("Permit")
+            .field("generation", &self.generation)
+            .field("probe", &self.probe)
+            .field("half_opened", &self.half_opened)
+            .finish()
     }
 }
 

@@ -201,8 +201,8 @@ impl Upstream {
     pub fn permit(&self) -> Result<Option<Permit>, Duration> {
         let Some(breaker) = &self.breaker else { return Ok(None) };
         let permit = breaker.permit()?;
-        // The first request after `open_for` is the probe: that is when the breaker half-opened.
-        if permit.is_probe() {
+        // Once per open period: a probe sent again after its client went away is no new transition.
+        if permit.half_opened() {
             self.metrics.breaker_entered(State::HalfOpen);
             tracing::info!(upstream = &*self.name, "circuit breaker half-open: sending a probe");
         }

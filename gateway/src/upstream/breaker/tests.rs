@@ -183,6 +183,34 @@ async fn open_after_open_for_reads_half_open() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn open_reading_state_leaves_the_transition_to_the_next_permit() {
+    let b = opened();
+    advance(OPEN_FOR).await;
+    assert_eq!(b.state(), State::HalfOpen);
+    assert_eq!(b.state(), State::HalfOpen);
+    let probe = b.permit().unwrap();
+    assert!(probe.is_probe() && probe.half_opened(), "{probe:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn half_open_probe_sent_again_after_a_drop_is_no_second_transition() {
+    let b = opened();
+    advance(OPEN_FOR).await;
+    let first = b.permit().unwrap();
+    assert!(first.half_opened());
+    drop(first);
+    let second = b.permit().unwrap();
+    assert!(second.is_probe() && !second.half_opened(), "{second:?}");
+    // Its failure opens it again: the end of that open period is a transition of its own.
+    assert_eq!(b.record(second, false), Some(State::Open));
+    advance(OPEN_FOR).await;
+    let third = b.permit().unwrap();
+    assert!(third.half_opened());
+    assert_eq!(b.record(third, true), Some(State::Closed));
+    assert!(!b.permit().unwrap().half_opened(), "a closed breaker's permit");
+}
+
+#[tokio::test(start_paused = true)]
 async fn half_open_admits_one_probe_at_a_time() {
     let b = opened();
     advance(OPEN_FOR).await;
