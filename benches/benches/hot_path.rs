@@ -26,6 +26,7 @@ fn routes(n: usize) -> Vec<Route> {
             rewrite: Rewrite::None,
             timeout: Some(Duration::from_secs(1)),
             preserve_host: true,
+            allow_encoded_slashes: false,
             max_body_size: 1 << 20,
             auth: None,
             rate_limit: None,

@@ -68,6 +68,7 @@ pub struct RouteRuntime {
     pub upstream: Arc<Upstream>,
     pub timeout: Duration,
     pub preserve_host: bool,
+    pub allow_encoded_slashes: bool,
     pub max_body_size: u64,
     /// Whether its `methods` name TRACE: only then is a TRACE forwarded (see `proxy`).
     pub allows_trace: bool,
@@ -166,6 +167,7 @@ impl Snapshot {
                     timeout: route.timeout.unwrap_or(upstream.request_timeout),
                     upstream,
                     preserve_host: route.preserve_host,
+                    allow_encoded_slashes: route.allow_encoded_slashes,
                     max_body_size: route.max_body_size,
                     allows_trace: route.matcher.methods.contains(&http::Method::TRACE),
                     auth,

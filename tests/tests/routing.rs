@@ -102,6 +102,9 @@ const PRECEDENCE_TABLE: &[Row] = &[
     ("GET", "gw.test", "/tie", &[("x-a", "1")], "tie_first"),
     ("GET", "gw.test", "/tie", &[("x-b", "1")], "tie_second"),
     ("GET", "gw.test", "/tie", &[], "fallback"),
+    // A header named in `Connection` goes no further than the gateway: no condition holds on it.
+    ("GET", "gw.test", "/tie", &[("x-a", "1"), ("connection", "x-a")], "fallback"),
+    ("GET", "gw.test", "/tie", &[("x-a", "1"), ("x-b", "1"), ("connection", "x-a")], "tie_second"),
 ];
 
 #[tokio::test]
@@ -262,9 +265,42 @@ async fn routing_other_spellings_of_a_path_are_routed_and_forwarded_as_that_path
         let echoed = reply.echoed();
         assert_eq!((echoed.backend.as_str(), echoed.path.as_str()), ("admin", forwarded), "{sent}");
     }
-    // Reserved characters stay encoded: `%2F` is data, not a separator.
-    let echoed = client::get(gateway.addr(), "/files/a%2Fb").await.echoed();
-    assert_eq!((echoed.backend.as_str(), echoed.path.as_str()), ("public", "/files/a%2Fb"));
+    // Reserved characters stay encoded.
+    let echoed = client::get(gateway.addr(), "/files/a%3Fb%20c").await.echoed();
+    assert_eq!((echoed.backend.as_str(), echoed.path.as_str()), ("public", "/files/a%3Fb%20c"));
+}
+
+#[tokio::test]
+async fn routing_paths_an_upstream_would_decode_into_another_route_return_400() {
+    let (admin, public) = (Backend::spawn("admin"), Backend::spawn("public"));
+    let gateway = Gateway::start(&admin_and_public_config(&admin, &public));
+    // Decoded once, the first two are `/%61dmin/x`, which an upstream decodes again into
+    // `/admin/x`; the next are `/admin/x` to servers that decode an encoded slash.
+    for path in ["/%6%31dmin/x", "/%%36%31dmin/x", "/admin%2Fx", "/admin%2fx", "/admin%5Cx", "/a%zz"] {
+        let reply = client::get(gateway.addr(), path).await;
+        assert_eq!(reply.status, 400, "{path}: {}", reply.text());
+    }
+    assert_eq!(public.stats().await.requests + admin.stats().await.requests, 0, "nothing reaches an upstream");
+}
+
+#[tokio::test]
+async fn routing_encoded_slashes_served_on_routes_that_allow_them() {
+    let (projects, public) = (Backend::spawn("projects"), Backend::spawn("public"));
+    let yaml = config(
+        r#"
+upstreams:
+  projects: { endpoints: ["${projects}"] }
+  public: { endpoints: ["${public}"] }
+routes:
+  - { name: projects, match: { path_prefix: /projects }, upstream: projects, allow_encoded_slashes: true }
+  - { name: public, upstream: public }
+"#,
+        &[&projects, &public],
+    );
+    let gateway = Gateway::start(&yaml);
+    let echoed = client::get(gateway.addr(), "/projects/group%2Fname").await.echoed();
+    assert_eq!((echoed.backend.as_str(), echoed.path.as_str()), ("projects", "/projects/group%2Fname"));
+    assert_eq!(client::get(gateway.addr(), "/files/a%2Fb").await.status, 400, "only where allowed");
 }
 
 #[tokio::test]

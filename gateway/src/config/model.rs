@@ -356,6 +356,8 @@ pub struct Route {
     /// Overrides the upstream's `request_timeout`.
     pub timeout: Option<Duration>,
     pub preserve_host: bool,
+    /// Paths with `%2F` or `%5C` are served, not refused (see `proxy::path::Normalized`).
+    pub allow_encoded_slashes: bool,
     pub max_body_size: u64,
     /// Present when the route checks tokens.
     pub auth: Option<RouteAuth>,

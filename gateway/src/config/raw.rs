@@ -212,6 +212,7 @@ pub(crate) struct RawRoute {
     pub rewrite_prefix: Option<Spanned<String>>,
     pub timeout: Option<Spanned<String>>,
     pub preserve_host: Option<bool>,
+    pub allow_encoded_slashes: Option<bool>,
     pub max_body_size: Option<Spanned<String>>,
     pub auth: Option<Spanned<RawRouteAuth>>,
     pub require: Option<Spanned<RawClaimRules>>,

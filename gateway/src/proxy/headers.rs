@@ -191,15 +191,40 @@ fn same_but_underscores(present: &[u8], name: &[u8]) -> bool {
 
 /// Whether a client may only send this header through a trusted proxy: `Forwarded`, every
 /// `X-Forwarded-*` (`-Port`, `-Prefix`, `-Ssl`... too: frameworks build redirect URLs from them)
-/// and `X-Real-IP`, also spelled with `_` for `-`, as Traefik strips them. From anyone else they are
-/// removed before the gateway sets its own.
+/// and `X-Real-IP`, also spelled with `_` for `-`, as Traefik strips them; and the headers other
+/// proxies use to pass on the original URL, host or client address ([`LOOKALIKES`]), which
+/// frameworks honour in front of the request line (Symfony and IIS took `X-Original-URL` as the
+/// path: a client sending it would have the upstream act on a path the gateway never routed). From
+/// anyone else they are removed before the gateway sets its own.
 fn is_forwarding(name: &HeaderName) -> bool {
     const FAMILY: &[u8] = b"x-forwarded-";
     let name = name.as_str().as_bytes();
-    name.get(..FAMILY.len()).is_some_and(|start| same_but_underscores(start, FAMILY))
-        || same_but_underscores(name, b"x-real-ip")
-        || name == b"forwarded"
+    // Most request headers start otherwise: one comparison each.
+    match name.first() {
+        Some(b'x') => {
+            name.get(..FAMILY.len()).is_some_and(|start| same_but_underscores(start, FAMILY))
+                || LOOKALIKES.iter().any(|lookalike| same_but_underscores(name, lookalike))
+        }
+        Some(b'f') => name == b"forwarded",
+        Some(b't') => same_but_underscores(name, b"true-client-ip"),
+        _ => false,
+    }
 }
+
+/// The `X-` headers other than `X-Forwarded-*` that name the original request or client to an
+/// upstream behind a proxy (IIS URL Rewrite, nginx and Envoy setups, CDNs, Rails' remote_ip).
+const LOOKALIKES: [&[u8]; 10] = [
+    b"x-real-ip",
+    b"x-original-url",
+    b"x-original-uri",
+    b"x-rewrite-url",
+    b"x-original-host",
+    b"x-host",
+    b"x-http-host-override",
+    b"x-envoy-original-path",
+    b"x-client-ip",
+    b"x-cluster-client-ip",
+];
 
 /// True when the request asks for an HTTP/1.1 upgrade to WebSocket, the one protocol the gateway
 /// tunnels. Any other `Upgrade` is dropped as a hop-by-hop header and the request goes on as plain

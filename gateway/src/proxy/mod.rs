@@ -140,8 +140,13 @@ fn proxy<'a>(
         if let Some(path) = &normalized.path {
             set_path(request.uri_mut(), path)?;
         }
-        let path = request.uri().path();
         check_head(&request)?;
+        // Before routing: a header the client names in `Connection` goes no further, so a route's
+        // header condition must not hold on it either (the upstream would never see it).
+        let upgrade = headers::is_upgrade_request(request.headers()) && request.version() == Version::HTTP_11;
+        let message = if upgrade { headers::Message::Upgrade } else { headers::Message::Request };
+        headers::remove_hop_by_hop(request.headers_mut(), message);
+        let path = request.uri().path();
         let found = snapshot.router.find(host, path, request.method(), request.headers());
         if let Some(servlet_path) = &normalized.without_parameters {
             if snapshot.router.find(host, servlet_path, request.method(), request.headers()) != found {
@@ -153,6 +158,11 @@ fn proxy<'a>(
         let index = found.ok_or(ProxyError::NoRoute)?;
         let route = snapshot.routes.get(index).ok_or(ProxyError::NoRoute)?;
         trace.route = Some(index);
+        if normalized.encoded_slash && !route.allow_encoded_slashes {
+            return Err(ProxyError::BadRequest(
+                "the path has an encoded slash (%2F or %5C), which this route does not take (allow_encoded_slashes)",
+            ));
+        }
         // An upstream answering TRACE echoes the request back, cookies and tokens with it
         // (cross-site tracing); nginx refuses it too. A route that names it in `methods` wants it.
         if request.method() == http::Method::TRACE && !route.allows_trace {
@@ -197,7 +207,6 @@ fn proxy<'a>(
         })?;
 
         // forward
-        let upgrade = headers::is_upgrade_request(request.headers()) && request.version() == Version::HTTP_11;
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
         let client = Client {
             ip: conn.peer.ip(),
@@ -205,7 +214,7 @@ fn proxy<'a>(
             proto: conn.proto,
             host: host.and(host_value.as_ref()),
         };
-        let upstream_request = upstream_request(request, route, in_flight.endpoint(), client, upgrade, request_id)?;
+        let upstream_request = upstream_request(request, route, in_flight.endpoint(), client, request_id)?;
         let (mut response, in_flight, lease) =
             forward(route, in_flight, upstream_request, permit, upgrade, trace).await?;
 
@@ -417,13 +426,13 @@ fn declared_length<B>(request: &Request<B>) -> Option<u64> {
     request.headers().get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
-/// Turns the client's request into the upstream's: rewritten path, header rules applied.
+/// Turns the client's request into the upstream's: rewritten path, header rules applied (its
+/// hop-by-hop headers went before routing).
 fn upstream_request(
     request: Request<Incoming>,
     route: &RouteRuntime,
     endpoint: &Endpoint,
     client: Client<'_>,
-    upgrade: bool,
     request_id: &HeaderValue,
 ) -> Result<Request<UpstreamRequestBody>, ProxyError> {
     let (mut parts, body) = request.into_parts();
@@ -441,8 +450,6 @@ fn upstream_request(
 
     // Room for the forwarding headers and the request id in one step, not a regrowth per insert.
     parts.headers.reserve(5);
-    let message = if upgrade { headers::Message::Upgrade } else { headers::Message::Request };
-    headers::remove_hop_by_hop(&mut parts.headers, message);
     if http2 {
         headers::join_http2_fields(&mut parts.headers);
     }

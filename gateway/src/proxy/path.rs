@@ -8,22 +8,26 @@ use crate::config::{PathMatch, Rewrite};
 /// The path to route and forward, when it is not the request's own: `//` merged into `/` (as nginx
 /// does), and percent-encoded unreserved characters decoded (RFC 3986 section 6.2.2.2: `/%61dmin`
 /// is `/admin`). The router and the upstream then see one spelling, so another one cannot reach a
-/// route's upstream past the checks of the route that path belongs to. Refused: dot segments, and
-/// a raw `\` (not a URI character; Windows-style servers read it as `/`, so `/\admin` would be
-/// `/admin` there but not here).
+/// route's upstream past the checks of the route that path belongs to. Refused: dot segments, a
+/// raw `\` (not a URI character; Windows-style servers read it as `/`, so `/\admin` would be
+/// `/admin` there but not here), and a `%` that starts no escape (decoding `/%6%31dmin` once would
+/// make the new escape `/%61dmin`, which the upstream would decode again into `/admin`).
 pub fn normalize(path: &str) -> Result<Normalized, &'static str> {
     // One pass tells what the path needs, where a search per kind would take five; most need none.
     let seen = Seen::in_path(path.as_bytes());
     if seen.backslash {
         return Err("the path must not contain a backslash (write it %5C)");
     }
-    let normalized = if seen.percent || seen.double_slash { merge_slashes_and_decode(path) } else { None };
-    let path = normalized.as_deref().unwrap_or(path);
+    let decoded = match seen.percent || seen.double_slash {
+        true => merge_slashes_and_decode(path)?,
+        false => Decoded::default(),
+    };
+    let path = decoded.path.as_deref().unwrap_or(path);
     if (seen.dot || seen.percent) && has_dot_segment(path) {
         return Err("the path must not contain '.' or '..' segments");
     }
     let without_parameters = seen.semicolon.then(|| without_parameters(path));
-    Ok(Normalized { path: normalized, without_parameters })
+    Ok(Normalized { path: decoded.path, without_parameters, encoded_slash: decoded.encoded_slash })
 }
 
 /// What [`normalize`] made of a path.
@@ -35,6 +39,10 @@ pub struct Normalized {
     /// parameters: they drop them, so `/admin;x/y` is `/admin/y` there. The router cuts prefixes
     /// at `/` only and sends it elsewhere; the caller refuses a path the two readings route apart.
     pub without_parameters: Option<String>,
+    /// The path has a `%2F` or `%5C`: data to the router, but a separator to many upstreams (nginx,
+    /// WSGI and ASGI servers, Go before 1.22 decode it), so `/admin%2Fusers` routed apart from
+    /// `/admin` would be `/admin/users` there. Refused unless the route allows it.
+    pub encoded_slash: bool,
 }
 
 /// What in a path [`normalize`] changes or refuses.
@@ -66,16 +74,34 @@ impl Seen {
     }
 }
 
-/// `//` merged and unreserved `%XX` decoded; `None` when that changes nothing.
-fn merge_slashes_and_decode(path: &str) -> Option<String> {
+/// What [`merge_slashes_and_decode`] made of a path.
+#[derive(Debug, Default)]
+struct Decoded {
+    /// `None` when nothing changed.
+    path: Option<String>,
+    encoded_slash: bool,
+}
+
+/// `//` merged and unreserved `%XX` decoded; every `%` must start an escape (RFC 3986 section 2.1).
+fn merge_slashes_and_decode(path: &str) -> Result<Decoded, &'static str> {
     let bytes = path.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
+    let mut encoded_slash = false;
     let mut i = 0;
     while let Some(&byte) = bytes.get(i) {
-        match (byte, bytes.get(i + 1..i + 3).and_then(decode_unreserved)) {
-            (b'/', _) if out.last() == Some(&b'/') => i += 1,
-            (b'%', Some(decoded)) => {
-                out.push(decoded);
+        match byte {
+            b'/' if out.last() == Some(&b'/') => i += 1,
+            b'%' => {
+                let escape = bytes.get(i + 1..i + 3).filter(|hex| hex.iter().all(u8::is_ascii_hexdigit));
+                let escape =
+                    escape.ok_or("a '%' in the path must start an escape of two hex digits (write '%' as %25)")?;
+                match decode_unreserved(escape) {
+                    Some(decoded) => out.push(decoded),
+                    None => {
+                        encoded_slash |= matches!(escape, [b'2', b'f' | b'F'] | [b'5', b'c' | b'C']);
+                        out.extend_from_slice(&bytes[i..i + 3]);
+                    }
+                }
                 i += 3;
             }
             _ => {
@@ -85,7 +111,8 @@ fn merge_slashes_and_decode(path: &str) -> Option<String> {
         }
     }
     // ASCII bytes were only dropped or replaced by ASCII, so the text stays UTF-8.
-    (out != bytes).then(|| String::from_utf8(out).ok()).flatten()
+    let path = (out != bytes).then(|| String::from_utf8(out).ok()).flatten();
+    Ok(Decoded { path, encoded_slash })
 }
 
 /// `path` with each segment's `;` parameters dropped and the `//` that leaves merged.
@@ -231,12 +258,28 @@ mod tests {
             ("/caf%C3%A9", None),
             ("/", None),
             ("/a/b", None),
-            ("/a%", None),
-            ("/a%4", None),
-            ("/a%zz", None),
         ];
         for (path, expected) in cases {
             assert_eq!(normalize(path).map(|n| n.path), Ok(expected.map(String::from)), "{path}");
+        }
+    }
+
+    #[test]
+    fn normalize_refuses_a_percent_that_starts_no_escape() {
+        // Decoded once, the first two would be `/%61dmin`: `/admin` to an upstream that decodes.
+        for path in ["/%6%31dmin", "/%%36%31dmin", "/a%", "/a%4", "/a%zz", "/a%4/b", "/%%"] {
+            assert!(normalize(path).is_err(), "{path}");
+        }
+        assert_eq!(normalize("/%2561dmin").map(|n| n.path), Ok(None), "an encoded '%' is data");
+    }
+
+    #[test]
+    fn normalize_tells_an_encoded_slash() {
+        for path in ["/admin%2Fusers", "/a%2fb", "/a%5Cb", "/a%5cb", "/%61%2F"] {
+            assert_eq!(normalize(path).map(|n| n.encoded_slash), Ok(true), "{path}");
+        }
+        for path in ["/admin/users", "/a%2561", "/a%20b", "//a"] {
+            assert_eq!(normalize(path).map(|n| n.encoded_slash), Ok(false), "{path}");
         }
     }
 
@@ -261,7 +304,7 @@ mod tests {
         for path in ["/\\admin/x", "/a\\b"] {
             assert!(normalize(path).is_err(), "{path}");
         }
-        assert_eq!(normalize("/a%5Cb").map(|n| n.path), Ok(None), "encoded, it is data");
+        assert_eq!(normalize("/a%5Cb").map(|n| n.path), Ok(None), "encoded, it is data to the router");
     }
 
     #[test]

@@ -31,6 +31,7 @@ fn route(name: &str, host: Option<&str>, path: &str, methods: &[&str], headers: 
         rate_limit: None,
         timeout: Some(Duration::from_secs(1)),
         preserve_host: true,
+        allow_encoded_slashes: false,
         max_body_size: 1024,
     }
 }

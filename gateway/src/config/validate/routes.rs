@@ -72,6 +72,7 @@ pub(super) fn routes(
                 rewrite,
                 timeout,
                 preserve_host: route.preserve_host.unwrap_or(true),
+                allow_encoded_slashes: route.allow_encoded_slashes.unwrap_or(false),
                 max_body_size,
                 auth,
                 rate_limit,

@@ -137,6 +137,16 @@ fn set_forwarding_untrusted_peer_loses_every_forwarding_header_in_any_spelling()
         ("x-forwarded-server", "evil"),
         ("x-real-ip", "6.6.6.6"),
         ("x_real_ip", "6.6.6.6"),
+        ("x-original-url", "/admin"),
+        ("x_rewrite_url", "/admin"),
+        ("x-original-uri", "/admin"),
+        ("x-original-host", "admin.test"),
+        ("x-host", "admin.test"),
+        ("x-http-host-override", "admin.test"),
+        ("x-envoy-original-path", "/admin"),
+        ("x-client-ip", "6.6.6.6"),
+        ("x-cluster-client-ip", "6.6.6.6"),
+        ("true-client-ip", "6.6.6.6"),
     ];
     let mut h = map(&[forged.as_slice(), &[("x-forwardedness", "kept"), ("x-real-ip-note", "kept")]].concat());
     set_forwarding(&mut h, client("10.0.0.7", false));
