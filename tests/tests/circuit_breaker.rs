@@ -296,7 +296,7 @@ async fn breaker_counts_bodies_the_upstream_leaves_waiting() {
 }
 
 #[tokio::test]
-async fn breaker_opened_by_a_failed_connect_still_lets_its_request_go_to_the_next_endpoint() {
+async fn breaker_counts_a_request_another_endpoint_served_after_a_failed_connect_as_served() {
     let echo = Backend::spawn("echo");
     let dead = e2e::closed_port_addr();
     let yaml = config(
@@ -313,23 +313,38 @@ routes:
         &[&echo],
     );
     let gateway = Gateway::start(&yaml);
-    // Round robin: within two requests one meets the dead endpoint first, and that failure opens
-    // the breaker (half or more failed). Its request still goes on to the echo.
-    let mut statuses = Vec::new();
-    for _ in 0..3 {
-        let reply = get(&gateway, "/x").await;
-        statuses.push(reply.status.as_u16());
-        if reply.status == 503 {
-            reply.assert_error(503, "circuit_open");
-            break;
-        }
+    // Round robin: every other request meets the dead endpoint first and is served by the echo.
+    // Counted once each, as served, they never open the breaker (one failure in two would).
+    for i in 0..6 {
+        assert_eq!(get(&gateway, "/x").await.status, 200, "request {i}");
     }
-    assert_eq!(statuses.last(), Some(&503), "the breaker opened: {statuses:?}");
-    assert!(
-        statuses[..statuses.len() - 1].iter().all(|&s| s == 200),
-        "before it opened, all were served: {statuses:?}"
+    wait_for_metric(&gateway, "gateway_upstream_retries_total{reason=\"connect_failed\",upstream=\"pair\"} 3").await;
+    wait_for_metric(&gateway, "gateway_circuit_breaker_state{upstream=\"pair\"} 0").await;
+}
+
+#[tokio::test]
+async fn breaker_opens_when_no_endpoint_can_be_connected_to() {
+    let first = e2e::closed_port_addr();
+    let second = std::iter::repeat_with(e2e::closed_port_addr).find(|addr| *addr != first).unwrap();
+    let yaml = config(
+        &format!(
+            "upstreams:
+  pair:
+    endpoints: [\"http://{first}\", \"http://{second}\"]
+    passive_health: {{ max_fails: 0 }}
+    circuit_breaker: {{ failure_rate: 0.5, min_requests: 2, window: 60s, open_for: 60s }}
+routes:
+  - {{ name: pair, upstream: pair }}
+"
+        ),
+        &[],
     );
-    wait_for_metric(&gateway, "gateway_upstream_retries_total{reason=\"connect_failed\",upstream=\"pair\"} 1").await;
+    let gateway = Gateway::start(&yaml);
+    // Each request fails on both endpoints: one failure each for the breaker.
+    for _ in 0..2 {
+        get(&gateway, "/x").await.assert_error(502, "upstream_connect_error");
+    }
+    get(&gateway, "/x").await.assert_error(503, "circuit_open");
 }
 
 #[tokio::test]

@@ -19,7 +19,10 @@ use crate::upstream::{Endpoint, InFlight, Lease, SendError};
 /// Sends the request, and tells the breaker how it went. When the endpoint could not be connected
 /// to, a request without a body goes once more, to the upstream's next endpoint: the first never
 /// received it, so that is safe whatever the method (and the request itself comes back, so
-/// nothing is copied up front). Returns the response, the endpoint's slot and the connection (none
+/// nothing is copied up front). The breaker is told the request's outcome once, whichever
+/// endpoint served it: a connect failure another endpoint makes good is that endpoint's (passive
+/// health counts it), not the upstream's, and counted too it would open the breaker of an upstream
+/// that served every request. Returns the response, the endpoint's slot and the connection (none
 /// for an upgrade, whose connection becomes the tunnel).
 #[expect(clippy::manual_async_fn, reason = "an async fn would hold the request twice")]
 pub(super) fn forward<'a>(
@@ -34,14 +37,10 @@ pub(super) fn forward<'a>(
         let upstream = &route.upstream;
         trace.endpoint = Some(in_flight.endpoint().authority.clone());
         let (mut sent, unsent) = send(route, &in_flight, request, upgrade).await;
-        let mut owed = tell_breaker(route, permit, &sent, upgrade);
         let again = unsent.filter(|request| !upgrade && request.body().is_end_stream());
         // Asked in turn: only a request that can go again takes a slot on another endpoint.
         let other = again.as_ref().and_then(|_| upstream.pick_other(in_flight.endpoint()));
         if let (Some(mut again), Some(other)) = (again, other) {
-            // The request was let through: the failure just counted may have opened the breaker,
-            // which then counts nothing of the second attempt, but does not take it away.
-            let permit = upstream.permit().unwrap_or(None);
             retarget(&mut again, in_flight.endpoint(), other.endpoint());
             upstream.metrics.retries_after_connect_failure.inc();
             tracing::debug!(upstream = &*upstream.name, from = %in_flight.endpoint().authority, to = %other.endpoint().authority, "connect failed; sending to another endpoint");
@@ -49,8 +48,8 @@ pub(super) fn forward<'a>(
             trace.endpoint = Some(in_flight.endpoint().authority.clone());
             // Boxed: the rare path keeps the common one's future small.
             (sent, _) = Box::pin(send(route, &in_flight, *again, false)).await;
-            owed = tell_breaker(route, permit, &sent, false);
         }
+        let owed = tell_breaker(route, permit, &sent, upgrade);
         let Sent { response, lease, upstream_time } = sent?;
         trace.upstream_time = Some(upstream_time);
         trace.owed = owed;
