@@ -20,6 +20,51 @@ use crate::redis;
 /// How long a process may take to start listening.
 pub(crate) const STARTUP_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// Paths of the binaries under test.
+#[derive(Debug)]
+pub struct Binaries {
+    pub gateway: PathBuf,
+    pub echo: PathBuf,
+}
+
+/// Finds `gateway` and `echo` in `bin_dir`, or next to this executable; builds them with cargo
+/// (release when this is a release build) when they are missing from the default location.
+/// `gateway` is only looked for when `needs_gateway`.
+pub fn binaries(bin_dir: Option<&Path>, needs_gateway: bool) -> anyhow::Result<Binaries> {
+    let dir = match bin_dir {
+        Some(dir) => dir.to_owned(),
+        None => std::env::current_exe()?.parent().context("executable has no directory")?.to_owned(),
+    };
+    let bins = Binaries { gateway: dir.join("gateway"), echo: dir.join("echo") };
+    let missing: Vec<&Path> = [(&bins.echo, true), (&bins.gateway, needs_gateway)]
+        .into_iter()
+        .filter(|(p, needed)| *needed && !p.is_file())
+        .map(|(p, _)| p.as_path())
+        .collect();
+    if missing.is_empty() {
+        return Ok(bins);
+    }
+    if bin_dir.is_some() {
+        bail!("missing in --bin-dir: {missing:?}");
+    }
+    let profile = if cfg!(debug_assertions) { None } else { Some("--release") };
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("benches/ has no parent")?;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.arg("build").args(profile).args(["-p", "gateway", "-p", "backends", "--bins"]).current_dir(workspace);
+    eprintln!("==================================================================");
+    eprintln!("{}: {missing:?} not built; building now: {cmd:?}", procs::program());
+    eprintln!("==================================================================");
+    let status = cmd.status().context("running cargo build")?;
+    if !status.success() {
+        bail!("cargo build failed ({status})");
+    }
+    if let Some(p) = [&bins.echo, &bins.gateway].into_iter().find(|p| !p.is_file()) {
+        bail!("{} still missing after cargo build", p.display());
+    }
+    Ok(bins)
+}
+
 /// The echo backend every scenario ends at.
 #[derive(Debug)]
 pub struct Backend {

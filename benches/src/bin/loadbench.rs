@@ -33,7 +33,7 @@ use benches::load::{self, LoadSpec};
 use benches::procs::{self, TempDir};
 use benches::redis::{self, RedisServer};
 use benches::report::{self, CrossCheck, Report, RunResult, ScenarioReport, Summary};
-use benches::stack::{self, AccessLogStats, Backend, GatewayOptions, Proxy};
+use benches::stack::{self, AccessLogStats, Backend, Binaries, GatewayOptions, Proxy};
 use benches::{nginx, plot, wrk};
 use clap::Parser;
 use serde_json::json;
@@ -256,7 +256,8 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         anyhow::ensure!(due >= 1.0, "--rate {rate} schedules {due:.2} requests in a {:?} window", args.duration);
     }
     check_open_files(args)?;
-    let bins = binaries(args)?;
+    let needs_gateway = args.scenarios.iter().any(|s| matches!(s.server(), Server::Gateway(_)));
+    let bins = stack::binaries(args.bin_dir.as_deref(), needs_gateway)?;
     let mut scenarios: Vec<Scenario> = Vec::new();
     for s in &args.scenarios {
         if !scenarios.contains(s) {
@@ -808,51 +809,6 @@ fn check_open_files(args: &Args) -> anyhow::Result<()> {
         if proxied { " in a proxy (client and upstream sides)" } else { "" }
     );
     Ok(())
-}
-
-/// Paths of the binaries under test.
-struct Binaries {
-    gateway: PathBuf,
-    echo: PathBuf,
-}
-
-/// Finds `gateway` and `echo` next to this executable (or in `--bin-dir`); builds them with
-/// cargo when they are missing from the default location.
-fn binaries(args: &Args) -> anyhow::Result<Binaries> {
-    let explicit = args.bin_dir.is_some();
-    let dir = match &args.bin_dir {
-        Some(dir) => dir.clone(),
-        None => std::env::current_exe()?.parent().context("executable has no directory")?.to_owned(),
-    };
-    let bins = Binaries { gateway: dir.join("gateway"), echo: dir.join("echo") };
-    let needs_gateway = args.scenarios.iter().any(|s| matches!(s.server(), Server::Gateway(_)));
-    let missing: Vec<&Path> = [(&bins.echo, true), (&bins.gateway, needs_gateway)]
-        .into_iter()
-        .filter(|(p, needed)| *needed && !p.is_file())
-        .map(|(p, _)| p.as_path())
-        .collect();
-    if missing.is_empty() {
-        return Ok(bins);
-    }
-    if explicit {
-        bail!("missing in --bin-dir: {missing:?}");
-    }
-    let profile = if cfg!(debug_assertions) { None } else { Some("--release") };
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("benches/ has no parent")?;
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.arg("build").args(profile).args(["-p", "gateway", "-p", "backends", "--bins"]).current_dir(workspace);
-    eprintln!("==================================================================");
-    eprintln!("loadbench: {missing:?} not built; building now: {cmd:?}");
-    eprintln!("==================================================================");
-    let status = cmd.status().context("running cargo build")?;
-    if !status.success() {
-        bail!("cargo build failed ({status})");
-    }
-    if let Some(p) = [&bins.echo, &bins.gateway].into_iter().find(|p| !p.is_file()) {
-        bail!("{} still missing after cargo build", p.display());
-    }
-    Ok(bins)
 }
 
 fn nginx_version(bin: &Path) -> Option<String> {

@@ -65,7 +65,7 @@ const STOPPED: &str = "stopped by a signal; stopped all child processes";
 fn run(args: &Args) -> anyhow::Result<()> {
     anyhow::ensure!(args.reloads > 0, "--reloads must be > 0");
     let stop = procs::stop_on_signals()?;
-    let (gateway_bin, echo_bin) = binaries(args)?;
+    let stack::Binaries { gateway: gateway_bin, echo: echo_bin } = stack::binaries(args.bin_dir.as_deref(), true)?;
     let tmp = TempDir::new(args.keep_tmp)?;
     // The gateway watches its config's directory: keep it apart from the stderr files, which are
     // written all the time and would be a stream of (ignored) change events.
@@ -169,32 +169,6 @@ fn wait_for_200(
         thread::sleep(Duration::from_millis(20));
     }
     bail!("GET {path} never answered 200 (last: {last}){}", proc.stderr_tail())
-}
-
-/// `gateway` and `echo` from `--bin-dir` or next to this executable; built there if missing.
-fn binaries(args: &Args) -> anyhow::Result<(PathBuf, PathBuf)> {
-    let dir = match &args.bin_dir {
-        Some(dir) => dir.clone(),
-        None => std::env::current_exe()?.parent().context("executable has no directory")?.to_owned(),
-    };
-    let (gateway, echo) = (dir.join("gateway"), dir.join("echo"));
-    if gateway.is_file() && echo.is_file() {
-        return Ok((gateway, echo));
-    }
-    if args.bin_dir.is_some() {
-        bail!("{} needs both `gateway` and `echo`", dir.display());
-    }
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("benches/ has no parent")?;
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    let profile = if cfg!(debug_assertions) { None } else { Some("--release") };
-    cmd.arg("build").args(profile).args(["-p", "gateway", "-p", "backends", "--bins"]).current_dir(workspace);
-    eprintln!("reloadbench: gateway/echo not built in {}; building: {cmd:?}", dir.display());
-    let status = cmd.status().context("running cargo build")?;
-    if !status.success() {
-        bail!("cargo build failed ({status})");
-    }
-    Ok((gateway, echo))
 }
 
 fn ms(d: Duration) -> f64 {
