@@ -6,7 +6,7 @@ use std::time::Duration;
 use e2e::client::{self, Reply};
 use e2e::raw::{self, RawReply};
 use e2e::{one_route_config, Backend, Gateway};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Checks a gateway error read over raw TCP the way `Reply::assert_error` does over hyper.
 fn assert_raw_error(reply: &RawReply, status: u16, code: &str) {
@@ -535,6 +535,43 @@ async fn limits_http2_client_resetting_streams_right_after_opening_them_is_close
     assert!(metrics.lines().any(|l| l == line), "{line} in {metrics}");
     // Other clients are served as ever.
     assert_eq!(client::get(addr, "/").await.status, 200);
+}
+
+/// PINGs cost a client 17 bytes each and the gateway an answer each: a connection that floods
+/// them (or SETTINGS, PRIORITY or empty DATA frames) is closed once past its burst.
+#[tokio::test]
+async fn limits_http2_client_flooding_pings_is_closed() {
+    let echo = Backend::spawn("echo");
+    let gateway = Gateway::start(&one_route_config(&echo, "", ""));
+    let stream = raw::connect(gateway.addr()).await;
+    let (mut reader, mut writer) = stream.into_split();
+    let mut flood = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0".to_vec();
+    for _ in 0..5_000 {
+        flood.extend_from_slice(b"\0\0\x08\x06\0\0\0\0\0pingpong");
+    }
+    // Written while the answers are read, so neither side waits on the other's buffer.
+    let writing = tokio::spawn(async move {
+        let _ = writer.write_all(&flood).await;
+        writer
+    });
+    let closed = tokio::time::timeout(e2e::TIMEOUT, async {
+        let mut buf = [0u8; 16 * 1024];
+        while matches!(reader.read(&mut buf).await, Ok(n) if n > 0) {}
+    });
+    assert!(closed.await.is_ok(), "the connection is still open after 5,000 PINGs at once");
+    drop(writing.await);
+    let line = r#"gateway_client_rejections_total{reason="control_flood"} 1"#;
+    e2e::eventually(line, || async {
+        client::get(gateway.admin_addr(), "/metrics").await.text().lines().any(|l| l == line)
+    })
+    .await;
+    // Other clients, HTTP/2 ones included, are served as ever.
+    let (mut h2, connection) = h2::client::handshake(raw::connect(gateway.addr()).await).await.unwrap();
+    tokio::spawn(connection);
+    h2 = h2.ready().await.unwrap();
+    let request = http::Request::get(format!("http://{}/", gateway.addr())).body(()).unwrap();
+    let (response, _) = h2.send_request(request, true).unwrap();
+    assert_eq!(response.await.unwrap().status(), 200);
 }
 
 /// Each HTTP/2 stream may take an upstream connection of its own, so a few client connections

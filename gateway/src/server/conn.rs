@@ -154,7 +154,14 @@ async fn serve_http<S>(
     })
     .await;
     if let Err(error) = served {
-        if let Some(reason) = rejection(&*error) {
+        // h2 keeps only the text of the read error it closed the connection for: the IO says.
+        if idle.control_flood() {
+            crate::metrics::global().client_rejected("control_flood");
+            static WARNED: Throttle = Throttle::new(Duration::from_secs(10));
+            if WARNED.allows() {
+                tracing::warn!(%peer, "an HTTP/2 client flooded PINGs, SETTINGS, PRIORITY or empty DATA frames; closed its connection (logged once in 10 s at most)");
+            }
+        } else if let Some(reason) = rejection(&*error) {
             crate::metrics::global().client_rejected(reason);
         }
         tracing::debug!(%peer, %error, "client connection ended with an error");
@@ -175,8 +182,8 @@ fn rejection(error: &(dyn std::error::Error + 'static)) -> Option<&'static str> 
             }
         }
         // The 408 is `TimedIo`'s (hyper's own header timer is not used; see there).
-        let io = error.downcast_ref::<std::io::Error>();
-        if io.and_then(std::io::Error::get_ref).is_some_and(|inner| inner.is::<super::timed_io::HeadTimedOut>()) {
+        let io = error.downcast_ref::<std::io::Error>().and_then(std::io::Error::get_ref);
+        if io.is_some_and(|inner| inner.is::<super::timed_io::HeadTimedOut>()) {
             return Some("head_timeout");
         }
         current = error.source();

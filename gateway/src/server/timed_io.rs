@@ -22,8 +22,12 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+use self::control_frames::ControlFlood;
+use self::control_frames::ControlFrames;
 use super::connections::Open;
 use crate::stall::StallTimer;
+
+mod control_frames;
 
 /// A request head that did not arrive within `header_read_timeout` (answered 408).
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +64,8 @@ pub(crate) struct Activity {
     close_asked: AtomicBool,
     /// HTTP/2 streams the client reset early so far.
     early_resets: AtomicU64,
+    /// The connection was closed for a flood of HTTP/2 control frames (see `control_frames`).
+    control_flood: AtomicBool,
 }
 
 impl Default for Activity {
@@ -73,6 +79,7 @@ impl Default for Activity {
             waiting_on_client: Default::default(),
             close_asked: AtomicBool::new(false),
             early_resets: AtomicU64::new(0),
+            control_flood: AtomicBool::new(false),
         }
     }
 }
@@ -86,6 +93,11 @@ impl Activity {
     }
 
     /// Whether the IO has asked the connection to close gracefully.
+    /// Whether the IO closed the connection for a flood of HTTP/2 control frames.
+    pub(crate) fn control_flood(&self) -> bool {
+        self.control_flood.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn close_asked(&self) -> bool {
         self.close_asked.load(Ordering::Relaxed)
     }
@@ -203,6 +215,8 @@ pub(crate) struct TimedIo<S> {
     /// The connection's place under `server.max_connections`: freed when the socket closes, with
     /// hyper's connection or, after an upgrade, with the tunnel that took the socket over.
     open: Option<Open>,
+    /// HTTP/2 only: what the client's frames cost without being requests.
+    control_frames: Option<ControlFrames>,
 }
 
 impl<S> TimedIo<S> {
@@ -219,6 +233,7 @@ impl<S> TimedIo<S> {
             ticked_at: Instant::now(),
             grace_until: None,
             open: None,
+            control_frames: None,
         }
     }
 
@@ -242,21 +257,28 @@ impl<S> TimedIo<S> {
         self.armed = Some((wait, epoch));
     }
 
-    fn on_bytes_read(&mut self, bytes: &[u8]) {
+    fn on_bytes_read(&mut self, bytes: &[u8]) -> Result<(), ControlFlood> {
         if self.protocol == Protocol::Unknown {
             // The HTTP/2 connection preface starts "PRI * HTTP/2.0"; no HTTP/1 method is "PRI".
             self.protocol = if bytes.starts_with(b"PRI ") { Protocol::Http2 } else { Protocol::Http1 };
+            if self.protocol == Protocol::Http2 {
+                self.control_frames = Some(ControlFrames::new());
+            }
+        }
+        if let Some(frames) = &mut self.control_frames {
+            frames.read(bytes).inspect_err(|_| self.activity.control_flood.store(true, Ordering::Relaxed))?;
         }
         let (busy, epoch) = self.activity.state();
         if busy {
             self.armed = None;
-            return;
+            return Ok(());
         }
         match self.protocol {
             Protocol::Http1 if self.armed != Some((Wait::Head, epoch)) => self.arm(Wait::Head, epoch),
             Protocol::Http1 => {}
             Protocol::Http2 | Protocol::Unknown => self.arm(Wait::Idle, epoch),
         }
+        Ok(())
     }
 }
 
@@ -336,7 +358,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TimedIo<S> {
             Poll::Ready(Ok(())) => {
                 let read = &buf.filled()[before..];
                 if !read.is_empty() {
-                    this.on_bytes_read(read);
+                    this.on_bytes_read(read).map_err(io::Error::other)?;
                 }
                 Poll::Ready(Ok(()))
             }
