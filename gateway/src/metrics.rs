@@ -1,15 +1,19 @@
 //! Prometheus metrics, served on the admin listener at `/metrics`.
 //!
-//! One registry for the process, so series outlive reloads. Label lookups (a hash and a lock) happen
-//! when a snapshot is built: the request path only bumps the atomics of handles resolved then.
-//! Labels are names from the config (routes, upstreams, limits, providers) and small fixed sets,
-//! never anything a client sends, so the number of series stays bounded.
+//! One registry for the process, so the series of names a reload keeps outlive it. Label lookups (a
+//! hash and a lock) happen when a snapshot is built: the request path only bumps the atomics of
+//! handles resolved then. Labels are names from the config (routes, upstreams, endpoints, limits,
+//! providers) and small fixed sets, never anything a client sends; a reload drops the series of
+//! names it no longer has ([`Metrics::retain`]), so the number of series is bounded by the config.
 
 mod process;
 
 use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
+use std::collections::HashMap;
+
+use prometheus::core::{Collector, MetricVec, MetricVecBuilder};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
@@ -353,6 +357,37 @@ impl Metrics {
         self.client_rejections.with_label_values(&[reason]).inc();
     }
 
+    /// Drops the series of the routes, upstreams, endpoints, rate limits and JWT providers `live`
+    /// no longer has. A config generator that names them anew on each reload (`route-v123`) would
+    /// otherwise add series for ever: 118 series and 52 KB per reload, in a probe, and seconds of
+    /// CPU per scrape within weeks. A request still in flight on the old config counts into a
+    /// handle no longer exported; a name that comes back starts again from 0, which Prometheus
+    /// takes as a counter reset.
+    pub fn retain(&self, live: &LiveNames<'_>) {
+        let route = |labels: &Labels<'_>| labels.get("route").is_none_or(|name| live.routes.contains(name));
+        let upstream =
+            |labels: &Labels<'_>| labels.get("upstream").is_none_or(|name| live.upstreams.contains_key(name));
+        let endpoint = |labels: &Labels<'_>| match (labels.get("upstream"), labels.get("endpoint")) {
+            (Some(upstream), Some(endpoint)) => {
+                live.upstreams.get(upstream).is_some_and(|e| e.iter().any(|a| a == endpoint))
+            }
+            _ => true,
+        };
+        let limit = |labels: &Labels<'_>| labels.get("limit").is_none_or(|name| live.rate_limits.contains(name));
+        let provider = |labels: &Labels<'_>| labels.get("provider").is_none_or(|name| live.providers.contains(name));
+        retain(&self.requests, route);
+        retain(&self.duration, route);
+        retain(&self.identity_headers_stripped, route);
+        retain(&self.upstream_errors, upstream);
+        retain(&self.upstream_retries, upstream);
+        retain(&self.upstream_overloaded, upstream);
+        retain(&self.upstream_duration, upstream);
+        retain(&self.breaker_transitions, upstream);
+        retain(&self.endpoint_ejections, endpoint);
+        retain(&self.rate_limit_decisions, limit);
+        retain(&self.jwt_checks, provider);
+    }
+
     /// A TLS handshake that failed, or ran past the listener's `handshake_timeout` (see `server::conn`).
     pub fn tls_handshake_failed(&self, timed_out: bool) {
         if timed_out { &self.tls_handshake_timeouts } else { &self.tls_handshake_errors }.inc();
@@ -455,6 +490,32 @@ fn breaker_state_value(state: Option<State>) -> i64 {
     }
 }
 
+/// The names a config has, for [`Metrics::retain`]: upstreams with the endpoint authorities their
+/// series are labelled with.
+#[derive(Debug, Default)]
+pub struct LiveNames<'a> {
+    pub routes: Vec<&'a str>,
+    pub upstreams: HashMap<&'a str, Vec<String>>,
+    pub rate_limits: Vec<&'a str>,
+    pub providers: Vec<&'a str>,
+}
+
+/// A series' labels, by name.
+type Labels<'a> = HashMap<&'a str, &'a str>;
+
+/// Removes the series of `vec` whose labels `keep` refuses.
+fn retain<T: MetricVecBuilder>(vec: &MetricVec<T>, keep: impl Fn(&Labels<'_>) -> bool) {
+    for family in vec.collect() {
+        for metric in family.get_metric() {
+            let labels: Labels<'_> = metric.get_label().iter().map(|pair| (pair.name(), pair.value())).collect();
+            if !keep(&labels) {
+                // Gone already only if another reload removed it meanwhile.
+                let _ = vec.remove(&labels);
+            }
+        }
+    }
+}
+
 /// A rate limit's handles.
 #[derive(Debug, Clone)]
 pub struct RateLimitMetrics {
@@ -493,6 +554,35 @@ mod tests {
         assert!(text.contains("gateway_redis_connected 0"), "{text}");
         let text = metrics.render(&Readings { redis_connected: Some(true), ..Readings::default() });
         assert!(text.contains("gateway_redis_connected 1"), "{text}");
+    }
+
+    #[test]
+    fn retain_drops_the_series_of_names_no_longer_configured() {
+        // Its own registry: other tests' series in the global one are not this test's to drop.
+        let metrics = Metrics::new();
+        metrics.route("gone").record(200, Duration::from_millis(1));
+        metrics.route("kept").record(200, Duration::from_millis(1));
+        metrics.upstream("gone-up").errors.inc();
+        for endpoint in ["10.0.0.1:80", "10.0.0.2:80"] {
+            metrics.endpoint_ejections("up", endpoint).inc();
+        }
+        metrics.rate_limit("gone-limit");
+        metrics.jwt_check("gone-provider", "valid").inc();
+        metrics.jwt_check("provider", "valid").inc();
+        let live = LiveNames {
+            routes: vec!["kept"],
+            upstreams: HashMap::from([("up", vec!["10.0.0.2:80".to_owned()])]),
+            rate_limits: Vec::new(),
+            providers: vec!["provider"],
+        };
+        metrics.retain(&live);
+        let text = metrics.render(&Readings::default());
+        for gone in [r#"route="gone""#, r#"upstream="gone-up""#, "10.0.0.1:80", "gone-limit", "gone-provider"] {
+            assert!(!text.contains(gone), "{gone} is gone: {text}");
+        }
+        for kept in [r#"route="kept""#, "10.0.0.2:80", r#"provider="provider""#] {
+            assert!(text.contains(kept), "{kept} stays: {text}");
+        }
     }
 
     #[test]

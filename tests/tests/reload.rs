@@ -348,6 +348,34 @@ async fn assert_change_applies_new_route(dir: &ConfigDir, new: &str, change: imp
     assert_eq!(stderr.lines().filter(|l| l.contains("config reloaded")).count(), 1, "stderr:\n{stderr}");
 }
 
+/// A config generator that names routes and upstreams anew on each reload must not grow /metrics
+/// for ever: the series of names a reload drops go with them.
+#[tokio::test]
+async fn reload_drops_the_series_of_names_the_config_no_longer_has() {
+    let (a, b) = (Backend::spawn("A"), Backend::spawn("B"));
+    let version = |n: u32, backend: &Backend| {
+        let body = format!(
+            "\nupstreams:\n  up-v{n}: {{ endpoints: [\"{}\"] }}\nroutes:\n  - {{ name: route-v{n}, upstream: up-v{n} }}\n",
+            backend.url()
+        );
+        config(&body, &[])
+    };
+    let (first, second) = (version(1, &a), version(2, &b));
+    let dir = ConfigDir::new(&first);
+    let gateway = Gateway::start_with_file(dir.path());
+    assert_from(&client::get(gateway.addr(), "/x").await, "A", "before the reload");
+    let metrics = client::get(gateway.admin_addr(), "/metrics").await.text();
+    assert!(metrics.contains(r#"route="route-v1""#) && metrics.contains(r#"upstream="up-v1""#), "{metrics}");
+
+    dir.replace(&second);
+    gateway.wait_for_version(&config_version(&second)).await;
+    assert_from(&client::get(gateway.addr(), "/x").await, "B", "after the reload");
+    let metrics = client::get(gateway.admin_addr(), "/metrics").await.text();
+    assert!(metrics.contains(r#"route="route-v2""#) && metrics.contains(r#"upstream="up-v2""#), "{metrics}");
+    let stale: Vec<&str> = metrics.lines().filter(|l| l.contains("-v1\"")).collect();
+    assert!(stale.is_empty(), "series of names the config no longer has: {stale:#?}");
+}
+
 #[tokio::test]
 async fn reload_in_place_write_applies_new_route() {
     let (a, b) = (Backend::spawn("A"), Backend::spawn("B"));

@@ -195,6 +195,7 @@ impl Reloader {
             tracing::warn!("{reason}");
         }
         self.status.apply(trigger, version.clone(), restart_required, || self.runtime.store(Arc::new(snapshot)));
+        crate::metrics::global().retain(&live_names(&loaded.config));
         tracing::info!(
             ?trigger,
             version = version.as_str(),
@@ -202,6 +203,19 @@ impl Reloader {
             "config reloaded"
         );
         *active = Active { config: loaded.config, version, failed: None };
+    }
+}
+
+/// The names `config` labels metrics with.
+fn live_names(config: &Config) -> crate::metrics::LiveNames<'_> {
+    let authorities = |upstream: &config::model::Upstream| {
+        upstream.endpoints.iter().filter_map(|e| Some(e.uri.authority()?.as_str().to_owned())).collect()
+    };
+    crate::metrics::LiveNames {
+        routes: config.routes.iter().map(|r| r.name.as_str()).collect(),
+        upstreams: config.upstreams.iter().map(|u| (u.name.as_str(), authorities(u))).collect(),
+        rate_limits: config.rate_limits.iter().map(|l| l.name.as_str()).collect(),
+        providers: config.jwt_providers.iter().map(|p| p.name.as_str()).collect(),
     }
 }
 
