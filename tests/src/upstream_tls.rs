@@ -7,12 +7,13 @@ use std::sync::{Arc, Mutex};
 use rustls::crypto::aws_lc_rs;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
 use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
-use crate::tls::Leaf;
+use crate::tls::{Leaf, TestCa};
 
 /// A TLS server on a loopback port 0 that forwards each connection's plaintext to `backend` (an echo).
 /// Stopped on drop.
@@ -25,14 +26,40 @@ pub struct TlsUpstream {
 impl TlsUpstream {
     /// Serves `cert` (TLS 1.2 and 1.3, ALPN `http/1.1`) in front of `backend`.
     pub async fn start(cert: &Leaf, backend: SocketAddr) -> TlsUpstream {
+        TlsUpstream::serve(cert, backend, None).await
+    }
+
+    /// Like [`TlsUpstream::start`], over TLS 1.3 only, and refusing clients without a certificate
+    /// from `clients`: the refusal comes after the client's side of the handshake has ended.
+    pub async fn start_requiring_client_certificate(cert: &Leaf, backend: SocketAddr, clients: &TestCa) -> TlsUpstream {
+        TlsUpstream::serve(cert, backend, Some(clients)).await
+    }
+
+    async fn serve(cert: &Leaf, backend: SocketAddr, clients: Option<&TestCa>) -> TlsUpstream {
         let chain = vec![CertificateDer::from_pem_slice(cert.cert_pem.as_bytes())
             .unwrap_or_else(|e| panic!("parsing the server certificate: {e}"))];
         let key = PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes())
             .unwrap_or_else(|e| panic!("parsing the server key: {e}"));
-        let mut config = ServerConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
-            .with_safe_default_protocol_versions()
-            .and_then(|builder| builder.with_no_client_auth().with_single_cert(chain, key))
-            .unwrap_or_else(|e| panic!("building the upstream's TLS config: {e}"));
+        let provider = Arc::new(aws_lc_rs::default_provider());
+        let builder = ServerConfig::builder_with_provider(provider.clone());
+        let builder = match clients {
+            None => builder.with_safe_default_protocol_versions(),
+            Some(_) => builder.with_protocol_versions(&[&rustls::version::TLS13]),
+        }
+        .unwrap_or_else(|e| panic!("choosing the upstream's TLS versions: {e}"));
+        let builder = match clients {
+            None => builder.with_no_client_auth(),
+            Some(clients) => {
+                let mut roots = rustls::RootCertStore::empty();
+                roots.add(clients.der.clone()).unwrap_or_else(|e| panic!("adding the client CA: {e}"));
+                let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                    .build()
+                    .unwrap_or_else(|e| panic!("building the client certificate verifier: {e}"));
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut config =
+            builder.with_single_cert(chain, key).unwrap_or_else(|e| panic!("building the upstream's TLS config: {e}"));
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         let acceptor = TlsAcceptor::from(Arc::new(config));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("binding port 0: {e}"));

@@ -186,6 +186,46 @@ async fn upstream_tls_ca_file_replaced_reloads_without_signal() {
     ca_file_replaced_then_trusted(false).await;
 }
 
+/// With TLS 1.3 an upstream that wants a client certificate says no with an alert to the first
+/// request, after the gateway's side of the handshake has ended: still a failed connect, so the
+/// endpoint leaves the rotation instead of failing its share of requests for ever.
+#[tokio::test]
+async fn upstream_tls_handshake_refused_after_it_ended_counts_as_a_failed_connect() {
+    let echo = Backend::spawn("tls-echo");
+    let (ca, clients) = (TestCa::new("upstream test CA"), TestCa::new("client CA"));
+    let good = TlsUpstream::start(&ca.issue(&["localhost"]), echo.addr).await;
+    let picky = TlsUpstream::start_requiring_client_certificate(&ca.issue(&["localhost"]), echo.addr, &clients).await;
+    let ca_file = write_temp("upstream-ca", "crt", &ca.cert_pem);
+    let yaml = config(
+        &format!(
+            "upstreams:\n  secure: {{ endpoints: [\"https://localhost:{}\", \"https://localhost:{}\"], \
+             tls: {{ ca: \"{}\" }} }}\nroutes:\n  - {{ name: all, upstream: secure }}\n",
+            picky.addr.port(),
+            good.addr.port(),
+            ca_file.display()
+        ),
+        &[],
+    );
+    let gateway = Gateway::start(&yaml);
+    let mut statuses = Vec::new();
+    for i in 0..6 {
+        let reply = client::get(gateway.addr(), &format!("/item/{i}")).await;
+        if reply.status != 200 {
+            reply.assert_error(502, "upstream_connect_error");
+        }
+        statuses.push(reply.status.as_u16());
+    }
+    // The request that met the refusal fails (it was sent); the endpoint then leaves the rotation.
+    assert!(statuses.iter().filter(|&&s| s != 200).count() <= 1, "{statuses:?}");
+    let metrics = client::get(gateway.admin_addr(), "/metrics").await.text();
+    let ejected = format!(
+        "gateway_upstream_endpoint_ejections_total{{endpoint=\"localhost:{}\",upstream=\"secure\"}} 1",
+        picky.addr.port()
+    );
+    assert!(metrics.lines().any(|l| l == ejected), "{metrics}");
+    let _ = std::fs::remove_file(ca_file);
+}
+
 #[tokio::test]
 async fn upstream_tls_handshake_that_never_comes_counts_as_a_failed_connect() {
     // A TLS terminator that accepts TCP and then hangs: connect_timeout bounds its handshake too,

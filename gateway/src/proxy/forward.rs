@@ -115,6 +115,7 @@ async fn send(
     };
     match &sent {
         Err(SendError::Connect { .. }) => route.upstream.connect_failed(endpoint),
+        Err(SendError::Http(error)) if handshake_refused(error) => route.upstream.connect_failed(endpoint),
         Err(SendError::TimedOut { connected: false } | SendError::NoRoom) => {}
         Ok(_) | Err(SendError::Http(_) | SendError::TimedOut { connected: true }) => route.upstream.connected(endpoint),
     }
@@ -168,12 +169,54 @@ async fn send(
             tracing::debug!(error = %causes(&error), "the client's request body failed");
             Err(if client_went_away(&error) { ProxyError::ClientClosed } else { ProxyError::ClientBody })
         }
+        Err(SendError::Http(error)) if handshake_refused(&error) => {
+            metrics.connect_errors.inc();
+            let endpoint = endpoint.authority.to_string();
+            Err(ProxyError::UpstreamConnect { upstream: upstream(), endpoint, source: Box::new(error) })
+        }
         Err(SendError::Http(error)) => {
             metrics.errors.inc();
             Err(ProxyError::Upstream { upstream: upstream(), source: Box::new(error) })
         }
     };
     (result, None)
+}
+
+/// Whether the upstream refused the TLS handshake: with TLS 1.3 the client's side of it ends
+/// before the server has checked the client (its certificate, above all), so a server that refuses
+/// says so with an alert to the first request. That is a failed connect (passive health counts it),
+/// not a broken exchange: otherwise an endpoint that refuses the gateway would stay in rotation and
+/// fail its share of requests for ever.
+fn handshake_refused(error: &(dyn std::error::Error + 'static)) -> bool {
+    use rustls::AlertDescription::{
+        AccessDenied, BadCertificate, CertificateExpired, CertificateRequired, CertificateRevoked, CertificateUnknown,
+        HandshakeFailure, UnknownCA, UnsupportedCertificate,
+    };
+    let mut current = Some(error);
+    while let Some(e) = current {
+        // tokio-rustls hands rustls's error over inside an io::Error, whose `source` skips it.
+        let inner = e.downcast_ref::<std::io::Error>().and_then(std::io::Error::get_ref);
+        let e_or_inner: &(dyn std::error::Error + 'static) = match inner {
+            Some(inner) => inner,
+            None => e,
+        };
+        if let Some(rustls::Error::AlertReceived(alert)) = e_or_inner.downcast_ref::<rustls::Error>() {
+            return matches!(
+                alert,
+                CertificateRequired
+                    | BadCertificate
+                    | UnsupportedCertificate
+                    | CertificateRevoked
+                    | CertificateExpired
+                    | CertificateUnknown
+                    | UnknownCA
+                    | AccessDenied
+                    | HandshakeFailure
+            );
+        }
+        current = e.source();
+    }
+    false
 }
 
 /// Whether the upstream did its part, for its breaker: a gateway-side refusal (a body over the
