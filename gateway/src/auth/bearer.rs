@@ -24,9 +24,14 @@ pub(crate) fn token(headers: &HeaderMap) -> Result<Option<&str>, AuthError> {
     let Some(value) = visible.then(|| std::str::from_utf8(bytes).ok()).flatten() else {
         return Err(AuthError::Malformed("the Authorization header is not visible ASCII"));
     };
-    let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+    // The scheme ends at a tab too: `Bearer<TAB><token>` taken for another scheme would pass
+    // unchecked on an optional-auth route, to upstreams that split on any whitespace.
+    let (scheme, rest) = value.split_once([' ', '\t']).unwrap_or((value, ""));
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Ok(None);
+    }
+    if value.as_bytes().get(scheme.len()) == Some(&b'\t') {
+        return Err(AuthError::Malformed("a tab after `Bearer`: the token follows a space (RFC 6750 section 2.1)"));
     }
     let token = rest.trim_start_matches(' ');
     if token.is_empty() {
@@ -80,6 +85,7 @@ mod tests {
     fn token_absent_or_other_scheme_none() {
         assert_eq!(token(&headers(&[])).unwrap(), None);
         assert_eq!(token(&headers(&[b"Basic dXNlcjpwdw=="])).unwrap(), None);
+        assert_eq!(token(&headers(&[b"Basic\tdXNlcjpwdw=="])).unwrap(), None);
     }
 
     #[test]
@@ -96,6 +102,8 @@ mod tests {
         assert!(malformed(&[b"Bearer ..."]));
         assert!(malformed(&[b"Bearer a.b.c d"]));
         assert!(malformed(&[b"Bearer a+b.c.d"]));
+        assert!(malformed(&[b"Bearer\ta.b.c"]), "a tab is no separator");
+        assert!(malformed(&[b"bearer\t a.b.c"]));
         let huge = format!("Bearer a.{}.c", "b".repeat(MAX_TOKEN_BYTES));
         assert!(malformed(&[huge.as_bytes()]));
     }
