@@ -162,7 +162,7 @@ impl Provider {
             return Err(invalid("the token names critical header extensions (crit), which are not supported"));
         }
         let key = self.key(header.kid.as_deref(), header.alg).await?;
-        let data = jsonwebtoken::decode::<UniqueClaims>(token, &key, validation).map_err(describe)?;
+        let data = jsonwebtoken::decode::<UniqueClaims>(token, &key, validation).map_err(|e| describe(e, token))?;
         let claims = data.claims.0;
         if !claims.get("iss").is_some_and(serde_json::Value::is_string) {
             // RFC 7519 section 4.1.1: one issuer, a string (jsonwebtoken also takes a list).
@@ -240,7 +240,7 @@ fn invalid(description: &'static str) -> AuthError {
 }
 
 /// What the client is told about a token jsonwebtoken refused.
-fn describe(error: jsonwebtoken::errors::Error) -> AuthError {
+fn describe(error: jsonwebtoken::errors::Error, token: &str) -> AuthError {
     match error.kind() {
         ErrorKind::ExpiredSignature => invalid("the token has expired"),
         ErrorKind::ImmatureSignature => invalid("the token is not valid yet (nbf)"),
@@ -248,6 +248,10 @@ fn describe(error: jsonwebtoken::errors::Error) -> AuthError {
         ErrorKind::InvalidAudience => invalid("the token's audience is not accepted"),
         ErrorKind::InvalidSignature => invalid("the signature does not match"),
         ErrorKind::InvalidAlgorithm => invalid("the token's algorithm does not fit the key"),
+        // jsonwebtoken says "missing" of a claim it cannot read too (`"exp": "soon"`): look.
+        ErrorKind::MissingRequiredClaim(claim) if carries(token, claim) => {
+            AuthError::Invalid(format!("the `{claim}` claim has the wrong type").into())
+        }
         ErrorKind::MissingRequiredClaim(claim) => {
             AuthError::Invalid(format!("the token lacks the required claim `{claim}`").into())
         }
@@ -262,6 +266,13 @@ fn describe(error: jsonwebtoken::errors::Error) -> AuthError {
         }
         _ => invalid("the token is not well-formed"),
     }
+}
+
+/// Whether the token's payload has `claim` at all, whatever its value. Only to word an answer:
+/// the payload is read without its signature.
+fn carries(token: &str, claim: &str) -> bool {
+    let payload = jsonwebtoken::dangerous::insecure_decode_claims::<serde_json::Map<String, serde_json::Value>>(token);
+    payload.is_ok_and(|claims| claims.get(claim).is_some_and(|value| !value.is_null()))
 }
 
 fn unix_now() -> u64 {

@@ -103,7 +103,15 @@ async fn verify_wrong_issuer_or_audience_refused() {
 async fn verify_missing_standard_or_required_claims_refused() {
     for claim in ["exp", "iss", "aud", "sub"] {
         let why = description(&token(json!({ claim: null }))).await;
-        assert!(why.contains(&format!("`{claim}`")), "{claim}: {why}");
+        assert!(why.contains(&format!("lacks the required claim `{claim}`")), "{claim}: {why}");
+    }
+}
+
+#[tokio::test]
+async fn verify_claims_of_the_wrong_type_are_said_to_be_so() {
+    for (claim, value) in [("exp", json!("soon")), ("exp", json!(true)), ("aud", json!(5))] {
+        let why = description(&token(json!({ claim: value }))).await;
+        assert_eq!(why, format!("the `{claim}` claim has the wrong type"), "{claim}: {value}");
     }
 }
 
