@@ -5,8 +5,8 @@
 //! client writing a buffer of them over and over kept a core busy answering and slowed every
 //! other client's requests many times over. The bytes the client sends are read here on their
 //! way to h2, frame headers only, and a connection that sends such frames faster than
-//! [`REFILL_PER_SEC`] for longer than a burst of [`BURST`] is closed, as Envoy and nginx close
-//! flooding connections.
+//! [`REFILL_PER_SEC`] for longer than a burst of [`BURST`] is closed (Envoy has limits of this
+//! kind too).
 
 use std::time::Instant;
 
