@@ -161,14 +161,19 @@ mod tests {
         assert!(many.summary().ends_with(" +r19 and 5 more"), "{}", many.summary());
     }
 
+    /// `listeners` (YAML flow items), one upstream, a catch-all route to it and `extra`, as read
+    /// from `file` (relative paths in it are relative to its directory).
+    fn parsed(file: &str, listeners: &str, extra: &str) -> Config {
+        let text = format!(
+            "listeners: [{listeners}]\nupstreams: {{ u: {{ endpoints: [http://127.0.0.1:9001] }} }}\n\
+             routes: [{{ name: all, upstream: u }}]\n{extra}"
+        );
+        crate::config::parse(file, &text).unwrap_or_else(|e| panic!("{e}")).config
+    }
+
     #[test]
     fn summary_names_listeners_and_the_other_sections_that_changed() {
-        let config = |extra: &str| {
-            let text = format!(
-                "listeners:\n  - {{ name: public, address: 127.0.0.1:0 }}\nupstreams:\n  echo: {{ endpoints: [http://127.0.0.1:9001] }}\nroutes:\n  - {{ name: all, upstream: echo }}\n{extra}"
-            );
-            crate::config::parse("gw.yaml", &text).unwrap_or_else(|e| panic!("{e}")).config
-        };
+        let config = |extra: &str| parsed("gw.yaml", "{ name: public, address: 127.0.0.1:0 }", extra);
         let old = config("");
         assert_eq!(
             summary(&old, &old, &old),
@@ -187,14 +192,8 @@ mod tests {
         let cert = rcgen::CertificateParams::new(vec!["a.test".to_string()]).unwrap().self_signed(&key).unwrap();
         std::fs::write(dir.join("s.crt"), cert.pem()).unwrap();
         std::fs::write(dir.join("s.key"), key.serialize_pem()).unwrap();
-        let config = |tls: &str| {
-            let text = format!(
-                "listeners: [{{ name: public, address: 127.0.0.1:8443{tls} }}]\n\
-                 upstreams: {{ u: {{ endpoints: [http://127.0.0.1:9001] }} }}\nroutes: [{{ name: all, upstream: u }}]\n"
-            );
-            let path = dir.join("gateway.yaml").display().to_string();
-            crate::config::parse(&path, &text).unwrap_or_else(|e| panic!("{e}")).config
-        };
+        let file = dir.join("gateway.yaml").display().to_string();
+        let config = |tls: &str| parsed(&file, &format!("{{ name: public, address: 127.0.0.1:8443{tls} }}"), "");
         let (plain, tls) = (config(""), config(", tls: { certificates: [{ cert: s.crt, key: s.key }] }"));
         assert_eq!(
             protocol_switches(&tls, &tls, &plain),
@@ -210,27 +209,21 @@ mod tests {
 
     #[test]
     fn summary_applies_listener_changes_to_bound_listeners_only() {
-        let config = |listeners: &str| {
-            let text = format!(
-                "listeners:\n{listeners}upstreams:\n  echo: {{ endpoints: [http://127.0.0.1:9001] }}\nroutes:\n  - {{ name: all, upstream: echo }}\n"
-            );
-            crate::config::parse("gw.yaml", &text).unwrap_or_else(|e| panic!("{e}")).config
-        };
-        let running = config("  - { name: public, address: 127.0.0.1:8080 }\n");
-        let renamed = config("  - { name: web, address: 127.0.0.1:8080 }\n");
+        let config = |listeners: &str| parsed("gw.yaml", listeners, "");
+        let running = config("{ name: public, address: 127.0.0.1:8080 }");
+        let renamed = config("{ name: web, address: 127.0.0.1:8080 }");
         // The socket bound as `public` keeps its settings: nothing changed, `web` waits.
         assert_eq!(
             summary(&running, &running, &renamed).split(';').next(),
             Some("listeners: -public (not bound until a restart: web)")
         );
         // A later change to `web` alone changes nothing that serves.
-        let web_moved = config("  - { name: web, address: 127.0.0.1:8081 }\n");
+        let web_moved = config("{ name: web, address: 127.0.0.1:8081 }");
         assert_eq!(
             summary(&running, &renamed, &web_moved).split(';').next(),
             Some("listeners: unchanged (not bound until a restart: web)")
         );
-        let added =
-            config("  - { name: public, address: 127.0.0.1:8080 }\n  - { name: extra, address: 127.0.0.1:9090 }\n");
+        let added = config("{ name: public, address: 127.0.0.1:8080 }, { name: extra, address: 127.0.0.1:9090 }");
         assert_eq!(
             summary(&running, &running, &added).split(';').next(),
             Some("listeners: unchanged (not bound until a restart: extra)")
