@@ -103,25 +103,7 @@ fn check(path: &std::path::Path) -> ExitCode {
             for warning in &loaded.warnings {
                 eprintln!("{warning}");
             }
-            let c = &loaded.config;
-            let protected = c.routes.iter().filter(|r| r.auth.is_some()).count();
-            let jwt = match c.jwt_providers.len() {
-                0 => String::new(),
-                n => format!(", {n} JWT providers, {protected} routes checking tokens"),
-            };
-            let limited = c.routes.iter().filter(|r| r.rate_limit.is_some()).count();
-            let limits = match (c.rate_limits.len(), &c.redis) {
-                (0, _) => String::new(),
-                (n, Some(_)) => format!(", {n} rate limits counted in Redis on {limited} routes"),
-                (n, None) => format!(", {n} rate limits counted in-process on {limited} routes"),
-            };
-            println!(
-                "{}: OK ({} listeners, {} upstreams, {} routes{jwt}{limits})",
-                path.display(),
-                c.listeners.len(),
-                c.upstreams.len(),
-                c.routes.len()
-            );
+            println!("{}: OK ({})", path.display(), summary(&loaded.config));
             ExitCode::SUCCESS
         }
         Err(LoadError::Invalid(problems)) => {
@@ -132,6 +114,38 @@ fn check(path: &std::path::Path) -> ExitCode {
             eprintln!("{error}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// What `check` found, counted: `2 listeners, 1 upstream, 3 routes, ...`.
+fn summary(c: &config::Config) -> String {
+    let mut parts = vec![
+        count(c.listeners.len(), "listener"),
+        count(c.upstreams.len(), "upstream"),
+        count(c.routes.len(), "route"),
+    ];
+    if !c.jwt_providers.is_empty() {
+        let protected = c.routes.iter().filter(|r| r.auth.is_some()).count();
+        parts.push(count(c.jwt_providers.len(), "JWT provider"));
+        parts.push(format!("{} checking tokens", count(protected, "route")));
+    }
+    if !c.rate_limits.is_empty() {
+        let limited = c.routes.iter().filter(|r| r.rate_limit.is_some()).count();
+        let place = if c.redis.is_some() { "in Redis" } else { "in-process" };
+        parts.push(format!(
+            "{} counted {place} on {}",
+            count(c.rate_limits.len(), "rate limit"),
+            count(limited, "route")
+        ));
+    }
+    parts.join(", ")
+}
+
+/// `1 route`, `2 routes`.
+fn count(n: usize, noun: &str) -> String {
+    match n {
+        1 => format!("1 {noun}"),
+        n => format!("{n} {noun}s"),
     }
 }
 
@@ -246,5 +260,27 @@ impl StopSignals {
 
     async fn next(&mut self) {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_counts_in_the_singular_and_plural() {
+        let yaml = "listeners: [{ name: a, address: 127.0.0.1:0 }]\n\
+                    upstreams: { u: { endpoints: [http://127.0.0.1:1] } }\n\
+                    jwt: { providers: { p: { issuer: i, audiences: [a], algorithms: [ES256], jwks_url: 'http://127.0.0.1:1/k' } } }\n\
+                    rate_limits: { l: { requests: 1, window: 1s, key: client_ip } }\n\
+                    routes:\n\
+                    - { name: r1, match: { path_prefix: /a }, upstream: u, auth: { provider: p }, rate_limit: l }\n\
+                    - { name: r2, upstream: u }\n";
+        let loaded = config::parse("t.yaml", yaml).unwrap();
+        assert_eq!(
+            summary(&loaded.config),
+            "1 listener, 1 upstream, 2 routes, 1 JWT provider, 1 route checking tokens, \
+             1 rate limit counted in-process on 1 route"
+        );
     }
 }
