@@ -1,4 +1,4 @@
-//! A small token-minting kit: the signing half of a future `auth` service, used today by the
+//! A small token-minting kit: the signing half of the `auth` service, also used by the
 //! end-to-end tests and the load bench.
 //!
 //! Keys are generated at run time (never committed): HMAC secrets from the system RNG, RSA 2048,
@@ -172,10 +172,20 @@ impl SigningKey {
     }
 
     /// A compact JWT of `claims` with header `{"typ":"JWT","alg":ALG,"kid":KID}`.
+    ///
+    /// # Panics
+    /// If signing fails (see [`SigningKey::try_sign`]).
     pub fn sign(&self, claims: &Value) -> String {
         let mut header = Header::new(self.algorithm);
         header.kid = Some(self.kid.clone());
         self.sign_with_header(&header, claims)
+    }
+
+    /// Like [`SigningKey::sign`], returning the failure: for a service, which must not panic.
+    pub fn try_sign(&self, claims: &Value) -> jsonwebtoken::errors::Result<String> {
+        let mut header = Header::new(self.algorithm);
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&header, claims, &self.encoding)
     }
 
     /// A compact JWT with a header of the caller's making (its `alg` must be this key's algorithm,
@@ -296,7 +306,8 @@ fn pem(label: &str, der: &[u8]) -> String {
     text
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lower-case hex of `bytes`.
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
