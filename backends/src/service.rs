@@ -1,0 +1,97 @@
+//! What the auth, product and cart binaries share: logging, the `listening` line, serving until
+//! SIGTERM or SIGINT, and the duration flags.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Router;
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+
+/// Logs to stderr, at the level `RUST_LOG` asks for (`info` without it).
+pub fn init_tracing() {
+    tracing_subscriber::fmt()
+        .with_writer(io::stderr)
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .init();
+}
+
+/// Binds `addr` and prints `listening <ip:port>` on stdout: tests and scripts read that line to
+/// learn the port when `addr` asks for port 0.
+pub async fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let listener = TcpListener::bind(addr).await?;
+    // Stdout is line-buffered, so the line is flushed at once.
+    println!("listening {}", listener.local_addr()?);
+    Ok(listener)
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves, then lets requests in flight finish.
+pub async fn run(
+    listener: TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}
+
+/// Resolves on the first SIGTERM or SIGINT (on other systems, Ctrl-C only).
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            // Without handlers the default action (ending the process) still applies.
+            _ => std::future::pending().await,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}
+
+/// `300`, `300s`, `5m` or `1h`: a whole number of seconds, minutes or hours, above zero.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (number, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((at, _)) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let factor = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => return Err(format!("`{text}`: use a whole number with s, m or h, like 300s or 5m")),
+    };
+    match number.parse::<u64>().ok().and_then(|n| n.checked_mul(factor)) {
+        Some(0) => Err(format!("`{text}`: must be above zero")),
+        Some(seconds) => Ok(Duration::from_secs(seconds)),
+        None => Err(format!("`{text}`: use a whole number with s, m or h, like 300s or 5m")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_duration_units_accepted_others_refused() {
+        assert_eq!(parse_duration("300"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("45s"), Ok(Duration::from_secs(45)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        for bad in ["", "m", "5d", "-5s", "1.5m", "0s", "5 m"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+}
