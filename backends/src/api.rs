@@ -40,6 +40,9 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     MethodNotAllowed(String),
+    /// A per-resource bound (a full cart): the client can make room and try again.
+    #[error("{0}")]
+    LimitReached(String),
     /// A server-wide bound (the catalog, the number of carts): nothing the client can fix.
     #[error("{0}")]
     OutOfCapacity(String),
@@ -72,6 +75,7 @@ impl ApiError {
             ApiError::BadPath(_) => (StatusCode::BAD_REQUEST, "invalid_path", None),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", None),
             ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", None),
+            ApiError::LimitReached(_) => (StatusCode::CONFLICT, "limit_reached", None),
             // RFC 4918 section 11.5: the server cannot store what the request needs.
             ApiError::OutOfCapacity(_) => (StatusCode::INSUFFICIENT_STORAGE, "out_of_capacity", None),
         }
