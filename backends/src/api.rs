@@ -46,6 +46,10 @@ pub enum ApiError {
     /// A server-wide bound (the catalog, the number of carts): nothing the client can fix.
     #[error("{0}")]
     OutOfCapacity(String),
+    #[error("invalid username or password")]
+    InvalidCredentials,
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl ApiError {
@@ -78,6 +82,10 @@ impl ApiError {
             ApiError::LimitReached(_) => (StatusCode::CONFLICT, "limit_reached", None),
             // RFC 4918 section 11.5: the server cannot store what the request needs.
             ApiError::OutOfCapacity(_) => (StatusCode::INSUFFICIENT_STORAGE, "out_of_capacity", None),
+            // RFC 9110 section 15.5.2 wants a challenge on every 401, but a login form has no
+            // scheme to offer: `Basic` would make browsers pop up a dialog.
+            ApiError::InvalidCredentials => (StatusCode::UNAUTHORIZED, "invalid_credentials", None),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None),
         }
     }
 }

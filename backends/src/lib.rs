@@ -3,6 +3,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 mod api;
+pub mod auth;
 pub mod cart;
 pub mod echo;
 pub mod jwt_check;
