@@ -63,6 +63,8 @@ echo "== 3/3 optimized build"
 RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-use=$out/gateway.profdata" \
   cargo build --release --locked -p gateway --bin gateway --target-dir "$out/optimized"
 cp "$out/optimized/release/gateway" "$out/gateway"
-# Beside it so that `loadbench --bin-dir target/pgo` finds its backend.
-ln -sf "$target/release/echo" "$out/echo"
+# Beside it so that `loadbench --bin-dir target/pgo` and `E2E_BIN_DIR=target/pgo` find the backends.
+for backend in echo auth product cart; do
+  ln -sf "$target/release/$backend" "$out/$backend"
+done
 echo "built $out/gateway"

@@ -24,7 +24,7 @@ const BUILD_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// `cargo nextest run` release cargo's build-directory lock before running test binaries, so this
 /// nested build does not deadlock; if another build holds the lock it simply waits for it.
 ///
-/// `E2E_BIN_DIR=<dir>` skips the build and uses `<dir>/gateway` and `<dir>/echo` (for prebuilt runs).
+/// `E2E_BIN_DIR=<dir>` skips the build and takes the binaries from `<dir>` (for prebuilt runs).
 /// Panics with cargo's output when the build fails or a binary is missing.
 pub fn binary(name: &str) -> PathBuf {
     static BINARIES: OnceLock<Result<HashMap<String, PathBuf>, String>> = OnceLock::new();
@@ -42,7 +42,10 @@ pub fn binary(name: &str) -> PathBuf {
 fn locate_or_build() -> Result<HashMap<String, PathBuf>, String> {
     if let Some(dir) = std::env::var_os("E2E_BIN_DIR") {
         let dir = PathBuf::from(dir);
-        return Ok(["gateway", "echo"].iter().map(|name| (name.to_string(), dir.join(name))).collect());
+        return Ok(["gateway", "echo", "auth", "product", "cart"]
+            .iter()
+            .map(|name| (name.to_string(), dir.join(name)))
+            .collect());
     }
     build_binaries()
 }

@@ -29,7 +29,7 @@ pub mod upstream_tls;
 pub use binaries::binary;
 pub use configs::{config, config_version, one_route_config, write_temp, ConfigDir, LISTENERS};
 pub use gateway::{assert_error_has_every_check_line, gateway_check, gateway_run_invalid, Gateway};
-pub use process::{Backend, EchoStats};
+pub use process::{Backend, EchoStats, Service};
 
 /// Upper bound for any single wait (process start, a response, a process exit). Generous on purpose:
 /// it only turns a hang into a failure, it never measures speed.

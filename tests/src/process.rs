@@ -130,6 +130,43 @@ pub struct Backend {
     proc: Proc,
 }
 
+/// A running backend service (`auth`, `product`, `cart`) on a free loopback port. Killed on drop.
+pub struct Service {
+    pub addr: SocketAddr,
+    proc: Proc,
+}
+
+impl Service {
+    /// Starts `binary --listen 127.0.0.1:0 ARGS...` and waits for its `listening <addr>` line.
+    pub fn spawn(name: &str, args: &[&str]) -> Service {
+        let mut command = Command::new(binary(name));
+        command.args(["--listen", "127.0.0.1:0"]).args(args);
+        let (proc, addr) = spawn_listening(format!("`{name}` service"), command);
+        Service { addr, proc }
+    }
+
+    /// `http://ip:port`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// What it wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.proc.stderr.text()
+    }
+}
+
+/// Spawns `command` and waits for the `listening <addr>` line every backend prints once bound.
+fn spawn_listening(what: String, command: Command) -> (Proc, SocketAddr) {
+    let mut proc = Proc::spawn(what, command);
+    let line = proc.next_line().unwrap_or_else(|message| panic!("{message}"));
+    let Some(addr) = line.strip_prefix("listening ") else {
+        panic!("{}", proc.failure(&format!("printed {line:?} instead of `listening <addr>`")));
+    };
+    let addr = parse_addr(addr, &line);
+    (proc, addr)
+}
+
 /// The echo's `/stats` counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EchoStats {
@@ -148,12 +185,7 @@ impl Backend {
     pub fn spawn_on(name: &str, addr: SocketAddr) -> Backend {
         let mut command = Command::new(binary("echo"));
         command.args(["--listen", &addr.to_string(), "--name", name]);
-        let mut proc = Proc::spawn(format!("echo backend `{name}`"), command);
-        let line = proc.next_line().unwrap_or_else(|message| panic!("{message}"));
-        let Some(addr) = line.strip_prefix("listening ") else {
-            panic!("{}", proc.failure(&format!("printed {line:?} instead of `listening <addr>`")));
-        };
-        let addr = parse_addr(addr, &line);
+        let (proc, addr) = spawn_listening(format!("echo backend `{name}`"), command);
         Backend { name: name.to_owned(), addr, proc }
     }
 
