@@ -1,14 +1,49 @@
 //! What the auth, product and cart binaries share: logging, the `listening` line, serving until
-//! SIGTERM or SIGINT, and the duration flags.
+//! SIGTERM or SIGINT, the duration flags, and the whole `main` of product and cart.
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use anyhow::Context;
 use axum::Router;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
+
+use crate::jwt_check::Verifier;
+
+/// The command line of a service that checks tokens itself (product, cart).
+#[derive(Debug, Parser)]
+struct CheckingArgs {
+    /// Address to listen on; port 0 picks a free port (the bound address is printed).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// The `iss` tokens must carry.
+    #[arg(long)]
+    issuer: String,
+    /// The `aud` tokens must carry.
+    #[arg(long)]
+    audience: String,
+    /// The issuer's JWKS, over plain http:// (fetched on first use).
+    #[arg(long)]
+    jwks_url: String,
+    /// Least time between two JWKS fetches for tokens with an unknown key id.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    jwks_cooldown: Duration,
+}
+
+/// The `main` of a service that checks tokens: reads its command line (`about` is its help text),
+/// then serves `app` with a verifier whose realm is `name` until SIGTERM or SIGINT.
+pub async fn run_checking(name: &'static str, about: &'static str, app: fn(Verifier) -> Router) -> anyhow::Result<()> {
+    init_tracing();
+    let matches = CheckingArgs::command().name(name).about(about).get_matches();
+    let args = CheckingArgs::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let verifier = Verifier::with_cooldown(name, &args.issuer, &args.audience, &args.jwks_url, args.jwks_cooldown)?;
+    let listener = listen(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+    run(listener, app(verifier), shutdown_signal()).await.context("serving")
+}
 
 /// Logs to stderr, at the level `RUST_LOG` asks for (`info` without it).
 pub fn init_tracing() {
