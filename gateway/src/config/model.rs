@@ -434,16 +434,28 @@ pub mod defaults {
     pub const ACCEPT_GRACE: Duration = Duration::ZERO;
     pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
     /// Headers gateways and auth proxies commonly use to tell upstreams who the caller is.
+    /// A trailing `*` stands for any ending.
     pub const IDENTITY_HEADERS: &[&str] = &[
-        "x-user-id",
-        "x-user-role",
-        "x-user-email",
-        "x-user-name",
-        "x-authenticated-user",
-        "x-forwarded-user",
-        "x-consumer-id",
-        "x-auth-request-user",
-        "x-auth-request-email",
+        "x-user",
+        "x-userid",
+        "x-user-*",
+        "x-auth-user",
+        "x-auth-request-*",        // oauth2-proxy
+        "x-authenticated-*",       // Kong, and others' x-authenticated-user
+        "x-consumer-*",            // Kong
+        "x-credential-identifier", // Kong
+        "x-anonymous-consumer",    // Kong
+        "x-forwarded-user",        // oauth2-proxy, Traefik forward auth
+        "x-forwarded-email",
+        "x-forwarded-groups",
+        "x-forwarded-preferred-username",
+        "remote-user", // Apache's REMOTE_USER
+        "x-remote-user",
+        "x-jwt-*",                     // claims or payloads other gateways pass on
+        "x-goog-authenticated-user-*", // Google IAP
+        "x-goog-iap-jwt-assertion",
+        "x-amzn-oidc-*",          // AWS ALB
+        "x-ms-client-principal*", // Azure App Service
     ];
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
     pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);

@@ -291,8 +291,8 @@ fn trusted_proxies_trusting_everyone_warned() {
 fn identity_headers_default_list_and_custom_list() {
     let base = "listeners: [{ name: p, address: 127.0.0.1:0 }]\nupstreams: { u: { endpoints: [http://127.0.0.1:9001] } }\nroutes: [{ name: r, upstream: u }]\n";
     let defaults = parse("a.yaml", base).unwrap().config.identity_headers;
-    assert!(defaults.iter().any(|h| h == "x-user-id") && defaults.iter().any(|h| h == "x-auth-request-email"));
-    assert_eq!(defaults.len(), 9);
+    assert!(defaults.iter().any(|h| h == "x-user-*") && defaults.iter().any(|h| h == "x-auth-request-*"));
+    assert_eq!(defaults.len(), 20);
     let custom =
         parse("a.yaml", &format!("{base}identity_headers: [X-Tenant, x-user-id]\n")).unwrap().config.identity_headers;
     assert_eq!(custom, ["x-tenant", "x-user-id"]);
@@ -306,6 +306,18 @@ fn identity_headers_default_list_and_custom_list() {
     for (index, column, name) in [(1, 31, "host"), (2, 37, "authorization"), (3, 52, "content-length")] {
         let want = format!("a.yaml:4:{column}: identity_headers[{index}]: `{name}` cannot be removed");
         assert!(problems.contains(&want), "{want} in {problems}");
+    }
+    // A trailing `*` stands for any ending, and may not take in those either.
+    let custom = parse("a.yaml", &format!("{base}identity_headers: [x-tenant-*]\n")).unwrap().config.identity_headers;
+    assert_eq!(custom, ["x-tenant-*"]);
+    let problems =
+        parse("a.yaml", &format!("{base}identity_headers: [\"co*\", \"*\", x-*-id]\n")).unwrap_err().to_string();
+    for want in [
+        "identity_headers[0]: `co*` takes in `content-length`, which cannot be removed",
+        "identity_headers[1]: `*` takes in `host`, which cannot be removed",
+        "identity_headers[2]: `x-*-id` may have a `*` only at its end",
+    ] {
+        assert!(problems.contains(want), "{want} in {problems}");
     }
 }
 

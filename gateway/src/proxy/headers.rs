@@ -134,36 +134,61 @@ pub fn single_content_length(headers: &mut HeaderMap) {
 }
 
 /// The headers a client must never send an upstream (zero trust), also spelled with `_` for `-`
-/// (CGI, PHP and nginx with `underscores_in_headers` read `X_User_Id` as `X-User-Id`).
+/// (CGI, PHP and nginx with `underscores_in_headers` read `X_User_Id` as `X-User-Id`). A name
+/// ending in `*` stands for every name it begins (`x-user-*`: `x-user-scopes`, `x-user-sub`...).
 #[derive(Debug, Clone)]
 pub struct IdentityHeaders {
-    names: Vec<HeaderName>,
-    /// Bit `n` set: a name is `n` bytes long (bit 63: 63 or more). Most headers a request carries
-    /// are ruled out by their length alone, before any name is compared.
+    exact: Vec<HeaderName>,
+    /// Bit `n` set: an exact name is `n` bytes long (bit 63: 63 or more). Most headers a request
+    /// carries are ruled out by their length alone, before any name is compared.
     lengths: u64,
+    /// The names ending in `*`.
+    prefixes: Vec<HeaderName>,
+    /// Bit `b` set: a prefix starts with byte `b` (names are ASCII). Most headers a request carries
+    /// start with another letter than every prefix.
+    first_bytes: u128,
 }
 
 impl IdentityHeaders {
     pub fn new(names: &[HeaderName]) -> IdentityHeaders {
-        let lengths = names.iter().fold(0, |lengths, name| lengths | length_bit(name));
-        IdentityHeaders { names: names.to_vec(), lengths }
+        let (prefixes, exact): (Vec<HeaderName>, Vec<HeaderName>) =
+            names.iter().cloned().partition(|name| name.as_str().ends_with('*'));
+        let lengths = exact.iter().fold(0, |lengths, name| lengths | length_bit(name));
+        // A bare `*` begins every name (validation refuses it: it takes in Host).
+        let first_bytes = prefixes.iter().fold(0, |bytes, prefix| match prefix.as_str() {
+            "*" => u128::MAX,
+            _ => bytes | first_byte_bit(prefix),
+        });
+        IdentityHeaders { exact, lengths, prefixes, first_bytes }
     }
 
     fn contains(&self, present: &HeaderName) -> bool {
         self.removes(present).is_some()
     }
 
-    /// The identity header `present` is a spelling of, if any.
+    /// The identity header (or `*` pattern) `present` is a spelling of, if any.
     pub(crate) fn removes(&self, present: &HeaderName) -> Option<&HeaderName> {
-        if self.lengths & length_bit(present) == 0 {
+        if self.lengths & length_bit(present) != 0 {
+            if let Some(name) = self.exact.iter().find(|name| spelled_as(present, name)) {
+                return Some(name);
+            }
+        }
+        if self.first_bytes & first_byte_bit(present) == 0 {
             return None;
         }
-        self.names.iter().find(|name| spelled_as(present, name))
+        self.prefixes.iter().find(|prefix| {
+            let prefix = &prefix.as_str().as_bytes()[..prefix.as_str().len() - 1];
+            present.as_str().as_bytes().get(..prefix.len()).is_some_and(|start| same_but_underscores(start, prefix))
+        })
     }
 }
 
 fn length_bit(name: &HeaderName) -> u64 {
     1 << name.as_str().len().min(63)
+}
+
+fn first_byte_bit(name: &HeaderName) -> u128 {
+    name.as_str().as_bytes().first().map_or(0, |&b| 1 << (b & 0x7f))
 }
 
 /// Removes every identity header; returns how many header lines it removed.

@@ -132,16 +132,28 @@ fn refuse_identity_conditions(report: &mut Report<'_>, routes: &[Spanned<RawRout
 
 /// Why `header` cannot be an identity header, if it cannot: removed from every request, it would
 /// break every request, or every checked one.
-fn not_identity(header: &HeaderName) -> Option<&'static str> {
+fn not_identity(header: &HeaderName) -> Option<String> {
     use http::header::{AUTHORIZATION, CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING, UPGRADE};
-    if header == HOST {
-        Some("cannot be removed: every HTTP/1.1 request would lack its Host and get 400")
-    } else if header == AUTHORIZATION {
-        Some("cannot be removed: it carries the token routes with `auth` check, and upstreams check it again")
-    } else if [CONTENT_LENGTH, TRANSFER_ENCODING, CONNECTION, UPGRADE].contains(header) {
-        Some("cannot be removed: it frames the message, it does not say who sent it")
-    } else {
-        None
+    if header.as_str().trim_end_matches('*').contains('*') {
+        return Some("may have a `*` only at its end (standing for any ending)".to_owned());
+    }
+    let framing = "cannot be removed: it frames the message, it does not say who sent it";
+    let needed = [
+        (HOST, "cannot be removed: every HTTP/1.1 request would lack its Host and get 400"),
+        (
+            AUTHORIZATION,
+            "cannot be removed: it carries the token routes with `auth` check, and upstreams check it again",
+        ),
+        (CONTENT_LENGTH, framing),
+        (TRANSFER_ENCODING, framing),
+        (CONNECTION, framing),
+        (UPGRADE, framing),
+    ];
+    let removes = IdentityHeaders::new(std::slice::from_ref(header));
+    let (name, why) = needed.into_iter().find(|(name, _)| removes.removes(name).is_some())?;
+    match header == name {
+        true => Some(why.to_owned()),
+        false => Some(format!("takes in `{name}`, which {why}")),
     }
 }
 

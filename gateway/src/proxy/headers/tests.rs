@@ -253,6 +253,24 @@ fn remove_identity_removes_names_spelled_with_underscores() {
 }
 
 #[test]
+fn remove_identity_removes_every_name_a_pattern_begins() {
+    let mut h = map(&[
+        ("x-user-scopes", "admin"),
+        ("X_User_Sub", "root"),
+        ("x-user-", "empty ending"),
+        ("x-user", "kept: the pattern needs its `-`"),
+        ("x-users-count", "kept"),
+        ("x-request-id", "kept"),
+        ("accept", "kept"),
+    ]);
+    let names = IdentityHeaders::new(&[HeaderName::from_static("x-user-*"), HeaderName::from_static("remote-user")]);
+    assert_eq!(remove_identity(&mut h, &names), 3);
+    let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+    left.sort_unstable();
+    assert_eq!(left, ["accept", "x-request-id", "x-user", "x-users-count"]);
+}
+
+#[test]
 fn remove_identity_compares_long_names_too() {
     let long = "x-".repeat(40);
     let mut h = map(&[(long.as_str(), "1"), ("x-short", "kept")]);
