@@ -7,8 +7,9 @@
 //! JWKS is fetched over plain `http://` only (the backends carry no TLS client: serve it on
 //! loopback or a private network), on first use, so services start in any order, and again when
 //! a token names an unknown `kid`, at most once per cooldown (30 s by default), so a flood of
-//! made-up `kid`s cannot become a flood of fetches. A failed fetch keeps the keys held, and starts
-//! the cooldown too: until a first fetch succeeds, tokens get 503 `keys_unavailable`.
+//! made-up `kid`s cannot become a flood of fetches. A failed fetch keeps the keys held, and the
+//! next may come sooner (1 s, doubling up to the cooldown): until a first fetch succeeds, tokens
+//! get 503 `keys_unavailable`.
 //!
 //! Handlers take a [`Caller`] (an axum extractor; the router state must yield the `Verifier`
 //! through `FromRef`) and call [`Caller::require`] for the scope they need.

@@ -1,5 +1,6 @@
 //! The issuer's keys, fetched from its JWKS URL on first use and again for an unknown `kid`, at
-//! most once per cooldown; a failed fetch keeps the keys already held.
+//! most once per cooldown; a failed fetch keeps the keys already held, and is tried again sooner
+//! (1 s, doubling up to the cooldown), so an issuer that comes back is found within seconds.
 
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -18,6 +19,8 @@ use tokio::time::Instant;
 
 /// A fetch (connect, response and body) must finish within this.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(2);
+/// The first wait after a failed fetch; it doubles with each failure in a row, up to the cooldown.
+const FIRST_RETRY: Duration = Duration::from_secs(1);
 /// Larger key sets are refused: real ones are a few KiB.
 const MAX_JWKS_BYTES: usize = 256 * 1024;
 
@@ -29,9 +32,18 @@ pub(super) struct Jwks {
     cooldown: Duration,
     client: Client<HttpConnector, Empty<Bytes>>,
     keys: RwLock<Option<Arc<Keys>>>,
-    /// When the last fetch started. Held across the fetch, so requests arriving meanwhile wait
-    /// for it and then find it within the cooldown instead of fetching again.
-    last_fetch: tokio::sync::Mutex<Option<Instant>>,
+    /// When the last fetch started, and how long until the next. Held across the fetch, so
+    /// requests arriving meanwhile wait for it and then find it too recent to fetch again.
+    pace: tokio::sync::Mutex<Pace>,
+}
+
+#[derive(Clone, Copy)]
+struct Pace {
+    last: Option<Instant>,
+    /// Until the next fetch: the cooldown after a success, less after failures.
+    wait: Duration,
+    /// The wait after the next failure.
+    retry: Duration,
 }
 
 /// What looking up a `kid` found.
@@ -66,7 +78,8 @@ impl Jwks {
         http.set_connect_timeout(Some(FETCH_TIMEOUT));
         // No pooling: fetches are rare, and a restarted issuer should get a fresh connection.
         let client = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(0).build(http);
-        Jwks { url, cooldown, client, keys: RwLock::new(None), last_fetch: tokio::sync::Mutex::new(None) }
+        let pace = Pace { last: None, wait: Duration::ZERO, retry: FIRST_RETRY };
+        Jwks { url, cooldown, client, keys: RwLock::new(None), pace: tokio::sync::Mutex::new(pace) }
     }
 
     /// The key for `kid`, fetching the set first when it lacks `kid` and the cooldown allows.
@@ -88,20 +101,29 @@ impl Jwks {
         }
     }
 
-    /// Fetches unless a fetch started less than the cooldown ago. The start time is recorded
-    /// before fetching, so requests that give up mid-fetch (their client left) cannot skip it.
+    /// Fetches unless the last fetch is too recent: within the cooldown after a success, within
+    /// the retry wait after a failure. The start is recorded before fetching, as if it would
+    /// fail, so requests that give up mid-fetch (their client left) cannot skip the wait.
     async fn refetch(&self) {
-        let mut last = self.last_fetch.lock().await;
-        if last.is_some_and(|at| at.elapsed() < self.cooldown) {
+        let mut pace = self.pace.lock().await;
+        if pace.last.is_some_and(|at| at.elapsed() < pace.wait) {
             return;
         }
-        *last = Some(Instant::now());
+        let failed = Pace {
+            last: Some(Instant::now()),
+            wait: pace.retry.min(self.cooldown),
+            retry: pace.retry.saturating_mul(2).min(self.cooldown.max(FIRST_RETRY)),
+        };
+        *pace = failed;
         match tokio::time::timeout(FETCH_TIMEOUT, self.fetch()).await.unwrap_or(Err(FetchError::Timeout)) {
             Ok(keys) => {
                 tracing::info!(url = %self.url, keys = keys.len(), "JWKS fetched");
                 *self.keys.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(keys));
+                *pace = Pace { wait: self.cooldown, retry: FIRST_RETRY, ..failed };
             }
-            Err(error) => tracing::warn!(url = %self.url, %error, "JWKS fetch failed; keeping the keys held"),
+            Err(error) => {
+                tracing::warn!(url = %self.url, %error, retry_in = ?failed.wait, "JWKS fetch failed; keeping the keys held")
+            }
         }
     }
 

@@ -180,6 +180,28 @@ async fn unknown_kids_past_the_cooldown_refetch_and_a_failed_fetch_keeps_the_key
     assert_eq!(call("GET", &products, &good, None).await.status, 200, "the keys held survive a failed fetch");
 }
 
+/// An issuer that was down when the first token came is fetched again within seconds once it is
+/// back, not after the cooldown: with an hour's cooldown, this only passes by the retry.
+#[tokio::test]
+async fn an_issuer_back_from_an_outage_is_fetched_again_before_the_cooldown() {
+    let key = es256("k1");
+    let (jwks, addr) = TestJwks::start(&[&key]).await;
+    jwks.failing.store(true, std::sync::atomic::Ordering::SeqCst);
+    let product = start_product(&jwks_url(addr), Duration::from_secs(3600)).await;
+    let products = format!("http://{product}/products");
+    let token = key.sign(&claims_for("a", "products:read"));
+    assert_eq!(call("GET", &products, &token, None).await.status, 503);
+
+    jwks.failing.store(false, std::sync::atomic::Ordering::SeqCst);
+    eventually("product fetches the keys again", || async { call("GET", &products, &token, None).await.status == 200 })
+        .await;
+    // Once fetched, the cooldown holds again.
+    let made_up = es256("k2").sign(&claims_for("a", "products:read"));
+    let fetches = jwks.fetches();
+    assert_eq!(call("GET", &products, &made_up, None).await.status, 401);
+    assert_eq!(jwks.fetches(), fetches, "a fetch within the cooldown");
+}
+
 #[tokio::test]
 async fn product_started_before_its_issuer_fetches_keys_once_it_is_up() {
     let (listener, addr) = bind().await;
