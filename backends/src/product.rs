@@ -11,7 +11,7 @@
 //! - `GET /healthz`: `ok`, no token needed.
 //!
 //! Names are 1 to 200 characters (not blank, no control characters); `price_cents` and `stock`
-//! are integers of at least 0. Bodies are capped at 16 KiB, the catalog at 10,000 products.
+//! are integers from 0 to 1,000,000,000 (so that totals stay exact, in JavaScript clients too). Bodies are capped at 16 KiB, the catalog at 10,000 products.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -35,6 +35,8 @@ const WRITE: &str = "products:write";
 const BODY_LIMIT: usize = 16 * 1024;
 const MAX_PRODUCTS: usize = 10_000;
 const MAX_NAME_CHARS: usize = 200;
+/// The most a price (in cents) or a stock may be: far inside 2^53, where JSON numbers stop being exact.
+const MAX_AMOUNT: i64 = 1_000_000_000;
 
 #[derive(Clone)]
 struct Shop {
@@ -194,11 +196,11 @@ fn checked(fields: Fields) -> Result<Fields, ApiError> {
     if fields.name.chars().any(char::is_control) {
         return invalid("name", "must not contain control characters");
     }
-    if fields.price_cents < 0 {
-        return invalid("price_cents", "must be 0 or more");
+    if !(0..=MAX_AMOUNT).contains(&fields.price_cents) {
+        return invalid("price_cents", "must be from 0 to 1000000000");
     }
-    if fields.stock < 0 {
-        return invalid("stock", "must be 0 or more");
+    if !(0..=MAX_AMOUNT).contains(&fields.stock) {
+        return invalid("stock", "must be from 0 to 1000000000");
     }
     Ok(fields)
 }
@@ -240,6 +242,9 @@ mod tests {
         assert_eq!(field_of(fields("a\nb", 1, 1)), "name");
         assert_eq!(field_of(fields("ok", -1, 1)), "price_cents");
         assert_eq!(field_of(fields("ok", 1, -1)), "stock");
+        assert_eq!(field_of(fields("ok", i64::MAX, 1)), "price_cents");
+        assert_eq!(field_of(fields("ok", 1, MAX_AMOUNT + 1)), "stock");
+        assert!(checked(fields("ok", MAX_AMOUNT, MAX_AMOUNT)).is_ok());
         assert!(checked(fields(&"é".repeat(200), 0, 0)).is_ok(), "200 characters, more bytes");
     }
 }
