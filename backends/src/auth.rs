@@ -82,7 +82,7 @@ pub fn app(settings: Settings) -> io::Result<Router> {
 
 /// Serves the auth service on `listener` until the process ends.
 pub async fn serve(listener: TcpListener, settings: Settings) -> io::Result<()> {
-    axum::serve(listener, app(settings)?).await
+    crate::service::run(listener, app(settings)?, std::future::pending()).await
 }
 
 async fn publish_keys(State(auth): State<Arc<Auth>>) -> Response {

@@ -76,7 +76,7 @@ pub fn app(verifier: Verifier) -> Router {
 
 /// Serves the cart service on `listener` until the process ends.
 pub async fn serve(listener: TcpListener, verifier: Verifier) -> io::Result<()> {
-    axum::serve(listener, app(verifier)).await
+    crate::service::run(listener, app(verifier), std::future::pending()).await
 }
 
 impl Shop {

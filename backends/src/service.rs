@@ -6,13 +6,38 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use anyhow::Context;
 use axum::Router;
 use clap::{CommandFactory, FromArgMatches, Parser};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tower_service::Service;
 use tracing_subscriber::EnvFilter;
 
 use crate::jwt_check::Verifier;
+
+/// What [`run`] holds clients to.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// The longest a client may take to send a request head, or keep a connection idle between two.
+    pub header_read_timeout: Duration,
+    /// The most connections served at once.
+    pub max_connections: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits { header_read_timeout: Duration::from_secs(30), max_connections: 4096 }
+    }
+}
+
+/// After SIGTERM, how long requests in flight may take to finish.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The command line of a service that checks tokens itself (product, cart).
 #[derive(Debug, Parser)]
@@ -62,13 +87,66 @@ pub async fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     Ok(listener)
 }
 
-/// Serves `app` on `listener` until `shutdown` resolves, then lets requests in flight finish.
-pub async fn run(
+/// Serves `app` on `listener` until `shutdown` resolves, then lets requests in flight finish (for
+/// up to [`DRAIN_TIMEOUT`]), with the default [`Limits`].
+pub async fn run(listener: TcpListener, app: Router, shutdown: impl Future<Output = ()> + Send) -> io::Result<()> {
+    run_with(listener, app, shutdown, Limits::default()).await
+}
+
+/// [`run`] with other limits. Zero trust goes for connections too: a client that never finishes
+/// a request head is cut off (`axum::serve` never does), and past `max_connections` clients wait
+/// in the listen backlog rather than use up the file descriptors.
+pub async fn run_with(
     listener: TcpListener,
     app: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    shutdown: impl Future<Output = ()> + Send,
+    limits: Limits,
 ) -> io::Result<()> {
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // Also the longest a keep-alive connection may sit idle: hyper starts the clock at each head.
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
+    let slots = Arc::new(Semaphore::new(limits.max_connections as usize));
+    let (stop, stopping) = watch::channel(false);
+    tokio::pin!(shutdown);
+    loop {
+        let slot = tokio::select! {
+            slot = Arc::clone(&slots).acquire_owned() => slot.map_err(io::Error::other)?,
+            () = &mut shutdown => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                // Out of file descriptors, or a connection reset before it was taken: not fatal.
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let (builder, app, mut stopping) = (builder.clone(), app.clone(), stopping.clone());
+        tokio::spawn(async move {
+            let service = service_fn(move |request| app.clone().call(request));
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = async { stopping.wait_for(|stop| *stop).await.is_ok() } => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+            drop(slot);
+        });
+    }
+    let _ = stop.send(true);
+    // Every slot back: every connection closed.
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, slots.acquire_many(limits.max_connections)).await;
+    if drained.is_err() {
+        tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}; stopping anyway");
+    }
+    Ok(())
 }
 
 /// Resolves on the first SIGTERM or SIGINT (on other systems, Ctrl-C only).

@@ -6,4 +6,5 @@ mod binaries;
 mod cart;
 mod jwt;
 mod product;
+mod serving;
 mod support;
