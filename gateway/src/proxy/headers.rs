@@ -139,27 +139,26 @@ pub fn single_content_length(headers: &mut HeaderMap) {
 #[derive(Debug, Clone)]
 pub struct IdentityHeaders {
     exact: Vec<HeaderName>,
-    /// Bit `n` set: an exact name is `n` bytes long (bit 63: 63 or more). Most headers a request
-    /// carries are ruled out by their length alone, before any name is compared.
-    lengths: u64,
     /// The names ending in `*`.
     prefixes: Vec<HeaderName>,
-    /// Bit `b` set: a prefix starts with byte `b` (names are ASCII). Most headers a request carries
-    /// start with another letter than every prefix.
+    /// Bit `b` set: a name or prefix starts with byte `b` (names are ASCII). Most headers a request
+    /// carries start with another letter than every name, and are ruled out by that alone.
     first_bytes: u128,
+    /// Bit `n` set: an exact name is `n` bytes long (bit 63: 63 or more).
+    lengths: u64,
 }
 
 impl IdentityHeaders {
     pub fn new(names: &[HeaderName]) -> IdentityHeaders {
         let (prefixes, exact): (Vec<HeaderName>, Vec<HeaderName>) =
             names.iter().cloned().partition(|name| name.as_str().ends_with('*'));
-        let lengths = exact.iter().fold(0, |lengths, name| lengths | length_bit(name));
         // A bare `*` begins every name (validation refuses it: it takes in Host).
-        let first_bytes = prefixes.iter().fold(0, |bytes, prefix| match prefix.as_str() {
+        let first_bytes = names.iter().fold(0, |bytes, name| match name.as_str() {
             "*" => u128::MAX,
-            _ => bytes | first_byte_bit(prefix),
+            _ => bytes | first_byte_bit(name),
         });
-        IdentityHeaders { exact, lengths, prefixes, first_bytes }
+        let lengths = exact.iter().fold(0, |lengths, name| lengths | length_bit(name));
+        IdentityHeaders { exact, prefixes, first_bytes, lengths }
     }
 
     fn contains(&self, present: &HeaderName) -> bool {
@@ -168,13 +167,13 @@ impl IdentityHeaders {
 
     /// The identity header (or `*` pattern) `present` is a spelling of, if any.
     pub(crate) fn removes(&self, present: &HeaderName) -> Option<&HeaderName> {
+        if self.first_bytes & first_byte_bit(present) == 0 {
+            return None;
+        }
         if self.lengths & length_bit(present) != 0 {
             if let Some(name) = self.exact.iter().find(|name| spelled_as(present, name)) {
                 return Some(name);
             }
-        }
-        if self.first_bytes & first_byte_bit(present) == 0 {
-            return None;
         }
         self.prefixes.iter().find(|prefix| {
             let prefix = &prefix.as_str().as_bytes()[..prefix.as_str().len() - 1];
