@@ -31,8 +31,8 @@ const REDIS_CALL_BUCKETS: &[f64] =
 const REDIS_BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
 /// The reasons `server::conn` gives for a request head refused before routing: each is exported
 /// from the start (at 0), so a dashboard finds the series before the first one happens.
-pub const CLIENT_REJECTION_REASONS: [&str; 5] =
-    ["malformed", "head_too_large", "head_timeout", "rapid_reset", "control_flood"];
+pub const CLIENT_REJECTION_REASONS: [&str; 6] =
+    ["malformed", "head_too_large", "head_timeout", "rapid_reset", "control_flood", "per_ip_connections"];
 
 /// Every metric of the process.
 pub struct Metrics {
@@ -166,7 +166,7 @@ impl Metrics {
         let client_rejections = counter(
             &r,
             "gateway_client_rejections_total",
-            "Request heads refused before routing, with no access log line: malformed (400), head_too_large (431), head_timeout (408); rapid_reset: HTTP/2 connections closed for resetting most of their streams; control_flood: HTTP/2 connections closed for sending PINGs, SETTINGS, PRIORITY or empty DATA frames faster than 100 a second after a burst of 1,000.",
+            "Request heads refused before routing, with no access log line: malformed (400), head_too_large (431), head_timeout (408); rapid_reset: HTTP/2 connections closed for resetting most of their streams; control_flood: HTTP/2 connections closed for sending PINGs, SETTINGS, PRIORITY or empty DATA frames faster than 100 a second after a burst of 1,000; per_ip_connections: connections closed at accept because their address had server.max_connections_per_ip open.",
             &["reason"],
         );
         for reason in CLIENT_REJECTION_REASONS {

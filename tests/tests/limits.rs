@@ -407,6 +407,51 @@ async fn limits_max_connections_holds_new_connections_until_one_closes() {
     assert_eq!(raw::read_response(&mut third).await.status, 200);
 }
 
+/// One address may hold `max_connections_per_ip`: its next connection is closed at once, counted,
+/// while other addresses (here 127.0.0.2) and trusted proxies are served; a close makes room.
+#[tokio::test]
+async fn limits_max_connections_per_ip_closes_an_address_s_extra_connections() {
+    let echo = Backend::spawn("echo");
+    let config = one_route_config(&echo, "max_connections_per_ip: 2", "").replace("127.0.0.1:0", "0.0.0.0:0");
+    let gateway = Gateway::start(&config);
+    let port = gateway.addr().port();
+    let get = b"GET / HTTP/1.1\r\nhost: gw.test\r\n\r\n";
+    let served = |from: [u8; 4]| async move {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind((from, 0).into()).unwrap();
+        let mut stream = socket.connect(([127, 0, 0, 1], port).into()).await.unwrap();
+        stream.write_all(get).await.unwrap();
+        let mut reply = Vec::new();
+        // Served: a status line. Closed at accept: nothing, or a reset.
+        let read = tokio::time::timeout(e2e::TIMEOUT, stream.read_buf(&mut reply)).await.unwrap();
+        (matches!(read, Ok(n) if n > 0), stream)
+    };
+    let (first, _held1) = served([127, 0, 0, 1]).await;
+    let (second, held2) = served([127, 0, 0, 1]).await;
+    assert!(first && second, "the first two are served");
+    let (third, _) = served([127, 0, 0, 1]).await;
+    assert!(!third, "a third from 127.0.0.1 was served");
+    let (other, _held3) = served([127, 0, 0, 2]).await;
+    assert!(other, "another address is not held to 127.0.0.1's count");
+    let metrics = client::get(gateway.admin_addr(), "/metrics").await.text();
+    let line = "gateway_client_rejections_total{reason=\"per_ip_connections\"} 1";
+    assert!(metrics.lines().any(|l| l == line), "{line} in {metrics}");
+
+    drop(held2);
+    e2e::eventually("a close makes room for the address", || async { served([127, 0, 0, 1]).await.0 }).await;
+
+    // A trusted proxy speaks for many clients: not capped.
+    let trusted = one_route_config(&echo, "max_connections_per_ip: 1\ntrusted_proxies: [127.0.0.1]", "");
+    let proxy_facing = Gateway::start(&trusted);
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut stream = raw::connect(proxy_facing.addr()).await;
+        stream.write_all(get).await.unwrap();
+        assert_eq!(raw::read_response(&mut stream).await.status, 200);
+        held.push(stream);
+    }
+}
+
 /// Started with systemd's usual soft limit far below the hard one, the gateway raises the soft
 /// limit to the hard one (as nginx's `worker_rlimit_nofile`), and `max_connections` defaults to
 /// half of what the raised limit leaves after 256 descriptors kept for everything else.

@@ -246,6 +246,9 @@ pub struct Server {
     /// Most client connections open at once, across listeners; `None`: derived from the file
     /// descriptor limit (see `server::connections`).
     pub max_connections: Option<usize>,
+    /// Most client connections open at once from one address (an IPv6 /64), trusted proxies
+    /// aside; more are closed at once. `None`: no such cap.
+    pub max_connections_per_ip: Option<usize>,
     /// A request head must arrive within this time once its first byte has; else 408.
     pub header_read_timeout: Duration,
     /// A keep-alive connection with no request in flight is closed after this long; so is one

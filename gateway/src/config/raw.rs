@@ -143,6 +143,7 @@ pub(crate) struct RawServer {
     pub max_header_size: Option<Spanned<String>>,
     pub max_headers: Option<Spanned<usize>>,
     pub max_connections: Option<Spanned<usize>>,
+    pub max_connections_per_ip: Option<Spanned<usize>>,
     pub header_read_timeout: Option<Spanned<String>>,
     pub idle_timeout: Option<Spanned<String>>,
     pub max_body_size: Option<Spanned<String>>,

@@ -4,12 +4,16 @@
 //! a flood of connections runs the process out of file descriptors, and then nothing works: not
 //! upstream connections, not the admin listener's `/healthz`, not the config file's reload.
 //!
+//! `server.max_connections_per_ip` caps what one address may hold of that (see [`per_address`]).
+//!
 //! Upstream sockets are counted too, against what the file descriptor limit leaves after
 //! [`RESERVED_FDS`]: an HTTP/2 client connection may hold up to 200 of them (one per stream), so
 //! capping client connections alone does not keep the process within its limit.
 
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
+use std::sync::{LazyLock, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -25,9 +29,20 @@ static CLOSED: Notify = Notify::const_new();
 /// How often a loop waiting for room reads the limit again, which a reload may raise.
 const RECHECK: Duration = Duration::from_secs(1);
 
-/// One open client connection, counted until dropped.
+/// One open client connection, counted until dropped (and for its address, when capped).
 #[derive(Debug)]
-pub(super) struct Open(());
+pub(super) struct Open {
+    /// Held for its drop.
+    _address: Option<AddressSlot>,
+}
+
+impl Open {
+    /// Counts the connection for its address too, until dropped.
+    pub(super) fn with_address(mut self, address: Option<AddressSlot>) -> Open {
+        self._address = address;
+        self
+    }
+}
 
 impl Drop for Open {
     fn drop(&mut self) {
@@ -43,7 +58,43 @@ impl Drop for Open {
 fn try_open(limit: usize) -> Option<Open> {
     OPEN.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |open| (open < limit).then_some(open + 1))
         .ok()
-        .map(|_| Open(()))
+        .map(|_| Open { _address: None })
+}
+
+/// Client connections open now by address, for `server.max_connections_per_ip`: addresses with
+/// none open are not kept. Touched once per accept and per close, by one worker at a time.
+static PER_ADDRESS: LazyLock<Mutex<HashMap<IpAddr, usize>>> = LazyLock::new(Mutex::default);
+
+/// One client connection counted for its address until dropped.
+#[derive(Debug)]
+pub(super) struct AddressSlot(IpAddr);
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut open = PER_ADDRESS.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = open.get_mut(&self.0) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.0);
+            }
+        }
+    }
+}
+
+/// Counts one more connection from `peer`, unless `limit` from its address are open. IPv6
+/// addresses count by their /64, which one host may hold whole.
+pub(super) fn per_address(peer: IpAddr, limit: usize) -> Option<AddressSlot> {
+    let address = match peer.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & !((1u128 << 64) - 1))),
+        v4 => v4,
+    };
+    let mut open = PER_ADDRESS.lock().unwrap_or_else(PoisonError::into_inner);
+    let count = open.entry(address).or_insert(0);
+    if *count >= limit {
+        return None;
+    }
+    *count += 1;
+    Some(AddressSlot(address))
 }
 
 /// Client connections open now.
@@ -174,5 +225,28 @@ fn warn_full(limit: usize) {
             limit,
             "server.max_connections reached: new connections wait until one closes (logged once a minute at most)"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_address_counts_an_ipv6_64_as_one_address_and_forgets_closed_ones() {
+        let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+        // Addresses of this test only: the table is the process's.
+        let one = per_address(ip("2001:db8:77:1::1"), 2).unwrap();
+        let two = per_address(ip("2001:db8:77:1:ffff::9"), 2).unwrap();
+        assert!(per_address(ip("2001:db8:77:1::42"), 2).is_none(), "the same /64");
+        assert!(per_address(ip("2001:db8:77:2::1"), 2).is_some(), "another /64");
+        drop(one);
+        let three = per_address(ip("2001:db8:77:1::1"), 2).unwrap();
+        drop((two, three));
+        let four = per_address(ip("::ffff:192.0.2.77"), 1).unwrap();
+        assert!(per_address(ip("192.0.2.77"), 1).is_none(), "an IPv4-mapped address is its IPv4 one");
+        drop(four);
+        let open = PER_ADDRESS.lock().unwrap();
+        assert!(!open.keys().any(|a| a.to_string().starts_with("2001:db8:77:") || *a == ip("192.0.2.77")), "{open:?}");
     }
 }

@@ -254,6 +254,27 @@ impl Worker {
     }
 }
 
+/// The slot `server.max_connections_per_ip` gives `peer` (none without the cap, or for a trusted
+/// proxy, which speaks for many clients), or `Err` when its address has all of them: the caller
+/// drops the connection, which closes it.
+fn per_address(snapshot: &Snapshot, peer: SocketAddr) -> Result<Option<connections::AddressSlot>, ()> {
+    let Some(limit) = snapshot.server.max_connections_per_ip else { return Ok(None) };
+    if snapshot.is_trusted(peer.ip()) {
+        return Ok(None);
+    }
+    match connections::per_address(peer.ip(), limit) {
+        Some(slot) => Ok(Some(slot)),
+        None => {
+            crate::metrics::global().client_rejected("per_ip_connections");
+            static WARNED: Throttle = Throttle::new(Duration::from_secs(60));
+            if WARNED.allows() {
+                tracing::warn!(%peer, limit, "server.max_connections_per_ip reached: closing the address's new connections (logged once a minute at most)");
+            }
+            Err(())
+        }
+    }
+}
+
 async fn accept_loop(
     name: String,
     listener: TcpListener,
@@ -264,9 +285,12 @@ async fn accept_loop(
     let name: Arc<str> = Arc::from(name);
     // The connection waits for room once accepted, so a loop holds at most one unserved.
     let accept = || async {
-        let (stream, peer) = listener.accept().await?;
-        let open = connections::room(|| connections::limit(&runtime.load().server)).await;
-        Ok::<_, std::io::Error>((stream, peer, open))
+        loop {
+            let (stream, peer) = listener.accept().await?;
+            let Ok(address) = per_address(&runtime.load(), peer) else { continue };
+            let open = connections::room(|| connections::limit(&runtime.load().server)).await;
+            return Ok::<_, std::io::Error>((stream, peer, open.with_address(address)));
+        }
     };
     loop {
         tokio::select! {

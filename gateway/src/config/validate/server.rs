@@ -141,20 +141,27 @@ pub(super) fn server(report: &mut Report<'_>, raw: Option<&RawServer>) -> Server
         Some(n) => n.value,
         None => defaults::MAX_HEADERS,
     };
-    let max_connections = match &raw.max_connections {
+    let at_least_one = |report: &mut Report<'_>, raw: &Option<Spanned<usize>>, key: &str, hint: &str| match raw {
         Some(n) if n.value == 0 => {
-            report
-                .error(n.referenced, "server.max_connections", "max_connections must be at least 1")
-                .hint("leave it out to derive it from the open file limit");
+            report.error(n.referenced, &format!("server.{key}"), format!("{key} must be at least 1")).hint(hint);
             None
         }
         Some(n) => Some(n.value),
         None => None,
     };
+    let max_connections = at_least_one(
+        report,
+        &raw.max_connections,
+        "max_connections",
+        "leave it out to derive it from the open file limit",
+    );
+    let max_connections_per_ip =
+        at_least_one(report, &raw.max_connections_per_ip, "max_connections_per_ip", "leave it out for no such cap");
     Server {
         max_header_size: usize::try_from(max_header_size).unwrap_or(usize::MAX),
         max_headers,
         max_connections,
+        max_connections_per_ip,
         header_read_timeout: duration(
             report,
             raw.header_read_timeout.as_ref(),
