@@ -39,18 +39,33 @@ impl Default for Limits {
 /// After SIGTERM, how long requests in flight may take to finish.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The flags every shop service has: where it listens, and whose tokens it issues or checks.
+#[derive(Debug, clap::Args)]
+pub struct Common {
+    /// Address to listen on; port 0 picks a free port (the bound address is printed).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: SocketAddr,
+    /// The tokens' issuer (`iss`).
+    #[arg(long)]
+    pub issuer: String,
+    /// The tokens' audience (`aud`).
+    #[arg(long)]
+    pub audience: String,
+}
+
+impl Common {
+    /// Binds `--listen` (printing the `listening` line) and serves `app` until SIGTERM or SIGINT.
+    pub async fn serve(&self, app: Router) -> anyhow::Result<()> {
+        let listener = listen(self.listen).await.with_context(|| format!("binding {}", self.listen))?;
+        run(listener, app, shutdown_signal()).await.context("serving")
+    }
+}
+
 /// The command line of a service that checks tokens itself (product, cart).
 #[derive(Debug, Parser)]
 struct CheckingArgs {
-    /// Address to listen on; port 0 picks a free port (the bound address is printed).
-    #[arg(long, default_value = "127.0.0.1:0")]
-    listen: SocketAddr,
-    /// The `iss` tokens must carry.
-    #[arg(long)]
-    issuer: String,
-    /// The `aud` tokens must carry.
-    #[arg(long)]
-    audience: String,
+    #[command(flatten)]
+    common: Common,
     /// The issuer's JWKS, over plain http:// (fetched on first use).
     #[arg(long)]
     jwks_url: String,
@@ -65,9 +80,9 @@ pub async fn run_checking(name: &'static str, about: &'static str, app: fn(Verif
     init_tracing();
     let matches = CheckingArgs::command().name(name).about(about).get_matches();
     let args = CheckingArgs::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    let verifier = Verifier::with_cooldown(name, &args.issuer, &args.audience, &args.jwks_url, args.jwks_cooldown)?;
-    let listener = listen(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
-    run(listener, app(verifier), shutdown_signal()).await.context("serving")
+    let Common { issuer, audience, .. } = &args.common;
+    let verifier = Verifier::with_cooldown(name, issuer, audience, &args.jwks_url, args.jwks_cooldown)?;
+    args.common.serve(app(verifier)).await
 }
 
 /// Logs to stderr, at the level `RUST_LOG` asks for (`info` without it).

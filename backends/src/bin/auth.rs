@@ -1,27 +1,18 @@
 //! `auth --listen ADDR --issuer URL --audience AUD --users FILE [--token-lifetime 5m]`: runs the
 //! auth service and prints `listening <ip:port>` on stdout.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context;
 use backends::auth::{self, Settings, Users};
-use backends::service;
+use backends::service::{self, Common};
 use clap::Parser;
 
 /// Issues ES256 access tokens for the users of a file, and publishes the key as a JWKS.
 #[derive(Debug, Parser)]
 struct Args {
-    /// Address to listen on; port 0 picks a free port (the bound address is printed).
-    #[arg(long, default_value = "127.0.0.1:0")]
-    listen: SocketAddr,
-    /// The tokens' `iss`.
-    #[arg(long)]
-    issuer: String,
-    /// The tokens' `aud`.
-    #[arg(long)]
-    audience: String,
+    #[command(flatten)]
+    common: Common,
     /// JSON file of users: `[{"username": "...", "password": "...", "scopes": ["..."]}]`.
     #[arg(long)]
     users: PathBuf,
@@ -33,12 +24,12 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     service::init_tracing();
-    let args = Args::parse();
-    anyhow::ensure!(!args.issuer.is_empty() && !args.audience.is_empty(), "--issuer and --audience must not be empty");
-    let users = Users::load(&args.users)?;
-    let settings =
-        Settings { issuer: args.issuer, audience: args.audience, users, token_lifetime: args.token_lifetime };
-    let app = auth::app(settings)?;
-    let listener = service::listen(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
-    service::run(listener, app, service::shutdown_signal()).await.context("serving")
+    let Args { common, users, token_lifetime } = Args::parse();
+    anyhow::ensure!(
+        !common.issuer.is_empty() && !common.audience.is_empty(),
+        "--issuer and --audience must not be empty"
+    );
+    let users = Users::load(&users)?;
+    let settings = Settings { issuer: common.issuer.clone(), audience: common.audience.clone(), users, token_lifetime };
+    common.serve(auth::app(settings)?).await
 }
