@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Userspace instructions per request, gateway against nginx, counted by callgrind.
+# Userspace instructions per request, gateway against nginx and against `hyperfloor` (about the
+# least a hyper 1.x proxy does), counted by callgrind.
 #
 # Shared machines make req/s and CPU time noisy; instruction counts are not: the same binary and
 # input give the same count whatever else runs. Each proxy serves one keep-alive connection of
@@ -22,7 +23,7 @@ for tool in valgrind curl; do
   command -v "$tool" >/dev/null || { echo "$tool is missing: apt-get install $tool" >&2; exit 1; }
 done
 
-cargo build --release --quiet -p gateway -p backends
+cargo build --release --quiet -p gateway -p backends -p benches --bin gateway --bin echo --bin hyperfloor
 bin=target/release
 gateway_bin=${GATEWAY_BIN:-$bin/gateway}
 work=$(mktemp -d)
@@ -92,7 +93,7 @@ urls() {
 }
 
 # Total instructions of one run of proxy "$@" serving $1 requests (gateway: SIGTERM drains it;
-# nginx: SIGQUIT).
+# nginx: SIGQUIT; hyperfloor: SIGTERM ends it).
 count() {
   local requests=$1 signal=$2
   shift 2
@@ -119,6 +120,8 @@ per_request() {
 }
 
 results=$(per_request gateway TERM "$gateway_bin" run --config "$work/gateway.yaml")
+results+=$'\n'$(per_request hyper-floor TERM "$bin/hyperfloor" --listen "127.0.0.1:$PROXY_PORT" \
+  --upstream "127.0.0.1:$ECHO_PORT" --workers 1)
 if command -v nginx >/dev/null; then
   mkdir -p "$work/nginx"/{client_body,proxy,fastcgi,uwsgi,scgi}
   results+=$'\n'$(per_request nginx QUIT nginx -p "$work/nginx" -c "$work/nginx.conf")
@@ -127,4 +130,7 @@ else
 fi
 
 echo "userspace instructions per request ($((N - WARM)) sequential keep-alive GETs of /bytes/256, callgrind):"
-echo "$results" | awk '{printf "  %-8s %7d\n", $1, $2; v[$1]=$2} END {if (v["nginx"]) printf "  gateway / nginx %.2fx\n", v["gateway"] / v["nginx"]}'
+echo "$results" | awk '{printf "  %-11s %7d\n", $1, $2; v[$1]=$2} END {
+  printf "  gateway / hyper-floor %.2fx\n", v["gateway"] / v["hyper-floor"]
+  if (v["nginx"]) printf "  gateway / nginx %.2fx\n  hyper-floor / nginx %.2fx\n", v["gateway"] / v["nginx"], v["hyper-floor"] / v["nginx"]
+}'

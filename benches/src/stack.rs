@@ -25,33 +25,35 @@ pub(crate) const STARTUP_TIMEOUT: Duration = Duration::from_secs(15);
 pub struct Binaries {
     pub gateway: PathBuf,
     pub echo: PathBuf,
+    /// The `hyper-floor` yardstick: always the one beside this executable, as it is part of the
+    /// bench, not of the build measured.
+    pub hyper_floor: PathBuf,
 }
 
-/// Finds `gateway` and `echo` in `bin_dir`, or next to this executable; builds them with cargo
-/// (release when this is a release build) when they are missing from the default location.
-/// `gateway` is only looked for when `needs_gateway`.
-pub fn binaries(bin_dir: Option<&Path>, needs_gateway: bool) -> anyhow::Result<Binaries> {
-    let dir = match bin_dir {
-        Some(dir) => dir.to_owned(),
-        None => std::env::current_exe()?.parent().context("executable has no directory")?.to_owned(),
-    };
-    let bins = Binaries { gateway: dir.join("gateway"), echo: dir.join("echo") };
-    let missing: Vec<&Path> = [(&bins.echo, true), (&bins.gateway, needs_gateway)]
-        .into_iter()
-        .filter(|(p, needed)| *needed && !p.is_file())
-        .map(|(p, _)| p.as_path())
-        .collect();
+/// Finds `gateway` and `echo` in `bin_dir`, or next to this executable, and `hyperfloor` next to
+/// this executable; builds them with cargo (release when this is a release build) when they are
+/// missing from there. `gateway` is only looked for when `needs_gateway`, `hyperfloor` when
+/// `needs_hyper_floor`.
+pub fn binaries(bin_dir: Option<&Path>, needs_gateway: bool, needs_hyper_floor: bool) -> anyhow::Result<Binaries> {
+    let own_dir = std::env::current_exe()?.parent().context("executable has no directory")?.to_owned();
+    let dir = bin_dir.unwrap_or(&own_dir);
+    let bins =
+        Binaries { gateway: dir.join("gateway"), echo: dir.join("echo"), hyper_floor: own_dir.join("hyperfloor") };
+    let wanted = [(&bins.echo, true), (&bins.gateway, needs_gateway), (&bins.hyper_floor, needs_hyper_floor)];
+    let missing: Vec<&Path> =
+        wanted.iter().filter(|(p, needed)| *needed && !p.is_file()).map(|(p, _)| p.as_path()).collect();
     if missing.is_empty() {
         return Ok(bins);
     }
-    if bin_dir.is_some() {
-        bail!("missing in --bin-dir: {missing:?}");
+    if let Some(p) = missing.iter().find(|p| !p.starts_with(&own_dir)) {
+        bail!("missing in --bin-dir: {}", p.display());
     }
     let profile = if cfg!(debug_assertions) { None } else { Some("--release") };
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("benches/ has no parent")?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.arg("build").args(profile).args(["-p", "gateway", "-p", "backends", "--bins"]).current_dir(workspace);
+    cmd.arg("build").args(profile).args(["-p", "gateway", "-p", "backends", "-p", "benches", "--bins"]);
+    cmd.current_dir(workspace);
     eprintln!("==================================================================");
     eprintln!("{}: {missing:?} not built; building now: {cmd:?}", procs::program());
     eprintln!("==================================================================");
@@ -59,7 +61,7 @@ pub fn binaries(bin_dir: Option<&Path>, needs_gateway: bool) -> anyhow::Result<B
     if !status.success() {
         bail!("cargo build failed ({status})");
     }
-    if let Some(p) = [&bins.echo, &bins.gateway].into_iter().find(|p| !p.is_file()) {
+    if let Some((p, _)) = wanted.iter().find(|(p, needed)| *needed && !p.is_file()) {
         bail!("{} still missing after cargo build", p.display());
     }
     Ok(bins)
@@ -82,6 +84,20 @@ pub fn start_echo(bin: &Path, dir: &Path) -> anyhow::Result<Backend> {
     let addr = proc.wait_for_line(STARTUP_TIMEOUT, |line| line.strip_prefix("listening ")?.trim().parse().ok())?;
     probe(&mut proc, addr)?;
     Ok(Backend { addr, proc })
+}
+
+/// Starts `hyperfloor` (the `hyper-floor` yardstick) with `workers` worker threads in front of
+/// `backend`, and waits for it to answer.
+pub fn start_hyper_floor(bin: &Path, dir: &Path, backend: SocketAddr, workers: usize) -> anyhow::Result<Proxy> {
+    let mut cmd = Command::new(bin);
+    cmd.arg("--upstream").arg(backend.to_string()).arg("--workers").arg(workers.to_string());
+    let mut proc = ProcGuard::spawn("hyper-floor", cmd, &dir.join("hyper-floor.stderr"))?;
+    let addr = proc.wait_for_line(STARTUP_TIMEOUT, |line| match parse_listening(line) {
+        Some(("bench", addr)) => Some(addr),
+        _ => None,
+    })?;
+    probe(&mut proc, addr)?;
+    Ok(Proxy { addr, tls_addr: None, admin_addr: None, access_log: None, proc, has_workers: false })
 }
 
 /// A proxy in front of the backend.

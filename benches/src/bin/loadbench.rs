@@ -18,7 +18,8 @@
 //! JSON access log to a file, serves `gateway-access-log`; `gateway-all` serves `gateway-all` with
 //! every feature on: TLS, JWT, limits counted in Redis (in-process without redis-server) and a
 //! JSON access log to a file. The lines and drops of each access log are reported after the run.
-//! Each gateway is started only when one of its scenarios is selected.
+//! Each gateway is started only when one of its scenarios is selected. Two yardsticks sit beside
+//! them: nginx, and `hyperfloor` (about the least a hyper 1.x proxy does).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -102,7 +103,7 @@ struct Args {
         value_delimiter = ',',
         default_value = "direct,gateway,gateway-bearer,gateway-jwt,gateway-local-limit,gateway-redis-limit,\
                          gateway-access-log,gateway-h2,gateway-https,gateway-https-h2,gateway-https-new-conn,\
-                         gateway-all,nginx"
+                         gateway-all,nginx,hyper-floor"
     )]
     scenarios: Vec<Scenario>,
     /// nginx worker processes [default: the gateway's worker threads = available CPUs].
@@ -202,6 +203,7 @@ struct Stack {
     /// The gateways a selected scenario needs, in [`Gateway::EVERY`] order.
     gateways: Vec<(Gateway, Proxy)>,
     nginx: Option<Proxy>,
+    hyper_floor: Option<Proxy>,
     redis: Option<RedisServer>,
     backend: Backend,
     /// Client configs for the gateway's TLS listener (when a TLS scenario runs).
@@ -217,7 +219,7 @@ impl Stack {
     }
 
     fn proxies_mut(&mut self) -> impl Iterator<Item = &mut Proxy> {
-        self.gateways.iter_mut().map(|(_, proxy)| proxy).chain(self.nginx.iter_mut())
+        self.gateways.iter_mut().map(|(_, proxy)| proxy).chain(self.nginx.iter_mut()).chain(self.hyper_floor.iter_mut())
     }
 
     /// The proxy `scenario`'s client talks to (`None`: the echo itself).
@@ -226,6 +228,7 @@ impl Stack {
             Server::Echo => None,
             Server::Gateway(gateway) => self.gateways.iter().find(|(g, _)| *g == gateway).map(|(_, proxy)| proxy),
             Server::Nginx => self.nginx.as_ref(),
+            Server::HyperFloor => self.hyper_floor.as_ref(),
         }
     }
 
@@ -257,7 +260,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     }
     check_open_files(args)?;
     let needs_gateway = args.scenarios.iter().any(|s| matches!(s.server(), Server::Gateway(_)));
-    let bins = stack::binaries(args.bin_dir.as_deref(), needs_gateway)?;
+    let bins = stack::binaries(args.bin_dir.as_deref(), needs_gateway, args.scenarios.contains(&Scenario::HyperFloor))?;
     let mut scenarios: Vec<Scenario> = Vec::new();
     for s in &args.scenarios {
         if !scenarios.contains(s) {
@@ -488,8 +491,8 @@ fn find_redis_server(scenarios: &mut Vec<Scenario>) -> Option<PathBuf> {
 /// Starts the echo backend, then redis-server (when a scenario counts in Redis and it is
 /// installed), then each gateway that serves a selected scenario (see [`Gateway`]), with the TLS
 /// listener, JWT routes, `redis:` and access log only if a scenario it serves needs them; then
-/// nginx (as selected). nginx gets as many workers as the gateway has worker threads, unless
-/// `--nginx-workers` says otherwise.
+/// nginx and `hyperfloor` (as selected). nginx gets as many workers as the gateway has worker
+/// threads, unless `--nginx-workers` says otherwise; `hyperfloor` always does.
 fn start_stack(
     args: &Args,
     bins: &Binaries,
@@ -500,7 +503,16 @@ fn start_stack(
     let cpus = std::thread::available_parallelism().map_or(1, usize::from);
     let tmp = TempDir::new(args.keep_tmp)?;
     let backend = stack::start_echo(&bins.echo, tmp.path())?;
-    let mut stack = Stack { gateways: Vec::new(), nginx: None, redis: None, backend, tls: None, tokens: None, tmp };
+    let mut stack = Stack {
+        gateways: Vec::new(),
+        nginx: None,
+        hyper_floor: None,
+        redis: None,
+        backend,
+        tls: None,
+        tokens: None,
+        tmp,
+    };
     // Which build is measured: `--bin-dir` may point at another (e.g. the PGO build's).
     println!("binaries      {} and {}", bins.gateway.display(), bins.echo.display());
     println!("echo backend  pid {:<7} {}", stack.backend.proc.pid(), stack.backend.addr);
@@ -566,6 +578,17 @@ fn start_stack(
         println!("nginx         pid {:<7} {}  (workers {:?})", proxy.proc.pid(), proxy.addr, &proxy.pids()[1..]);
         stack.nginx = Some(proxy);
     }
+    if scenarios.contains(&Scenario::HyperFloor) {
+        let proxy =
+            stack::start_hyper_floor(&bins.hyper_floor, stack.tmp.path(), stack.backend.addr, setup.gateway_workers)?;
+        println!(
+            "hyper-floor   pid {:<7} {}  ({} worker threads)",
+            proxy.proc.pid(),
+            proxy.addr,
+            setup.gateway_workers
+        );
+        stack.hyper_floor = Some(proxy);
+    }
     Ok((stack, setup))
 }
 
@@ -608,6 +631,7 @@ fn settings(
         "redis_version": redis_server.and_then(redis::version),
         "gateway_bin": bins.gateway.display().to_string(),
         "echo_bin": bins.echo.display().to_string(),
+        "hyper_floor_bin": bins.hyper_floor.display().to_string(),
         "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").ok().map(|s| s.trim().to_owned()),
         "cpu_model": cpu_model(),
     })

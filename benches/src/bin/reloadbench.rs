@@ -65,7 +65,8 @@ const STOPPED: &str = "stopped by a signal; stopped all child processes";
 fn run(args: &Args) -> anyhow::Result<()> {
     anyhow::ensure!(args.reloads > 0, "--reloads must be > 0");
     let stop = procs::stop_on_signals()?;
-    let stack::Binaries { gateway: gateway_bin, echo: echo_bin } = stack::binaries(args.bin_dir.as_deref(), true)?;
+    let stack::Binaries { gateway: gateway_bin, echo: echo_bin, .. } =
+        stack::binaries(args.bin_dir.as_deref(), true, false)?;
     let tmp = TempDir::new(args.keep_tmp)?;
     // The gateway watches its config's directory: keep it apart from the stderr files, which are
     // written all the time and would be a stream of (ignored) change events.

@@ -44,6 +44,10 @@ pub(crate) enum Scenario {
     GatewayAll,
     /// HTTP/1.1 keep-alive through nginx.
     Nginx,
+    /// HTTP/1.1 keep-alive through `hyperfloor`, about the least a hyper 1.x proxy does (the
+    /// gateway's forwarding headers, nothing else): the gateway's ratio to it is what the gateway's
+    /// own work costs, its ratio to nginx what hyper costs.
+    HyperFloor,
 }
 
 /// The process a scenario's client talks to.
@@ -52,6 +56,7 @@ pub(crate) enum Server {
     Echo,
     Gateway(Gateway),
     Nginx,
+    HyperFloor,
 }
 
 /// The gateway process that serves a scenario. Each runs only the features its scenarios need,
@@ -100,6 +105,7 @@ impl Scenario {
             Scenario::GatewayAccessLog => "gateway-access-log",
             Scenario::GatewayAll => "gateway-all",
             Scenario::Nginx => "nginx",
+            Scenario::HyperFloor => "hyper-floor",
         }
     }
 
@@ -107,6 +113,7 @@ impl Scenario {
         match self {
             Scenario::Direct => Server::Echo,
             Scenario::Nginx => Server::Nginx,
+            Scenario::HyperFloor => Server::HyperFloor,
             Scenario::Gateway
             | Scenario::GatewayH2
             | Scenario::GatewayHttps
@@ -187,9 +194,15 @@ impl Scenario {
                 format!("client -> {} ({} worker threads{counted}) -> echo", gateway.name(), setup.gateway_workers)
             }
             Server::Nginx => format!("client -> nginx ({} workers) -> echo", setup.nginx_workers),
+            Server::HyperFloor => format!(
+                "client -> hyperfloor ({} worker threads; hyper, the gateway's forwarding headers, nothing else) -> echo",
+                setup.gateway_workers
+            ),
         };
         let wire = match self {
-            Scenario::Direct | Scenario::Gateway | Scenario::Nginx => "HTTP/1.1 keep-alive".to_owned(),
+            Scenario::Direct | Scenario::Gateway | Scenario::Nginx | Scenario::HyperFloor => {
+                "HTTP/1.1 keep-alive".to_owned()
+            }
             Scenario::GatewayH2 => format!("HTTP/2 cleartext (prior knowledge), {h2_streams} stream(s) per connection"),
             Scenario::GatewayHttps => "HTTP/1.1 over TLS 1.3 (ALPN http/1.1), keep-alive".to_owned(),
             Scenario::GatewayHttpsH2 => format!("HTTP/2 over TLS 1.3 (ALPN h2), {h2_streams} stream(s) per connection"),
@@ -329,7 +342,8 @@ mod tests {
         assert_eq!(served_by(Gateway::Redis), ["gateway-redis-limit"]);
         assert_eq!(served_by(Gateway::Log), ["gateway-access-log"]);
         assert_eq!(served_by(Gateway::All), ["gateway-all"]);
-        assert_eq!(served_by(Gateway::Plain).len(), Scenario::value_variants().len() - 5);
+        // The others: direct, nginx, hyper-floor and the three above.
+        assert_eq!(served_by(Gateway::Plain).len(), Scenario::value_variants().len() - 6);
         for s in Scenario::value_variants() {
             let logging = [Server::Gateway(Gateway::Log), Server::Gateway(Gateway::All)];
             assert_eq!(s.access_log(), logging.contains(&s.server()), "{}", s.name());
