@@ -6,7 +6,8 @@
 #      Redis) requests through it for a few seconds each;
 #   3. merge the counts and build the gateway again with them, so the compiler lays out, inlines
 #      and predicts for the paths requests really take.
-# Needs llvm-profdata of rustc's LLVM major version and redis-server; says how to install either.
+# Needs llvm-profdata of rustc's LLVM major version (rustup's llvm-tools component or Debian's
+# llvm-N) and redis-server; says how to install either.
 #
 #   scripts/build-pgo.sh
 #   PGO_TRAIN_DURATION=10s scripts/build-pgo.sh                              # longer training per scenario
@@ -17,15 +18,18 @@ cd "$(dirname "$0")/.."
 
 llvm_version=$(rustc -vV | sed -n 's/^LLVM version: //p')
 llvm_major=${llvm_version%%.*}
+# rustup's llvm-tools component matches rustc's LLVM exactly; Debian's llvm-N packages do too.
+rustup_profdata="$(rustc --print sysroot)/lib/rustlib/$(rustc -vV | sed -n 's/^host: //p')/bin/llvm-profdata"
 profdata=""
-for tool in "llvm-profdata-$llvm_major" llvm-profdata; do
-  if command -v "$tool" >/dev/null && "$tool" --version | grep -q "LLVM version $llvm_major\."; then
+for tool in "$rustup_profdata" "llvm-profdata-$llvm_major" llvm-profdata; do
+  if command -v "$tool" >/dev/null && "$tool" --version 2>/dev/null | grep -q "LLVM version $llvm_major\."; then
     profdata=$tool
     break
   fi
 done
 if [ -z "$profdata" ]; then
-  echo "llvm-profdata for LLVM $llvm_major is missing (rustc uses LLVM $llvm_version): apt-get install llvm-$llvm_major" >&2
+  echo "llvm-profdata for LLVM $llvm_major is missing (rustc uses LLVM $llvm_version):" \
+    "rustup component add llvm-tools, or apt-get install llvm-$llvm_major" >&2
   exit 1
 fi
 command -v redis-server >/dev/null || {
