@@ -253,8 +253,9 @@ impl Ratio {
 
 /// The ratios the bench reports (a, b), when both scenarios ran: the proxies against direct
 /// and each other, every TLS, JWT, rate-limit, access-log and HTTP/2 scenario against plain
-/// gateway, Redis against in-process counting, and HTTP/2 against HTTP/1.1.
-pub const RATIOS: [(&str, &str); 17] = [
+/// gateway, Redis against in-process counting, all features against TLS alone, and HTTP/2 against
+/// HTTP/1.1.
+pub const RATIOS: [(&str, &str); 18] = [
     ("gateway", "direct"),
     ("nginx", "direct"),
     ("gateway", "nginx"),
@@ -274,6 +275,8 @@ pub const RATIOS: [(&str, &str); 17] = [
     // The same requests through a gateway that also writes a JSON access log.
     ("gateway-access-log", "gateway"),
     ("gateway-all", "gateway"),
+    // What the features cost beyond TLS, which the client pays for too on the same cores.
+    ("gateway-all", "gateway-https"),
     ("gateway-https-h2", "gateway-https"),
 ];
 
@@ -705,6 +708,14 @@ mod tests {
             "{text}"
         );
         assert!(!table(&Report { scenarios: vec![scenario("gateway", 1.0)], ..report }).contains("redis"));
+    }
+
+    #[test]
+    fn ratios_all_features_against_plain_and_tls_alone() {
+        let names = ["gateway", "gateway-https", "gateway-all"];
+        let scenarios: Vec<_> = names.iter().map(|n| scenario(n, 1000.0)).collect();
+        let got: Vec<String> = ratios(&scenarios).into_iter().map(|r| r.name).collect();
+        assert_eq!(got, ["gateway-https/gateway", "gateway-all/gateway", "gateway-all/gateway-https"]);
     }
 
     #[test]
