@@ -24,7 +24,8 @@ const BUILD_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// `cargo nextest run` release cargo's build-directory lock before running test binaries, so this
 /// nested build does not deadlock; if another build holds the lock it simply waits for it.
 ///
-/// `E2E_BIN_DIR=<dir>` skips the build and takes the binaries from `<dir>` (for prebuilt runs).
+/// `E2E_BIN_DIR=<dir>` skips the build and takes the binaries from `<dir>` (for prebuilt runs); a
+/// relative `<dir>` is taken from the workspace root.
 /// Panics with cargo's output when the build fails or a binary is missing.
 pub fn binary(name: &str) -> PathBuf {
     static BINARIES: OnceLock<Result<HashMap<String, PathBuf>, String>> = OnceLock::new();
@@ -41,13 +42,19 @@ pub fn binary(name: &str) -> PathBuf {
 
 fn locate_or_build() -> Result<HashMap<String, PathBuf>, String> {
     if let Some(dir) = std::env::var_os("E2E_BIN_DIR") {
-        let dir = PathBuf::from(dir);
+        let dir = prebuilt_dir(Path::new(&dir));
         return Ok(["gateway", "echo", "auth", "product", "cart"]
             .iter()
             .map(|name| (name.to_string(), dir.join(name)))
             .collect());
     }
     build_binaries()
+}
+
+/// Where `E2E_BIN_DIR` points: cargo runs each test binary in its package's directory, but the
+/// README's `E2E_BIN_DIR=target/pgo` is written from the workspace root.
+fn prebuilt_dir(dir: &Path) -> PathBuf {
+    workspace_root().join(dir)
 }
 
 /// The cargo profile this test binary was built with, from its location `<dir>/<profile>/deps/<test>`.
@@ -149,5 +156,17 @@ fn drain<R: Read + Send + 'static>(pipe: Option<R>) -> Drain {
 impl Drain {
     fn wait(self) -> String {
         self.0.join().unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prebuilt_dir_is_relative_to_the_workspace_root() {
+        assert_eq!(prebuilt_dir(Path::new("target/pgo")), workspace_root().join("target").join("pgo"));
+        assert!(workspace_root().join("Cargo.lock").is_file(), "{}", workspace_root().display());
+        assert_eq!(prebuilt_dir(Path::new("/opt/gateway/bin")), Path::new("/opt/gateway/bin"));
     }
 }
