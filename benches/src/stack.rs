@@ -45,7 +45,7 @@ pub fn binaries(bin_dir: Option<&Path>, needs_gateway: bool, needs_hyper_floor: 
     if missing.is_empty() {
         return Ok(bins);
     }
-    if let Some(p) = missing.iter().find(|p| !p.starts_with(&own_dir)) {
+    if let Some(p) = missing.iter().find(|p| p.parent() != Some(own_dir.as_path())) {
         bail!("missing in --bin-dir: {}", p.display());
     }
     let profile = if cfg!(debug_assertions) { None } else { Some("--release") };
