@@ -323,11 +323,13 @@ pub fn clock_ticks_per_sec() -> u64 {
 /// Busy CPU ticks of the whole machine (all CPUs), from the aggregate line of /proc/stat.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MachineTicks {
-    /// user + nice + system + steal: time charged to processes (ours or anyone's), or stolen.
+    /// user + nice + system: time charged to processes (ours or anyone's).
     pub tasks: u64,
     /// irq + softirq: interrupt work charged to no process (for loopback TCP, mostly the
     /// packet processing of the bench's own connections).
     pub irq: u64,
+    /// steal: time the hypervisor ran something else while this VM had work (0 on bare metal).
+    pub steal: u64,
 }
 
 /// Reads the aggregate `cpu` line of /proc/stat.
@@ -345,7 +347,7 @@ pub fn parse_machine_ticks(line: &str) -> Option<MachineTicks> {
     let v: Vec<u64> = fields.map(|f| f.parse().ok()).collect::<Option<_>>()?;
     // user nice system idle iowait irq softirq steal ...
     let at = |i: usize| v.get(i).copied();
-    Some(MachineTicks { tasks: at(0)? + at(1)? + at(2)? + at(7).unwrap_or(0), irq: at(5)? + at(6)? })
+    Some(MachineTicks { tasks: at(0)? + at(1)? + at(2)?, irq: at(5)? + at(6)?, steal: at(7).unwrap_or(0) })
 }
 
 /// CPU ticks summed over `pids`; a pid that vanished counts 0 and is reported in the flag.
@@ -377,9 +379,14 @@ mod tests {
     }
 
     #[test]
-    fn parse_machine_ticks_skips_idle_and_iowait() {
+    fn parse_machine_ticks_skips_idle_and_iowait_and_keeps_steal_apart() {
         let line = "cpu  100 5 50 9000 40 3 7 2 0 0";
-        assert_eq!(parse_machine_ticks(line), Some(MachineTicks { tasks: 100 + 5 + 50 + 2, irq: 3 + 7 }));
+        assert_eq!(parse_machine_ticks(line), Some(MachineTicks { tasks: 100 + 5 + 50, irq: 3 + 7, steal: 2 }));
+        // Kernels before 2.6.11 have no steal field.
+        assert_eq!(
+            parse_machine_ticks("cpu  100 5 50 9000 40 3 7"),
+            Some(MachineTicks { tasks: 155, irq: 10, steal: 0 })
+        );
         assert_eq!(parse_machine_ticks("cpu0 1 2 3 4 5 6 7 8"), None);
     }
 

@@ -60,11 +60,15 @@ pub struct RunResult {
     /// processes (nginx: master + workers), sampled every 200 ms. The `gateway*` scenarios that
     /// share one gateway process see what an earlier one left resident.
     pub proxy_peak_pss_kib: Option<u64>,
-    /// CPU charged to processes other than client, proxy and backend during the window
-    /// (anything else running on the machine, plus steal), in % of one core.
+    /// CPU charged to processes other than client, proxy, backend and redis-server during the
+    /// window (anything else running on the machine), in % of one core.
     pub other_cpu_pct: f64,
     /// irq + softirq CPU during the window (mostly loopback packet processing), % of one core.
     pub irq_cpu_pct: f64,
+    /// Steal during the window: time the hypervisor gave this VM's CPUs to someone else while
+    /// they had work, in % of one core. The bench's processes waited for it, and nothing of
+    /// theirs counts it, so it shows only here.
+    pub steal_cpu_pct: f64,
     /// Measured window, seconds.
     pub window_secs: f64,
 }
@@ -97,6 +101,7 @@ impl RunResult {
             proxy_peak_pss_kib: None,
             other_cpu_pct: 0.0,
             irq_cpu_pct: 0.0,
+            steal_cpu_pct: 0.0,
             window_secs: 0.0,
         }
     }
@@ -134,6 +139,7 @@ pub struct Summary {
     pub proxy_peak_pss_kib: Option<u64>,
     pub other_cpu_pct: f64,
     pub irq_cpu_pct: f64,
+    pub steal_cpu_pct: f64,
 }
 
 impl Summary {
@@ -166,6 +172,7 @@ impl Summary {
             proxy_peak_pss_kib: runs.iter().filter_map(|r| r.proxy_peak_pss_kib).max(),
             other_cpu_pct: m(&|r| r.other_cpu_pct),
             irq_cpu_pct: m(&|r| r.irq_cpu_pct),
+            steal_cpu_pct: m(&|r| r.steal_cpu_pct),
         }
     }
 }
@@ -298,11 +305,13 @@ pub fn notes(scenarios: &[ScenarioReport], client_cpu_limit_pct: f64, cpus: usiz
                 s.name, s.median.client_cpu_pct, client_cpu_limit_pct
             ));
         }
-        if s.median.other_cpu_pct > 15.0 {
+        let (other, steal) = (s.median.other_cpu_pct, s.median.steal_cpu_pct);
+        if other + steal > 15.0 {
             notes.push(format!(
-                "{}: {:.0}% of a core went to other processes during the measurement: numbers are noisy; \
-                 rerun on a quiet machine",
-                s.name, s.median.other_cpu_pct
+                "{}: {:.0}% of a core was not the bench's during the measurement ({other:.0}% other processes, \
+                 {steal:.0}% taken by the hypervisor as steal): numbers are noisy; rerun on a quiet machine",
+                s.name,
+                other + steal
             ));
         }
         let late_pct = s.rounds.iter().filter_map(|r| r.pacer_late_pct).fold(0.0, f64::max);
@@ -481,7 +490,7 @@ fn fmt_opt_us(v: Option<f64>) -> String {
 /// One line per round, printed as the bench goes; `width` pads the name.
 pub fn round_line(name: &str, width: usize, r: &RunResult) -> String {
     let mut line = format!(
-        "round {}  {:<width$} {:>9} req/s  p50 {:>8}  p99 {:>8}  p99.9 {:>8}  errors {}  proxy CPU/req {}  client CPU {:.0}%  softirq {:.0}%  other CPU {:.0}%",
+        "round {}  {:<width$} {:>9} req/s  p50 {:>8}  p99 {:>8}  p99.9 {:>8}  errors {}  proxy CPU/req {}  client CPU {:.0}%  softirq {:.0}%  other CPU {:.0}%  steal {:.0}%",
         r.round,
         name,
         fmt_int(r.requests_per_sec),
@@ -493,6 +502,7 @@ pub fn round_line(name: &str, width: usize, r: &RunResult) -> String {
         r.client_cpu_pct,
         r.irq_cpu_pct,
         r.other_cpu_pct,
+        r.steal_cpu_pct,
     );
     if let Some(redis) = r.redis_cpu_us_per_req {
         let _ = write!(line, "  redis CPU/req {redis:.1}µs");
@@ -518,7 +528,7 @@ pub fn table(report: &Report) -> String {
     let lw = report.scenarios.iter().flat_map(|s| latencies(&s.median)).map(|l| l.chars().count()).fold(8, usize::max);
     let _ = writeln!(
         out,
-        "{:<w$} {:>9} {:>lw$} {:>lw$} {:>lw$} {:>lw$} {:>7} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9}",
+        "{:<w$} {:>9} {:>lw$} {:>lw$} {:>lw$} {:>lw$} {:>7} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
         "scenario",
         "req/s",
         "p50",
@@ -533,11 +543,12 @@ pub fn table(report: &Report) -> String {
         "client",
         "proxy",
         "softirq",
-        "other"
+        "other",
+        "steal"
     );
     let _ = writeln!(
         out,
-        "{:<w$} {:>9} {:>lw$} {:>lw$} {:>lw$} {:>lw$} {:>7} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9}",
+        "{:<w$} {:>9} {:>lw$} {:>lw$} {:>lw$} {:>lw$} {:>7} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
         "",
         "(median)",
         "",
@@ -552,6 +563,7 @@ pub fn table(report: &Report) -> String {
         "CPU",
         "peak PSS",
         "CPU",
+        "CPU",
         "CPU"
     );
     for s in &report.scenarios {
@@ -559,7 +571,7 @@ pub fn table(report: &Report) -> String {
         let [p50, p90, p99, p999] = latencies(m);
         let _ = writeln!(
             out,
-            "{:<w$} {:>9} {:>lw$} {:>lw$} {:>lw$} {:>lw$} {:>7} {:>10} {:>10} {:>10} {:>10} {:>8.0}% {:>9} {:>8.0}% {:>8.0}%",
+            "{:<w$} {:>9} {:>lw$} {:>lw$} {:>lw$} {:>lw$} {:>7} {:>10} {:>10} {:>10} {:>10} {:>8.0}% {:>9} {:>8.0}% {:>8.0}% {:>8.0}%",
             s.name,
             fmt_int(m.requests_per_sec),
             p50,
@@ -575,6 +587,7 @@ pub fn table(report: &Report) -> String {
             m.proxy_peak_pss_kib.map_or_else(|| "-".to_owned(), |k| format!("{:.1}MiB", k as f64 / 1024.0)),
             m.irq_cpu_pct,
             m.other_cpu_pct,
+            m.steal_cpu_pct,
         );
     }
     if report.scenarios.iter().any(|s| s.median.redis_cpu_us_per_req.is_some()) {
@@ -886,6 +899,35 @@ mod tests {
         // Each has a ratio (gateway/nginx; gateway-jwt/gateway): nothing to say.
         let some = [scenario("gateway", 1.0), scenario("nginx", 1.0), scenario("gateway-jwt", 1.0)];
         assert!(super::notes(&some, 100.0, 8).iter().all(|n| !n.contains("no ratio")));
+    }
+
+    #[test]
+    fn busy_machine_note_tells_other_processes_from_steal_and_table_shows_steal() {
+        let busy = |name: &str, other: f64, steal: f64| {
+            let mut s = scenario(name, 1000.0);
+            (s.median.other_cpu_pct, s.median.steal_cpu_pct) = (other, steal);
+            s
+        };
+        let (quiet, stolen) = (busy("gateway", 6.0, 8.0), busy("nginx", 4.0, 23.0));
+        let notes = notes(&[quiet.clone(), stolen.clone()], 100.0, 2);
+        let busy_notes: Vec<&String> = notes.iter().filter(|n| n.contains("not the bench's")).collect();
+        assert_eq!(
+            busy_notes,
+            ["nginx: 27% of a core was not the bench's during the measurement (4% other processes, 23% taken by \
+              the hypervisor as steal): numbers are noisy; rerun on a quiet machine"]
+        );
+        let report = Report {
+            settings: serde_json::Value::Null,
+            scenarios: vec![quiet, stolen],
+            ratios: Vec::new(),
+            cross_check: Vec::new(),
+            notes,
+        };
+        let text = table(&report);
+        let header: Vec<&str> = text.lines().next().unwrap_or_default().split_whitespace().collect();
+        assert_eq!(header.last(), Some(&"steal"), "{text}");
+        let nginx = text.lines().find(|l| l.starts_with("nginx")).unwrap_or_default();
+        assert!(nginx.trim_end().ends_with("4%       23%"), "{text}");
     }
 
     #[test]

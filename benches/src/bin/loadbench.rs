@@ -744,8 +744,11 @@ async fn measure(
     let client_cpu = cpu_us(before.2 .0, after.2 .0);
     let backend_cpu = cpu_us(before.1 .0, after.1 .0);
     let redis_cpu = cpu_us(redis_before, redis_after);
-    let (machine_tasks_cpu, irq_cpu) =
-        (cpu_us(machine_before.tasks, machine_after.tasks), cpu_us(machine_before.irq, machine_after.irq));
+    let (machine_tasks_cpu, irq_cpu, steal_cpu) = (
+        cpu_us(machine_before.tasks, machine_after.tasks),
+        cpu_us(machine_before.irq, machine_after.irq),
+        cpu_us(machine_before.steal, machine_after.steal),
+    );
     let other_cpu = (machine_tasks_cpu - proxy_cpu - client_cpu - backend_cpu - redis_cpu).max(0.0);
     let mut samples = outcome.samples;
     let latency_curve = samples.curve();
@@ -778,6 +781,7 @@ async fn measure(
         proxy_peak_pss_kib: memory.peak(),
         other_cpu_pct: other_cpu / 1e4 / secs,
         irq_cpu_pct: irq_cpu / 1e4 / secs,
+        steal_cpu_pct: steal_cpu / 1e4 / secs,
         window_secs: secs,
     })
 }
